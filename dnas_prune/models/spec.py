@@ -1,0 +1,251 @@
+"""Architecture specs: the plain, JSON-serializable description of a (pruned) ResNet.
+
+A spec is what finalization emits and what loading a pruned model rebuilds, so a pruned network is
+always "the same class built with smaller numbers" and never a pickle of custom code::
+
+    {"format": 1, "family": "cifar" | "torchvision", "block": "basic" | "bottleneck",
+     "num_classes": 10, "stem": 16,
+     "stages": [{"width": 16, "stride": 1,
+                 "blocks": [{"inner": [16], "downsample": false}, ...]}, ...]}
+
+``width`` is the residual-stream width of the stage; ``inner`` the inner widths of a block (BasicBlock:
+conv1 out; Bottleneck: conv1 and conv2 out) or ``null`` when only the block's projection remains.
+Removed identity blocks are simply absent.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import resnet as tv
+
+from ..errors import DnasPruneError
+from .cifar_resnet import BasicBlock, CifarResNet, ProjectionBlock
+
+Spec = dict[str, Any]
+SPEC_FORMAT = 1
+
+
+class SpecError(DnasPruneError):
+    """A spec or a model that cannot be described by (or built from) a spec."""
+
+
+def _stage_modules(model: nn.Module) -> list[nn.Sequential]:
+    stages = []
+    index = 1
+    while isinstance(getattr(model, f"layer{index}", None), nn.Sequential):
+        stages.append(getattr(model, f"layer{index}"))
+        index += 1
+    return stages
+
+
+def block_kind(block: nn.Module, name: str) -> str:
+    """``basic``, ``bottleneck`` or ``projection``; anything else is an error naming the module."""
+    if isinstance(block, ProjectionBlock):
+        return "projection"
+    if isinstance(block, (BasicBlock, tv.BasicBlock)) and type(block) in (BasicBlock, tv.BasicBlock):
+        return "basic"
+    if type(block) is tv.Bottleneck:
+        if block.conv2.groups != 1 or block.conv2.dilation != (1, 1):
+            raise SpecError(f"{name}: grouped or dilated bottlenecks are not supported")
+        return "bottleneck"
+    raise SpecError(
+        f"{name}: unsupported block type {type(block).__name__} "
+        "(supported: CIFAR/torchvision BasicBlock, torchvision Bottleneck)"
+    )
+
+
+def _block_stride(block: nn.Module, kind: str) -> int:
+    if kind == "projection":
+        return block.downsample[0].stride[0]
+    if kind == "bottleneck":
+        return block.conv2.stride[0]
+    return block.conv1.stride[0]
+
+
+def spec_of(model: nn.Module) -> Spec:
+    """Read the architecture spec of a CIFAR ResNet or a torchvision ``ResNet`` instance."""
+    if isinstance(model, CifarResNet):
+        family = "cifar"
+    elif isinstance(model, tv.ResNet):
+        family = "torchvision"
+    else:
+        raise SpecError(f"model of type {type(model).__name__} is not a CIFAR or torchvision ResNet")
+    block_type = None
+    stages = []
+    for s, layer in enumerate(_stage_modules(model), start=1):
+        blocks = []
+        stride = 1
+        width = None
+        for j, block in enumerate(layer):
+            name = f"layer{s}.{j}"
+            kind = block_kind(block, name)
+            if kind != "projection":
+                if block_type not in (None, kind):
+                    raise SpecError(f"{name}: mixes basic and bottleneck blocks")
+                block_type = kind
+            if j == 0:
+                stride = _block_stride(block, kind)
+            elif _block_stride(block, kind) != 1:
+                raise SpecError(f"{name}: only the first block of a stage may be strided")
+            if block.downsample is not None and j != 0:
+                raise SpecError(f"{name}: only the first block of a stage may have a projection")
+            if kind == "projection":
+                inner = None
+                out = block.downsample[0].out_channels
+            elif kind == "basic":
+                inner = [block.conv1.out_channels]
+                out = block.conv2.out_channels
+            else:
+                inner = [block.conv1.out_channels, block.conv2.out_channels]
+                out = block.conv3.out_channels
+            width = out if width is None else width
+            blocks.append({"inner": inner, "downsample": block.downsample is not None})
+        if width is None:  # every block of the stage was removed: the stream passes through
+            width = stages[-1]["width"] if stages else model.conv1.out_channels
+        stages.append({"width": width, "stride": stride, "blocks": blocks})
+    if block_type is None:  # only projections are left: the block type no longer matters
+        block_type = "basic"
+    return {
+        "format": SPEC_FORMAT,
+        "family": family,
+        "block": block_type,
+        "num_classes": model.fc.out_features,
+        "stem": model.conv1.out_channels,
+        "stages": stages,
+    }
+
+
+def validate_spec(spec: Any) -> Spec:
+    """Check a spec's shape and widths; returns it. Raises :class:`SpecError` with what is wrong."""
+    if not isinstance(spec, dict):
+        raise SpecError("spec must be a dict")
+    if spec.get("format") != SPEC_FORMAT:
+        raise SpecError(f"spec format {spec.get('format')!r} is not supported (this version reads {SPEC_FORMAT})")
+    if spec.get("family") not in ("cifar", "torchvision"):
+        raise SpecError(f"spec family must be 'cifar' or 'torchvision', got {spec.get('family')!r}")
+    if spec.get("block") not in ("basic", "bottleneck"):
+        raise SpecError(f"spec block must be 'basic' or 'bottleneck', got {spec.get('block')!r}")
+    n_inner = 1 if spec["block"] == "basic" else 2
+    if spec["family"] == "torchvision" and len(spec.get("stages", [])) != 4:
+        raise SpecError("a torchvision ResNet spec has exactly 4 stages")
+
+    def positive(value: Any, what: str) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SpecError(f"{what} must be a positive integer, got {value!r}")
+
+    positive(spec.get("num_classes"), "num_classes")
+    positive(spec.get("stem"), "stem")
+    stream = spec["stem"]
+    for s, stage in enumerate(spec.get("stages") or [], start=1):
+        positive(stage.get("width"), f"layer{s} width")
+        positive(stage.get("stride"), f"layer{s} stride")
+        for j, block in enumerate(stage.get("blocks", [])):
+            name = f"layer{s}.{j}"
+            inner = block.get("inner")
+            if inner is not None:
+                if not isinstance(inner, list) or len(inner) != n_inner:
+                    raise SpecError(f"{name}: inner must list {n_inner} width(s) or be null")
+                for w in inner:
+                    positive(w, f"{name} inner width")
+            needs_projection = j == 0 and (stage["stride"] != 1 or stream != stage["width"])
+            if needs_projection and not block.get("downsample"):
+                raise SpecError(f"{name}: the stream changes shape here, so the block needs a projection")
+            if block.get("downsample") and j != 0:
+                raise SpecError(f"{name}: only the first block of a stage may have a projection")
+            if inner is None and not block.get("downsample"):
+                raise SpecError(f"{name}: a block without inner widths must keep its projection")
+            stream = stage["width"]
+        if not stage.get("blocks"):
+            if stage["stride"] != 1 or stream != stage["width"]:
+                raise SpecError(f"layer{s}: an empty stage cannot change the stream's shape")
+    if not spec.get("stages"):
+        raise SpecError("spec has no stages")
+    return spec
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _tv_block(block_type: str, in_w: int, inner: list[int], out_w: int, stride: int, down: nn.Module | None) -> nn.Module:
+    """A torchvision BasicBlock/Bottleneck instance with arbitrary widths (the class hard-codes ratios)."""
+    with torch.device("meta"):
+        block = tv.BasicBlock(1, 1) if block_type == "basic" else tv.Bottleneck(1, 1)
+    if block_type == "basic":
+        block.conv1 = tv.conv3x3(in_w, inner[0], stride)
+        block.bn1 = nn.BatchNorm2d(inner[0])
+        block.conv2 = tv.conv3x3(inner[0], out_w)
+        block.bn2 = nn.BatchNorm2d(out_w)
+    else:
+        block.conv1 = tv.conv1x1(in_w, inner[0])
+        block.bn1 = nn.BatchNorm2d(inner[0])
+        block.conv2 = tv.conv3x3(inner[0], inner[1], stride)
+        block.bn2 = nn.BatchNorm2d(inner[1])
+        block.conv3 = tv.conv1x1(inner[1], out_w)
+        block.bn3 = nn.BatchNorm2d(out_w)
+    block.downsample = down
+    block.stride = stride
+    return block
+
+
+def _build_torchvision(spec: Spec) -> tv.ResNet:
+    block_cls = tv.BasicBlock if spec["block"] == "basic" else tv.Bottleneck
+    with torch.device("meta"):
+        model = tv.ResNet(block_cls, [1, 1, 1, 1], num_classes=1)
+    model.conv1 = nn.Conv2d(3, spec["stem"], kernel_size=7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(spec["stem"])
+    in_w = spec["stem"]
+    for s, stage in enumerate(spec["stages"], start=1):
+        layers = []
+        for j, block in enumerate(stage["blocks"]):
+            stride = stage["stride"] if j == 0 else 1
+            down = (
+                nn.Sequential(tv.conv1x1(in_w, stage["width"], stride), nn.BatchNorm2d(stage["width"]))
+                if block["downsample"]
+                else None
+            )
+            if block["inner"] is None:
+                layers.append(ProjectionBlock(down))
+            else:
+                layers.append(_tv_block(spec["block"], in_w, block["inner"], stage["width"], stride, down))
+            in_w = stage["width"]
+        setattr(model, f"layer{s}", nn.Sequential(*layers))
+    model.fc = nn.Linear(in_w, spec["num_classes"])
+    model.inplanes = in_w
+    return model
+
+
+def _build_cifar(spec: Spec) -> CifarResNet:
+    stages = [
+        (
+            stage["width"],
+            stage["stride"],
+            [(None if b["inner"] is None else b["inner"][0], bool(b["downsample"])) for b in stage["blocks"]],
+        )
+        for stage in spec["stages"]
+    ]
+    return CifarResNet(spec["stem"], stages, num_classes=spec["num_classes"])
+
+
+def build_model(spec: Spec, device: torch.device | str | None = None) -> nn.Module:
+    """Build the plain model a spec describes (CIFAR family -> ``CifarResNet``, else torchvision ``ResNet``).
+
+    With ``device="meta"`` nothing is allocated or initialized, for ``load_state_dict(..., assign=True)``.
+    """
+    spec = validate_spec(copy.deepcopy(spec))
+    if spec["family"] == "cifar" and spec["block"] != "basic":
+        raise SpecError("the CIFAR family only has basic blocks")
+    with torch.device(device or "cpu"):
+        model = _build_cifar(spec) if spec["family"] == "cifar" else _build_torchvision(spec)
+    if str(device) != "meta":
+        _init_weights(model)
+    return model
