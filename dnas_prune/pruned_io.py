@@ -1,0 +1,173 @@
+"""Pruned-model files: an architecture spec plus a state_dict, never pickled code.
+
+A file is ``{"format": "dnas_prune.pruned", "version": 1, "spec": ..., "state_dict": ..., "metadata": ...}``
+saved with ``torch.save``. Loading uses ``torch.load(weights_only=True)`` and rebuilds the network from the
+spec, so a file from an untrusted source can at worst fail to load; it cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cost import count_cost
+from .errors import CheckpointError
+from .models import build_model, spec_of
+from .models.spec import SpecError
+
+FORMAT = "dnas_prune.pruned"
+VERSION = 1
+_DEFAULT_INPUT_SIZE = {"cifar": (3, 32, 32), "torchvision": (3, 224, 224)}
+
+
+def default_input_size(spec: dict[str, Any]) -> tuple[int, int, int]:
+    """The input size a spec's family is usually run at (CIFAR 32x32, ImageNet 224x224)."""
+    return _DEFAULT_INPUT_SIZE[spec["family"]]
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file in the same directory, fsync, then rename: never a half-written file.
+
+    Private until ``dnas_prune.training.atomic_torch_save`` lands; the two should be merged then.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pruned(model: nn.Module, path: str | os.PathLike[str], **metadata: Any) -> Path:
+    """Write ``model`` as a pruned-model file; ``metadata`` (JSON-able: dataset, accuracy, ...) is kept.
+
+    MACs and params are counted at ``metadata["input_size"]`` (default: the family's usual size) and
+    stored too, so tools can report them without rebuilding the model.
+    """
+    path = Path(path)
+    spec = spec_of(model)
+    input_size = tuple(int(v) for v in metadata.pop("input_size", default_input_size(spec)))
+    try:
+        json.dumps(metadata)
+    except TypeError as exc:
+        raise TypeError(f"save_pruned metadata must be JSON-serializable: {exc}") from None
+    cost = count_cost(model, input_size)
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": spec,
+        "state_dict": state_dict,
+        "metadata": {"macs": cost.macs, "params": cost.params, "input_size": list(input_size), **metadata},
+    }
+    _atomic_save(payload, path)
+    return path
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """Classify why ``torch.load(weights_only=True)`` refused a file."""
+    message = str(exc)
+    blocked = re.search(r"GLOBAL ([\w.]+)", message)
+    if blocked:
+        return CheckpointError(
+            f"{path}: contains pickled code ({blocked.group(1)}) and was refused without running it; "
+            "pruned files hold only tensors and plain data — re-create it with save_pruned"
+        )
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        return CheckpointError(f"{path}: truncated or corrupted archive; copy or re-create the file")
+    if head.startswith(b"\x80"):
+        return CheckpointError(
+            f"{path}: a raw pickle, not a torch.save file, refused because pickles can carry code; "
+            "re-create it with save_pruned"
+        )
+    return CheckpointError(f"{path}: not a PyTorch file (unrecognized bytes); pass a file written by save_pruned")
+
+
+def _describe_foreign(obj: dict[str, Any]) -> str:
+    kind = obj.get("format", obj.get("kind"))
+    if isinstance(kind, str):
+        return f"a {kind!r} file"
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return "a plain state_dict (it lacks the architecture spec)"
+    if "optimizer" in obj or "epoch" in obj:
+        return "a training checkpoint"
+    return f"a dict with keys {sorted(map(str, obj))[:5]}"
+
+
+def _check_tensors(path: Path, model: nn.Module, state_dict: dict[str, Any]) -> None:
+    """Name the first key whose presence or shape disagrees with the spec."""
+    expected = model.state_dict()
+    for key, ref in expected.items():
+        if key not in state_dict:
+            raise CheckpointError(f"{path}: spec and tensors disagree: {key} is missing; the file is corrupt")
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor) or value.shape != ref.shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(
+                f"{path}: spec and tensors disagree at {key}: spec wants {tuple(ref.shape)}, file has {got}; "
+                "the file is corrupt"
+            )
+    for key in state_dict:
+        if key not in expected:
+            raise CheckpointError(f"{path}: spec and tensors disagree: unexpected tensor {key}; the file is corrupt")
+
+
+def load_pruned_with_metadata(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model (eval mode) and the metadata of a file written by :func:`save_pruned`.
+
+    Every failure is a one-line :class:`CheckpointError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file; check the path")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (an interrupted copy?); re-create it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for unreadable input; all mean "not loadable"
+        raise _unreadable(path, exc) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a pruned model; pass a save_pruned file")
+    if obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: is {_describe_foreign(obj)}, not a pruned model; pass a save_pruned file")
+    version = obj.get("version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: pruned-model version {version!r} is invalid; the file is corrupt")
+    if version > VERSION:
+        raise CheckpointError(
+            f"{path}: pruned-model version {version} is newer than this dnas_prune reads ({VERSION}); upgrade dnas_prune"
+        )
+    state_dict, metadata = obj.get("state_dict"), obj.get("metadata", {})
+    if not isinstance(state_dict, dict) or not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: state_dict or metadata is not a dict; the file is corrupt")
+    try:
+        model = build_model(obj.get("spec"), device="meta")
+    except SpecError as exc:
+        raise CheckpointError(f"{path}: invalid architecture spec: {exc}") from None
+    _check_tensors(path, model, state_dict)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval(), metadata
+
+
+def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
+    """The model (eval mode) of a file written by :func:`save_pruned`."""
+    return load_pruned_with_metadata(path, map_location)[0]
