@@ -1,0 +1,195 @@
+"""Cost budgets: validating a target, driving the search toward it, and landing on it exactly.
+
+- :class:`BudgetController` adds ``lambda * (ratio / target - 1)`` to the loss, with ``lambda`` updated by
+  dual ascent in log space, so pressure grows geometrically while over budget and fades once under it.
+- :func:`project_to_budget` turns the search's soft preferences into a hard state whose finalized cost is
+  within ``tolerance`` of the target (never above ``target + tolerance``), optionally with channel
+  counts rounded to multiples of ``round_to``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .cost import Cost
+from .errors import BudgetError
+from .supernet import Supernet
+
+METRICS = ("macs", "params")
+
+
+def check_target(metric: str, target: float) -> None:
+    if metric not in METRICS:
+        raise BudgetError(f"unknown budget metric {metric!r}; use one of {', '.join(METRICS)}")
+    if not (isinstance(target, (int, float)) and 0.0 < float(target) <= 1.0):
+        raise BudgetError(f"--target-{metric} must be a fraction of the dense cost in (0, 1], got {target}")
+
+
+def _min_width(size: int, kind: str, round_to: int | None) -> int:
+    if kind == "inner":
+        return 0
+    return min(size, round_to or 1)
+
+
+def cost_floor(net: Supernet, metric: str, round_to: int | None = None) -> float:
+    """The smallest reachable cost ratio: every gated block closed, every gated inner group empty,
+    every gated stream one channel (or ``round_to``) wide. Stem, fc and projections always remain."""
+    counts = []
+    for name in net.channel_groups:
+        info = net.groups[name]
+        counts.append(float(_min_width(info.size, info.kind, round_to) if info.gated else info.size))
+    blocks = [0.0 if name in net.groups else 1.0 for name in net.branch_blocks]
+    macs, params = net.cost_from_counts(torch.tensor(counts, dtype=torch.float64), torch.tensor(blocks, dtype=torch.float64))
+    dense = getattr(net.dense_cost, metric)
+    return float(macs if metric == "macs" else params) / dense
+
+
+def check_feasible(net: Supernet, metric: str, target: float, round_to: int | None = None) -> None:
+    """Raise before any training when the target is below what cannot be pruned."""
+    check_target(metric, target)
+    floor = cost_floor(net, metric, round_to)
+    if target < floor:
+        raise BudgetError(
+            f"target {metric} {target:g} is below the floor {floor:.4f} of this model (stem, fc, projections and "
+            f"one channel per stream cannot be pruned); choose a target >= {math.ceil(floor * 1e4) / 1e4:g}"
+        )
+
+
+class BudgetController:
+    """Lagrangian budget term with dual ascent on ``log(lambda)``."""
+
+    def __init__(self, metric: str, target: float, dense: Cost, lr: float = 0.05, init_lambda: float = 1.0,
+                 min_lambda: float = 1e-3, max_lambda: float = 1e4) -> None:
+        check_target(metric, target)
+        self.metric = metric
+        self.target = float(target)
+        self.dense = float(getattr(dense, metric))
+        self.lr = lr
+        self.log_lambda = math.log(init_lambda)
+        self.bounds = (math.log(min_lambda), math.log(max_lambda))
+        self.active = False
+
+    @property
+    def value(self) -> float:
+        return math.exp(self.log_lambda) if self.active else 0.0
+
+    def ratio(self, expected: dict[str, Tensor]) -> Tensor:
+        return expected[self.metric] / self.dense
+
+    def penalty(self, expected: dict[str, Tensor]) -> Tensor:
+        return self.value * (self.ratio(expected) / self.target - 1.0)
+
+    def update(self, ratio: float) -> None:
+        """One dual-ascent step after each optimizer step (only once the budget is active)."""
+        if self.active:
+            step = self.lr * (ratio / self.target - 1.0)
+            self.log_lambda = min(max(self.log_lambda + step, self.bounds[0]), self.bounds[1])
+
+    def state_dict(self) -> dict:
+        return {"log_lambda": self.log_lambda, "active": self.active}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.log_lambda = float(state["log_lambda"])
+        self.active = bool(state["active"])
+
+
+@torch.no_grad()
+def project_to_budget(
+    net: Supernet, metric: str, target: float, round_to: int | None = None, tolerance: float = 0.01
+) -> Cost:
+    """Pin a hard gate state whose cost ratio lies in ``[target - tolerance, target + tolerance]``.
+
+    Starts from the current hard decisions (block decisions are kept), then closes the lowest-scored
+    channels while over budget and reopens the highest-scored ones that still fit. Within a group the
+    channels kept are always the top-scored ones; with ``round_to`` every width is a multiple of it.
+    """
+    check_feasible(net, metric, target, round_to)
+    dense = float(getattr(net.dense_cost, metric))
+    names = net.channel_groups
+    order: dict[str, Tensor] = {}
+    scores: dict[str, Tensor] = {}
+    widths: list[int] = []
+    steps: list[int] = []
+    minimum: list[int] = []
+    hard = net._hard_masks()
+    for name in names:
+        info = net.groups[name]
+        if not info.gated:
+            widths.append(info.size), steps.append(0), minimum.append(info.size)
+            continue
+        gate = net.gate(name)
+        score = gate.score().cpu() + 2.0 * hard[name].float().cpu()  # currently open channels first
+        order[name] = torch.argsort(score, descending=True, stable=True)
+        scores[name] = score[order[name]]
+        step = min(round_to or 1, info.size)
+        low = _min_width(info.size, info.kind, round_to)
+        w = int(hard[name].sum())
+        if step > 1 and w % step:
+            w = min(info.size, int(round(w / step)) * step) if w < info.size else info.size
+        widths.append(max(w, low)), steps.append(step), minimum.append(low)
+    alive = net.block_open(hard)
+    blocks = torch.tensor([float(alive[b]) for b in net.branch_blocks], dtype=torch.float64)
+
+    def ratio_of(w: list[int]) -> float:
+        macs, params = net.cost_from_counts(torch.tensor(w, dtype=torch.float64), blocks)
+        return float(macs if metric == "macs" else params) / dense
+
+    def unit_score(i: int, grow: bool) -> float:
+        name = names[i]
+        if name not in scores:
+            return float("nan")
+        lo, hi = (widths[i], widths[i] + steps[i]) if grow else (widths[i] - steps[i], widths[i])
+        return float(scores[name][lo:min(hi, net.groups[name].size)].mean())
+
+    current = ratio_of(widths)
+    while current > target + 1e-12:
+        candidates = [i for i in range(len(names)) if steps[i] and widths[i] - steps[i] >= minimum[i]]
+        best, best_ratio = None, None
+        for i in sorted(candidates, key=lambda i: unit_score(i, grow=False)):
+            trial = widths.copy()
+            trial[i] -= steps[i]
+            r = ratio_of(trial)
+            if r < current - 1e-12:
+                best, best_ratio = i, r
+                break
+        if best is None:
+            break
+        widths[best] -= steps[best]
+        current = best_ratio
+
+    for limit in (target, target + tolerance):
+        if current >= target - tolerance:
+            break
+        while True:
+            candidates = [i for i in range(len(names)) if steps[i] and widths[i] + steps[i] <= net.groups[names[i]].size]
+            chosen = None
+            for i in sorted(candidates, key=lambda i: -unit_score(i, grow=True)):
+                trial = widths.copy()
+                trial[i] += steps[i]
+                r = ratio_of(trial)
+                if current + 1e-12 < r <= limit + 1e-12:
+                    chosen, current = i, r
+                    break
+            if chosen is None:
+                break
+            widths[chosen] += steps[chosen]
+
+    if not (target - tolerance - 1e-9 <= current <= target + tolerance + 1e-9):
+        raise BudgetError(
+            f"could not place the {metric} ratio within ±{tolerance:g} of {target:g} (reached {current:.4f}); "
+            "try a smaller --round-to"
+        )
+    state: dict[str, Tensor] = {}
+    for i, name in enumerate(names):
+        if name in order:
+            mask = torch.zeros(net.groups[name].size, dtype=torch.bool)
+            mask[order[name][: widths[i]]] = True
+            state[name] = mask
+    for name in net.branch_blocks:
+        if name in net.groups:
+            state[name] = torch.tensor([alive[name]])
+    net.set_gate_state(state)
+    return net.hard_cost()

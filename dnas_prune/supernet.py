@@ -1,0 +1,413 @@
+"""The searchable supernet: learnable gates over residual blocks and channels of a ResNet.
+
+Gates are applied by scaling a BatchNorm's affine parameters (``bn.weight * g``, ``bn.bias * g``), which is
+the same as multiplying the BN output by ``g`` but costs no extra pass over the activations, and is
+exactly what finalization folds into the weights. Three kinds of gate groups exist:
+
+- block gate ``layerK.j``: scales the residual branch (folded into its last BN);
+- inner gate ``layerK.j.conv1`` (and ``.conv2`` for bottlenecks): a block's inner channels, after their BN;
+- stream gate ``layerK.stream`` (or ``stem``): the channels of a run joined by identity adds. Every
+  producer of the run (stem or projection, and every branch's last BN) is scaled by the same vector, so a
+  closed stream channel is zero throughout the stage and can be sliced out exactly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet as tv
+
+from .cost import Cost, count_cost
+from .errors import DnasPruneError, GatingError
+from .gates import Gate, make_gate
+from .models import CifarResNet, build_model, spec_of
+from .models.spec import Spec, SpecError, block_kind
+
+
+@dataclass
+class GroupInfo:
+    """A channel group (``inner``/``stream``) or a block gate (``block``) and where it lives."""
+
+    name: str
+    kind: str
+    size: int
+    stage: int
+    gated: bool
+
+
+@dataclass
+class BlockInfo:
+    name: str
+    module: nn.Module
+    kind: str  # "basic" | "bottleneck" | "projection"
+    stage: int
+    in_group: str
+    out_group: str
+    gate: str | None  # block-gate group name; None when excluded or for a projection-only block
+    inner: list[str] = field(default_factory=list)
+
+
+def gated_bn(bn: nn.Module, x: Tensor, gate: Tensor | None) -> Tensor:
+    """``bn(x) * gate`` per channel, computed by scaling BN's affine parameters (no extra activation pass)."""
+    if gate is None:
+        return bn(x)
+    if type(bn) is not nn.BatchNorm2d or bn.weight is None:
+        return bn(x) * gate.view(1, -1, 1, 1).to(x.dtype)
+    factor = 0.0
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or bn.running_mean is None
+    track = not bn.training or bn.track_running_stats
+    return F.batch_norm(
+        x,
+        bn.running_mean if track else None,
+        bn.running_var if track else None,
+        bn.weight * gate,
+        bn.bias * gate,
+        use_batch_stats,
+        factor,
+        bn.eps,
+    )
+
+
+def _family(model: nn.Module, name: str = "model") -> str:
+    if isinstance(model, CifarResNet):
+        return "cifar"
+    if isinstance(model, tv.ResNet):
+        if type(model).forward is not tv.ResNet.forward:
+            raise GatingError(f"{name}: {type(model).__name__} overrides ResNet.forward; cannot gate it exactly")
+        return "torchvision"
+    raise GatingError(f"{name}: {type(model).__name__} is not a CIFAR or torchvision ResNet; cannot gate it")
+
+
+class Supernet(nn.Module):
+    """Wraps a ResNet in place (weights are shared, not copied) and adds block and channel gates.
+
+    In ``train()`` mode the gates are stochastic or soft; in ``eval()`` mode every decision is hard and the
+    output is exactly what ``finalize(self)`` will compute.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_size: Sequence[int] = (3, 32, 32),
+        gate: str = "sigmoid",
+        exclude: Sequence[str] = (),
+        init_logit: float = 3.0,
+    ) -> None:
+        super().__init__()
+        self.family = _family(model)
+        self.model = model
+        self.input_size = tuple(int(v) for v in input_size)
+        self.gate_kind = gate
+        self.exclude = tuple(exclude)
+        self.init_logit = float(init_logit)
+        self.budget: dict | None = None
+        self.dense_cost: Cost = count_cost(model, self.input_size)
+        self.groups: dict[str, GroupInfo] = {}
+        self.blocks: list[BlockInfo] = []
+        self._analyze()
+        self.gates = nn.ModuleDict()
+        self._gate_key: dict[str, str] = {}
+        for info in self.groups.values():
+            if info.gated:
+                key = info.name.replace(".", "_")
+                self._gate_key[info.name] = key
+                self.gates[key] = make_gate(gate, info.size, init_logit)
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("hard_forward", torch.tensor(False))
+        self._build_cost_table()
+
+    # ----------------------------------------------------------------- structure
+    def _add_group(self, name: str, kind: str, size: int, stage: int) -> str:
+        gated = not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude)
+        self.groups[name] = GroupInfo(name, kind, size, stage, gated)
+        return name
+
+    def _analyze(self) -> None:
+        model = self.model
+        layers = []
+        index = 1
+        while isinstance(getattr(model, f"layer{index}", None), nn.Sequential):
+            layers.append(getattr(model, f"layer{index}"))
+            index += 1
+        first_has_projection = next((layer[0].downsample is not None for layer in layers if len(layer)), True)
+        stem_name = "stem" if first_has_projection or not len(layers[0]) else "layer1.stream"
+        stream = self._add_group(stem_name, "stream", model.conv1.out_channels, 0 if stem_name == "stem" else 1)
+        self.stem_group = stream
+        self.stage_streams: list[str] = []
+        for s, layer in enumerate(layers, start=1):
+            for j, block in enumerate(layer):
+                name = f"layer{s}.{j}"
+                try:
+                    kind = block_kind(block, name)
+                except SpecError as exc:
+                    raise GatingError(str(exc)) from None
+                if block.downsample is not None:
+                    if j != 0:
+                        raise GatingError(f"{name}: a projection inside a stage is not supported")
+                    ds = block.downsample
+                    if not (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)
+                            and isinstance(ds[1], nn.BatchNorm2d)):
+                        raise GatingError(f"{name}.downsample: expected Sequential(Conv2d, BatchNorm2d)")
+                    out_group = self._add_group(f"layer{s}.stream", "stream", ds[0].out_channels, s)
+                else:
+                    out_group = stream
+                info = BlockInfo(name, block, kind, s, stream, out_group, None)
+                if kind != "projection":
+                    gate = self._add_group(name, "block", 1, s)
+                    info.gate = gate if self.groups[gate].gated else None
+                    if not self.groups[gate].gated:
+                        del self.groups[gate]
+                    convs = ["conv1"] if kind == "basic" else ["conv1", "conv2"]
+                    info.inner = [self._add_group(f"{name}.{c}", "inner", getattr(block, c).out_channels, s) for c in convs]
+                self.blocks.append(info)
+                stream = out_group
+            self.stage_streams.append(stream)
+        self.final_group = stream
+        if self.family == "torchvision" and not isinstance(model.maxpool, nn.MaxPool2d):
+            raise GatingError("model.maxpool: expected nn.MaxPool2d")
+
+    # ----------------------------------------------------------------- cost table
+    def _build_cost_table(self) -> None:
+        """Every conv/BN/fc as ``coef * width(in) * width(out) * block``, so cost is 5 tensor ops."""
+        hw: dict[int, int] = {}
+        hooks = [
+            m.register_forward_hook(lambda mod, i, o: hw.__setitem__(id(mod), o.shape[-1] * o.shape[-2]))
+            for m in self.model.modules()
+            if isinstance(m, nn.Conv2d)
+        ]
+        was_training = self.model.training
+        try:
+            with torch.no_grad():
+                self.model.eval()
+                param = next(self.model.parameters())
+                self.model(torch.zeros(1, *self.input_size, device=param.device, dtype=param.dtype))
+        finally:
+            for h in hooks:
+                h.remove()
+            self.model.train(was_training)
+        self.channel_groups = [n for n, g in self.groups.items() if g.kind != "block"]
+        self.branch_blocks = [info.name for info in self.blocks if info.kind != "projection"]
+        gidx = {n: i for i, n in enumerate(self.channel_groups)}
+        one = len(self.channel_groups)
+        bidx = {n: i for i, n in enumerate(self.branch_blocks)}
+        no_block = len(self.branch_blocks)
+        rows: list[tuple[float, float, int, int, int]] = []
+
+        def width(spec: str | int) -> tuple[int, float]:
+            return (one, float(spec)) if isinstance(spec, int) else (gidx[spec], 1.0)
+
+        def conv(module: nn.Conv2d, cin: str | int, cout: str | int, block: str | None) -> None:
+            (i, ci), (o, co) = width(cin), width(cout)
+            k = module.kernel_size[0] * module.kernel_size[1]
+            rows.append((k * hw[id(module)] * ci * co, k * ci * co, i, o, bidx.get(block, no_block)))
+
+        def bn(cout: str, block: str | None) -> None:
+            rows.append((0.0, 2.0, one, gidx[cout], bidx.get(block, no_block)))
+
+        model = self.model
+        conv(model.conv1, model.conv1.in_channels, self.stem_group, None)
+        bn(self.stem_group, None)
+        for info in self.blocks:
+            b = info.module
+            if b.downsample is not None:
+                conv(b.downsample[0], info.in_group, info.out_group, None)
+                bn(info.out_group, None)
+            if info.kind == "projection":
+                continue
+            chain = [info.in_group, *info.inner, info.out_group]
+            convs = ["conv1", "conv2"] if info.kind == "basic" else ["conv1", "conv2", "conv3"]
+            for c, (cin, cout) in enumerate(zip(chain[:-1], chain[1:])):
+                conv(getattr(b, convs[c]), cin, cout, info.name)
+                bn(cout, info.name)
+        classes = model.fc.out_features
+        f, _ = width(self.final_group)
+        rows.append((float(classes), float(classes), f, one, no_block))
+        if model.fc.bias is not None:
+            rows.append((0.0, float(classes), one, one, no_block))
+        inner = [[gidx[g] for g in info.inner] for info in self.blocks if info.kind != "projection"]
+        self._branch_inner = torch.tensor([i + [one] * (2 - len(i)) for i in inner], dtype=torch.long).reshape(-1, 2)
+        table = torch.tensor([r[:2] for r in rows], dtype=torch.float64)
+        index = torch.tensor([r[2:] for r in rows], dtype=torch.long)
+        self._macs_coef, self._params_coef = table[:, 0], table[:, 1]
+        self._in_idx, self._out_idx, self._blk_idx = index[:, 0], index[:, 1], index[:, 2]
+        self.group_sizes = torch.tensor([self.groups[n].size for n in self.channel_groups], dtype=torch.float64)
+
+    # ----------------------------------------------------------------- gates
+    def gate(self, name: str) -> Gate:
+        return self.gates[self._gate_key[name]]
+
+    def gate_parameters(self) -> Iterator[nn.Parameter]:
+        for gate in self.gates.values():
+            yield from gate.parameters()
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.parameters()
+
+    def set_schedule(self, temperature: float | None = None, hard: bool | None = None) -> None:
+        """Anneal the sigmoid temperature / switch to a hard straight-through forward."""
+        if temperature is not None:
+            self.temperature.fill_(float(temperature))
+        if hard is not None:
+            self.hard_forward.fill_(bool(hard))
+
+    def _sync_schedule(self) -> None:
+        temperature, hard = float(self.temperature), bool(self.hard_forward)
+        for gate in self.gates.values():
+            gate.temperature, gate.hard = temperature, hard
+
+    def gate_values(self) -> dict[str, Tensor]:
+        """The value each gated group multiplies in, in the current mode (sampled in training)."""
+        self._sync_schedule()
+        return {name: self.gates[key]() for name, key in self._gate_key.items()}
+
+    def gate_probabilities(self) -> dict[str, Tensor]:
+        self._sync_schedule()
+        return {name: self.gates[key].expected_open().detach() for name, key in self._gate_key.items()}
+
+    def _hard_masks(self) -> dict[str, Tensor]:
+        return {name: self.gates[key].hard_open() for name, key in self._gate_key.items()}
+
+    def block_open(self, masks: dict[str, Tensor] | None = None) -> dict[str, bool]:
+        """Whether each non-projection block survives finalization: its gate is open and no inner
+        group is entirely closed (an all-closed inner group would leave only a constant, so it counts as closed)."""
+        masks = self._hard_masks() if masks is None else masks
+        result = {}
+        for info in self.blocks:
+            if info.kind == "projection":
+                continue
+            alive = info.gate is None or bool(masks[info.gate].all())
+            result[info.name] = alive and all(g not in masks or bool(masks[g].any()) for g in info.inner)
+        return result
+
+    def gate_state(self) -> dict[str, Tensor]:
+        """{group: bool tensor, True = open}; a block counts as closed when finalization would remove it."""
+        masks = self._hard_masks()
+        alive = self.block_open(masks)
+        state = {}
+        for name, mask in masks.items():
+            state[name] = torch.tensor([alive[name]]) if self.groups[name].kind == "block" else mask.clone()
+        return state
+
+    @torch.no_grad()
+    def set_gate_state(self, state: dict[str, Tensor | bool]) -> None:
+        """Pin decisions (True = open) for the named groups; others stay free."""
+        for name, value in state.items():
+            if name not in self._gate_key:
+                raise DnasPruneError(f"no gate group named {name!r}; known: {', '.join(self._gate_key)}")
+            gate = self.gate(name)
+            value = torch.as_tensor(value, dtype=torch.bool).reshape(-1).to(gate.forced.device)
+            if value.numel() == 1 and gate.size > 1:
+                value = value.expand(gate.size)
+            if value.numel() != gate.size:
+                raise DnasPruneError(f"gate state for {name!r} has {value.numel()} entries, expected {gate.size}")
+            gate.forced.copy_(value.to(torch.int8))
+
+    @torch.no_grad()
+    def release_gates(self) -> None:
+        """Undo every pin: all gates follow their parameters again."""
+        for gate in self.gates.values():
+            gate.forced.fill_(-1)
+
+    # ----------------------------------------------------------------- cost
+    def cost_from_counts(self, counts: Tensor, blocks: Tensor) -> tuple[Tensor, Tensor]:
+        """MACs and params for given channel-group widths (in ``channel_groups`` order) and residual-branch
+        factors (in ``branch_blocks`` order: P(open), or 0/1). Differentiable in both."""
+        widths = torch.cat([counts.to(torch.float64), counts.new_ones(1, dtype=torch.float64)])
+        # A branch whose inner group is empty leaves only a constant: finalization removes the block.
+        alive = (widths[self._branch_inner] > 0).all(dim=1).to(torch.float64)
+        factors = torch.cat([blocks.to(torch.float64) * alive, blocks.new_ones(1, dtype=torch.float64)])
+        term = widths[self._in_idx] * widths[self._out_idx] * factors[self._blk_idx]
+        return (term * self._macs_coef).sum(), (term * self._params_coef).sum()
+
+    def counts_and_blocks(self, hard: bool) -> tuple[Tensor, Tensor]:
+        if not hard:
+            probs = {n: self.gates[k].expected_open() for n, k in self._gate_key.items()}
+            counts = [probs[n].sum() if n in probs else self.group_sizes.new_tensor(float(self.groups[n].size)) for n in self.channel_groups]
+            one = self.group_sizes.new_tensor(1.0)
+            blocks = [probs[n].reshape(()) if n in probs else one for n in self.branch_blocks]
+        else:
+            masks = self._hard_masks()
+            counts = [masks[n].sum() if n in masks else torch.tensor(self.groups[n].size) for n in self.channel_groups]
+            alive = self.block_open(masks)
+            blocks = [torch.tensor(float(alive[n])) for n in self.branch_blocks]
+        counts_t = torch.stack([c.to(torch.float64).cpu() for c in counts])
+        blocks_t = torch.stack([b.to(torch.float64).cpu() for b in blocks]) if blocks else torch.zeros(0, dtype=torch.float64)
+        return counts_t, blocks_t
+
+    def expected_cost(self) -> dict[str, Tensor]:
+        """{"macs", "params"}: expected under the gate probabilities in training mode (differentiable);
+        in eval mode the exact cost of the finalized model."""
+        self._sync_schedule()
+        counts, blocks = self.counts_and_blocks(hard=not self.training)
+        macs, params = self.cost_from_counts(counts, blocks)
+        return {"macs": macs, "params": params}
+
+    def hard_cost(self) -> Cost:
+        counts, blocks = self.counts_and_blocks(hard=True)
+        macs, params = self.cost_from_counts(counts, blocks)
+        return Cost(int(round(float(macs))), int(round(float(params))))
+
+    # ----------------------------------------------------------------- forward
+    def _block(self, info: BlockInfo, x: Tensor, values: dict[str, Tensor], alive: dict[str, bool] | None) -> Tensor:
+        b = info.module
+        stream = values.get(info.out_group)
+        identity = x
+        if b.downsample is not None:
+            identity = gated_bn(b.downsample[1], b.downsample[0](x), stream)
+        if info.kind == "projection":
+            return F.relu(identity)
+        if alive is not None and not alive[info.name]:
+            return F.relu(identity) if b.downsample is not None else identity
+        last = stream
+        if info.gate is not None:
+            last = values[info.gate] if last is None else values[info.gate] * last
+        if info.kind == "basic":
+            out = F.relu(gated_bn(b.bn1, b.conv1(x), values.get(info.inner[0])))
+            out = gated_bn(b.bn2, b.conv2(out), last)
+        else:
+            out = F.relu(gated_bn(b.bn1, b.conv1(x), values.get(info.inner[0])))
+            out = F.relu(gated_bn(b.bn2, b.conv2(out), values.get(info.inner[1])))
+            out = gated_bn(b.bn3, b.conv3(out), last)
+        return F.relu(out + identity)
+
+    def forward(self, x: Tensor) -> Tensor:
+        values = self.gate_values()
+        alive = None if self.training else self.block_open()
+        m = self.model
+        x = F.relu(gated_bn(m.bn1, m.conv1(x), values.get(self.stem_group)))
+        if self.family == "torchvision":
+            x = m.maxpool(x)
+        for info in self.blocks:
+            x = self._block(info, x, values, alive)
+        x = torch.flatten(m.avgpool(x), 1)
+        return m.fc(x)
+
+    # ----------------------------------------------------------------- persistence
+    def config(self) -> dict:
+        """Plain data that, with ``state_dict()``, rebuilds this supernet (see :meth:`from_config`)."""
+        return {
+            "spec": spec_of(self.model),
+            "input_size": list(self.input_size),
+            "gate": self.gate_kind,
+            "exclude": list(self.exclude),
+            "init_logit": self.init_logit,
+            "budget": self.budget,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, state_dict: dict | None = None) -> "Supernet":
+        model = build_model(config["spec"])
+        net = cls(model, config["input_size"], config["gate"], config.get("exclude", ()), config.get("init_logit", 3.0))
+        net.budget = config.get("budget")
+        if state_dict is not None:
+            net.load_state_dict(state_dict)
+        return net
+
