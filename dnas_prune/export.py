@@ -1,0 +1,168 @@
+"""Export a (pruned) model to TorchScript, ONNX or a ``torch.export`` archive, and check the result.
+
+Each export is written to a temp file next to the target and renamed into place, then (by default) loaded
+back and run on a random batch of a different size than the traced one, so a wrongly baked-in batch
+dimension or a numerical divergence is caught at export time rather than in deployment.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import DnasPruneError
+
+FORMATS = ("torchscript", "onnx", "pt2")
+SUFFIXES = {"torchscript": ".torchscript", "onnx": ".onnx", "pt2": ".pt2"}
+_INSTALL_HINT = 'pip install "dnas_prune[export]"'
+
+
+class ExportError(DnasPruneError):
+    """An unknown format, a missing optional dependency, or an export whose outputs differ from the model."""
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+    with warnings.catch_warnings():  # torch.jit is deprecated upstream; the user asked for this format anyway
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    torch.export.save(program, str(path))
+
+
+def _onnxscript_available() -> bool:
+    return importlib.util.find_spec("onnxscript") is not None
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+    """The torch.export-based exporter when onnxscript is installed, else the legacy TorchScript one."""
+    names = {"input_names": ["input"], "output_names": ["logits"]}
+    if _onnxscript_available():
+        dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+            dynamic_shapes=dynamic_shapes, **names,
+        )
+        return
+    dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():  # the legacy exporter warns that it is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), str(path), dynamo=False, dynamic_axes=dynamic_axes, **names)
+
+
+_EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, bool], None]] = {
+    "torchscript": _export_torchscript,
+    "onnx": _export_onnx,
+    "pt2": _export_pt2,
+}
+
+
+def export(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    format: str = "onnx",
+    input_size: Sequence[int] = (3, 32, 32),
+    batch_size: int = 1,
+    dynamic_batch: bool = True,
+    check: bool = True,
+) -> Path:
+    """Export ``model`` (run in eval mode) to ``path`` in ``format``; with ``check``, verify it reproduces the model.
+
+    ``batch_size`` is the traced batch; with ``dynamic_batch`` the exported graph accepts any batch size
+    (``torch.export`` specializes size-1 dimensions, so tracing then uses a batch of at least 2).
+    """
+    _check_format(format)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trace_batch = max(2, batch_size) if dynamic_batch else batch_size
+    example = torch.randn(trace_batch, *input_size, device=_device(model))
+    was_training = model.training
+    model.eval()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with torch.no_grad():
+            _EXPORTERS[format](model, example, tmp, dynamic_batch)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        model.train(was_training)
+    if check:
+        verify_export(path, model, format, input_size, batch_size + 1 if dynamic_batch else batch_size)
+    return path
+
+
+def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError(f"checking an ONNX export needs onnxruntime; {_INSTALL_HINT}") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {input_name: x.cpu().numpy()})[0])
+
+
+def _load_runner(path: Path, format: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    if format == "onnx":
+        return _onnx_runner(path)
+    if format == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location=device)
+    return torch.export.load(str(path)).module()
+
+
+def verify_export(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    format: str,
+    input_size: Sequence[int] = (3, 32, 32),
+    batch_size: int = 2,
+) -> dict[str, Any]:
+    """Run the exported file and ``model`` on one random batch; raise :class:`ExportError` if they differ.
+
+    The tolerance is relative to the logits' scale: ``1e-4 * max|logit| + 1e-5``.
+    """
+    _check_format(format)
+    path = Path(path)
+    device = _device(model)
+    x = torch.randn(batch_size, *input_size, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(x).float().cpu()
+            got = _load_runner(path, format, device)(x).float().cpu()
+    finally:
+        model.train(was_training)
+    if got.shape != expected.shape:
+        raise ExportError(f"{path}: exported model returns shape {tuple(got.shape)}, the model {tuple(expected.shape)}")
+    max_abs_diff = (got - expected).abs().max().item()
+    tolerance = 1e-4 * expected.abs().max().item() + 1e-5
+    if not max_abs_diff <= tolerance:
+        raise ExportError(
+            f"{path}: exported {format} model differs from the original by {max_abs_diff:.3g} (tolerance {tolerance:.3g})"
+        )
+    return {"format": format, "batch_size": batch_size, "max_abs_diff": max_abs_diff, "tolerance": tolerance}

@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnas_prune import export as export_module
+from dnas_prune.cli import main
+from dnas_prune.errors import DnasPruneError
+from dnas_prune.export import ExportError, export, verify_export
+from dnas_prune.models import build_model
+from dnas_prune.pruned_io import save_pruned
+
+SPEC = {
+    "format": 1, "family": "cifar", "block": "basic", "num_classes": 10, "stem": 8,
+    "stages": [
+        {"width": 8, "stride": 1, "blocks": [{"inner": [4], "downsample": False}]},
+        {"width": 12, "stride": 2, "blocks": [{"inner": None, "downsample": True}, {"inner": [6], "downsample": False}]},
+    ],
+}
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_ort = pytest.mark.skipif(not _has_onnxruntime(), reason="onnxruntime is not installed")
+
+
+@pytest.fixture
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(SPEC).eval()
+
+
+def _check_roundtrip(path: Path, model: torch.nn.Module, fmt: str) -> None:
+    for batch in (1, 5):
+        result = verify_export(path, model, fmt, (3, 32, 32), batch)
+        assert result["max_abs_diff"] <= result["tolerance"]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2", pytest.param("onnx", marks=needs_ort)])
+def test_formats_roundtrip(tmp_path: Path, model: torch.nn.Module, fmt: str) -> None:
+    path = export(model, tmp_path / f"m.{fmt}", fmt, (3, 32, 32), batch_size=1)
+    assert path.is_file()
+    _check_roundtrip(path, model, fmt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"m.{fmt}"]
+
+
+@needs_ort
+def test_onnx_legacy_exporter(tmp_path: Path, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export_module, "_onnxscript_available", lambda: False)
+    path = export(model, tmp_path / "legacy.onnx", "onnx", (3, 32, 32))
+    _check_roundtrip(path, model, "onnx")
+
+
+def test_mismatch_is_reported(tmp_path: Path, model: torch.nn.Module) -> None:
+    path = export(model, tmp_path / "m.pt2", "pt2", (3, 32, 32))
+    with torch.no_grad():
+        model.fc.bias += 1.0
+    with pytest.raises(ExportError, match="differs"):
+        verify_export(path, model, "pt2", (3, 32, 32))
+
+
+def test_unknown_format(tmp_path: Path, model: torch.nn.Module) -> None:
+    with pytest.raises(DnasPruneError) as info:
+        export(model, tmp_path / "m.xyz", "tflite")
+    message = str(info.value)
+    assert "\n" not in message and all(f in message for f in ("torchscript", "onnx", "pt2"))
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_export(tmp_path: Path, model: torch.nn.Module, capsys: pytest.CaptureFixture[str]) -> None:
+    pruned = save_pruned(model, tmp_path / "pruned.pt")
+    out = tmp_path / "model.pt2"
+    assert main(["export", str(pruned), "--format", "pt2", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "check: passed" in printed
+    assert main(["export", str(tmp_path / "missing.pt"), "--format", "pt2"]) == 2
