@@ -1,0 +1,50 @@
+"""``dnas-prune profile``: MACs, params and CPU latency of a registry model or a pruned-model file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import DnasPruneError
+from ..models import MODEL_NAMES, create_model, is_cifar_model, spec_of
+from ..profile import MEMORY_FORMATS, profile_model
+from ..pruned_io import default_input_size, load_pruned_with_metadata
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("profile", help="MACs, params and CPU latency of a model")
+    parser.add_argument("model", help=f"a pruned-model file or a registry name ({', '.join(MODEL_NAMES)})")
+    parser.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                        help="input size (default: the file's, else 3 32 32 for CIFAR and 3 224 224 for ImageNet models)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's current setting)")
+    parser.add_argument("--repeats", type=int, default=50, help="timed forwards per batch size (capped at ~3 s)")
+    parser.add_argument("--memory-format", choices=("auto", *MEMORY_FORMATS), default="auto",
+                        help="auto picks the faster of NCHW and channels_last per model and batch size")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    if path.is_file():
+        model, metadata = load_pruned_with_metadata(path)
+        default_size = metadata.get("input_size") or default_input_size(spec_of(model))
+    elif args.model in MODEL_NAMES:
+        model = create_model(args.model)
+        default_size = (3, 32, 32) if is_cifar_model(args.model) else (3, 224, 224)
+    else:
+        raise DnasPruneError(f"{args.model!r} is neither an existing file nor a model name ({', '.join(MODEL_NAMES)})")
+    input_size = tuple(args.input_size or default_size)
+    result = profile_model(
+        model, input_size, args.batch_sizes, repeats=args.repeats, threads=args.threads,
+        memory_format=args.memory_format,
+    )
+    print(f"model: {args.model}  input: {'x'.join(map(str, input_size))}")
+    print(f"MACs: {result['macs'] / 1e6:.2f} M  params: {result['params'] / 1e6:.3f} M")
+    print(f"{'batch':>6} {'median ms':>10} {'p10 ms':>9} {'p90 ms':>9} {'img/s':>9} {'repeats':>8}  threads  memory format")
+    for bs, lat in result["latency"].items():
+        print(
+            f"{bs:>6} {lat['median_ms']:>10.3f} {lat['p10_ms']:>9.3f} {lat['p90_ms']:>9.3f} "
+            f"{bs * 1e3 / lat['median_ms']:>9.1f} {lat['repeats']:>8}  {lat['threads']:>7}  {lat['memory_format']}"
+        )
+    return 0

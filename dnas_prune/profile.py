@@ -1,0 +1,203 @@
+"""CPU latency of plain models, measured so that pruned-vs-dense comparisons are fair.
+
+Two things make naive timing misleading on CPU: the memory format (narrow pruned widths can be much slower
+in channels_last than in NCHW, so each model gets the faster one) and machine noise drifting between runs
+(so :func:`compare_latency` interleaves the models' repeats round-robin instead of timing them one after
+the other).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .cost import count_cost
+
+MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+_TRIAL_SECONDS = 0.5  # per candidate memory format when choosing one
+
+
+@contextmanager
+def _threads(threads: int | None) -> Iterator[int]:
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _Runner:
+    """A model copy in the requested dtype/memory format plus its input, timed one forward at a time."""
+
+    def __init__(self, model: nn.Module, input_size: Sequence[int], batch_size: int, memory_format: str,
+                 dtype: torch.dtype) -> None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        fmt = MEMORY_FORMATS[memory_format]
+        needs_copy = fmt is not torch.contiguous_format or (param is not None and param.dtype != dtype)
+        with torch.inference_mode(False):  # copies made under inference mode could not be converted in place
+            self.model = (copy.deepcopy(model) if needs_copy else model).eval()
+            if needs_copy:
+                self.model.to(dtype=dtype, memory_format=fmt)
+        self.x = torch.randn(batch_size, *input_size, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        self.memory_format = memory_format
+        self.times: list[float] = []
+
+    def once(self) -> float:
+        start = time.perf_counter()
+        self.model(self.x)
+        return time.perf_counter() - start
+
+    def warmup(self, count: int, max_seconds: float) -> float:
+        """Run up to ``count`` warm-up forwards within ``max_seconds``; returns the last one's duration."""
+        deadline = time.perf_counter() + max_seconds
+        last = self.once()
+        for _ in range(count - 1):
+            if time.perf_counter() > deadline:
+                break
+            last = self.once()
+        return last
+
+    def summary(self) -> dict[str, Any]:
+        ms = sorted(t * 1e3 for t in self.times)
+        return {
+            "median_ms": statistics.median(ms),
+            "p10_ms": _quantile(ms, 0.1),
+            "p90_ms": _quantile(ms, 0.9),
+            "repeats": len(ms),
+            "memory_format": self.memory_format,
+        }
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated quantile (statistics.quantiles needs at least two points)."""
+    position = q * (len(sorted_values) - 1)
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def _runner(model: nn.Module, input_size: Sequence[int], batch_size: int, memory_format: str,
+            dtype: torch.dtype) -> _Runner:
+    """A runner in ``memory_format``; ``"auto"`` briefly times NCHW and channels_last and keeps the faster."""
+    if memory_format != "auto":
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be 'auto' or one of {sorted(MEMORY_FORMATS)}, got {memory_format!r}")
+        return _Runner(model, input_size, batch_size, memory_format, dtype)
+    best, best_time = None, float("inf")
+    for name in MEMORY_FORMATS:
+        candidate = _Runner(model, input_size, batch_size, name, dtype)
+        last = candidate.warmup(3, _TRIAL_SECONDS / 2)
+        trial = sorted(candidate.once() for _ in range(max(1, min(5, int(_TRIAL_SECONDS / 2 / max(last, 1e-6))))))
+        if trial[len(trial) // 2] < best_time:
+            best, best_time = candidate, trial[len(trial) // 2]
+    assert best is not None
+    return best
+
+
+def _repeats_within(repeats: int, seconds_per_repeat: float, max_seconds: float) -> int:
+    """At most ``repeats``, fewer when they would exceed ``max_seconds``, but never below 3."""
+    return max(3, min(repeats, int(max_seconds / max(seconds_per_repeat, 1e-9))))
+
+
+def measure_latency(
+    model: nn.Module,
+    input_size: Sequence[int] = (3, 32, 32),
+    batch_size: int = 1,
+    *,
+    warmup: int = 10,
+    repeats: int = 50,
+    threads: int | None = None,
+    memory_format: str = "auto",
+    dtype: torch.dtype = torch.float32,
+    max_seconds: float = 3.0,
+) -> dict[str, Any]:
+    """Forward latency in milliseconds (median, p10, p90) of one batch, in eval mode without autograd.
+
+    ``repeats`` is reduced so the timed loop takes about ``max_seconds``; ``threads`` is restored after.
+    """
+    return compare_latency(
+        {"model": model}, input_size, (batch_size,), warmup=warmup, repeats=repeats, threads=threads,
+        memory_format=memory_format, dtype=dtype, max_seconds=max_seconds, with_cost=False,
+    )["models"]["model"]["latency"][batch_size]
+
+
+def profile_model(
+    model: nn.Module, input_size: Sequence[int] = (3, 32, 32), batch_sizes: Sequence[int] = (1, 64), **kw: Any
+) -> dict[str, Any]:
+    """MACs, params and latency per batch size (``kw`` goes to :func:`measure_latency`)."""
+    cost = count_cost(model, input_size)
+    latency = {bs: measure_latency(model, input_size, bs, **kw) for bs in batch_sizes}
+    return {"macs": cost.macs, "params": cost.params, "input_size": list(input_size), "latency": latency}
+
+
+def compare_latency(
+    models: dict[str, nn.Module],
+    input_size: Sequence[int] = (3, 32, 32),
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    warmup: int = 10,
+    repeats: int = 50,
+    threads: int | None = None,
+    memory_format: str = "auto",
+    dtype: torch.dtype = torch.float32,
+    max_seconds: float = 3.0,
+    with_cost: bool = True,
+) -> dict[str, Any]:
+    """Latency of several models measured in one run, repeats interleaved round-robin, plus ratios vs the first.
+
+    Returns ``{"threads", "input_size", "batch_sizes", "models": {name: {"macs", "params", "latency": {bs:
+    {...}}}}, "ratios": {name: {bs: {"speedup", "macs_reduction", "efficiency"}}}}`` where ``speedup`` is the
+    first model's median over this one's, ``macs_reduction`` the first's MACs over this one's, and
+    ``efficiency = speedup / macs_reduction`` (1.0: latency falls exactly as MACs do). ``max_seconds`` caps
+    the timed loop per model and batch size.
+    """
+    if not models:
+        raise ValueError("compare_latency needs at least one model")
+    names = list(models)
+    result: dict[str, Any] = {
+        "input_size": list(input_size),
+        "batch_sizes": list(batch_sizes),
+        "models": {name: {"latency": {}} for name in names},
+    }
+    if with_cost:
+        for name in names:
+            cost = count_cost(models[name], input_size)
+            result["models"][name].update(macs=cost.macs, params=cost.params)
+    with _threads(threads) as used_threads, torch.inference_mode():
+        result["threads"] = used_threads
+        for bs in batch_sizes:
+            runners = [_runner(models[name], input_size, bs, memory_format, dtype) for name in names]
+            round_seconds = sum(r.warmup(warmup, max_seconds / 3) for r in runners)
+            rounds = _repeats_within(repeats, round_seconds, max_seconds * len(runners))
+            for _ in range(rounds):
+                for runner in runners:
+                    runner.times.append(runner.once())
+            for name, runner in zip(names, runners):
+                result["models"][name]["latency"][bs] = {
+                    **runner.summary(), "batch_size": bs, "threads": used_threads, "dtype": str(dtype).removeprefix("torch."),
+                }
+    if with_cost:
+        result["ratios"] = _ratios(result, names, batch_sizes)
+    return result
+
+
+def _ratios(result: dict[str, Any], names: list[str], batch_sizes: Sequence[int]) -> dict[str, Any]:
+    dense = result["models"][names[0]]
+    ratios: dict[str, Any] = {}
+    for name in names:
+        entry = result["models"][name]
+        macs_reduction = dense["macs"] / entry["macs"]
+        ratios[name] = {}
+        for bs in batch_sizes:
+            speedup = dense["latency"][bs]["median_ms"] / entry["latency"][bs]["median_ms"]
+            ratios[name][bs] = {"speedup": speedup, "macs_reduction": macs_reduction, "efficiency": speedup / macs_reduction}
+    return ratios

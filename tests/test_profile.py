@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnas_prune.cli import main
+from dnas_prune.models import build_model
+from dnas_prune.profile import compare_latency, measure_latency, profile_model
+from dnas_prune.pruned_io import save_pruned
+
+SPEC = {
+    "format": 1, "family": "cifar", "block": "basic", "num_classes": 10, "stem": 4,
+    "stages": [{"width": 4, "stride": 1, "blocks": [{"inner": [2], "downsample": False}]},
+               {"width": 8, "stride": 2, "blocks": [{"inner": None, "downsample": True}]}],
+}
+FAST = {"warmup": 1, "repeats": 3, "max_seconds": 0.2}
+
+
+def _sane(latency: dict, batch_size: int) -> None:
+    assert 0 < latency["p10_ms"] <= latency["median_ms"] <= latency["p90_ms"]
+    assert latency["batch_size"] == batch_size and latency["repeats"] >= 3
+    assert latency["threads"] >= 1 and latency["memory_format"] in ("nchw", "channels_last")
+
+
+@pytest.mark.parametrize("memory_format", ["auto", "nchw", "channels_last"])
+def test_measure_latency(memory_format: str) -> None:
+    model = build_model(SPEC).train()
+    before = torch.get_num_threads()
+    latency = measure_latency(model, (3, 16, 16), 2, threads=1, memory_format=memory_format, **FAST)
+    _sane(latency, 2)
+    assert latency["threads"] == 1 and torch.get_num_threads() == before
+    if memory_format != "auto":
+        assert latency["memory_format"] == memory_format
+    assert model.conv1.weight.is_contiguous()  # the caller's model is not converted
+
+
+def test_profile_and_compare() -> None:
+    dense = build_model({**SPEC, "stem": 8, "stages": [{**SPEC["stages"][0], "width": 8}, SPEC["stages"][1]]})
+    pruned = build_model(SPEC)
+    profile = profile_model(pruned, (3, 16, 16), (1, 3), **FAST)
+    assert profile["macs"] > 0 and profile["params"] > 0
+    for bs in (1, 3):
+        _sane(profile["latency"][bs], bs)
+    result = compare_latency({"dense": dense, "pruned": pruned}, (3, 16, 16), (1, 2), **FAST)
+    assert set(result["ratios"]) == {"dense", "pruned"}
+    assert result["ratios"]["dense"][1] == {"speedup": 1.0, "macs_reduction": 1.0, "efficiency": 1.0}
+    ratio = result["ratios"]["pruned"][2]
+    assert ratio["macs_reduction"] == result["models"]["dense"]["macs"] / result["models"]["pruned"]["macs"] > 1
+    assert ratio["efficiency"] == pytest.approx(ratio["speedup"] / ratio["macs_reduction"])
+
+
+def test_cli_profile_registry_name(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["profile", "cifar_resnet20", "--batch-sizes", "1", "--repeats", "3", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "MACs: 40.81 M" in out and "memory format" in out
+
+
+def test_cli_profile_pruned_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = save_pruned(build_model(SPEC), tmp_path / "p.pt")
+    assert main(["profile", str(path), "--batch-sizes", "1", "2", "--repeats", "3"]) == 0
+    assert "MACs:" in capsys.readouterr().out
+
+
+def test_cli_profile_unknown(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "resnet9000"]) == 2
+    assert "neither" in capsys.readouterr().err
