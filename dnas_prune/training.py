@@ -1,0 +1,431 @@
+"""The training loop shared by dense training, the supernet search and finetuning.
+
+One :class:`Trainer` owns the optimizer, schedule, precision, memory format, checkpoints and metrics;
+search and finetune customize it through :class:`TrainHooks` instead of copying the loop. A checkpoint
+holds everything needed to resume bit-for-bit (on CPU) and loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .data import BatchStream, CifarData, Split
+from .errors import CheckpointError, DnasPruneError, TrainingDiverged
+
+CHECKPOINT_FORMAT = 1
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` that never leaves a truncated file: temp file in the same dir, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def safe_torch_load(path: str | os.PathLike, what: str) -> Any:
+    """``torch.load(weights_only=True)``; any unreadable file becomes a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist (expected {what})") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a directory (expected {what})") from None
+    except Exception as exc:  # EOFError, UnpicklingError, RuntimeError (zip/truncation) and friends
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path} is not a readable {what} ({type(exc).__name__}: {reason})") from None
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.chmod(tmp, _umask_mode())
+    os.replace(tmp, path)
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group torchrun describes in the environment; ``(rank, world_size)``, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256  # global, over all ranks
+    lr: float = 0.3
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    schedule: str = "onecycle"  # "onecycle": linear up, linear down to 0; "cosine": linear warmup, cosine to 0
+    warmup_epochs: float = 3.0
+    device: str = "cpu"
+    precision: str = "bf16"  # or "fp32"
+    memory_format: str = "auto"  # "auto" | "channels_last" | "contiguous"
+    seed: int = 0
+    log_every: int = 50
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {"schedule": ("onecycle", "cosine"), "precision": ("bf16", "fp32"),
+                   "memory_format": ("auto", "channels_last", "contiguous")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise DnasPruneError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise DnasPruneError(f"epochs, batch size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak lr at iteration ``step`` (a module-level function so schedulers pickle cleanly)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return max(0.0, 1.0 - progress)
+
+
+class TrainHooks:
+    """Extension points for search/finetune. Default: no-ops."""
+
+    def excluded_parameters(self) -> list[nn.Parameter]:
+        """Parameters kept out of the SGD weight groups (e.g. gates with their own optimizer)."""
+        return []
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        pass
+
+    def loss(self, trainer: "Trainer", ce: Tensor, logits: Tensor, step: int) -> Tensor:
+        return ce
+
+    def before_optimizer_step(self, trainer: "Trainer") -> None:
+        """Called after backward, before the weight update (gradients are in place)."""
+
+    def after_step(self, trainer: "Trainer", step: int, metrics: dict) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+_FORMAT_CACHE: dict[tuple, str] = {}
+
+
+def _rng_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """SGD training with per-iteration schedule, bf16 autocast, atomic per-epoch checkpoints and exact resume."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: CifarData,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        hooks: TrainHooks | None = None,
+        checkpoint_name: str = "train.pt",
+        metadata: dict | None = None,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.hooks = hooks or TrainHooks()
+        self.out_dir = Path(out_dir)
+        self.checkpoint_path = self.out_dir / checkpoint_name
+        self.metadata = metadata or {}
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise DnasPruneError("--device cuda was requested but CUDA is not available")
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        self.is_main = self.rank == 0
+        if config.batch_size % self.world_size:
+            raise DnasPruneError(f"batch size {config.batch_size} is not divisible by {self.world_size} processes")
+        self.model = model.to(self.device)
+        self.ddp_model: nn.Module = self.model
+        if distributed:
+            device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.steps_per_epoch = len(data.train) // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise DnasPruneError(f"{len(data.train)} training images do not fill one batch of {config.batch_size}")
+        self.optimizer = torch.optim.SGD(self._param_groups(), lr=config.lr, momentum=config.momentum,
+                                         nesterov=config.nesterov)
+        total = config.epochs * self.steps_per_epoch
+        warmup = min(total, round(config.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(lr_factor, total=total, warmup=warmup, schedule=config.schedule))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.epoch = 0  # epochs completed
+        self.global_step = 0
+        self.history: list[dict] = []
+        self.channels_last: bool | None = None
+
+    def _param_groups(self) -> list[dict]:
+        """Weight decay on conv/linear weights only; BN parameters and biases (ndim <= 1) are not decayed."""
+        excluded = {id(p) for p in self.hooks.excluded_parameters()}
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad and id(p) not in excluded:
+                (decay if p.ndim > 1 else no_decay).append(p)
+        return [{"params": decay, "weight_decay": self.config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+
+    def _choose_memory_format(self) -> bool:
+        """channels_last or not: as configured, or by timing forward+backward on a copy of the model."""
+        if self.config.memory_format != "auto":
+            return self.config.memory_format == "channels_last"
+        local = self.config.batch_size // self.world_size
+        shape = tuple(self.data.train.images.shape[1:])
+        key = (type(self.model).__name__, tuple(tuple(p.shape) for p in self.model.parameters()), local, shape,
+               str(self.device), self.config.precision)
+        if key not in _FORMAT_CACHE:
+            probe = copy.deepcopy(self.model).train()
+            x = torch.randn((local, *shape), generator=torch.Generator().manual_seed(0)).to(self.device)
+            timings = {False: math.inf, True: math.inf}
+            for channels_last in (False, True) * 3:  # interleaved, best of 3: robust to a warm-up step and noise
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                probe.to(memory_format=fmt)
+                xs = x.contiguous(memory_format=fmt)
+                start = time.perf_counter()
+                with self.autocast():
+                    out = probe(xs)
+                out.float().sum().backward()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                timings[channels_last] = min(timings[channels_last], time.perf_counter() - start)
+            _FORMAT_CACHE[key] = "channels_last" if timings[True] < timings[False] else "contiguous"
+            if self.is_main:
+                print(f"memory format: {_FORMAT_CACHE[key]} (one step: NCHW {timings[False]:.3f}s, "
+                      f"channels_last {timings[True]:.3f}s)", flush=True)
+        return _FORMAT_CACHE[key] == "channels_last"
+
+    def _stream(self, split: Split, train: bool, epoch: int = 0, batch_size: int | None = None) -> BatchStream:
+        return BatchStream(split, batch_size or self.config.batch_size, train=train, seed=self.config.seed,
+                           epoch=epoch, device=self.device, channels_last=bool(self.channels_last),
+                           mean=self.data.mean, std=self.data.std, rank=self.rank, world_size=self.world_size)
+
+    def _all_reduce(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    @torch.no_grad()
+    def evaluate(self, split: Split, model: nn.Module | None = None) -> dict:
+        """Accuracy and (unsmoothed) cross-entropy on a split, in eval mode under the training precision."""
+        model = model or self.model
+        if self.channels_last is None:
+            self.channels_last = self._choose_memory_format()
+        was_training = model.training
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = 0
+        eval_batch = max(self.world_size, 2 * self.config.batch_size // self.world_size * self.world_size)
+        for x, y in self._stream(split, train=False, batch_size=eval_batch):
+            with self.autocast():
+                logits = model(x)
+            loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+            count += len(y)
+        model.train(was_training)
+        loss_total, correct_total, count_total = self._all_reduce([loss_sum.item(), float(correct.item()), float(count)])
+        if count_total == 0:
+            return {"acc": float("nan"), "loss": float("nan")}
+        return {"acc": correct_total / count_total, "loss": loss_total / count_total}
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training split; returns loss, accuracy, throughput and the last lr."""
+        cfg = self.config
+        self.ddp_model.train()
+        stream = self._stream(self.data.train, train=True, epoch=epoch)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.int64)
+        seen = 0
+        bar = tqdm(total=len(stream), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and self.is_main),
+                   dynamic_ncols=True, leave=False)
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(stream):
+            with self.autocast():
+                logits = self.ddp_model(x)
+                ce = self.criterion(logits.float(), y)
+            loss = self.hooks.loss(self, ce, logits, self.global_step)
+            if not torch.isfinite(loss.detach()).item():
+                self._diverged(loss.item())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.hooks.before_optimizer_step(self)
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_sum += ce.detach().double().cpu() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum().cpu()
+            seen += len(y)
+            self.global_step += 1
+            step_metrics = {"loss": ce.detach(), "lr": self.scheduler.get_last_lr()[0]}
+            self.hooks.after_step(self, self.global_step, step_metrics)
+            if (i + 1) % cfg.log_every == 0 or i + 1 == len(stream):
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{seen * self.world_size / elapsed:.0f}", refresh=False)
+            bar.update()
+        bar.close()
+        elapsed = time.perf_counter() - start
+        loss_total, correct_total, seen_total = self._all_reduce([loss_sum.item(), float(correct.item()), float(seen)])
+        return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
+                "img_per_s": seen_total / elapsed, "epoch_time": elapsed, "lr": self.scheduler.get_last_lr()[0]}
+
+    def _diverged(self, value: float) -> None:
+        last = (f"last good checkpoint: {self.checkpoint_path} (epoch {self.epoch})"
+                if self.epoch > 0 and self.checkpoint_path.is_file() else "no checkpoint was written yet")
+        raise TrainingDiverged(f"loss became {value} at epoch {self.epoch + 1}, step {self.global_step}; {last}; "
+                               "lower --lr or check the data")
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train until ``config.epochs`` epochs are done (continuing from the checkpoint if ``resume``)."""
+        cfg = self.config
+        if resume:
+            self.load_checkpoint(self.checkpoint_path)
+        else:
+            torch.manual_seed(cfg.seed)
+            random.seed(cfg.seed)
+            np.random.seed(cfg.seed)
+        if self.channels_last is None:
+            self.channels_last = self._choose_memory_format()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        while self.epoch < cfg.epochs:
+            epoch = self.epoch
+            self.hooks.on_epoch_start(self, epoch)
+            metrics = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            if len(self.data.val):
+                val = self.evaluate(self.data.val)
+                metrics.update(val_acc=val["acc"], val_loss=val["loss"])
+            test = self.evaluate(self.data.test)
+            metrics.update(test_acc=test["acc"], test_loss=test["loss"])
+            self.hooks.on_epoch_end(self, epoch, metrics)
+            self.epoch = epoch + 1
+            self.history.append(metrics)
+            if self.is_main:
+                self.save_checkpoint()
+                _atomic_json({"config": asdict(cfg), "metadata": self.metadata, "history": self.history},
+                             self.out_dir / "metrics.json")
+                print(self._summary(metrics), flush=True)
+        return dict(self.history[-1]) if self.history else {}
+
+    def _summary(self, m: dict) -> str:
+        val = f" val {m['val_acc']:.4f}" if "val_acc" in m else ""
+        return (f"epoch {m['epoch']}/{self.config.epochs}: loss {m['train_loss']:.4f} train {m['train_acc']:.4f}"
+                f"{val} test {m['test_acc']:.4f} | {m['img_per_s']:.0f} img/s, {m['epoch_time']:.1f}s")
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "kind": "dnas_prune.trainer",
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "rng": _rng_state(),
+            "hooks": self.hooks.state_dict(),
+            "config": asdict(self.config),
+            "metadata": self.metadata,
+            "history": self.history,
+            "channels_last": bool(self.channels_last),
+        }
+        return atomic_torch_save(state, self.checkpoint_path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        state = safe_torch_load(path, "a dnas_prune trainer checkpoint")
+        if not isinstance(state, dict) or state.get("kind") != "dnas_prune.trainer":
+            raise CheckpointError(f"{path} is not a dnas_prune trainer checkpoint")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} has checkpoint format {state.get('format')!r}; this version reads {CHECKPOINT_FORMAT}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path} does not match this model/optimizer: {str(exc).splitlines()[0]}") from None
+        self.hooks.load_state_dict(state["hooks"])
+        self.epoch, self.global_step = state["epoch"], state["global_step"]
+        self.history = list(state["history"])
+        self.channels_last = state["channels_last"]
+        _set_rng_state(state["rng"])
