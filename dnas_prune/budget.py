@@ -137,12 +137,13 @@ def project_to_budget(
         macs, params = net.cost_from_counts(torch.tensor(w, dtype=torch.float64), blocks)
         return float(macs if metric == "macs" else params) / dense
 
-    def unit_score(i: int, grow: bool) -> float:
+    def unit_score(i: int, grow: bool) -> tuple[float, float]:
+        """(mean gate score of the unit, open fraction of its group): equal scores shrink groups evenly."""
         name = names[i]
-        if name not in scores:
-            return float("nan")
         lo, hi = (widths[i], widths[i] + steps[i]) if grow else (widths[i] - steps[i], widths[i])
-        return float(scores[name][lo:min(hi, net.groups[name].size)].mean())
+        fraction = widths[i] / net.groups[name].size
+        score = float(scores[name][lo:min(hi, net.groups[name].size)].mean())
+        return (-score, fraction) if grow else (score, -fraction)
 
     current = ratio_of(widths)
     while current > target + 1e-12:
@@ -166,7 +167,7 @@ def project_to_budget(
         while True:
             candidates = [i for i in range(len(names)) if steps[i] and widths[i] + steps[i] <= net.groups[names[i]].size]
             chosen = None
-            for i in sorted(candidates, key=lambda i: -unit_score(i, grow=True)):
+            for i in sorted(candidates, key=lambda i: unit_score(i, grow=True)):
                 trial = widths.copy()
                 trial[i] += steps[i]
                 r = ratio_of(trial)

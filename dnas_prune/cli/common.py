@@ -1,0 +1,48 @@
+"""Arguments and set-up shared by the commands that train (train, search, finetune)."""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import numpy as np
+import torch
+
+from ..data import CifarData, load_cifar10, resolve_data_root
+from ..training import TrainConfig
+
+
+def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    p.add_argument("--data", help="CIFAR-10 directory (default: $DNAS_PRUNE_DATA, else download to the cache)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of the weights (default: %(default)s)")
+    p.add_argument("--schedule", choices=("onecycle", "cosine"), default=defaults.schedule)
+    p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs, help="lr warm-up (default: %(default)s)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device)
+    p.add_argument("--limit-train", type=int, help="train on the first N images of the training split (smoke runs)")
+    p.add_argument("--val-size", type=int, default=5000, help="images held out of train for validation")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=defaults.precision)
+    p.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default=defaults.memory_format)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+
+
+def train_config_from(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, device=args.device, precision=args.precision,
+        memory_format=args.memory_format, seed=args.seed, progress=not args.no_progress,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def load_data(args: argparse.Namespace) -> tuple[CifarData, str]:
+    root = resolve_data_root(args.data)
+    return load_cifar10(root, val_size=args.val_size, limit_train=args.limit_train, seed=args.seed), str(root)

@@ -1,0 +1,68 @@
+"""``dnas-prune search``: learn block and channel gates under a MACs or params budget.
+
+Writes ``OUT/supernet.pt`` (atomically, every epoch: everything needed to resume exactly) and
+``OUT/search.json`` (final gate state, costs, accuracies).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..budget import check_target
+from ..errors import DnasPruneError
+from ..gates import GATE_KINDS
+from ..models import MODEL_NAMES, create_model
+from ..search import DEFAULT_GATE, SearchConfig, load_pretrained, search
+from ..training import TrainConfig, init_distributed
+from .common import add_training_args, load_data, seed_everything, train_config_from
+
+DEFAULTS = TrainConfig(epochs=10, lr=0.05, schedule="cosine", warmup_epochs=0.0)
+SEARCH_DEFAULTS = SearchConfig()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("search", help="search a pruned architecture under a budget", description=__doc__)
+    p.add_argument("--model", help=f"architecture (not needed with a dnas_prune --pretrained file): {', '.join(MODEL_NAMES)}")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-macs", type=float, help="MACs budget as a fraction of the dense model, in (0, 1]")
+    target.add_argument("--target-params", type=float, help="parameter budget as a fraction of the dense model, in (0, 1]")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--pretrained", help="dense checkpoint: a `dnas-prune train` model.pt or a torchvision state_dict")
+    p.add_argument("--gate", choices=GATE_KINDS, default=DEFAULT_GATE, help="gate kind (default: %(default)s)")
+    p.add_argument("--gate-lr", type=float, default=SEARCH_DEFAULTS.gate_lr)
+    p.add_argument("--warmup", type=float, default=SEARCH_DEFAULTS.warmup,
+                   help="fraction of the search before budget pressure starts (default: %(default)s)")
+    p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
+    p.add_argument("--exclude", nargs="*", default=[], help="gate groups kept open (glob patterns, e.g. 'layer1.*')")
+    add_training_args(p, DEFAULTS)
+    return p
+
+
+def search_config_from(args: argparse.Namespace) -> SearchConfig:
+    metric, target = ("macs", args.target_macs) if args.target_macs is not None else ("params", args.target_params)
+    check_target(metric, target)
+    if args.round_to is not None and args.round_to < 1:
+        raise DnasPruneError(f"--round-to must be a positive integer, got {args.round_to}")
+    return SearchConfig(metric=metric, target=target, gate=args.gate, gate_lr=args.gate_lr, warmup=args.warmup,
+                        round_to=args.round_to, exclude=list(args.exclude))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model is None and args.pretrained is None:
+        raise DnasPruneError("pass --model NAME (and optionally --pretrained CKPT)")
+    search_config = search_config_from(args)
+    train_config = train_config_from(args)
+    init_distributed()
+    data, _ = load_data(args)
+    seed_everything(args.seed)
+    if args.pretrained:
+        model = load_pretrained(args.pretrained, args.model, data.num_classes)
+    else:
+        model = create_model(args.model, num_classes=data.num_classes)
+    net, summary = search(model, data, train_config, search_config, Path(args.out), resume=args.resume)
+    final = summary["final"]
+    print(f"search done: {final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
+          f"{summary['gates']['blocks_open']}/{summary['gates']['blocks_total']} blocks; "
+          f"hard-supernet test acc {summary['accuracy']['test']:.4f}; wrote {Path(args.out) / 'supernet.pt'}")
+    return 0
