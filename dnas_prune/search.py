@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -180,8 +180,13 @@ def search(
     out_dir: str | Path,
     resume: bool = False,
     input_size: tuple[int, int, int] | None = None,
+    wrap_hooks: Callable[[TrainHooks], TrainHooks] | None = None,
 ) -> tuple[Supernet, dict]:
-    """Run the whole search; returns the projected supernet and the summary written to ``search.json``."""
+    """Run the whole search; returns the projected supernet and the summary written to ``search.json``.
+
+    ``wrap_hooks`` lets the caller put an observer (e.g. TensorBoard monitoring) around the search hooks
+    without this module knowing about it.
+    """
     out = Path(out_dir)
     input_size = input_size or tuple(data.train.images.shape[1:])
     net = Supernet(model, input_size, gate=search_config.gate, exclude=search_config.exclude,
@@ -191,7 +196,8 @@ def search(
     steps = train_config.epochs * (len(data.train) // train_config.batch_size)
     hooks = SearchHooks(net, search_config, steps)
     metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config)}
-    trainer = Trainer(net, data, train_config, out, hooks=hooks, checkpoint_name="supernet.pt", metadata=metadata)
+    trainer = Trainer(net, data, train_config, out, hooks=wrap_hooks(hooks) if wrap_hooks else hooks,
+                      checkpoint_name="supernet.pt", metadata=metadata)
     trainer.fit(resume=resume and (out / "supernet.pt").is_file())
     before = net.hard_cost()
     final = project_to_budget(net, search_config.metric, search_config.target, search_config.round_to)
