@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from .cost import count_cost
 from .errors import CheckpointError
 from .models import build_model, spec_of
 from .models.spec import SpecError
+from .training import atomic_torch_save
 
 FORMAT = "dnas_prune.pruned"
 VERSION = 1
@@ -31,24 +31,6 @@ _DEFAULT_INPUT_SIZE = {"cifar": (3, 32, 32), "torchvision": (3, 224, 224)}
 def default_input_size(spec: dict[str, Any]) -> tuple[int, int, int]:
     """The input size a spec's family is usually run at (CIFAR 32x32, ImageNet 224x224)."""
     return _DEFAULT_INPUT_SIZE[spec["family"]]
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the same directory, fsync, then rename: never a half-written file.
-
-    Private until ``dnas_prune.training.atomic_torch_save`` lands; the two should be merged then.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike[str], **metadata: Any) -> Path:
@@ -73,8 +55,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], **metadata: Any)
         "state_dict": state_dict,
         "metadata": {"macs": cost.macs, "params": cost.params, "input_size": list(input_size), **metadata},
     }
-    _atomic_save(payload, path)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def _unreadable(path: Path, exc: Exception) -> CheckpointError:
@@ -99,9 +80,9 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
 
 
 def _describe_foreign(obj: dict[str, Any]) -> str:
-    kind = obj.get("format", obj.get("kind"))
-    if isinstance(kind, str):
-        return f"a {kind!r} file"
+    for key in ("kind", "format"):
+        if isinstance(obj.get(key), str):
+            return f"a {obj[key]!r} file"
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return "a plain state_dict (it lacks the architecture spec)"
     if "optimizer" in obj or "epoch" in obj:

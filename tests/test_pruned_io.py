@@ -110,7 +110,7 @@ def test_truncated_and_garbage(tmp_path: Path, pruned_file: Path) -> None:
     [
         (lambda: create_model("cifar_resnet20").state_dict(), "plain state_dict"),
         (lambda: {"format": "dnas_prune.search", "version": 1, "supernet": {}}, "dnas_prune.search"),
-        (lambda: {"kind": "training", "model": {}, "optimizer": {}}, "'training'"),
+        (lambda: {"format": 1, "kind": "dnas_prune.trainer", "model": {}, "optimizer": {}}, "'dnas_prune.trainer'"),
         (lambda: {"model": {}, "optimizer": {}, "epoch": 3}, "training checkpoint"),
         (lambda: [1, 2, 3], "list"),
     ],
