@@ -1,0 +1,99 @@
+"""The supernet: gates over blocks and channels, and a differentiable cost that is exact when hard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dnas_prune import MODEL_NAMES, Supernet, count_cost, create_model, finalize
+from dnas_prune.errors import GatingError
+from dnas_prune.gates import GATE_KINDS
+from dnas_prune.models import is_cifar_model
+
+
+def input_size(name: str) -> tuple[int, int, int]:
+    return (3, 32, 32) if is_cifar_model(name) else (3, 64, 64)
+
+
+def randomize_gates(net: Supernet, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for gate in net.gates.values():
+            gate.logits.copy_(torch.randn(gate.logits.shape, generator=generator) * 2 + 0.5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_all_open_cost_is_dense_and_random_hard_cost_is_finalized_cost(name: str) -> None:
+    model = create_model(name)
+    size = input_size(name)
+    dense = count_cost(model, size)
+    net = Supernet(model, size).eval()
+    cost = net.expected_cost()
+    assert int(cost["macs"]) == dense.macs and int(cost["params"]) == dense.params
+    randomize_gates(net, seed=len(name))
+    cost = net.expected_cost()
+    pruned = count_cost(finalize(net), size)
+    assert (int(cost["macs"]), int(cost["params"])) == (pruned.macs, pruned.params)
+    assert pruned.macs < dense.macs
+
+
+@pytest.mark.parametrize("kind", GATE_KINDS)
+def test_gradients_reach_every_gate_parameter(kind: str) -> None:
+    net = Supernet(create_model("cifar_resnet20"), gate=kind).train()
+    net.set_schedule(temperature=0.5, hard=kind == "sigmoid")
+    torch.manual_seed(0)
+    logits = net(torch.randn(4, 3, 32, 32))
+    loss = nn.functional.cross_entropy(logits, torch.arange(4)) + net.expected_cost()["macs"] / net.dense_cost.macs
+    loss.backward()
+    for name, gate in net.gates.items():
+        assert gate.logits.grad is not None and gate.logits.grad.abs().sum() > 0, name
+
+
+def test_group_names_follow_module_names() -> None:
+    cifar = Supernet(create_model("cifar_resnet20"))
+    assert {"layer1.stream", "layer2.stream", "layer3.stream", "layer2.0", "layer2.0.conv1"} <= set(cifar.groups)
+    assert "stem" not in cifar.groups  # the stem feeds layer1's identity adds: same stream
+    r50 = Supernet(create_model("resnet50"), (3, 64, 64))
+    assert {"stem", "layer1.stream", "layer4.2", "layer4.2.conv1", "layer4.2.conv2"} <= set(r50.groups)
+    assert r50.groups["layer1.0.conv2"].kind == "inner" and r50.groups["stem"].kind == "stream"
+
+
+def test_wrapping_shares_weights_and_all_open_output_equals_the_model() -> None:
+    model = create_model("cifar_resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    net = Supernet(model).eval()
+    assert net.model is model
+    torch.testing.assert_close(net(x), expected)
+
+
+def test_exclude_keeps_groups_open_and_gate_state_round_trips() -> None:
+    net = Supernet(create_model("cifar_resnet20"), exclude=["layer1.*"]).eval()
+    assert not any(name.startswith("layer1") for name in net._gate_key)
+    state = net.gate_state()
+    assert state["layer2.0"].shape == (1,) and state["layer2.stream"].shape == (32,)
+    net.set_gate_state({"layer2.1": False, "layer3.stream": torch.arange(64) < 10})
+    state = net.gate_state()
+    assert not state["layer2.1"].item() and int(state["layer3.stream"].sum()) == 10
+    assert not net.block_open()["layer2.1"]
+    with pytest.raises(Exception, match="no gate group named"):
+        net.set_gate_state({"layer9.stream": True})
+
+
+def test_unknown_block_type_is_a_clear_error() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(16, 16, 3, padding=1)
+            self.downsample = None
+
+        def forward(self, x):
+            return self.conv(x)
+
+    model = create_model("cifar_resnet20")
+    model.layer1[1] = Odd()
+    with pytest.raises(GatingError, match=r"layer1\.1"):
+        Supernet(model)
+    with pytest.raises(GatingError, match="not a CIFAR or torchvision ResNet"):
+        Supernet(nn.Sequential(nn.Conv2d(3, 4, 3)))
