@@ -1,0 +1,386 @@
+"""The whole recipe from one TOML file: pretrain -> search -> finalize -> finetune -> export -> report.
+
+Each stage writes one output file atomically and is skipped when that file exists, so re-running the same
+command after an interruption continues where it stopped; an interrupted training stage resumes from its
+own trainer checkpoint. The resolved config is kept as ``RUN_DIR/config.toml`` and a re-run whose training
+settings differ is refused, so finished stages are never silently mixed with a different recipe.
+
+Paths written in the config file (``data.root``, ``pretrain.checkpoint``) are relative to that file;
+``out`` and paths given with ``--set`` are relative to the working directory. Without ``data.root`` the data
+is found as by every other command (``$DNAS_PRUNE_DATA``, else the download cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .budget import check_target
+from .cli.common import seed_everything
+from .cli.finetune import DEFAULTS as FINETUNE_DEFAULTS
+from .cli.search import DEFAULTS as SEARCH_DEFAULTS
+from .data import CifarData, load_cifar10, resolve_data_root
+from .errors import DnasPruneError
+from .export import FORMATS, SUFFIXES, ExportError, export
+from .finalize import finalize
+from .models import create_model, spec_of
+from .pruned_io import load_pruned_with_metadata, save_pruned
+from .report import write_report
+from .search import SearchConfig, load_pretrained, load_supernet, search
+from .supernet import Supernet
+from .training import TrainConfig, Trainer, atomic_torch_save, safe_torch_load
+
+STAGES = ("pretrain", "search", "finalize", "finetune", "export", "report")
+DATA_KINDS = ("cifar", "imagefolder")
+_TOP_LEVEL_TRAIN = ("device", "seed", "progress")  # TrainConfig fields set once for every training stage
+
+
+def _train_keys(defaults: TrainConfig) -> dict[str, Any]:
+    return {f.name: getattr(defaults, f.name) for f in fields(TrainConfig) if f.name not in _TOP_LEVEL_TRAIN}
+
+
+_TRAIN_KEYS = tuple(_train_keys(TrainConfig()))
+
+
+_SEARCH_KEYS = {f.name: getattr(SearchConfig(), f.name) for f in fields(SearchConfig) if f.name not in ("metric", "target")}
+
+# section -> key -> default ("" is the top level). Every flag of train/search/finetune has a key here;
+# --resume is implicit and --pretrained is pretrain.checkpoint.
+SCHEMA: dict[str, dict[str, Any]] = {
+    "": {"seed": 0, "device": "cpu", "out": None, "progress": True},
+    "data": {"root": None, "kind": "cifar", "limit_train": None, "val_size": 5000},
+    "model": {"name": None},
+    "pretrain": {**_train_keys(TrainConfig()), "checkpoint": None},
+    "search": {**_train_keys(SEARCH_DEFAULTS), "target_macs": None, "target_params": None, **_SEARCH_KEYS},
+    "finalize": {"round_to": None},
+    "finetune": _train_keys(FINETUNE_DEFAULTS),
+    "export": {"formats": ["onnx"], "check": True},
+    "report": {"batch_sizes": [1, 64], "max_seconds": 3.0, "threads": None},
+}
+# The types of keys whose default is None.
+_OPTIONAL_TYPES = {"out": str, "root": str, "limit_train": int, "name": str, "checkpoint": str, "target_macs": float,
+                   "target_params": float, "round_to": int, "threads": int}
+_FILE_PATHS = (("data", "root"), ("pretrain", "checkpoint"))
+# Settings that do not change what earlier stages computed: a re-run may change them.
+_RERUNNABLE = ("export", "report")
+_IGNORED = (("", "out"), ("", "progress"))
+
+Config = dict[str, dict[str, Any]]
+
+
+def _label(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
+
+
+def _get(table: dict[str, Any], section: str, key: str) -> Any:
+    return (table.get(section, {}) if section else table).get(key)
+
+
+def _known(section: str) -> str:
+    if section:
+        return f"known keys of [{section}]: {', '.join(SCHEMA[section])}"
+    return f"known top-level keys: {', '.join(SCHEMA[''])}; sections: {', '.join(s for s in SCHEMA if s)}"
+
+
+def _checked(section: str, key: str, value: Any) -> Any:
+    """``value`` if it has the key's type (an int is accepted for a float); else a one-line error."""
+    if key not in SCHEMA[section]:
+        raise DnasPruneError(f"unknown key {_label(section, key)!r}; {_known(section)}")
+    default = SCHEMA[section][key]
+    expected = type(default) if default is not None else _OPTIONAL_TYPES[key]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise DnasPruneError(f"{_label(section, key)} must be {expected.__name__}, got {value!r}")
+    return value
+
+
+def _merge(config: Config, table: dict[str, Any], base: Path | None) -> None:
+    """Validate a parsed TOML table into ``config``; file paths are made relative to ``base``."""
+    for name, value in table.items():
+        if isinstance(value, dict):
+            if name not in SCHEMA or not name:
+                raise DnasPruneError(f"unknown section [{name}]; {_known('')}")
+            for key, item in value.items():
+                config[name][key] = _checked(name, key, item)
+        else:
+            config[""][name] = _checked("", name, value)
+    if base is not None:
+        for section, key in _FILE_PATHS:
+            value = config[section].get(key)
+            if value is not None and key in table.get(section, {}):
+                config[section][key] = str(base / Path(value).expanduser())
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` (or ``key=value`` for a top-level key) -> ``(section, key, value)``.
+
+    The value is read as a TOML literal (``1``, ``0.5``, ``true``, ``["onnx"]``, ``"x"``), else kept as a string.
+    """
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise DnasPruneError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
+    section, _, key = name.strip().rpartition(".")
+    if section not in SCHEMA or (not section and "." in name):
+        raise DnasPruneError(f"unknown section {section!r} in --set {text!r}; {_known('')}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), out: str | None = None) -> Config:
+    """The validated config: defaults, then the file, then ``--set`` overrides, then ``--out``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DnasPruneError(f"config file {path} does not exist")
+    try:
+        table = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DnasPruneError(f"{path} is not valid TOML: {str(exc).splitlines()[0]}") from None
+    config: Config = {section: dict(keys) for section, keys in SCHEMA.items()}
+    _merge(config, table, path.resolve().parent)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        config[section][key] = _checked(section, key, value)
+    if out is not None:
+        config[""]["out"] = out
+    if config[""]["out"] is None:
+        config[""]["out"] = str(Path("runs") / path.stem)
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    """Cross-key checks that the types alone do not catch, so a bad recipe fails before any training."""
+    if config["model"]["name"] is None:
+        raise DnasPruneError("[model] name is required (e.g. name = \"cifar_resnet56\")")
+    if config["data"]["kind"] not in DATA_KINDS:
+        raise DnasPruneError(f"data.kind must be one of {', '.join(DATA_KINDS)}, got {config['data']['kind']!r}")
+    if config[""]["device"] not in ("cpu", "cuda"):
+        raise DnasPruneError(f"device must be cpu or cuda, got {config['']['device']!r}")
+    search_config_of(config)
+    for stage in ("pretrain", "search", "finetune"):
+        train_config_of(config, stage)
+    for section in ("search", "finalize"):
+        if config[section]["round_to"] is not None and config[section]["round_to"] < 1:
+            raise DnasPruneError(f"{section}.round_to must be a positive integer, got {config[section]['round_to']}")
+    unknown = [f for f in config["export"]["formats"] if f not in FORMATS]
+    if unknown:
+        raise DnasPruneError(f"export.formats: unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    sizes = config["report"]["batch_sizes"]
+    if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in sizes):
+        raise DnasPruneError(f"report.batch_sizes must be a non-empty list of positive integers, got {sizes!r}")
+
+
+def train_config_of(config: Config, stage: str) -> TrainConfig:
+    keys = {k: v for k, v in config[stage].items() if k in _TRAIN_KEYS}
+    top = config[""]
+    return TrainConfig(**keys, device=top["device"], seed=top["seed"], progress=top["progress"])
+
+
+def search_config_of(config: Config) -> SearchConfig:
+    s = config["search"]
+    if (s["target_macs"] is None) == (s["target_params"] is None):
+        raise DnasPruneError("[search] needs exactly one of target_macs and target_params")
+    metric, target = ("macs", s["target_macs"]) if s["target_macs"] is not None else ("params", s["target_params"])
+    check_target(metric, target)
+    return SearchConfig(metric=metric, target=target, **{k: s[k] for k in _SEARCH_KEYS})
+
+
+def to_toml(config: Config) -> str:
+    """The config as TOML (None values left out): kept in the run directory and shown in the report."""
+    def lines(values: dict[str, Any]) -> list[str]:
+        return [f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None]
+
+    parts = lines(config[""])
+    for section in SCHEMA:
+        if section:
+            parts += ["", f"[{section}]", *lines(config[section])]
+    return "\n".join(parts) + "\n"
+
+
+def layer_widths(net: Supernet) -> list[dict[str, Any]]:
+    """Dense and kept width of every channel group in network order; a removed block's inner groups keep 0."""
+    state = net.gate_state()
+    alive = net.block_open()
+    dead_inner = {g for info in net.blocks if info.kind != "projection" and not alive[info.name] for g in info.inner}
+    rows = []
+    for name in net.channel_groups:
+        size = net.groups[name].size
+        kept = 0 if name in dead_inner else int(state[name].sum()) if name in state else size
+        rows.append({"name": name, "kind": net.groups[name].kind, "dense": size, "pruned": kept})
+    return rows
+
+
+class Pipeline:
+    """One run directory and its config; :meth:`run` executes the stages that have no output yet."""
+
+    def __init__(self, config: Config, log: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.out = Path(config[""]["out"])
+        self.log = log
+        self._data: tuple[CifarData, str] | None = None
+        self.dense_path = self.out / "pretrain" / "model.pt"
+        self.search_dir = self.out / "search"
+        self.pruned_path = self.out / "pruned.pt"
+        self.finetuned_path = self.out / "finetune" / "pruned.pt"
+        self.report_path = self.out / "report.json"
+
+    # ----------------------------------------------------------------- helpers
+    def data(self) -> tuple[CifarData, str]:
+        """The splits and the data root, loaded on first use only (a fully finished run never decodes)."""
+        if self._data is None:
+            d = self.config["data"]
+            root = resolve_data_root(d["root"])
+            data = load_cifar10(root, val_size=d["val_size"], limit_train=d["limit_train"], seed=self.config[""]["seed"])
+            self._data = data, str(root)
+        return self._data
+
+    def _check_run_dir(self) -> None:
+        """Refuse to continue a run directory made with different settings for the stages already run."""
+        saved_path = self.out / "config.toml"
+        text = to_toml(self.config)
+        if saved_path.is_file():
+            saved = tomllib.loads(saved_path.read_text())
+            current = tomllib.loads(text)
+            differ = [_label(section, key) for section in SCHEMA if section not in _RERUNNABLE for key in SCHEMA[section]
+                      if (section, key) not in _IGNORED and _get(saved, section, key) != _get(current, section, key)]
+            if differ:
+                raise DnasPruneError(f"{self.out} was started with different settings ({', '.join(differ)}); "
+                                     "use another --out or restore them")
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = saved_path.with_name(".config.toml.tmp")
+        tmp.write_text(text)
+        tmp.replace(saved_path)
+
+    # ----------------------------------------------------------------- stages
+    def pretrain(self) -> None:
+        cfg, top = self.config["pretrain"], self.config[""]
+        data, root = self.data()
+        train_config = train_config_of(self.config, "pretrain")
+        out = self.dense_path.parent
+        name = self.config["model"]["name"]
+        metadata = {"command": "run", "model": name, "data": root, "limit_train": self.config["data"]["limit_train"],
+                    "val_size": self.config["data"]["val_size"]}
+        seed_everything(top["seed"])
+        if cfg["checkpoint"] is not None:
+            model = load_pretrained(cfg["checkpoint"], name, data.num_classes)
+            trainer = Trainer(model, data, train_config, out, metadata=metadata)
+            metrics = {"test_acc": trainer.evaluate(data.test)["acc"], "source": cfg["checkpoint"]}
+            if len(data.val):
+                metrics["val_acc"] = trainer.evaluate(data.val)["acc"]
+        else:
+            trainer = Trainer(create_model(name, num_classes=data.num_classes), data, train_config, out, metadata=metadata)
+            metrics = trainer.fit(resume=trainer.checkpoint_path.is_file())
+        state = {k: v.contiguous() for k, v in trainer.model.state_dict().items()}
+        atomic_torch_save({"format": 1, "kind": "dnas_prune.dense", "spec": spec_of(trainer.model), "state_dict": state,
+                           "metrics": metrics, "config": asdict(train_config)}, self.dense_path)
+        self.log(f"dense test accuracy {metrics['test_acc']:.4f}")
+
+    def search(self) -> None:
+        data, _ = self.data()
+        model = load_pretrained(self.dense_path, None, data.num_classes)
+        seed_everything(self.config[""]["seed"])
+        _, summary = search(model, data, train_config_of(self.config, "search"), search_config_of(self.config),
+                            self.search_dir, resume=True)
+        final = summary["final"]
+        self.log(f"searched: {final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
+                 f"{summary['gates']['blocks_open']}/{summary['gates']['blocks_total']} blocks; "
+                 f"test accuracy before finetuning {summary['accuracy']['test']:.4f}")
+
+    def finalize(self) -> None:
+        net = load_supernet(self.search_dir / "supernet.pt")
+        model = finalize(net, round_to=self.config["finalize"]["round_to"])
+        summary = json.loads((self.search_dir / "search.json").read_text())
+        save_pruned(model, self.pruned_path, input_size=list(net.input_size), dense_macs=net.dense_cost.macs,
+                    dense_params=net.dense_cost.params, search_accuracy=summary["accuracy"]["test"],
+                    layers=layer_widths(net))
+
+    def finetune(self) -> None:
+        data, root = self.data()
+        model, metadata = load_pruned_with_metadata(self.pruned_path)
+        seed_everything(self.config[""]["seed"])
+        train_config = train_config_of(self.config, "finetune")
+        trainer = Trainer(model.train(), data, train_config, self.finetuned_path.parent, checkpoint_name="finetune.pt",
+                          metadata={"kind": "dnas_prune.finetune", "source": str(self.pruned_path)})
+        metrics = trainer.fit(resume=trainer.checkpoint_path.is_file())
+        keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
+        save_pruned(trainer.model.eval(), self.finetuned_path, **{**keep, "dataset": root, "test_acc": metrics["test_acc"],
+                    "val_acc": metrics.get("val_acc"), "finetune_epochs": train_config.epochs})
+        self.log(f"finetuned test accuracy {metrics['test_acc']:.4f}")
+
+    def export_paths(self) -> list[tuple[str, Path]]:
+        return [(f, self.out / "export" / f"model{SUFFIXES[f]}") for f in self.config["export"]["formats"]]
+
+    def export(self) -> None:
+        model, metadata = load_pruned_with_metadata(self.finetuned_path)
+        for fmt, path in self.export_paths():
+            if path.is_file():
+                continue
+            try:
+                export(model, path, fmt, tuple(metadata["input_size"]), check=self.config["export"]["check"])
+            except ExportError:
+                path.unlink(missing_ok=True)  # a file that failed its check must not count as done
+                raise
+            self.log(f"exported {fmt} to {path}")
+
+    def report(self) -> None:
+        dense_file = safe_torch_load(self.dense_path, "a dense model file (RUN_DIR/pretrain/model.pt)")
+        dense = load_pretrained(self.dense_path, None, dense_file["spec"]["num_classes"])
+        pruned, metadata = load_pruned_with_metadata(self.finetuned_path)
+        summary = json.loads((self.search_dir / "search.json").read_text())
+        r = self.config["report"]
+        report = write_report(
+            self.out, dense=dense, dense_metrics=dense_file["metrics"], pruned=pruned, pruned_metadata=metadata,
+            search_summary=summary, config=self.config, config_toml=to_toml(self.config),
+            exports={f: str(p) for f, p in self.export_paths() if p.is_file()},
+            batch_sizes=r["batch_sizes"], max_seconds=r["max_seconds"], threads=r["threads"],
+        )
+        d, p = report["dense"], report["pruned"]
+        self.log(f"dense {d['test_acc']:.4f} test acc, {d['macs'] / 1e6:.2f}M MACs -> pruned {p['test_acc']:.4f}, "
+                 f"{p['macs'] / 1e6:.2f}M MACs ({p['macs_ratio']:.1%}); wrote {self.out / 'report.md'}")
+
+    # ----------------------------------------------------------------- driver
+    def outputs(self) -> dict[str, list[Path]]:
+        """The files whose existence marks each stage as done."""
+        return {
+            "pretrain": [self.dense_path],
+            "search": [self.search_dir / "search.json"],
+            "finalize": [self.pruned_path],
+            "finetune": [self.finetuned_path],
+            "export": [p for _, p in self.export_paths()],
+            "report": [self.report_path],
+        }
+
+    def run(self) -> dict[str, str]:
+        """Run every unfinished stage in order; returns ``{stage: "ran" | "skipped"}``."""
+        if self.config["data"]["kind"] == "imagefolder":
+            raise DnasPruneError(
+                "data.kind = \"imagefolder\" (ImageNet-style train/val trees) is not supported by `dnas-prune run` yet: "
+                "the Trainer trains on in-memory CIFAR-style tensors and data.imagefolder_loaders is not wired into it; "
+                "only data.kind = \"cifar\" runs end to end")
+        self._check_run_dir()
+        status: dict[str, str] = {}
+        for stage, outputs in self.outputs().items():
+            if all(p.is_file() for p in outputs):
+                status[stage] = "skipped"
+                why = f"{outputs[0]} exists" if outputs else "no export formats"
+                self.log(f"[{stage}] skipped ({why})")
+                continue
+            self.log(f"[{stage}] running")
+            start = time.perf_counter()
+            getattr(self, stage)()
+            status[stage] = "ran"
+            self.log(f"[{stage}] done in {time.perf_counter() - start:.1f}s")
+        return status
