@@ -143,7 +143,7 @@ def _markdown(r: dict[str, Any], table: str, config_toml: str) -> str:
         dense_ms = lat["models"]["dense"]["latency"][bs]["median_ms"]
         pruned_ms = lat["models"]["pruned"]["latency"][bs]["median_ms"]
         lines.append(f"| latency, batch {bs} (median) | {dense_ms:.2f} ms | {pruned_ms:.2f} ms "
-                     f"(speedup {lat["ratios"]["pruned"][bs]["speedup"]:.2f}x) |")
+                     f"(speedup {lat['ratios']['pruned'][bs]['speedup']:.2f}x) |")
     lines += [
         "",
         f"Test accuracy right after the search (hard supernet, before finetuning): {_pct(p['search_test_acc'])}.",
