@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -98,12 +99,14 @@ def _decode(files: Sequence[Path]) -> Tensor:
 
     images: list[Tensor] = []
     chunk = 4096
-    for start in range(0, len(files), chunk):
-        raw = [read_file(str(p)) for p in files[start : start + chunk]]
-        try:
-            images.extend(decode_jpeg(raw, mode=ImageReadMode.RGB))
-        except RuntimeError as exc:
-            raise DataError(f"cannot decode a JPEG among {files[start]}..: {exc}".splitlines()[0]) from None
+    with warnings.catch_warnings():  # torchvision.io warns per call that TorchCodec will replace it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for start in range(0, len(files), chunk):
+            raw = [read_file(str(p)) for p in files[start : start + chunk]]
+            try:
+                images.extend(decode_jpeg(raw, mode=ImageReadMode.RGB))
+            except RuntimeError as exc:
+                raise DataError(f"cannot decode a JPEG among {files[start]}..: {exc}".splitlines()[0]) from None
     shapes = {tuple(img.shape) for img in images}
     if len(shapes) != 1:
         raise DataError(f"images under {files[0].parent.parent} have different sizes {sorted(shapes)[:3]}; expected one size")

@@ -250,7 +250,7 @@ class Trainer:
         """channels_last or not: as configured, or by timing forward+backward on a copy of the model."""
         if self.config.memory_format != "auto":
             return self.config.memory_format == "channels_last"
-        local = self.config.batch_size // self.world_size
+        local = min(64, self.config.batch_size // self.world_size)  # enough to rank the formats, cheap for big models
         shape = tuple(self.data.train.images.shape[1:])
         key = (type(self.model).__name__, tuple(tuple(p.shape) for p in self.model.parameters()), local, shape,
                str(self.device), self.config.precision)
@@ -258,7 +258,7 @@ class Trainer:
             probe = copy.deepcopy(self.model).train()
             x = torch.randn((local, *shape), generator=torch.Generator().manual_seed(0)).to(self.device)
             timings = {False: math.inf, True: math.inf}
-            for channels_last in (False, True) * 3:  # interleaved, best of 3: robust to a warm-up step and noise
+            for channels_last in (False, True) * 4:  # interleaved, best of 4: robust to warm-up steps and noise
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 probe.to(memory_format=fmt)
                 xs = x.contiguous(memory_format=fmt)

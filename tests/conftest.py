@@ -1,0 +1,44 @@
+"""Shared fixtures: the real CIFAR-10 tree (skipped when absent) and a tiny fake one built per test."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import encode_jpeg
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CLASSES = ("cat", "dog", "frog")
+
+
+@pytest.fixture
+def cifar_root() -> Path:
+    """The real CIFAR-10 tree: ``$DNAS_PRUNE_DATA``, else ``../shared/data/cifar10-jpeg`` next to the repo."""
+    root = Path(os.environ.get("DNAS_PRUNE_DATA") or REPO / ".." / "shared" / "data" / "cifar10-jpeg").resolve()
+    if not (root / "train").is_dir() and not (root / "cifar-10-batches-py").is_dir():
+        pytest.skip(f"CIFAR-10 not found at {root}")
+    return root
+
+
+def write_tree(root: Path, splits: dict[str, int], classes=TINY_CLASSES, seed: int = 0) -> Path:
+    """An ImageFolder tree of random 32x32 JPEGs, ``splits`` mapping split name -> images per class."""
+    generator = torch.Generator().manual_seed(seed)
+    warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
+    for split, per_class in splits.items():
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator)
+                (folder / f"{i:04d}.jpg").write_bytes(encode_jpeg(image, quality=95).numpy().tobytes())
+    return root
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """3 classes x (12 train + 4 test) JPEGs; the decode cache goes to tmp_path, not the user's cache."""
+    monkeypatch.setenv("DNAS_PRUNE_CACHE", str(tmp_path / "cache"))
+    return write_tree(tmp_path / "cifar", {"train": 12, "test": 4})

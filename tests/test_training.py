@@ -1,0 +1,172 @@
+"""The shared Trainer: exact resume, atomic checkpoints, hooks, parameter groups, divergence, the train command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from dnas_prune.cli import main
+from dnas_prune.data import CifarData, Split
+from dnas_prune.errors import CheckpointError, TrainingDiverged
+from dnas_prune.models import cifar_resnet
+from dnas_prune.training import TrainConfig, Trainer, TrainHooks, atomic_torch_save, safe_torch_load
+
+
+def tiny_data(n: int = 32) -> CifarData:
+    g = torch.Generator().manual_seed(0)
+
+    def split(count: int) -> Split:
+        return Split(torch.randint(0, 256, (count, 3, 16, 16), dtype=torch.uint8, generator=g),
+                     torch.randint(0, 3, (count,), generator=g))
+
+    return CifarData(train=split(n), val=split(8), test=split(8), classes=["a", "b", "c"])
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return cifar_resnet(8, num_classes=3, widths=(4, 8, 8))
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5, memory_format="contiguous", progress=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+class Interrupt(TrainHooks):
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+class Recorder(TrainHooks):
+    """Counts every hook call, zeroes the loss and owns an excluded 'gate' parameter."""
+
+    def __init__(self, gate: nn.Parameter) -> None:
+        self.gate = gate
+        self.calls: dict[str, int] = {}
+        self.restored: dict | None = None
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def excluded_parameters(self):
+        return [self.gate]
+
+    def on_epoch_start(self, trainer, epoch):
+        self._count("on_epoch_start")
+
+    def loss(self, trainer, ce, logits, step):
+        self._count("loss")
+        return ce * 0.0
+
+    def before_optimizer_step(self, trainer):
+        self._count("before_optimizer_step")
+
+    def after_step(self, trainer, step, metrics):
+        self._count("after_step")
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        self._count("on_epoch_end")
+        assert {"train_acc", "val_acc", "test_acc", "img_per_s"} <= metrics.keys()
+
+    def state_dict(self):
+        return {"calls": dict(self.calls)}
+
+    def load_state_dict(self, state):
+        self.restored = state
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path, precision):
+    data = tiny_data()
+    full = Trainer(tiny_model(), data, config(precision=precision), tmp_path / "full")
+    full.fit()
+    interrupted = Trainer(tiny_model(), data, config(precision=precision), tmp_path / "cut", hooks=Interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    torch.manual_seed(99)  # a different process state before resuming must not matter
+    resumed = Trainer(tiny_model(seed=7), data, config(precision=precision), tmp_path / "cut")
+    resumed.fit(resume=True)
+    expected, got = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert resumed.global_step == full.global_step == 4
+    timing = {"img_per_s", "epoch_time"}
+    assert [{k: v for k, v in m.items() if k not in timing} for m in resumed.history] == \
+        [{k: v for k, v in m.items() if k not in timing} for m in full.history]
+
+
+def test_checkpoint_is_atomic_and_loads_with_weights_only(tmp_path):
+    trainer = Trainer(tiny_model(), tiny_data(), config(epochs=1), tmp_path, metadata={"note": "x"})
+    metrics = trainer.fit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "train.pt"]
+    state = torch.load(tmp_path / "train.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["metadata"] == {"note": "x"} and state["config"]["epochs"] == 1
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert history[-1]["test_acc"] == metrics["test_acc"]
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    for path in (tmp_path / "bad.pt", tmp_path / "missing.pt"):
+        with pytest.raises(CheckpointError, match=path.name) as info:
+            trainer.load_checkpoint(path)
+        assert "\n" not in str(info.value)
+    atomic_torch_save({"a": torch.ones(2)}, tmp_path / "sub" / "x.pt")
+    assert torch.equal(safe_torch_load(tmp_path / "sub" / "x.pt", "a test file")["a"], torch.ones(2))
+
+
+def test_hooks_are_called_and_excluded_parameters_stay_out_of_sgd(tmp_path):
+    model = tiny_model()
+    model.gate = nn.Parameter(torch.ones(3))
+    hooks = Recorder(model.gate)
+    trainer = Trainer(model, tiny_data(), config(weight_decay=0.0), tmp_path, hooks=hooks)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    trainer.fit()
+    assert hooks.calls == {"on_epoch_start": 2, "loss": 4, "before_optimizer_step": 4, "after_step": 4, "on_epoch_end": 2}
+    in_sgd = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert id(model.gate) not in in_sgd
+    decayed = trainer.optimizer.param_groups[0]["params"]
+    assert all(p.ndim > 1 for p in decayed) and trainer.optimizer.param_groups[1]["weight_decay"] == 0.0
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # a zero loss and no decay: nothing moves
+    other = tiny_model(seed=1)
+    other.gate = nn.Parameter(torch.zeros(3))
+    fresh = Recorder(other.gate)
+    Trainer(other, tiny_data(), config(), tmp_path, hooks=fresh).load_checkpoint(tmp_path / "train.pt")
+    assert fresh.restored == {"calls": hooks.calls}
+
+
+class NanAt(TrainHooks):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def loss(self, trainer, ce, logits, step):
+        return ce * float("nan") if trainer.epoch == self.epoch else ce
+
+
+def test_nan_loss_raises_naming_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match="no checkpoint"):
+        Trainer(tiny_model(), tiny_data(), config(), tmp_path / "a", hooks=NanAt(0)).fit()
+    with pytest.raises(TrainingDiverged, match=str(tmp_path / "b" / "train.pt")):
+        Trainer(tiny_model(), tiny_data(), config(), tmp_path / "b", hooks=NanAt(1)).fit()
+
+
+def test_train_command_writes_checkpoint_model_and_metrics(tiny_cifar, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", "cifar_resnet20", "--data", str(tiny_cifar), "--epochs", "1", "--out", str(out),
+            "--limit-train", "16", "--val-size", "6", "--batch-size", "8", "--precision", "fp32",
+            "--memory-format", "contiguous", "--no-progress"]
+    assert main(args) == 0
+    assert {"train.pt", "model.pt", "metrics.json"} <= {p.name for p in out.iterdir()}
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved["kind"] == "dnas_prune.dense" and saved["format"] == 1 and saved["spec"]["num_classes"] == 3
+    assert "test_acc" in saved["metrics"] and "fc.weight" in saved["state_dict"]
+    assert main(args[:-1] + ["--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+
+
+def test_bad_data_is_a_one_line_error(tmp_path, capsys):
+    assert main(["train", "--model", "cifar_resnet20", "--data", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dnas-prune: error:") and "\n" not in err
+    assert main(["train", "--model", "resnet9000", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
