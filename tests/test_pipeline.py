@@ -1,0 +1,134 @@
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from dnas_prune.cli import main
+from dnas_prune.errors import DnasPruneError
+from dnas_prune.pipeline import Pipeline, load_config, parse_override
+
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+QUICKSTART = CONFIGS / "quickstart.toml"
+# Every training stage: one epoch of batch 8 on the tiny tree (30 train images after a val split of 6).
+TINY = [
+    "data.val_size=6", "data.limit_train=1024", "progress=false", "export.formats=['onnx']",
+    "report.batch_sizes=[1, 2]", "report.max_seconds=0.05",
+    *(f"{stage}.{key}" for stage in ("pretrain", "search", "finetune")
+      for key in ("epochs=1", "batch_size=8", "memory_format='contiguous'")),
+]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = '[model]\nname = "cifar_resnet20"\n[search]\ntarget_macs = 0.5\n'
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("search.epochs=1", ("search", "epochs", 1)),
+    ("search.target_macs=0.3", ("search", "target_macs", 0.3)),
+    ("export.formats=[]", ("export", "formats", [])),
+    ("search.exclude=['layer1.*']", ("search", "exclude", ["layer1.*"])),
+    ("data.root=../shared/data/cifar10-jpeg", ("data", "root", "../shared/data/cifar10-jpeg")),
+    ("progress=false", ("", "progress", False)),
+    ("device = cuda", ("", "device", "cuda")),
+])
+def test_parse_override(text: str, expected: tuple) -> None:
+    assert parse_override(text) == expected
+
+
+def test_overrides_and_defaults(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, MINIMAL), ["search.epochs=2", "data.limit_train=1024", "seed=3"])
+    assert config["search"]["epochs"] == 2 and config["data"]["limit_train"] == 1024 and config[""]["seed"] == 3
+    assert config["search"]["lr"] == 0.05 and config["pretrain"]["epochs"] == 30  # the commands' own defaults
+    assert config[""]["out"] == str(Path("runs") / "config")
+    assert load_config(_write(tmp_path, MINIMAL), out="elsewhere")[""]["out"] == "elsewhere"
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    (MINIMAL + "epoch = 1\n", [], "unknown key 'search.epoch'; known keys of [search]: epochs,"),
+    (MINIMAL, ["search.epoch=1"], "unknown key 'search.epoch'"),
+    (MINIMAL, ["serch.epochs=1"], "unknown section 'serch'"),
+    (MINIMAL + "[prune]\nx = 1\n", [], "unknown section [prune]"),
+    (MINIMAL, ["colour=1"], "unknown key 'colour'; known top-level keys: seed"),
+    (MINIMAL, ["search.epochs=two"], "search.epochs must be int, got 'two'"),
+    (MINIMAL, ["search.target_params=0.5"], "exactly one of target_macs and target_params"),
+    (MINIMAL, ["search.target_macs=1.5"], "(0, 1]"),
+    (MINIMAL, ["export.formats=['zip']"], "unknown format 'zip'"),
+    (MINIMAL, ["pretrain.schedule='linear'"], "schedule must be one of"),
+    ('[search]\ntarget_macs = 0.5\n', [], "[model] name is required"),
+    ("[model\n", [], "is not valid TOML"),
+])
+def test_invalid_configs(tmp_path: Path, text: str, overrides: list[str], message: str) -> None:
+    with pytest.raises(DnasPruneError) as info:
+        load_config(_write(tmp_path, text), overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, MINIMAL + '[data]\nroot = "data/cifar"\n'))
+    assert config["data"]["root"] == str(tmp_path.resolve() / "data" / "cifar")
+    assert load_config(_write(tmp_path, MINIMAL), ["data.root=rel"])["data"]["root"] == "rel"  # --set: the CWD's
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    config = load_config(path)
+    assert config["data"]["root"] is None and "/work" not in path.read_text()  # data via $DNAS_PRUNE_DATA
+    assert config[""]["out"].startswith("runs/")
+
+
+def test_bad_config_path_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dnas-prune: error: config file") and err.count("\n") == 1
+
+
+def test_imagefolder_config_is_valid_but_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", str(CONFIGS / "resnet50_imagefolder.toml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "data.kind = \"imagefolder\"" in err and "not supported" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    args = ["run", str(QUICKSTART), "--out", str(out), "--set", f"data.root={tiny_cifar}"]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert all(f"[{stage}] done" in first for stage in ("pretrain", "search", "finalize", "finetune", "export", "report"))
+    for name in ("pretrain/model.pt", "search/search.json", "pruned.pt", "finetune/pruned.pt", "export/model.onnx",
+                 "report.md", "report.json", "widths.png", "accuracy_macs.png", "config.toml"):
+        assert (out / name).is_file(), name
+    assert (out / "widths.png").read_bytes().startswith(b"\x89PNG")
+    report = json.loads((out / "report.json").read_text())
+    for model in ("dense", "pruned"):
+        assert 0 <= report[model]["test_acc"] <= 1 and report[model]["macs"] > 0 and report[model]["params"] > 0
+        assert set(report["latency"]["models"][model]["latency"]) == {"1", "2"}
+    assert report["pruned"]["macs"] < report["dense"]["macs"]
+    assert [row["stage"] for row in report["stages"]] == ["layer1", "layer2", "layer3"]
+    assert report["config"]["model"]["name"] == "cifar_resnet20"
+    markdown = (out / "report.md").read_text()
+    assert "| test accuracy |" in markdown and "latency, batch 1" in markdown and "![per-layer widths](widths.png)" in markdown
+
+    start = time.perf_counter()
+    assert main(args) == 0
+    assert time.perf_counter() - start < 5
+    assert "6 of 6 stages skipped" in capsys.readouterr().out
+
+    # An interrupted finetune (checkpoint written, output not yet) resumes from its checkpoint.
+    (out / "finetune" / "pruned.pt").unlink()
+    (out / "report.json").unlink()
+    status = Pipeline(load_config(QUICKSTART, [f"data.root={tiny_cifar}", *TINY], out=str(out)), log=lambda _: None).run()
+    assert status == {"pretrain": "skipped", "search": "skipped", "finalize": "skipped", "finetune": "ran",
+                      "export": "skipped", "report": "ran"}
+    assert "epoch 1/1" not in capsys.readouterr().out  # no epoch was trained again
+
+    with pytest.raises(DnasPruneError, match=r"different settings \(search.epochs\)"):
+        Pipeline(load_config(QUICKSTART, [f"data.root={tiny_cifar}", *TINY, "search.epochs=2"], out=str(out))).run()
