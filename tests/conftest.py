@@ -11,6 +11,9 @@ import torch
 from torchvision.io import encode_jpeg
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Unit tests use tiny tensors: one intra-op thread avoids OpenMP spin-waiting when cores are shared.
+torch.set_num_threads(1)
 TINY_CLASSES = ("cat", "dog", "frog")
 
 

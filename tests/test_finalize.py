@@ -1,0 +1,109 @@
+"""Finalization is exact: the plain pruned model computes what the hard supernet computes, with nothing left over."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dnas_prune import Supernet, count_cost, create_model, finalize
+from dnas_prune.models import BasicBlock, CifarResNet, ProjectionBlock
+from torchvision.models import resnet as tv
+
+CASES = {
+    "cifar_resnet20": (3, 32, 32),
+    "cifar_resnet56": (3, 32, 32),
+    "cifar_resnet110": (3, 32, 32),
+    "resnet18": (3, 32, 32),
+    "resnet50": (3, 32, 32),
+}
+PLAIN_MODULES = (CifarResNet, tv.ResNet, BasicBlock, tv.BasicBlock, tv.Bottleneck, ProjectionBlock, nn.Sequential,
+                 nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Linear)
+
+
+def perturb(net: Supernet, seed: int) -> None:
+    """Gates and BN statistics away from their init, as after a real search."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for gate in net.gates.values():
+            gate.logits.copy_(torch.randn(gate.logits.shape, generator=g) * 2 + 0.8)
+        for m in net.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.randn(m.num_features, generator=g) * 0.2 + 1)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def adversarial_states(net: Supernet) -> dict[str, dict]:
+    stages = sorted({info.stage for info in net.blocks})
+    last = stages[-1]
+    blocks = [i for i in net.blocks if i.stage == last and i.kind != "projection"]
+    states = {
+        "random": {},
+        "all_open": {name: True for name in net._gate_key},
+        "stage_closed_but_first": {b.name: j == 0 for j, b in enumerate(blocks)},
+        "stream_width_1": {name: torch.arange(net.groups[name].size) == 0
+                           for name in net._gate_key if net.groups[name].kind == "stream"},
+        "inner_groups_closed": {b.inner[0]: False for b in net.blocks if b.inner and b.stage != last},
+        "first_blocks_closed": {b.name: False for b in net.blocks if b.name.endswith(".0") and b.kind != "projection"},
+    }
+    return states
+
+
+def check_exact(net: Supernet, size: tuple[int, int, int]) -> nn.Module:
+    net.eval()
+    model = finalize(net)
+    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, actual = net(x), model(x)
+    scale = expected.abs().max().item()
+    assert (expected - actual).abs().max().item() <= 1e-4 * scale + 1e-6
+    cost = count_cost(model, size)
+    assert cost == net.hard_cost()
+    assert cost.params == sum(p.numel() for p in model.parameters())
+    for name, module in model.named_modules():
+        assert type(module) in PLAIN_MODULES, f"{name} is a {type(module).__name__}"
+    assert not any("gate" in key for key in model.state_dict())
+    return model
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_finalized_equals_hard_supernet_for_random_and_adversarial_states(name: str) -> None:
+    size = CASES[name]
+    net = Supernet(create_model(name), size)
+    perturb(net, seed=3)
+    for label, state in adversarial_states(net).items():
+        net.release_gates()
+        net.set_gate_state(state)
+        check_exact(net, size)
+
+
+def test_closed_blocks_are_removed_and_projection_blocks_keep_only_the_projection() -> None:
+    net = Supernet(create_model("cifar_resnet20"))
+    perturb(net, 5)
+    net.set_gate_state({name: True for name in net._gate_key})
+    net.set_gate_state({"layer1.1": False, "layer2.0": False, "layer3.2.conv1": False})
+    model = check_exact(net, (3, 32, 32))
+    assert len(model.layer1) == 2 and len(model.layer3) == 2
+    assert isinstance(model.layer2[0], ProjectionBlock)
+
+
+@pytest.mark.parametrize("kind", ["hard_concrete", "bernoulli"])
+def test_gate_values_below_one_are_folded_into_bn(kind: str) -> None:
+    net = Supernet(create_model("cifar_resnet20"), gate=kind)
+    perturb(net, 7)
+    if kind == "hard_concrete":
+        with torch.no_grad():
+            for gate in net.gates.values():
+                gate.logits.clamp_(-3.0, 0.3)  # open values strictly between 0 and 1
+        assert any(((g.eval_value() > 0) & (g.eval_value() < 1)).any() for g in net.gates.values())
+    check_exact(net, (3, 32, 32))
+
+
+def test_finalized_model_is_trainable_and_on_its_own() -> None:
+    net = Supernet(create_model("cifar_resnet20"))
+    perturb(net, 9)
+    model = finalize(net)
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(p is q for p in model.parameters() for q in net.parameters())
