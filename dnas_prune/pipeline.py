@@ -39,7 +39,6 @@ from .search import SearchConfig, load_pretrained, load_supernet, search
 from .supernet import Supernet
 from .training import TrainConfig, Trainer, atomic_torch_save, safe_torch_load
 
-STAGES = ("pretrain", "search", "finalize", "finetune", "export", "report")
 DATA_KINDS = ("cifar", "imagefolder")
 _TOP_LEVEL_TRAIN = ("device", "seed", "progress")  # TrainConfig fields set once for every training stage
 
@@ -49,8 +48,6 @@ def _train_keys(defaults: TrainConfig) -> dict[str, Any]:
 
 
 _TRAIN_KEYS = tuple(_train_keys(TrainConfig()))
-
-
 _SEARCH_KEYS = {f.name: getattr(SearchConfig(), f.name) for f in fields(SearchConfig) if f.name not in ("metric", "target")}
 
 # section -> key -> default ("" is the top level). Every flag of train/search/finetune has a key here;
@@ -104,7 +101,7 @@ def _checked(section: str, key: str, value: Any) -> Any:
     return value
 
 
-def _merge(config: Config, table: dict[str, Any], base: Path | None) -> None:
+def _merge(config: Config, table: dict[str, Any], base: Path) -> None:
     """Validate a parsed TOML table into ``config``; file paths are made relative to ``base``."""
     for name, value in table.items():
         if isinstance(value, dict):
@@ -114,11 +111,9 @@ def _merge(config: Config, table: dict[str, Any], base: Path | None) -> None:
                 config[name][key] = _checked(name, key, item)
         else:
             config[""][name] = _checked("", name, value)
-    if base is not None:
-        for section, key in _FILE_PATHS:
-            value = config[section].get(key)
-            if value is not None and key in table.get(section, {}):
-                config[section][key] = str(base / Path(value).expanduser())
+    for section, key in _FILE_PATHS:
+        if key in table.get(section, {}):
+            config[section][key] = str(base / Path(config[section][key]).expanduser())
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -3,6 +3,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from dnas_prune.cli import main
 from dnas_prune.errors import DnasPruneError
@@ -129,6 +130,14 @@ def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys
     assert status == {"pretrain": "skipped", "search": "skipped", "finalize": "skipped", "finetune": "ran",
                       "export": "skipped", "report": "ran"}
     assert "epoch 1/1" not in capsys.readouterr().out  # no epoch was trained again
+
+    # pretrain.checkpoint: the dense model is loaded and evaluated instead of trained.
+    reuse = Pipeline(load_config(QUICKSTART, [f"data.root={tiny_cifar}", *TINY, f"pretrain.checkpoint={out / 'pretrain' / 'model.pt'}"],
+                                 out=str(tmp_path / "reuse")), log=lambda _: None)
+    reuse.pretrain()
+    metrics = torch.load(reuse.dense_path, weights_only=True)["metrics"]
+    assert metrics["source"] == str(out / "pretrain" / "model.pt") and metrics["test_acc"] == report["dense"]["test_acc"]
+    assert not (tmp_path / "reuse" / "pretrain" / "train.pt").exists()
 
     with pytest.raises(DnasPruneError, match=r"different settings \(search.epochs\)"):
         Pipeline(load_config(QUICKSTART, [f"data.root={tiny_cifar}", *TINY, "search.epochs=2"], out=str(out))).run()
