@@ -9,6 +9,7 @@ from ..cost import count_cost
 from ..errors import DnasPruneError
 from ..finalize import finalize
 from ..models import spec_of
+from ..monitor import log_text
 from ..pruned_io import save_pruned
 from ..search import load_supernet
 from ..summary import width_table
@@ -19,6 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("checkpoint", help="RUN_DIR/supernet.pt written by `dnas-prune search`")
     p.add_argument("-o", "--output", required=True, help="pruned model file to write (e.g. pruned.pt)")
     p.add_argument("--round-to", type=int, help="re-project onto the budget with channel counts multiples of K")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="do not add the architecture table to the run's TensorBoard logs (next to CHECKPOINT, in tb/)")
     return p
 
 
@@ -37,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
         summary = json.loads(meta_path.read_text()).get("accuracy", {})
     save_pruned(model, args.output, input_size=list(net.input_size), dense_macs=net.dense_cost.macs,
                 dense_params=net.dense_cost.params, search_accuracy=summary.get("test"))
-    print(width_table(dense_spec, spec_of(model), net.dense_cost, cost))
+    table = width_table(dense_spec, spec_of(model), net.dense_cost, cost)
+    print(table)
+    if not args.no_tensorboard:
+        log_text(Path(args.checkpoint).parent / "tb", "architecture/finalized", table)
     print(f"wrote {args.output}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..monitor import MonitorHooks, flatten_config
 from ..pruned_io import load_pruned_with_metadata, save_pruned
 from ..training import TrainConfig, Trainer, init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
@@ -17,6 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("pruned", help="pruned model file (from `dnas-prune finalize`)")
     p.add_argument("--out", required=True, help="run directory; writes finetune.pt (resumable) and pruned.pt")
     add_training_args(p, DEFAULTS)
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
     return p
 
 
@@ -27,9 +29,17 @@ def run(args: argparse.Namespace) -> int:
     data, root = load_data(args)
     seed_everything(args.seed)
     out = Path(args.out)
-    trainer = Trainer(model.train(), data, config, out, checkpoint_name="finetune.pt",
+    monitor = None if args.no_tensorboard else MonitorHooks(log_dir=out / "tb")
+    trainer = Trainer(model.train(), data, config, out, hooks=monitor, checkpoint_name="finetune.pt",
                       metadata={"kind": "dnas_prune.finetune", "source": str(args.pruned)})
-    metrics = trainer.fit(resume=args.resume and (out / "finetune.pt").is_file())
+    try:
+        metrics = trainer.fit(resume=args.resume and (out / "finetune.pt").is_file())
+        if monitor:
+            monitor.log_hparams({**flatten_config(train=config), "source": str(args.pruned)},
+                                {k: metrics.get(k) for k in ("train_acc", "val_acc", "test_acc")})
+    finally:
+        if monitor:
+            monitor.close()
     if rank == 0:
         keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
         save_pruned(trainer.model.eval(), out / "pruned.pt", **{**keep, "dataset": root,

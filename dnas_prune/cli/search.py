@@ -13,6 +13,7 @@ from ..budget import check_target
 from ..errors import DnasPruneError
 from ..gates import GATE_KINDS
 from ..models import MODEL_NAMES, create_model
+from ..monitor import MonitorHooks
 from ..search import DEFAULT_GATE, SearchConfig, load_pretrained, search
 from ..training import TrainConfig, init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
@@ -36,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
     p.add_argument("--exclude", nargs="*", default=[], help="gate groups kept open (glob patterns, e.g. 'layer1.*')")
     add_training_args(p, DEFAULTS)
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
     return p
 
 
@@ -60,9 +62,18 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(args.pretrained, args.model, data.num_classes)
     else:
         model = create_model(args.model, num_classes=data.num_classes)
-    net, summary = search(model, data, train_config, search_config, Path(args.out), resume=args.resume)
+    out = Path(args.out)
+    monitor = None if args.no_tensorboard else MonitorHooks(log_dir=out / "tb")
+    try:
+        net, summary = search(model, data, train_config, search_config, out, resume=args.resume,
+                              wrap_hooks=monitor.wrap if monitor else None)
+        if monitor:
+            monitor.log_search_summary(summary)
+    finally:
+        if monitor:
+            monitor.close()
     final = summary["final"]
     print(f"search done: {final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
           f"{summary['gates']['blocks_open']}/{summary['gates']['blocks_total']} blocks; "
-          f"hard-supernet test acc {summary['accuracy']['test']:.4f}; wrote {Path(args.out) / 'supernet.pt'}")
+          f"hard-supernet test acc {summary['accuracy']['test']:.4f}; wrote {out / 'supernet.pt'}")
     return 0

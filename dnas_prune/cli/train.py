@@ -12,6 +12,7 @@ import torch
 
 from ..data import load_cifar10, resolve_data_root
 from ..models import MODEL_NAMES, create_model, spec_of
+from ..monitor import MonitorHooks, flatten_config
 from ..training import TrainConfig, Trainer, atomic_torch_save, init_distributed
 
 DEFAULTS = TrainConfig()
@@ -33,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default=DEFAULTS.memory_format)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
     return p
 
 
@@ -51,8 +53,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     metadata = {"command": "train", "model": args.model, "data": str(root), "limit_train": args.limit_train,
                 "val_size": args.val_size}
-    trainer = Trainer(model, data, config, out, metadata=metadata)
-    metrics = trainer.fit(resume=args.resume)
+    monitor = None if args.no_tensorboard else MonitorHooks(log_dir=out / "tb")
+    trainer = Trainer(model, data, config, out, hooks=monitor, metadata=metadata)
+    try:
+        metrics = trainer.fit(resume=args.resume)
+        if monitor:
+            monitor.log_hparams({**flatten_config(train=config), "model": args.model},
+                                {k: metrics.get(k) for k in ("train_acc", "val_acc", "test_acc")})
+    finally:
+        if monitor:
+            monitor.close()
     if rank == 0:
         state = {k: v.contiguous() for k, v in trainer.model.state_dict().items()}
         atomic_torch_save({"format": 1, "kind": "dnas_prune.dense", "spec": spec_of(trainer.model),

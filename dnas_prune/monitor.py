@@ -1,0 +1,362 @@
+"""TensorBoard monitoring of train, search and finetune runs, attached from the outside.
+
+:class:`MonitorHooks` wraps the hooks a :class:`~dnas_prune.training.Trainer` runs with, passes every call
+through unchanged and logs around it, so the training and search code never depend on this module. It
+writes to ``RUN_DIR/tb`` on rank 0 only. Logging is paced to stay well under 2 % of step time: scalars
+every ``scalar_every`` steps (the loss is summed on-device in between, so there is one host sync per
+interval), gate histograms every ``histogram_every`` steps, and images once per epoch. The last step of
+every epoch also logs scalars and histograms, so short runs still show a point per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
+
+from .cost import count_cost
+from .finalize import finalize
+from .models import spec_of
+from .summary import width_table
+from .supernet import Supernet
+from .training import TrainHooks, Trainer
+
+SCALAR_EVERY = 20
+HISTOGRAM_EVERY = 200
+HISTOGRAM_BINS = np.linspace(0.0, 1.0, 21)
+
+# Anchors of the viridis colormap: 0 = dark purple (closed), 1 = yellow (open).
+_VIRIDIS = torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
+                        dtype=torch.float32)
+_BACKGROUND = (48, 48, 48)
+_EPOCH_SCALARS = {"train_acc": "acc/train", "val_acc": "acc/val", "test_acc": "acc/test",
+                  "train_loss": "loss/train_epoch", "val_loss": "loss/val", "test_loss": "loss/test"}
+
+
+# ---------------------------------------------------------------------------------------------- gate state
+def hard_widths(net: Supernet) -> tuple[dict[str, int], dict[str, bool]]:
+    """Open channels per channel group as finalization would keep them (inner groups of a removed block
+    count 0; ungated groups their full size), and which residual blocks survive."""
+    state = net.gate_state()
+    alive = net.block_open()
+    owner = {group: info.name for info in net.blocks for group in info.inner}
+    widths = {}
+    for name in net.channel_groups:
+        width = int(state[name].sum()) if name in state else net.groups[name].size
+        widths[name] = 0 if name in owner and not alive[owner[name]] else width
+    return widths, alive
+
+
+def stage_channels(net: Supernet, widths: dict[str, int]) -> dict[str, int]:
+    """``{"layer2.stream": w, "layer2.inner": sum of the stage's open inner channels, ...}`` (and ``stem``)."""
+    result = {}
+    for name in net.channel_groups:
+        info = net.groups[name]
+        key = name if info.kind == "stream" else f"layer{info.stage}.inner"
+        result[key] = result.get(key, 0) + widths[name]
+    return result
+
+
+def architecture_table(net: Supernet) -> str:
+    """Dense vs finalized widths (Markdown) of the supernet's current hard state; ``net`` is not modified."""
+    pruned = finalize(copy.deepcopy(net))
+    return width_table(spec_of(net.model), spec_of(pruned), net.dense_cost, count_cost(pruned, net.input_size))
+
+
+# ---------------------------------------------------------------------------------------------- images
+def colormap(values: Tensor) -> Tensor:
+    """Viridis colours (``(..., 3)`` uint8) for values in [0, 1]; NaN marks an empty cell (dark grey)."""
+    v = values.float().clamp(0.0, 1.0) * (len(_VIRIDIS) - 1)
+    lo = v.nan_to_num(0.0).floor().long().clamp(max=len(_VIRIDIS) - 2)
+    frac = (v - lo).unsqueeze(-1)
+    rgb = _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac
+    rgb = torch.where(values.isnan().unsqueeze(-1), torch.tensor(_BACKGROUND, dtype=torch.float32), rgb)
+    return rgb.round().to(torch.uint8)
+
+
+def gate_heatmap(net: Supernet, max_width: int = 512, cell_height: int = 8) -> Tensor:
+    """(3, H, W) uint8: one row per gated channel group (in network order, stages split by a dark line),
+    one column per channel, colour = P(open). The left square of an inner row is its block gate."""
+    probs = {name: p.float().cpu() for name, p in net.gate_probabilities().items()}
+    rows = [name for name in net.channel_groups if name in probs]
+    block_gate = {group: info.gate for info in net.blocks for group in info.inner}
+    columns = 2 + max((net.groups[name].size for name in rows), default=0)
+    cell_width = max(2, min(8, max_width // columns))
+    grid = torch.full((len(rows), columns), float("nan"))
+    for r, name in enumerate(rows):
+        grid[r, 2:2 + net.groups[name].size] = probs[name]
+        if block_gate.get(name) in probs:
+            grid[r, 0] = probs[block_gate[name]].reshape(())
+    cells = colormap(grid).repeat_interleave(cell_width, 1)  # (rows, W, 3)
+    separator = torch.zeros(2, cells.shape[1], 3, dtype=torch.uint8)
+    strips: list[Tensor] = []
+    for r, name in enumerate(rows):
+        if r and net.groups[name].stage != net.groups[rows[r - 1]].stage:
+            strips.append(separator)
+        strips.append(cells[r:r + 1].expand(cell_height, -1, -1))
+    if not strips:
+        strips.append(torch.tensor(_BACKGROUND, dtype=torch.uint8).expand(cell_height, cell_width, 3))
+    return torch.cat(strips).permute(2, 0, 1).contiguous()
+
+
+def width_chart(net: Supernet, bar: int = 8, gap: int = 2, stage_gap: int = 14, height: int = 160) -> Tensor:
+    """(3, H, W) uint8 bar chart of the current hard widths, stage by stage: the stream width (blue), then
+    each block's inner width(s) (green), each over its dense width (light grey). A closed block (removed by
+    finalization) has a light-red dense bar, no current bar and a red square under it."""
+    widths, alive = hard_widths(net)
+    bars: list[tuple[str, bool] | None] = []  # (group, closed); None = gap between stages
+    if net.stem_group not in net.stage_streams:
+        bars += [(net.stem_group, False), None]
+    for stage, stream in enumerate(net.stage_streams, start=1):
+        bars.append((stream, False))
+        for info in net.blocks:
+            if info.stage == stage and info.kind != "projection":
+                bars += [(group, not alive[info.name]) for group in info.inner]
+        bars.append(None)
+    base = 4 + height  # 4 px margin above the tallest bar
+    total_width = sum(stage_gap if b is None else bar + gap for b in bars)
+    image = torch.full((base + 14, total_width, 3), 255, dtype=torch.uint8)
+    scale = height / max(net.groups[b[0]].size for b in bars if b is not None)
+    x = gap
+    for item in bars:
+        if item is None:
+            x += stage_gap - gap
+            continue
+        group, closed = item
+        dense_h = max(1, round(net.groups[group].size * scale))
+        current_h = round(widths[group] * scale)
+        image[base - dense_h:base, x:x + bar] = torch.tensor((250, 190, 190) if closed else (215, 215, 215), dtype=torch.uint8)
+        colour = (31, 119, 180) if net.groups[group].kind == "stream" else (44, 160, 44)
+        if current_h:
+            image[base - current_h:base, x:x + bar] = torch.tensor(colour, dtype=torch.uint8)
+        if closed:
+            image[base + 4:base + 4 + bar, x:x + bar] = torch.tensor((214, 39, 40), dtype=torch.uint8)
+        x += bar + gap
+    image[base, :] = 0
+    return image.permute(2, 0, 1).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------- hooks
+def _hparam(value: Any) -> bool | int | float | str:
+    """add_hparams accepts only scalars and strings: lists, None and the like become their repr."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def flatten_config(**sections: Any) -> dict[str, bool | int | float | str]:
+    """``{"train.lr": 0.05, "search.target": 0.5, ...}`` from dataclasses or dicts, for the HPARAMS tab."""
+    flat = {}
+    for prefix, section in sections.items():
+        items = asdict(section) if is_dataclass(section) else dict(section)
+        flat.update({f"{prefix}.{key}": _hparam(value) for key, value in items.items()})
+    return flat
+
+
+class MonitorHooks(TrainHooks):
+    """Delegates every hook to ``inner`` and logs to TensorBoard around it (rank 0 only).
+
+    A search is recognised by ``inner`` having a ``net`` (the :class:`~dnas_prune.search.SearchHooks`);
+    then budget, gate and width panels are logged too. Call :meth:`close` when the run is over.
+    """
+
+    def __init__(self, inner: TrainHooks | None = None, log_dir: str | Path = "tb", *,
+                 scalar_every: int = SCALAR_EVERY, histogram_every: int = HISTOGRAM_EVERY) -> None:
+        self.inner = inner or TrainHooks()
+        self.log_dir = Path(log_dir)
+        self.scalar_every = max(1, scalar_every)
+        self.histogram_every = max(1, histogram_every)
+        self.writer: SummaryWriter | None = None
+        self.is_main = True
+        self.step = 0  # last global step seen
+        self._ce_sum: Tensor | float = 0.0
+        self._ce_count = 0
+        self._lambda = 0.0  # budget multiplier the last loss was computed with
+        self._interval_start = time.perf_counter()
+        self._interval_steps = 0
+
+    def wrap(self, inner: TrainHooks) -> "MonitorHooks":
+        """Monitor ``inner``; returns self, so ``search(..., wrap_hooks=monitor.wrap)`` works."""
+        self.inner = inner
+        return self
+
+    @property
+    def searching(self) -> bool:
+        return hasattr(self.inner, "net")
+
+    def _open(self, trainer: Trainer | None) -> SummaryWriter | None:
+        """The writer, created on first use on rank 0. A resumed run hides the events it will rewrite."""
+        if trainer is not None:
+            self.is_main = trainer.is_main
+        if not self.is_main:
+            return None
+        if self.writer is None:
+            purge = trainer.global_step + 1 if trainer is not None and trainer.global_step > 0 else None
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=purge, flush_secs=30)
+            self.writer.add_custom_scalars(self._layout())
+        return self.writer
+
+    def _layout(self) -> dict:
+        layout = {"accuracy": {
+            "accuracy": ["Multiline", ["acc/train", "acc/val", "acc/test"]],
+            "loss": ["Multiline", ["loss/ce", "loss/budget", "loss/val"]],
+            "throughput (img/s)": ["Multiline", ["throughput/img_per_s"]],
+        }}
+        if self.searching:
+            metric = self.inner.controller.metric
+            layout["budget"] = {
+                "MACs ratio (expected, hard)": ["Multiline", ["budget/expected_macs_ratio", "budget/hard_macs_ratio"]
+                                                + (["budget/target"] if metric == "macs" else [])],
+                "params ratio (expected, hard)": ["Multiline", ["budget/params_ratio", "budget/hard_params_ratio"]
+                                                  + (["budget/target"] if metric == "params" else [])],
+                "lambda": ["Multiline", ["budget/lambda"]],
+                "budget loss": ["Multiline", ["loss/budget"]],
+            }
+            layout["gates"] = {
+                "temperature": ["Multiline", ["gates/temperature"]],
+                "open blocks": ["Multiline", ["blocks/open"]],
+                "stream channels": ["Multiline", [r"channels/.*\.stream", "channels/stem"]],
+                "inner channels": ["Multiline", [r"channels/.*\.inner"]],
+                "learning rates": ["Multiline", ["lr/weights", "lr/gates"]],
+            }
+        return layout
+
+    # ------------------------------------------------------------------ delegated hooks
+    def excluded_parameters(self) -> list[nn.Parameter]:
+        return self.inner.excluded_parameters()
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.inner.on_epoch_start(trainer, epoch)
+        self._open(trainer)
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
+
+    def loss(self, trainer: Trainer, ce: Tensor, logits: Tensor, step: int) -> Tensor:
+        loss = self.inner.loss(trainer, ce, logits, step)
+        if self.searching:
+            self._lambda = self.inner.controller.value
+        return loss
+
+    def before_optimizer_step(self, trainer: Trainer) -> None:
+        self.inner.before_optimizer_step(trainer)
+
+    def after_step(self, trainer: Trainer, step: int, metrics: dict) -> None:
+        self.inner.after_step(trainer, step, metrics)
+        self.step = step
+        if self.writer is None:
+            return
+        self._ce_sum = self._ce_sum + metrics["loss"]
+        self._ce_count += 1
+        self._interval_steps += 1
+        epoch_end = step % trainer.steps_per_epoch == 0
+        if step % self.scalar_every == 0 or epoch_end:
+            self._log_scalars(trainer, step)
+        if self.searching and (step % self.histogram_every == 0 or epoch_end):
+            self._log_histograms(step)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
+        self.inner.on_epoch_end(trainer, epoch, metrics)
+        if self.writer is None:
+            return
+        for key, tag in _EPOCH_SCALARS.items():
+            if key in metrics:
+                self.writer.add_scalar(tag, metrics[key], trainer.global_step)
+        if self.searching:
+            self._log_images(trainer.global_step)
+        self.writer.flush()
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+    # ------------------------------------------------------------------ logging
+    def _log_scalars(self, trainer: Trainer, step: int) -> None:
+        w = self.writer
+        w.add_scalar("loss/ce", float(self._ce_sum) / self._ce_count, step)
+        self._ce_sum, self._ce_count = 0.0, 0
+        now = time.perf_counter()
+        w.add_scalar("throughput/img_per_s", self._interval_steps * trainer.config.batch_size
+                     / max(now - self._interval_start, 1e-9), step)
+        self._interval_start, self._interval_steps = now, 0
+        w.add_scalar("lr/weights", trainer.optimizer.param_groups[0]["lr"], step)
+        if not self.searching:
+            return
+        hooks = self.inner
+        controller, expected = hooks.controller, hooks.last_expected
+        w.add_scalar("loss/budget", self._lambda * (expected[controller.metric] / controller.target - 1.0), step)
+        w.add_scalar("budget/lambda", self._lambda, step)
+        w.add_scalar("budget/target", controller.target, step)
+        w.add_scalar("budget/expected_macs_ratio", expected["macs"], step)
+        w.add_scalar("budget/params_ratio", expected["params"], step)
+        w.add_scalar("gates/temperature", hooks.temperature, step)
+        w.add_scalar("lr/gates", hooks.gate_optimizer.param_groups[0]["lr"], step)
+        self._log_hard_state(step)
+
+    def _log_hard_state(self, step: int) -> None:
+        """What finalization would keep right now: hard cost ratios, open blocks, open channels per stage."""
+        net, w = self.inner.net, self.writer
+        hard = net.hard_cost()
+        w.add_scalar("budget/hard_macs_ratio", hard.macs / net.dense_cost.macs, step)
+        w.add_scalar("budget/hard_params_ratio", hard.params / net.dense_cost.params, step)
+        widths, alive = hard_widths(net)
+        w.add_scalar("blocks/open", sum(alive.values()), step)
+        for name, value in stage_channels(net, widths).items():
+            w.add_scalar(f"channels/{name}", value, step)
+
+    def _log_histograms(self, step: int) -> None:
+        net = self.inner.net
+        blocks = []
+        for name, p in net.gate_probabilities().items():
+            if net.groups[name].kind == "block":
+                blocks.append(p.reshape(()))
+            else:
+                self.writer.add_histogram(f"gate_prob/{name}", p.float().cpu(), step, bins=HISTOGRAM_BINS)
+        if blocks:
+            self.writer.add_histogram("gate_prob/blocks", torch.stack(blocks).float().cpu(), step, bins=HISTOGRAM_BINS)
+
+    def _log_images(self, step: int) -> None:
+        self.writer.add_image("gates/heatmap", gate_heatmap(self.inner.net), step)
+        self.writer.add_image("architecture/widths", width_chart(self.inner.net), step)
+
+    # ------------------------------------------------------------------ end of run
+    def log_search_summary(self, summary: dict) -> None:
+        """After :func:`~dnas_prune.search.search`: the projected state one step past training (scalars,
+        histograms, images), the architecture table it finalizes to, and config + final metrics as hparams."""
+        if not self.searching or self._open(None) is None:
+            return
+        step = self.step + 1
+        self._log_hard_state(step)
+        self._log_histograms(step)
+        self._log_images(step)
+        self.writer.add_text("architecture/search", architecture_table(self.inner.net), step)
+        final, accuracy = summary["final"], summary["accuracy"]
+        self.log_hparams(
+            flatten_config(train=summary["config"]["train"], search=summary["config"]["search"]),
+            {"macs_ratio": final["macs_ratio"], "params_ratio": final["params_ratio"], "val_acc": accuracy["val"],
+             "test_acc": accuracy["test"], "blocks_open": summary["gates"]["blocks_open"]},
+        )
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """One HPARAMS-tab session (written by TensorBoard to the ``hparams`` subdirectory)."""
+        if self._open(None) is None:
+            return
+        self.writer.add_hparams({k: _hparam(v) for k, v in hparams.items()},
+                                {f"hparam/{k}": float(v) for k, v in metrics.items() if v is not None},
+                                run_name="hparams", global_step=self.step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def log_text(log_dir: str | Path, tag: str, text: str, step: int = 0) -> None:
+    """One Markdown text entry in ``log_dir`` (e.g. the finalized architecture next to a search's logs)."""
+    with SummaryWriter(str(log_dir)) as writer:
+        writer.add_text(tag, text, step)

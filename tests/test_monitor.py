@@ -1,0 +1,188 @@
+"""TensorBoard monitoring: a tiny logged search read back from its event files, hook delegation, the CLI."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tensorboard.backend.event_processing import event_accumulator
+
+from dnas_prune.cli import main
+from dnas_prune.data import CifarData, Split
+from dnas_prune.models import create_model
+from dnas_prune.monitor import MonitorHooks, gate_heatmap, hard_widths, width_chart
+from dnas_prune.search import SearchConfig, search
+from dnas_prune.supernet import Supernet
+from dnas_prune.training import TrainConfig, TrainHooks
+
+
+def read_events(log_dir: Path) -> event_accumulator.EventAccumulator:
+    guidance = {kind: 0 for kind in event_accumulator.DEFAULT_SIZE_GUIDANCE}
+    return event_accumulator.EventAccumulator(str(log_dir), size_guidance=guidance).Reload()
+
+
+def scalar_values(events: event_accumulator.EventAccumulator, tag: str) -> list[float]:
+    return [e.value for e in events.Scalars(tag)]
+
+
+def synthetic_data(seed: int = 0) -> CifarData:
+    generator = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> Split:
+        return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
+                     torch.randint(0, 10, (n,), generator=generator))
+
+    return CifarData(split(512), split(128), split(128), classes=[str(c) for c in range(10)])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread, because OpenMP spinning on a shared, busy CPU is >10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def logged_search(tmp_path_factory: pytest.TempPathFactory):
+    """2 epochs x 8 steps of a resnet20 search, scalars every 2 steps and histograms every 4."""
+    out = tmp_path_factory.mktemp("search")
+    torch.manual_seed(0)
+    monitor = MonitorHooks(log_dir=out / "tb", scalar_every=2, histogram_every=4)
+    train = TrainConfig(epochs=2, batch_size=64, progress=False, memory_format="contiguous")
+    # Strong gate pressure (lr, lower initial logits) so 16 steps visibly move the cost toward the target.
+    config = SearchConfig(target=0.5, gate_lr=0.3, budget_lr=0.5, init_logit=2.0, recalibrate_batches=2)
+    net, summary = search(create_model("cifar_resnet20", num_classes=10), synthetic_data(), train, config, out,
+                          wrap_hooks=monitor.wrap)
+    monitor.log_search_summary(summary)
+    monitor.close()
+    return net, read_events(out / "tb"), out
+
+
+def test_search_logs_every_kind(logged_search) -> None:
+    net, events, out = logged_search
+    tags = events.Tags()
+    scalars = {"loss/ce", "loss/budget", "budget/expected_macs_ratio", "budget/hard_macs_ratio", "budget/params_ratio",
+               "budget/lambda", "gates/temperature", "lr/weights", "lr/gates", "acc/train", "acc/val",
+               "blocks/open", "channels/layer1.stream", "channels/layer2.stream", "channels/layer2.inner",
+               "throughput/img_per_s"}
+    assert scalars <= set(tags["scalars"])
+    assert {"gate_prob/layer1.0.conv1", "gate_prob/layer3.stream", "gate_prob/blocks"} <= set(tags["histograms"])
+    assert {"gates/heatmap", "architecture/widths"} <= set(tags["images"])
+    assert "architecture/search/text_summary" in tags["tensors"]
+    assert "custom_scalars__config__" in tags["tensors"]
+    assert list((out / "tb" / "hparams").glob("events.out.tfevents.*"))
+    # scalars every 2 steps over 16 steps, histograms at 4, 8 (epoch end), 12, 16 and after projection
+    assert [e.step for e in events.Scalars("loss/ce")] == list(range(2, 17, 2))
+    assert [e.step for e in events.Histograms("gate_prob/layer1.0.conv1")] == [4, 8, 12, 16, 17]
+    table = events.Tensors("architecture/search/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "| layer1 |" in table and "MACs" in table
+
+
+def test_logged_state_tracks_the_search(logged_search) -> None:
+    net, events, _ = logged_search
+    expected = scalar_values(events, "budget/expected_macs_ratio")
+    assert expected[-1] < expected[0]
+    assert scalar_values(events, "budget/lambda")[0] == 0.0  # warm-up: no budget pressure yet
+    assert scalar_values(events, "blocks/open")[-1] == sum(net.block_open().values())
+    state = net.gate_state()
+    assert scalar_values(events, "channels/layer2.stream")[-1] == int(state["layer2.stream"].sum())
+    widths, alive = hard_widths(net)
+    inner = sum(widths[g] for info in net.blocks if info.stage == 3 for g in info.inner)
+    assert scalar_values(events, "channels/layer3.inner")[-1] == inner
+    assert scalar_values(events, "budget/hard_macs_ratio")[-1] == pytest.approx(
+        net.hard_cost().macs / net.dense_cost.macs)
+    image = events.Images("gates/heatmap")[-1]
+    assert (image.height, image.width) == tuple(gate_heatmap(net).shape[1:])
+
+
+def test_images_are_uint8_and_mark_closed_blocks() -> None:
+    net = Supernet(create_model("cifar_resnet20", num_classes=10))
+    net.set_gate_state({"layer2.1": False, "layer3.stream": torch.arange(64) < 16})
+    heatmap, chart = gate_heatmap(net), width_chart(net)
+    assert heatmap.dtype == chart.dtype == torch.uint8
+    assert heatmap.shape[0] == chart.shape[0] == 3
+    # rows: 3 streams + 9 inner groups of 8 px, 2 stage separators of 2 px
+    assert heatmap.shape[1] == 12 * 8 + 2 * 2
+    red = (chart[0] == 214) & (chart[1] == 39) & (chart[2] == 40)
+    assert red.any(dim=0).sum() == 8  # exactly one closed-block marker, one bar wide
+    widths, alive = hard_widths(net)
+    assert not alive["layer2.1"] and widths["layer2.1.conv1"] == 0 and widths["layer3.stream"] == 16
+
+
+class Recorder(TrainHooks):
+    """Inner hooks that record each call and return sentinels, to check delegation."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.sentinel = torch.tensor(3.0)
+
+    def excluded_parameters(self):
+        self.calls.append("excluded_parameters")
+        return ["gate"]
+
+    def on_epoch_start(self, trainer, epoch):
+        self.calls.append("on_epoch_start")
+
+    def loss(self, trainer, ce, logits, step):
+        self.calls.append("loss")
+        return self.sentinel
+
+    def before_optimizer_step(self, trainer):
+        self.calls.append("before_optimizer_step")
+
+    def after_step(self, trainer, step, metrics):
+        self.calls.append("after_step")
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        self.calls.append("on_epoch_end")
+
+    def state_dict(self):
+        self.calls.append("state_dict")
+        return {"x": 1}
+
+    def load_state_dict(self, state):
+        self.calls.append("load_state_dict")
+
+
+def test_every_hook_is_delegated_and_other_ranks_write_nothing(tmp_path: Path) -> None:
+    hooks = [name for name, _ in inspect.getmembers(TrainHooks, inspect.isfunction) if not name.startswith("_")]
+    inner = Recorder()
+    monitor = MonitorHooks(inner, log_dir=tmp_path / "tb")
+    trainer = SimpleNamespace(is_main=False, global_step=0, steps_per_epoch=4)
+    assert monitor.excluded_parameters() == ["gate"]
+    monitor.on_epoch_start(trainer, 0)
+    assert monitor.loss(trainer, torch.tensor(1.0), torch.zeros(1), 0) is inner.sentinel
+    monitor.before_optimizer_step(trainer)
+    monitor.after_step(trainer, 1, {"loss": torch.tensor(1.0), "lr": 0.1})
+    monitor.on_epoch_end(trainer, 0, {"train_acc": 0.5})
+    assert monitor.state_dict() == {"x": 1}
+    monitor.load_state_dict({"x": 1})
+    monitor.log_hparams({"lr": 0.1}, {"acc": 0.5})
+    monitor.close()
+    assert sorted(inner.calls) == sorted(hooks)
+    assert not (tmp_path / "tb").exists()
+
+
+def test_cli_search_and_finalize_write_tensorboard(tiny_cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    common = ["--data", str(tiny_cifar), "--val-size", "6", "--batch-size", "4", "--epochs", "2", "--no-progress",
+              "--memory-format", "contiguous", "--precision", "fp32"]
+    # 14 steps with a fast gate lr: projecting a barely searched, all-open state can miss the ±1 % window
+    assert main(["search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--gate-lr", "0.3",
+                 "--out", str(out), *common]) == 0
+    assert main(["finalize", str(out / "supernet.pt"), "-o", str(tmp_path / "pruned.pt")]) == 0
+    tags = read_events(out / "tb").Tags()
+    assert {"loss/ce", "budget/expected_macs_ratio", "blocks/open", "acc/val"} <= set(tags["scalars"])
+    assert "gate_prob/layer2.stream" in tags["histograms"]
+    assert {"gates/heatmap", "architecture/widths"} <= set(tags["images"])
+    assert {"architecture/search/text_summary", "architecture/finalized/text_summary"} <= set(tags["tensors"])
+    assert list((out / "tb" / "hparams").glob("events.out.tfevents.*"))
+
+    quiet = tmp_path / "quiet"
+    assert main(["train", "--model", "cifar_resnet20", "--out", str(quiet), "--no-tensorboard", *common]) == 0
+    assert (quiet / "model.pt").is_file() and not (quiet / "tb").exists()
