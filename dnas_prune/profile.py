@@ -57,14 +57,16 @@ class _Runner:
         return time.perf_counter() - start
 
     def warmup(self, count: int, max_seconds: float) -> float:
-        """Run up to ``count`` warm-up forwards within ``max_seconds``; returns the last one's duration."""
+        """Run up to ``count`` warm-up forwards within ``max_seconds``; returns the median of the later ones.
+
+        The first forward (allocations, kernel selection) is excluded when there are others; the median
+        keeps one noisy forward from shrinking the number of timed repeats.
+        """
         deadline = time.perf_counter() + max_seconds
-        last = self.once()
-        for _ in range(count - 1):
-            if time.perf_counter() > deadline:
-                break
-            last = self.once()
-        return last
+        times = [self.once()]
+        while len(times) < count and time.perf_counter() < deadline:
+            times.append(self.once())
+        return statistics.median(times[1:] or times)
 
     def summary(self) -> dict[str, Any]:
         ms = sorted(t * 1e3 for t in self.times)
@@ -95,8 +97,8 @@ def _runner(model: nn.Module, input_size: Sequence[int], batch_size: int, memory
     best, best_time = None, float("inf")
     for name in MEMORY_FORMATS:
         candidate = _Runner(model, input_size, batch_size, name, dtype)
-        last = candidate.warmup(3, _TRIAL_SECONDS / 2)
-        trial = sorted(candidate.once() for _ in range(max(1, min(5, int(_TRIAL_SECONDS / 2 / max(last, 1e-6))))))
+        typical = candidate.warmup(3, _TRIAL_SECONDS / 2)
+        trial = sorted(candidate.once() for _ in range(max(1, min(5, int(_TRIAL_SECONDS / 2 / max(typical, 1e-6))))))
         if trial[len(trial) // 2] < best_time:
             best, best_time = candidate, trial[len(trial) // 2]
     assert best is not None
