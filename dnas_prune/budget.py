@@ -102,95 +102,99 @@ def project_to_budget(
 ) -> Cost:
     """Pin a hard gate state whose cost ratio lies in ``[target - tolerance, target + tolerance]``.
 
-    Starts from the current hard decisions (block decisions are kept), then closes the lowest-scored
-    channels while over budget and reopens the highest-scored ones that still fit. Within a group the
-    channels kept are always the top-scored ones; with ``round_to`` every width is a multiple of it.
+    Starts from the current hard decisions. While over budget it closes the lowest-scored unit (a step of
+    ``round_to`` channels of a group, or a whole block); then it reopens the highest-scored units that still
+    fit. Within a group the channels kept are always the top-scored ones; equal scores shrink groups evenly.
     """
     check_feasible(net, metric, target, round_to)
     dense = float(getattr(net.dense_cost, metric))
+    hard = net._hard_masks()
     names = net.channel_groups
-    order: dict[str, Tensor] = {}
-    scores: dict[str, Tensor] = {}
+    order: dict[int, Tensor] = {}
+    scores: dict[int, Tensor] = {}
     widths: list[int] = []
     steps: list[int] = []
-    minimum: list[int] = []
-    hard = net._hard_masks()
-    for name in names:
+    lows: list[int] = []
+    for i, name in enumerate(names):
         info = net.groups[name]
         if not info.gated:
-            widths.append(info.size), steps.append(0), minimum.append(info.size)
+            widths.append(info.size), steps.append(0), lows.append(info.size)
             continue
-        gate = net.gate(name)
-        score = gate.score().cpu() + 2.0 * hard[name].float().cpu()  # currently open channels first
-        order[name] = torch.argsort(score, descending=True, stable=True)
-        scores[name] = score[order[name]]
+        score = net.gate(name).score().cpu() + 2.0 * hard[name].float().cpu()  # currently open channels first
+        order[i] = torch.argsort(score, descending=True, stable=True)
+        scores[i] = score[order[i]]
         step = min(round_to or 1, info.size)
-        low = _min_width(info.size, info.kind, round_to)
         w = int(hard[name].sum())
-        if step > 1 and w % step:
-            w = min(info.size, int(round(w / step)) * step) if w < info.size else info.size
-        widths.append(max(w, low)), steps.append(step), minimum.append(low)
+        if step > 1 and w % step and w < info.size:
+            w = min(info.size, int(round(w / step)) * step)
+        low = _min_width(info.size, info.kind, round_to)
+        widths.append(max(w, low)), steps.append(step), lows.append(low)
     alive = net.block_open(hard)
-    blocks = torch.tensor([float(alive[b]) for b in net.branch_blocks], dtype=torch.float64)
+    blocks = [float(alive[b]) for b in net.branch_blocks]
+    block_score = {b: float(net.gate(name).score()) for b, name in enumerate(net.branch_blocks) if name in net.groups}
 
-    def ratio_of(w: list[int]) -> float:
-        macs, params = net.cost_from_counts(torch.tensor(w, dtype=torch.float64), blocks)
+    def ratio_of(w: list[int], f: list[float]) -> float:
+        macs, params = net.cost_from_counts(torch.tensor(w, dtype=torch.float64), torch.tensor(f, dtype=torch.float64))
         return float(macs if metric == "macs" else params) / dense
 
-    def unit_score(i: int, grow: bool) -> tuple[float, float]:
-        """(mean gate score of the unit, open fraction of its group): equal scores shrink groups evenly."""
-        name = names[i]
-        lo, hi = (widths[i], widths[i] + steps[i]) if grow else (widths[i] - steps[i], widths[i])
-        fraction = widths[i] / net.groups[name].size
-        score = float(scores[name][lo:min(hi, net.groups[name].size)].mean())
-        return (-score, fraction) if grow else (score, -fraction)
+    def units(grow: bool) -> list[tuple[tuple[float, float], str, int]]:
+        """Movable units, best first: (sort key, "channels" | "block", index)."""
+        found = []
+        for i in order:
+            size = net.groups[names[i]].size
+            if (widths[i] + steps[i] <= size) if grow else (widths[i] - steps[i] >= lows[i]):
+                lo, hi = (widths[i], widths[i] + steps[i]) if grow else (widths[i] - steps[i], widths[i])
+                score = float(scores[i][lo:min(hi, size)].mean())
+                fraction = widths[i] / size
+                found.append(((-score, fraction) if grow else (score, -fraction), "channels", i))
+        for b, score in block_score.items():
+            if blocks[b] == (0.0 if grow else 1.0):
+                found.append(((-score, 1.0) if grow else (score, -1.0), "block", b))
+        return sorted(found)
 
-    current = ratio_of(widths)
+    def moved(kind: str, i: int, grow: bool) -> tuple[list[int], list[float]]:
+        w, f = widths.copy(), blocks.copy()
+        if kind == "block":
+            f[i] = 1.0 if grow else 0.0
+        else:
+            w[i] += steps[i] if grow else -steps[i]
+        return w, f
+
+    current = ratio_of(widths, blocks)
     while current > target + 1e-12:
-        candidates = [i for i in range(len(names)) if steps[i] and widths[i] - steps[i] >= minimum[i]]
-        best, best_ratio = None, None
-        for i in sorted(candidates, key=lambda i: unit_score(i, grow=False)):
-            trial = widths.copy()
-            trial[i] -= steps[i]
-            r = ratio_of(trial)
+        fallback = None
+        for _, kind, i in units(grow=False):
+            w, f = moved(kind, i, grow=False)
+            r = ratio_of(w, f)
             if r < current - 1e-12:
-                best, best_ratio = i, r
-                break
-        if best is None:
-            break
-        widths[best] -= steps[best]
-        current = best_ratio
-
-    for limit in (target, target + tolerance):
-        if current >= target - tolerance:
-            break
-        while True:
-            candidates = [i for i in range(len(names)) if steps[i] and widths[i] + steps[i] <= net.groups[names[i]].size]
-            chosen = None
-            for i in sorted(candidates, key=lambda i: unit_score(i, grow=True)):
-                trial = widths.copy()
-                trial[i] += steps[i]
-                r = ratio_of(trial)
-                if current + 1e-12 < r <= limit + 1e-12:
-                    chosen, current = i, r
+                if r >= target - tolerance:  # prefer a unit that does not overshoot below the window
+                    fallback = (w, f, r)
                     break
-            if chosen is None:
-                break
-            widths[chosen] += steps[chosen]
-
+                fallback = fallback or (w, f, r)
+        if fallback is None:
+            break
+        widths, blocks, current = fallback
+    for limit in (target, target + tolerance):
+        progress = current < target - tolerance
+        while progress:
+            progress = False
+            for _, kind, i in units(grow=True):
+                w, f = moved(kind, i, grow=True)
+                r = ratio_of(w, f)
+                if current + 1e-12 < r <= limit + 1e-12:
+                    widths, blocks, current, progress = w, f, r, True
+                    break
     if not (target - tolerance - 1e-9 <= current <= target + tolerance + 1e-9):
         raise BudgetError(
             f"could not place the {metric} ratio within ±{tolerance:g} of {target:g} (reached {current:.4f}); "
             "try a smaller --round-to"
         )
     state: dict[str, Tensor] = {}
-    for i, name in enumerate(names):
-        if name in order:
-            mask = torch.zeros(net.groups[name].size, dtype=torch.bool)
-            mask[order[name][: widths[i]]] = True
-            state[name] = mask
-    for name in net.branch_blocks:
-        if name in net.groups:
-            state[name] = torch.tensor([alive[name]])
+    for i, perm in order.items():
+        mask = torch.zeros(net.groups[names[i]].size, dtype=torch.bool)
+        mask[perm[: widths[i]]] = True
+        state[names[i]] = mask
+    for b in block_score:
+        state[net.branch_blocks[b]] = torch.tensor([blocks[b] > 0])
     net.set_gate_state(state)
     return net.hard_cost()

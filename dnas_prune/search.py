@@ -83,7 +83,8 @@ class SearchHooks(TrainHooks):
         self.schedule(step)
         expected = self.net.expected_cost()
         dense = self.net.dense_cost
-        self.last_expected = {"macs": float(expected["macs"]) / dense.macs, "params": float(expected["params"]) / dense.params}
+        self.last_expected = {"macs": float(expected["macs"].detach()) / dense.macs,
+                              "params": float(expected["params"].detach()) / dense.params}
         return ce + self.controller.penalty(expected).to(ce.dtype)
 
     def before_optimizer_step(self, trainer: Trainer) -> None:

@@ -45,3 +45,23 @@ def tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """3 classes x (12 train + 4 test) JPEGs; the decode cache goes to tmp_path, not the user's cache."""
     monkeypatch.setenv("DNAS_PRUNE_CACHE", str(tmp_path / "cache"))
     return write_tree(tmp_path / "cifar", {"train": 12, "test": 4})
+
+
+def make_synthetic(n_train: int = 256, n_eval: int = 64, classes: int = 4, seed: int = 0):
+    """A learnable toy CIFAR: each class has its own mean colour under uniform noise."""
+    from dnas_prune.data import CifarData, Split
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> Split:
+        labels = torch.arange(n) % classes
+        colours = torch.linspace(40, 215, classes)[labels].view(n, 1, 1, 1)
+        noise = torch.randint(-40, 41, (n, 3, 32, 32), generator=generator)
+        return Split((colours + noise).clamp(0, 255).to(torch.uint8), labels)
+
+    return CifarData(split(n_train), split(n_eval), split(n_eval), [f"c{i}" for i in range(classes)])
+
+
+@pytest.fixture
+def synthetic_data():
+    return make_synthetic()

@@ -1,0 +1,80 @@
+"""Budgets: bad targets are refused up front, and the projection lands within ±1 % of the target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dnas_prune import BudgetController, Supernet, count_cost, create_model, finalize, project_to_budget
+from dnas_prune.budget import check_feasible, cost_floor
+from dnas_prune.errors import BudgetError
+
+
+def searched_like(name: str = "cifar_resnet20", seed: int = 0, gate: str = "sigmoid") -> Supernet:
+    net = Supernet(create_model(name), gate=gate)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for gate_ in net.gates.values():
+            gate_.logits.copy_(torch.randn(gate_.logits.shape, generator=g) * 2 + 1.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize("metric", ["macs", "params"])
+@pytest.mark.parametrize("target", [0.9, 0.5, 0.2, 0.08])
+def test_projection_lands_within_one_percent_and_matches_the_finalized_model(metric: str, target: float) -> None:
+    net = searched_like(seed=int(target * 100))
+    project_to_budget(net, metric, target)
+    cost = count_cost(finalize(net), net.input_size)
+    ratio = getattr(cost, metric) / getattr(net.dense_cost, metric)
+    assert target - 0.01 <= ratio <= target + 0.01
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+def test_round_to_keeps_every_width_a_multiple(round_to: int) -> None:
+    net = searched_like("cifar_resnet56", seed=round_to)
+    project_to_budget(net, "macs", 0.3, round_to=round_to)
+    model = finalize(net)
+    ratio = count_cost(model).macs / net.dense_cost.macs
+    assert 0.29 <= ratio <= 0.31
+    widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)][1:]
+    assert all(w % round_to == 0 for w in widths), widths
+
+
+def test_projection_keeps_the_highest_scored_channels() -> None:
+    net = searched_like(seed=11)
+    project_to_budget(net, "macs", 0.5)
+    for name, mask in net.gate_state().items():
+        if net.groups[name].kind != "block" and 0 < mask.sum() < mask.numel():
+            scores = net.gate(name).score()
+            assert scores[mask].min() >= scores[~mask].max() - 2.0  # open-first, then by score
+
+
+def test_targets_outside_the_range_or_below_the_floor_are_refused() -> None:
+    net = searched_like()
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(BudgetError, match=r"\(0, 1\]"):
+            check_feasible(net, "macs", bad)
+    floor = cost_floor(net, "macs")
+    assert 0 < floor < 0.01
+    with pytest.raises(BudgetError, match="floor") as info:
+        check_feasible(net, "macs", floor / 2)
+    assert "\n" not in str(info.value)
+    assert cost_floor(net, "macs", round_to=8) > floor
+
+
+def test_controller_raises_pressure_over_budget_and_relaxes_under_it() -> None:
+    net = searched_like()
+    controller = BudgetController("macs", 0.5, net.dense_cost, lr=0.1)
+    controller.active = True
+    start = controller.value
+    for _ in range(10):
+        controller.update(0.9)
+    assert controller.value > start
+    high = controller.value
+    for _ in range(10):
+        controller.update(0.3)
+    assert controller.value < high
+    net.train()
+    penalty = controller.penalty(net.expected_cost())
+    penalty.backward()
+    assert all(g.logits.grad is not None for g in net.gates.values())

@@ -1,0 +1,75 @@
+"""The search: gates move under budget pressure, the result lands on the budget, and resume is exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnas_prune import SearchConfig, TrainConfig, count_cost, create_model, finalize, load_pruned, load_supernet, search
+from dnas_prune.cli import main
+from dnas_prune.training import TrainHooks
+
+from conftest import make_synthetic
+
+TRAIN = dict(batch_size=64, lr=0.05, schedule="cosine", warmup_epochs=0.0, progress=False, memory_format="contiguous")
+
+
+def run_search(data, out: Path, epochs: int = 2, wrap=None, resume: bool = False, **search_kw):
+    config = SearchConfig(**{"target": 0.5, "gate_lr": 0.2, "budget_lr": 0.5, "recalibrate_batches": 2, **search_kw})
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=data.num_classes)
+    return search(model, data, TrainConfig(epochs=epochs, **TRAIN), config, out, resume=resume, wrap_hooks=wrap)
+
+
+def test_search_pushes_expected_cost_down_and_lands_on_the_budget(tmp_path: Path) -> None:
+    net, summary = run_search(make_synthetic(n_train=512), tmp_path, epochs=3, gate_lr=0.3)
+    history = summary["history"]
+    assert history[-1]["expected_ratio"] < 0.9  # the gates themselves moved, not only the projection
+    assert 0.49 <= summary["final"]["macs_ratio"] <= 0.51
+    saved = json.loads((tmp_path / "search.json").read_text())
+    assert saved["final"] == summary["final"]
+    reloaded = load_supernet(tmp_path / "supernet.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), net.eval()(x))
+        torch.testing.assert_close(finalize(reloaded)(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+class StopAfterFirstEpoch:
+    """Wraps the search hooks and aborts when the second epoch starts, like a kill between epochs."""
+
+    def __init__(self, inner: TrainHooks) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+        self.inner.on_epoch_start(trainer, epoch)
+
+
+def test_resumed_search_equals_an_uninterrupted_one(synthetic_data, tmp_path: Path) -> None:
+    straight, _ = run_search(synthetic_data, tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run_search(synthetic_data, tmp_path / "b", wrap=StopAfterFirstEpoch)
+    resumed, _ = run_search(synthetic_data, tmp_path / "b", resume=True)
+    assert {k: v.tolist() for k, v in straight.gate_state().items()} == {k: v.tolist() for k, v in resumed.gate_state().items()}
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.2])
+def test_cli_search_then_finalize_on_cifar_hits_the_target(cifar_root: Path, tmp_path: Path, target: float) -> None:
+    out = tmp_path / "run"
+    assert main(["search", "--model", "cifar_resnet20", "--data", str(cifar_root), "--target-macs", str(target),
+                 "--epochs", "2", "--limit-train", "2048", "--val-size", "500", "--out", str(out), "--no-progress",
+                 "--memory-format", "contiguous", "--no-tensorboard"]) == 0
+    assert main(["finalize", str(out / "supernet.pt"), "-o", str(tmp_path / "P.pt")]) == 0
+    model = load_pruned(tmp_path / "P.pt")
+    ratio = count_cost(model).macs / count_cost(create_model("cifar_resnet20")).macs
+    assert target - 0.01 <= ratio <= target + 0.01
