@@ -204,7 +204,7 @@ class MonitorHooks(TrainHooks):
     def _layout(self) -> dict:
         layout = {"accuracy": {
             "accuracy": ["Multiline", ["acc/train", "acc/val", "acc/test"]],
-            "loss": ["Multiline", ["loss/ce", "loss/budget", "loss/val"]],
+            "loss": ["Multiline", ["loss/ce", "loss/val"] + (["loss/budget"] if self.searching else [])],
             "throughput (img/s)": ["Multiline", ["throughput/img_per_s"]],
         }}
         if self.searching:

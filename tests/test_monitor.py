@@ -183,6 +183,15 @@ def test_cli_search_and_finalize_write_tensorboard(tiny_cifar: Path, tmp_path: P
     assert {"architecture/search/text_summary", "architecture/finalized/text_summary"} <= set(tags["tensors"])
     assert list((out / "tb" / "hparams").glob("events.out.tfevents.*"))
 
-    quiet = tmp_path / "quiet"
-    assert main(["train", "--model", "cifar_resnet20", "--out", str(quiet), "--no-tensorboard", *common]) == 0
-    assert (quiet / "model.pt").is_file() and not (quiet / "tb").exists()
+
+
+def test_cli_train_logs_unless_disabled(tiny_cifar: Path, tmp_path: Path) -> None:
+    common = ["--model", "cifar_resnet20", "--data", str(tiny_cifar), "--val-size", "6", "--batch-size", "8",
+              "--epochs", "1", "--no-progress", "--memory-format", "contiguous", "--precision", "fp32"]
+    assert main(["train", "--out", str(tmp_path / "logged"), *common]) == 0
+    tags = read_events(tmp_path / "logged" / "tb").Tags()
+    assert {"loss/ce", "lr/weights", "throughput/img_per_s", "acc/train", "acc/val", "acc/test"} <= set(tags["scalars"])
+    assert "budget/lambda" not in tags["scalars"] and not tags["images"]
+    assert list((tmp_path / "logged" / "tb" / "hparams").glob("events.out.tfevents.*"))
+    assert main(["train", "--out", str(tmp_path / "quiet"), "--no-tensorboard", *common]) == 0
+    assert (tmp_path / "quiet" / "model.pt").is_file() and not (tmp_path / "quiet" / "tb").exists()
