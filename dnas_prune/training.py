@@ -214,10 +214,7 @@ class Trainer:
         if config.batch_size % self.world_size:
             raise DnasPruneError(f"batch size {config.batch_size} is not divisible by {self.world_size} processes")
         self.model = model.to(self.device)
-        self.ddp_model: nn.Module = self.model
-        if distributed:
-            device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
-            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.ddp_model: nn.Module = self.model  # wrapped by fit() once the memory format is fixed
         self.steps_per_epoch = len(data.train) // config.batch_size
         if self.steps_per_epoch < 1:
             raise DnasPruneError(f"{len(data.train)} training images do not fill one batch of {config.batch_size}")
@@ -273,7 +270,10 @@ class Trainer:
             if self.is_main:
                 print(f"memory format: {_FORMAT_CACHE[key]} (one step: NCHW {timings[False]:.3f}s, "
                       f"channels_last {timings[True]:.3f}s)", flush=True)
-        return _FORMAT_CACHE[key] == "channels_last"
+        choice = torch.tensor([int(_FORMAT_CACHE[key] == "channels_last")], device=self.device)
+        if self.world_size > 1:  # timings differ per rank; all ranks follow rank 0
+            dist.broadcast(choice, 0)
+        return bool(choice.item())
 
     def _stream(self, split: Split, train: bool, epoch: int = 0, batch_size: int | None = None) -> BatchStream:
         return BatchStream(split, batch_size or self.config.batch_size, train=train, seed=self.config.seed,
@@ -370,6 +370,9 @@ class Trainer:
             self.channels_last = self._choose_memory_format()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if self.world_size > 1 and self.ddp_model is self.model:  # DDP's gradient buckets follow the layout
+            device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         while self.epoch < cfg.epochs:
             epoch = self.epoch
             self.hooks.on_epoch_start(self, epoch)
