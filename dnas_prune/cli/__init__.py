@@ -9,23 +9,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from ..errors import DnasPruneError
 
 COMMANDS = ("train", "search", "finalize", "finetune", "export", "profile", "run")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes (unknown flag, conflicting flags) get the same one-line error as everything else."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dnas-prune", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="dnas-prune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            continue
+        module = importlib.import_module(f"{__name__}.{name}")
         command = module.add_parser(sub)
         command.set_defaults(_run=module.run)
     return parser

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..budget import check_target
 from ..errors import DnasPruneError
 from ..gates import GATE_KINDS
-from ..models import MODEL_NAMES, create_model
+from ..models import MODEL_NAMES, check_model_name, create_model
 from ..monitor import MonitorHooks
 from ..search import DEFAULT_GATE, SearchConfig, load_pretrained, search
 from ..training import TrainConfig, init_distributed
@@ -53,6 +53,8 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
 def run(args: argparse.Namespace) -> int:
     if args.model is None and args.pretrained is None:
         raise DnasPruneError("pass --model NAME (and optionally --pretrained CKPT)")
+    if args.model is not None:
+        check_model_name(args.model)
     search_config = search_config_from(args)
     train_config = train_config_from(args)
     init_distributed()

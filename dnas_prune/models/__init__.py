@@ -31,20 +31,25 @@ def is_cifar_model(name: str) -> bool:
     return name in _CIFAR_DEPTHS
 
 
+def check_model_name(name: str) -> None:
+    """Fail fast, before any data is loaded, on a name the registry does not know."""
+    if name not in MODEL_NAMES:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+
+
 def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """A dense registry model. torchvision names pass ``weights=`` and other kwargs through."""
+    check_model_name(name)
     if name in _CIFAR_DEPTHS:
         if kwargs:
             raise TypeError(f"{name} takes no options besides num_classes, got {sorted(kwargs)}")
         return cifar_resnet(_CIFAR_DEPTHS[name], num_classes=num_classes or 10)
-    if name in _TORCHVISION:
-        if num_classes is not None:
-            kwargs["num_classes"] = num_classes
-        return _TORCHVISION[name](**kwargs)
-    raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return _TORCHVISION[name](**kwargs)
 
 
 __all__ = [
     "BasicBlock", "CifarResNet", "ProjectionBlock", "MODEL_NAMES", "Spec", "SpecError", "UnknownModelError",
-    "build_model", "cifar_resnet", "create_model", "is_cifar_model", "spec_of", "validate_spec",
+    "build_model", "check_model_name", "cifar_resnet", "create_model", "is_cifar_model", "spec_of", "validate_spec",
 ]
