@@ -208,7 +208,7 @@ def write_report(
         "specs": {"dense": dense_spec, "pruned": pruned_spec},
         "exports": exports,
         "figures": ["widths.png", "accuracy_macs.png"],
-        "config": config,
+        "config": {**config[""], **{section: keys for section, keys in config.items() if section}},
     }
     widths_figure(report["layers"], out / "widths.png")
     search_macs = search_summary["final"]["macs"]
