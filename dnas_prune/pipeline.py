@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 try:
     import tomllib
@@ -25,6 +26,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from .budget import check_target
+from .cost import count_cost
 from .cli.common import seed_everything
 from .cli.finetune import DEFAULTS as FINETUNE_DEFAULTS
 from .cli.search import DEFAULTS as SEARCH_DEFAULTS
@@ -33,9 +35,11 @@ from .errors import DnasPruneError
 from .export import FORMATS, SUFFIXES, ExportError, export
 from .finalize import finalize
 from .models import create_model, spec_of
+from .monitor import MonitorHooks, flatten_config, log_text
 from .pruned_io import load_pruned_with_metadata, save_pruned
 from .report import write_report
 from .search import SearchConfig, load_pretrained, load_supernet, search
+from .summary import width_table
 from .supernet import Supernet
 from .training import TrainConfig, Trainer, atomic_torch_save, safe_torch_load
 
@@ -51,9 +55,9 @@ _TRAIN_KEYS = tuple(_train_keys(TrainConfig()))
 _SEARCH_KEYS = {f.name: getattr(SearchConfig(), f.name) for f in fields(SearchConfig) if f.name not in ("metric", "target")}
 
 # section -> key -> default ("" is the top level). Every flag of train/search/finetune has a key here;
-# --resume is implicit and --pretrained is pretrain.checkpoint.
+# --resume is implicit, --pretrained is pretrain.checkpoint, --no-tensorboard is tensorboard = false.
 SCHEMA: dict[str, dict[str, Any]] = {
-    "": {"seed": 0, "device": "cpu", "out": None, "progress": True},
+    "": {"seed": 0, "device": "cpu", "out": None, "progress": True, "tensorboard": True},
     "data": {"root": None, "kind": "cifar", "limit_train": None, "val_size": 5000},
     "model": {"name": None},
     "pretrain": {**_train_keys(TrainConfig()), "checkpoint": None},
@@ -69,7 +73,7 @@ _OPTIONAL_TYPES = {"out": str, "root": str, "limit_train": int, "name": str, "ch
 _FILE_PATHS = (("data", "root"), ("pretrain", "checkpoint"))
 # Settings that do not change what earlier stages computed: a re-run may change them.
 _RERUNNABLE = ("export", "report")
-_IGNORED = (("", "out"), ("", "progress"))
+_IGNORED = (("", "out"), ("", "progress"), ("", "tensorboard"))
 
 Config = dict[str, dict[str, Any]]
 
@@ -259,6 +263,24 @@ class Pipeline:
         tmp.write_text(text)
         tmp.replace(saved_path)
 
+    @contextmanager
+    def monitor(self, log_dir: Path) -> Iterator[MonitorHooks | None]:
+        """TensorBoard hooks for one training stage (as the train/search/finetune commands write), or None."""
+        monitor = MonitorHooks(log_dir=log_dir) if self.config[""]["tensorboard"] else None
+        try:
+            yield monitor
+        finally:
+            if monitor:
+                monitor.close()
+
+    def _fit(self, trainer: Trainer, monitor: MonitorHooks | None, hparams: dict[str, Any]) -> dict:
+        """Train (resuming from the stage's checkpoint if there is one) and log the run's hparams."""
+        metrics = trainer.fit(resume=trainer.checkpoint_path.is_file())
+        if monitor:
+            monitor.log_hparams({**flatten_config(train=trainer.config), **hparams},
+                                {k: metrics.get(k) for k in ("train_acc", "val_acc", "test_acc")})
+        return metrics
+
     # ----------------------------------------------------------------- stages
     def pretrain(self) -> None:
         cfg, top = self.config["pretrain"], self.config[""]
@@ -276,8 +298,10 @@ class Pipeline:
             if len(data.val):
                 metrics["val_acc"] = trainer.evaluate(data.val)["acc"]
         else:
-            trainer = Trainer(create_model(name, num_classes=data.num_classes), data, train_config, out, metadata=metadata)
-            metrics = trainer.fit(resume=trainer.checkpoint_path.is_file())
+            with self.monitor(out / "tb") as monitor:
+                trainer = Trainer(create_model(name, num_classes=data.num_classes), data, train_config, out,
+                                  hooks=monitor, metadata=metadata)
+                metrics = self._fit(trainer, monitor, {"model": name})
         state = {k: v.contiguous() for k, v in trainer.model.state_dict().items()}
         atomic_torch_save({"format": 1, "kind": "dnas_prune.dense", "spec": spec_of(trainer.model), "state_dict": state,
                            "metrics": metrics, "config": asdict(train_config)}, self.dense_path)
@@ -287,8 +311,11 @@ class Pipeline:
         data, _ = self.data()
         model = load_pretrained(self.dense_path, None, data.num_classes)
         seed_everything(self.config[""]["seed"])
-        _, summary = search(model, data, train_config_of(self.config, "search"), search_config_of(self.config),
-                            self.search_dir, resume=True)
+        with self.monitor(self.search_dir / "tb") as monitor:
+            _, summary = search(model, data, train_config_of(self.config, "search"), search_config_of(self.config),
+                                self.search_dir, resume=True, wrap_hooks=monitor.wrap if monitor else None)
+            if monitor:
+                monitor.log_search_summary(summary)
         final = summary["final"]
         self.log(f"searched: {final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
                  f"{summary['gates']['blocks_open']}/{summary['gates']['blocks_total']} blocks; "
@@ -296,7 +323,11 @@ class Pipeline:
 
     def finalize(self) -> None:
         net = load_supernet(self.search_dir / "supernet.pt")
+        dense_spec = spec_of(net.model)
         model = finalize(net, round_to=self.config["finalize"]["round_to"])
+        if self.config[""]["tensorboard"]:
+            table = width_table(dense_spec, spec_of(model), net.dense_cost, count_cost(model, net.input_size))
+            log_text(self.search_dir / "tb", "architecture/finalized", table)
         summary = json.loads((self.search_dir / "search.json").read_text())
         save_pruned(model, self.pruned_path, input_size=list(net.input_size), dense_macs=net.dense_cost.macs,
                     dense_params=net.dense_cost.params, search_accuracy=summary["accuracy"]["test"],
@@ -307,9 +338,10 @@ class Pipeline:
         model, metadata = load_pruned_with_metadata(self.pruned_path)
         seed_everything(self.config[""]["seed"])
         train_config = train_config_of(self.config, "finetune")
-        trainer = Trainer(model.train(), data, train_config, self.finetuned_path.parent, checkpoint_name="finetune.pt",
-                          metadata={"kind": "dnas_prune.finetune", "source": str(self.pruned_path)})
-        metrics = trainer.fit(resume=trainer.checkpoint_path.is_file())
+        with self.monitor(self.finetuned_path.parent / "tb") as monitor:
+            trainer = Trainer(model.train(), data, train_config, self.finetuned_path.parent, hooks=monitor,
+                              checkpoint_name="finetune.pt", metadata={"kind": "dnas_prune.finetune", "source": str(self.pruned_path)})
+            metrics = self._fit(trainer, monitor, {"source": str(self.pruned_path)})
         keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
         save_pruned(trainer.model.eval(), self.finetuned_path, **{**keep, "dataset": root, "test_acc": metrics["test_acc"],
                     "val_acc": metrics.get("val_acc"), "finetune_epochs": train_config.epochs})

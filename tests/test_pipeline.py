@@ -107,6 +107,8 @@ def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys
     for name in ("pretrain/model.pt", "search/search.json", "pruned.pt", "finetune/pruned.pt", "export/model.onnx",
                  "report.md", "report.json", "widths.png", "accuracy_macs.png", "config.toml"):
         assert (out / name).is_file(), name
+    for stage in ("pretrain", "search", "finetune"):  # TensorBoard logs, as the single-stage commands write
+        assert any((out / stage / "tb").iterdir()), stage
     assert (out / "widths.png").read_bytes().startswith(b"\x89PNG")
     report = json.loads((out / "report.json").read_text())
     for model in ("dense", "pruned"):
