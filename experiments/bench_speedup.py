@@ -11,13 +11,10 @@ MACs / pruned MACs): 1.0 means latency fell exactly as much as MACs did.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
-import platform
 import shlex
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +27,9 @@ from dnas_prune.models import MODEL_NAMES, CifarResNet, create_model
 from dnas_prune.profile import compare_latency
 from dnas_prune.pruned_io import FORMAT, load_pruned_with_metadata
 from dnas_prune.training import safe_torch_load
+from peers import machine, torch_pruning_baseline
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MACS_TOLERANCE = 0.01
 
 
 def load_dense(source: str, arch: str) -> nn.Module:
@@ -51,50 +48,6 @@ def load_dense(source: str, arch: str) -> nn.Module:
     except RuntimeError as exc:
         raise CheckpointError(f"{source}: does not fit {arch}: {str(exc).splitlines()[0]}") from None
     return model.eval()
-
-
-def torch_pruning_baseline(dense: nn.Module, target_macs: int, input_size: tuple[int, ...], method: str) -> tuple[nn.Module, dict[str, Any]]:
-    """Iterative L2-magnitude channel pruning (global ranking, fc outputs kept) until MACs reach ``target_macs``.
-
-    Steps are small (0.9 / 400 of the channels each) and stop at the first model within 1 % above the target;
-    when a step jumps past the 1 % band the result says so instead of pretending to match.
-    """
-    import torch_pruning as tp
-
-    model = copy.deepcopy(dense).eval()
-    pruner_cls = {"magnitude": tp.pruner.MagnitudePruner, "groupnorm": tp.pruner.GroupNormPruner}[method]
-    steps = 400
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pruner = pruner_cls(
-            model, torch.randn(1, *input_size), importance=tp.importance.GroupMagnitudeImportance(p=2),
-            global_pruning=True, pruning_ratio=0.9, max_pruning_ratio=0.9, iterative_steps=steps,
-            ignored_layers=[model.fc],
-        )
-        macs = count_cost(model, input_size).macs
-        done = 0
-        while macs > target_macs * (1 + MACS_TOLERANCE) and done < steps:
-            pruner.step()
-            done += 1
-            macs = count_cost(model, input_size).macs
-    ratio = macs / target_macs
-    name = {"magnitude": "MagnitudePruner", "groupnorm": "GroupNormPruner"}[method]
-    info = {"method": f"torch_pruning.{name} + GroupMagnitudeImportance(p=2), global ranking", "steps": done,
-            "macs": macs, "macs_vs_target": ratio, "macs_match": abs(ratio - 1) <= MACS_TOLERANCE,
-            "torch_pruning_version": tp.__version__}
-    return model.eval(), info
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "logical_cpus": torch.multiprocessing.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -1,0 +1,341 @@
+"""Peers side by side: dnas_prune and its ablations vs Torch-Pruning and uniform L1-norm filter pruning.
+
+Every method starts from the same pretrained dense model and gets the same number of epochs with the same
+recipe and data: ours = S search epochs + F finetune epochs; Torch-Pruning magnitude and uniform L1 prune at
+once, then finetune S + F epochs; Torch-Pruning slimming trains S epochs with its L1 penalty on BN scales,
+prunes, then finetunes F epochs. Each (method, target) row is saved to ``OUT_DIR/rows/`` as it completes and
+skipped on a rerun; the table (with missing rows marked "not run") is rewritten after every row.
+
+    python experiments/compare.py --dense /work/runs/r20_dense/model.pt --targets 0.5 0.2 \
+        --search-epochs 3 --finetune-epochs 5 --methods ours tp_magnitude uniform_l1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dnas_prune.cli.common import seed_everything
+from dnas_prune.cost import count_cost
+from dnas_prune.data import CifarData, load_cifar10
+from dnas_prune.finalize import finalize
+from dnas_prune.profile import compare_latency
+from dnas_prune.pruned_io import load_pruned_with_metadata, save_pruned
+from dnas_prune.search import SearchConfig, load_pretrained, load_supernet, search
+from dnas_prune.supernet import Supernet
+from dnas_prune.training import Trainer, TrainConfig, TrainHooks
+from peers import as_plain, bisect_ratio, machine, make_tp_pruner, tp_prune_to_macs, uniform_l1
+
+RESULTS = Path(__file__).resolve().parent / "results" / "compare"
+DATA = "/work/shared/data/cifar10-jpeg"
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    kind: str  # "ours" | "tp" | "uniform"
+    gate: str = "sigmoid"
+    gates: str = "both"  # ours: "both" | "block" | "channel"
+    tp_method: str = ""
+
+
+METHODS = {
+    "ours": Method("dnas_prune (sigmoid, block + channel gates)", "ours"),
+    "ours_block_only": Method("dnas_prune, block gates only", "ours", gates="block"),
+    "ours_channel_only": Method("dnas_prune, channel gates only", "ours", gates="channel"),
+    "ours_bernoulli": Method("dnas_prune, bernoulli gates", "ours", gate="bernoulli"),
+    "ours_hard_concrete": Method("dnas_prune, hard-concrete gates", "ours", gate="hard_concrete"),
+    "tp_magnitude": Method("Torch-Pruning, group L2 magnitude", "tp", tp_method="magnitude"),
+    "tp_slimming": Method("Torch-Pruning, BN-scale slimming + sparse training", "tp", tp_method="slimming"),
+    "uniform_l1": Method("uniform L1-norm filter pruning", "uniform"),
+}
+
+
+class SlimmingHooks(TrainHooks):
+    """Network Slimming's sparse training: L1 on BN scales, added to the gradients by Torch-Pruning."""
+
+    def __init__(self, pruner: Any, reg: float) -> None:
+        self.pruner, self.reg = pruner, reg
+
+    def before_optimizer_step(self, trainer: Trainer) -> None:
+        self.pruner.regularize(trainer.model, reg=self.reg)
+
+
+def recipe(epochs: int, seed: int) -> TrainConfig:
+    """The one training recipe every method's search, sparse training and finetuning use."""
+    return TrainConfig(epochs=epochs, lr=0.05, schedule="cosine", warmup_epochs=0.5, batch_size=256,
+                       memory_format="auto", seed=seed, progress=False)
+
+
+def exclude_patterns(dense: nn.Module, gates: str, input_size: tuple[int, ...]) -> list[str]:
+    """SearchConfig.exclude for an ablation: the names of the group kinds that stay ungated."""
+    if gates == "both":
+        return []
+    dropped = ("inner", "stream") if gates == "block" else ("block",)
+    groups = Supernet(copy.deepcopy(dense), input_size).groups
+    return [name for name, info in groups.items() if info.kind in dropped]
+
+
+def evaluate(model: nn.Module, data: CifarData, seed: int, work: Path) -> dict[str, float]:
+    """Test (and val) accuracy of ``model`` under the recipe's precision (NCHW: Trainer.evaluate cannot
+    choose the memory format itself, its timing probe needs autograd)."""
+    trainer = Trainer(copy.deepcopy(model), data, replace(recipe(1, seed), memory_format="contiguous"), work)
+    result = {"test_acc": trainer.evaluate(data.test)["acc"]}
+    if len(data.val):
+        result["val_acc"] = trainer.evaluate(data.val)["acc"]
+    return result
+
+
+def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: argparse.Namespace,
+          row_dir: Path, input_size: tuple[int, ...]) -> tuple[nn.Module, dict[str, Any], int]:
+    """The pruned, not yet finetuned model, what to record about it, and the epochs it trained before pruning."""
+    method = METHODS[name]
+    dense_macs = count_cost(dense, input_size).macs
+    target_macs = int(target * dense_macs)
+    if method.kind == "ours":
+        exclude = exclude_patterns(dense, method.gates, input_size)
+        if (row_dir / "search" / "search.json").is_file():
+            net = load_supernet(row_dir / "search" / "supernet.pt")
+            summary = json.loads((row_dir / "search" / "search.json").read_text())
+        else:
+            net, summary = search(copy.deepcopy(dense), data, recipe(args.search_epochs, args.seed),
+                                  SearchConfig(target=target, gate=method.gate, exclude=exclude), row_dir / "search",
+                                  resume=True, input_size=input_size)
+        model = finalize(net.eval())
+        info = {"exclude": exclude, "gate": method.gate, "blocks_open": summary["gates"]["blocks_open"],
+                "blocks_total": summary["gates"]["blocks_total"],
+                "pre_finetune_test_acc": summary["accuracy"]["test"]}
+        return model, info, args.search_epochs
+    if method.kind == "uniform":
+        model, _, info = bisect_ratio(lambda r: uniform_l1(dense, r), target_macs, input_size)
+        return model, {**info, **_pre(model, data, args.seed, row_dir)}, 0
+    model = copy.deepcopy(dense)
+    pruner = make_tp_pruner(model, input_size, method.tp_method)
+    before = 0
+    extra: dict[str, Any] = {}
+    if method.tp_method == "slimming":
+        trainer = Trainer(model, data, recipe(args.search_epochs, args.seed), row_dir / "sparse",
+                          hooks=SlimmingHooks(pruner, args.slimming_reg), checkpoint_name="sparse.pt")
+        trainer.fit(resume=trainer.checkpoint_path.is_file())
+        model.to(memory_format=torch.contiguous_format)
+        before, extra = args.search_epochs, {"reg": args.slimming_reg}
+    info = tp_prune_to_macs(model, pruner, target_macs, input_size, method.tp_method)
+    model = as_plain(model)
+    return model, {**info, **extra, **_pre(model, data, args.seed, row_dir)}, before
+
+
+def _pre(model: nn.Module, data: CifarData, seed: int, row_dir: Path) -> dict[str, float]:
+    return {"pre_finetune_test_acc": evaluate(model, data, seed, row_dir)["test_acc"]}
+
+
+def run_row(name: str, target: float, dense: nn.Module, data: CifarData, args: argparse.Namespace,
+            input_size: tuple[int, ...]) -> dict[str, Any]:
+    """Prune (or reload the pruned model), finetune (resuming), evaluate; returns the row."""
+    row_dir = args.out_dir / f"{name}@{target:g}"
+    start = time.perf_counter()
+    seed_everything(args.seed)
+    pruned_path = row_dir / "pruned.pt"
+    if pruned_path.is_file():
+        model, meta = load_pruned_with_metadata(pruned_path)
+        info, before = meta["info"], meta["epochs_before_finetune"]
+    else:
+        model, info, before = prune(name, dense, data, target, args, row_dir, input_size)
+        save_pruned(model, pruned_path, input_size=list(input_size), info=info, epochs_before_finetune=before)
+    finetune_epochs = args.search_epochs + args.finetune_epochs - before
+    seed_everything(args.seed)
+    trainer = Trainer(model.train(), data, recipe(finetune_epochs, args.seed), row_dir / "finetune",
+                      checkpoint_name="finetune.pt")
+    metrics = trainer.fit(resume=trainer.checkpoint_path.is_file())
+    final = trainer.model.eval().to(memory_format=torch.contiguous_format)
+    save_pruned(final, row_dir / "final.pt", input_size=list(input_size), test_acc=metrics["test_acc"])
+    cost, dense_cost = count_cost(final, input_size), count_cost(dense, input_size)
+    return {
+        "method": name, "label": METHODS[name].label, "target_macs": target, "status": "done",
+        "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
+        "pre_finetune_test_acc": info.get("pre_finetune_test_acc"),
+        "macs": cost.macs, "params": cost.params,
+        "macs_ratio": cost.macs / dense_cost.macs, "params_ratio": cost.params / dense_cost.params,
+        "epochs": {"before_finetune": before, "finetune": finetune_epochs},
+        "seed": args.seed, "info": info, "wall_seconds": round(time.perf_counter() - start, 1),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model_file": str(row_dir / "final.pt"),
+    }
+
+
+def latency_table(target: float, rows: dict[str, dict], dense: nn.Module, args: argparse.Namespace,
+                  input_size: tuple[int, ...]) -> dict[str, Any]:
+    """Dense and every finished row of ``target`` timed in one interleaved call (cached while the set is unchanged)."""
+    done = [n for n in args.methods if rows.get(f"{n}@{target:g}", {}).get("status") == "done"]
+    cache = args.out_dir / f"latency@{target:g}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached["methods"] == done:
+            return cached
+    models = {"dense": dense}
+    for n in done:
+        models[n] = load_pruned_with_metadata(rows[f"{n}@{target:g}"]["model_file"])[0]
+    bench = compare_latency(models, input_size, (1, 64), max_seconds=args.latency_seconds)
+    result = {"methods": done, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "bench": bench}
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return json.loads(cache.read_text())  # batch-size keys as strings, like a reloaded cache
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m, dense = report["machine"], report["dense"]
+    lines = [
+        "# Peers side by side: same dense model, same epochs, same recipe", "",
+        f"- command: `{report['command']}`",
+        f"- date: {report['date']}; machine: {m['cpu']}, {m['logical_cpus']} logical CPUs (shared with other jobs), "
+        f"torch {m['torch']}, latency with {report.get('threads', '?')} torch threads",
+        f"- model {report['model']} from `{report['dense_path']}`: test acc {dense['test_acc']:.4f}, "
+        f"{dense['macs'] / 1e6:.2f} M MACs, {dense['params'] / 1e6:.4f} M params",
+        f"- epochs: ours = {report['search_epochs']} search + {report['finetune_epochs']} finetune; TP magnitude and "
+        f"uniform L1 = prune at once + {report['search_epochs'] + report['finetune_epochs']} finetune; TP slimming = "
+        f"{report['search_epochs']} sparse-training + {report['finetune_epochs']} finetune. Recipe: SGD lr 0.05, cosine, "
+        "0.5 warm-up epoch, batch 256, bf16, label smoothing 0.1",
+        f"- data: CIFAR-10 `{report['data']}`, {report['train_images']} training images, val 5000 held out, test 10000",
+        f"- seed {report['seed']}, **one seed per row** (no time for a mean over seeds; differences of a few "
+        "tenths of a percent are within seed noise)",
+        "- accuracy: test top-1 after finetuning; \"before FT\": right after pruning (ours: the searched, "
+        "projected supernet with recalibrated BN)",
+        "- latency: median forward ms, dense and every finished row of a table timed in one interleaved "
+        "`profile.compare_latency` call (memory format per model: faster of NCHW / channels_last); "
+        "speed-up = dense / model",
+        "",
+    ]
+    for target in report["targets"]:
+        table = report["tables"][f"{target:g}"]
+        bench = table.get("latency", {}).get("bench", {})
+        lines += [f"## Target {target:g} of dense MACs", "",
+                  "| method | test acc | before FT | MACs (M) | MACs ratio | params (M) | bs1 ms | bs1 speed-up | "
+                  "bs64 ms | bs64 speed-up | notes |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        if "dense" in bench.get("models", {}):
+            lines.append(_latency_row("dense", f"{dense['test_acc']:.4f} | – | {dense['macs'] / 1e6:.2f} | 1.000 | "
+                                      f"{dense['params'] / 1e6:.4f}", bench, ""))
+        for name in report["methods"]:
+            row = table["rows"].get(name)
+            if row is None or row["status"] != "done":
+                status = "not run" if row is None else f"failed: {row['error']}"
+                lines.append(f"| {name} | {status} | | | | | | | | | |")
+                continue
+            pre = row["pre_finetune_test_acc"]
+            cells = (f"{row['test_acc']:.4f} | {'–' if pre is None else f'{pre:.4f}'} | {row['macs'] / 1e6:.2f} | "
+                     f"{row['macs_ratio']:.3f} | {row['params'] / 1e6:.4f}")
+            lines.append(_latency_row(name, cells, bench, _notes(row)))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _latency_row(name: str, cells: str, bench: dict, notes: str) -> str:
+    out = f"| {name} | {cells} |"
+    for bs in ("1", "64"):
+        entry = bench.get("models", {}).get(name)
+        if entry is None:
+            out += " – | – |"
+        else:
+            out += f" {entry['latency'][bs]['median_ms']:.3f} | {bench['ratios'][name][bs]['speedup']:.2f}x |"
+    return out + f" {notes} |"
+
+
+def _notes(row: dict) -> str:
+    info, epochs = row["info"], row["epochs"]
+    parts = [f"{epochs['before_finetune']}+{epochs['finetune']} ep"]
+    if "blocks_open" in info:
+        parts.append(f"{info['blocks_open']}/{info['blocks_total']} blocks")
+    if "ratio" in info:
+        parts.append(f"inner ratio {info['ratio']:.3f}")
+    if "steps" in info:
+        parts.append(f"{info['steps']} TP steps")
+    if "macs_match" in info and not info["macs_match"]:
+        parts.append(f"MACs {info['macs_vs_target']:.3f}x target, NOT within 1 %")
+    return ", ".join(parts)
+
+
+def write_report(args: argparse.Namespace, rows: dict[str, dict], dense: nn.Module, dense_acc: dict,
+                 data: CifarData, input_size: tuple[int, ...], command: str) -> None:
+    cost = count_cost(dense, input_size)
+    tables, threads = {}, None
+    for target in args.targets:
+        latency = latency_table(target, rows, dense, args, input_size)
+        threads = latency["bench"]["threads"]
+        tables[f"{target:g}"] = {"rows": {n: rows[f"{n}@{target:g}"] for n in args.methods if f"{n}@{target:g}" in rows},
+                                 "latency": latency}
+    report = {
+        "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(), "threads": threads, "model": args.model, "dense_path": str(args.dense),
+        "data": args.data, "train_images": len(data.train), "seed": args.seed, "seeds": [args.seed],
+        "search_epochs": args.search_epochs, "finetune_epochs": args.finetune_epochs,
+        "recipe": {k: v for k, v in asdict(recipe(1, args.seed)).items() if k != "epochs"},
+        "targets": args.targets, "methods": args.methods,
+        "dense": {"macs": cost.macs, "params": cost.params, **dense_acc}, "tables": tables,
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    args.results.with_suffix(".md").write_text(markdown(report))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dense", type=Path, default=Path("/work/runs/r20_dense/model.pt"),
+                        help="a `dnas-prune train` model.pt")
+    parser.add_argument("--model", default="cifar_resnet20", help="architecture (for a plain state_dict)")
+    parser.add_argument("--data", default=DATA)
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.2], help="MACs fractions of dense")
+    parser.add_argument("--search-epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="run in this order (each over all targets)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit-train", type=int, help="use only N training images (smoke runs)")
+    parser.add_argument("--slimming-reg", type=float, default=1e-4, help="L1 on BN scales (Network Slimming, CIFAR)")
+    parser.add_argument("--latency-seconds", type=float, default=2.0, help="timed loop per model and batch size")
+    parser.add_argument("--out-dir", type=Path, default=Path("/tmp/compare"), help="checkpoints and finished rows")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="writes RESULTS.json and RESULTS.md")
+    args = parser.parse_args(argv)
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["compare.py", *argv])
+
+    data = load_cifar10(args.data, limit_train=args.limit_train, seed=args.seed)
+    dense = load_pretrained(args.dense, args.model, data.num_classes).eval()
+    input_size = tuple(data.train.images.shape[1:])
+    rows_dir = args.out_dir / "rows"
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    dense_file = args.out_dir / "dense.json"
+    if not dense_file.is_file():
+        dense_file.write_text(json.dumps(evaluate(dense, data, args.seed, args.out_dir / "dense")) + "\n")
+    dense_acc = json.loads(dense_file.read_text())
+    rows = {p.stem: json.loads(p.read_text()) for p in rows_dir.glob("*.json")}
+    write_report(args, rows, dense, dense_acc, data, input_size, command)
+    for name in args.methods:
+        for target in args.targets:
+            key = f"{name}@{target:g}"
+            if rows.get(key, {}).get("status") == "done":
+                print(f"{key}: done already, skipped", flush=True)
+                continue
+            print(f"=== {key} ({METHODS[name].label})", flush=True)
+            try:
+                rows[key] = run_row(name, target, dense, data, args, input_size)
+                (rows_dir / f"{key}.json").write_text(json.dumps(rows[key], indent=2) + "\n")
+                print(f"{key}: test acc {rows[key]['test_acc']:.4f}, MACs ratio {rows[key]['macs_ratio']:.3f}, "
+                      f"{rows[key]['wall_seconds']:.0f}s", flush=True)
+            except Exception as exc:  # one failing peer must not cost the other rows
+                traceback.print_exc()
+                rows[key] = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+            write_report(args, rows, dense, dense_acc, data, input_size, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
