@@ -152,10 +152,15 @@ def project_to_budget(
                 found.append(((-score, 1.0) if grow else (score, -1.0), "block", b))
         return sorted(found)
 
+    inner_of = [[g for g in row if g < len(names)] for row in net._branch_inner.tolist()]
+
     def moved(kind: str, i: int, grow: bool) -> tuple[list[int], list[float]]:
         w, f = widths.copy(), blocks.copy()
         if kind == "block":
             f[i] = 1.0 if grow else 0.0
+            if grow:  # a reopened block starts from one step of inner channels and grows from there
+                for g in inner_of[i]:
+                    w[g] = steps[g] or net.groups[names[g]].size
         else:
             w[i] += steps[i] if grow else -steps[i]
         return w, f

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from .checkpoint import atomic_torch_save
 from .errors import DataError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -183,11 +183,7 @@ def _read_cached(root: Path) -> dict:
         raise DataError(f"{root} has the wrong layout; expected {LAYOUT}")
     cached["format"] = _CACHE_FORMAT
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(cached, f)
-        os.replace(tmp, path)
+        atomic_torch_save(cached, path)
     except OSError:  # a read-only cache only costs a re-decode next time
         pass
     return cached

@@ -350,6 +350,11 @@ class MonitorHooks(TrainHooks):
                                 {f"hparam/{k}": float(v) for k, v in metrics.items() if v is not None},
                                 run_name="hparams", global_step=self.step)
 
+    def log_training_hparams(self, config: Any, extra: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """The HPARAMS session of a train/finetune run: its TrainConfig, ``extra`` keys and final accuracies."""
+        self.log_hparams({**flatten_config(train=config), **extra},
+                         {k: metrics.get(k) for k in ("train_acc", "val_acc", "test_acc")})
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

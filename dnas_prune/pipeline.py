@@ -34,14 +34,16 @@ from .data import CifarData, load_cifar10, resolve_data_root
 from .errors import DnasPruneError
 from .export import FORMATS, SUFFIXES, ExportError, export
 from .finalize import finalize
+from .finetune import finetune_pruned
 from .models import create_model, spec_of
-from .monitor import MonitorHooks, flatten_config, log_text
+from .monitor import MonitorHooks, log_text
 from .pruned_io import load_pruned_with_metadata, save_pruned
 from .report import write_report
 from .search import SearchConfig, load_pretrained, load_supernet, search
 from .summary import width_table
 from .supernet import Supernet
-from .training import TrainConfig, Trainer, atomic_torch_save, safe_torch_load
+from .checkpoint import atomic_write_text
+from .training import TrainConfig, Trainer
 
 DATA_KINDS = ("cifar", "imagefolder")
 _TOP_LEVEL_TRAIN = ("device", "seed", "progress")  # TrainConfig fields set once for every training stage
@@ -259,9 +261,7 @@ class Pipeline:
                 raise DnasPruneError(f"{self.out} was started with different settings ({', '.join(differ)}); "
                                      "use another --out or restore them")
         self.out.mkdir(parents=True, exist_ok=True)
-        tmp = saved_path.with_name(".config.toml.tmp")
-        tmp.write_text(text)
-        tmp.replace(saved_path)
+        atomic_write_text(text, saved_path)
 
     @contextmanager
     def monitor(self, log_dir: Path) -> Iterator[MonitorHooks | None]:
@@ -277,8 +277,7 @@ class Pipeline:
         """Train (resuming from the stage's checkpoint if there is one) and log the run's hparams."""
         metrics = trainer.fit(resume=trainer.checkpoint_path.is_file())
         if monitor:
-            monitor.log_hparams({**flatten_config(train=trainer.config), **hparams},
-                                {k: metrics.get(k) for k in ("train_acc", "val_acc", "test_acc")})
+            monitor.log_training_hparams(trainer.config, hparams, metrics)
         return metrics
 
     # ----------------------------------------------------------------- stages
@@ -302,9 +301,8 @@ class Pipeline:
                 trainer = Trainer(create_model(name, num_classes=data.num_classes), data, train_config, out,
                                   hooks=monitor, metadata=metadata)
                 metrics = self._fit(trainer, monitor, {"model": name})
-        state = {k: v.contiguous() for k, v in trainer.model.state_dict().items()}
-        atomic_torch_save({"format": 1, "kind": "dnas_prune.dense", "spec": spec_of(trainer.model), "state_dict": state,
-                           "metrics": metrics, "config": asdict(train_config)}, self.dense_path)
+        save_pruned(trainer.model.eval(), self.dense_path, kind="dense", input_size=list(data.train.images.shape[1:]),
+                    metrics=metrics, config=asdict(train_config))
         self.log(f"dense test accuracy {metrics['test_acc']:.4f}")
 
     def search(self) -> None:
@@ -335,16 +333,13 @@ class Pipeline:
 
     def finetune(self) -> None:
         data, root = self.data()
-        model, metadata = load_pruned_with_metadata(self.pruned_path)
         seed_everything(self.config[""]["seed"])
         train_config = train_config_of(self.config, "finetune")
         with self.monitor(self.finetuned_path.parent / "tb") as monitor:
-            trainer = Trainer(model.train(), data, train_config, self.finetuned_path.parent, hooks=monitor,
-                              checkpoint_name="finetune.pt", metadata={"kind": "dnas_prune.finetune", "source": str(self.pruned_path)})
-            metrics = self._fit(trainer, monitor, {"source": str(self.pruned_path)})
-        keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
-        save_pruned(trainer.model.eval(), self.finetuned_path, **{**keep, "dataset": root, "test_acc": metrics["test_acc"],
-                    "val_acc": metrics.get("val_acc"), "finetune_epochs": train_config.epochs})
+            trainer, metrics = finetune_pruned(self.pruned_path, data, train_config, self.finetuned_path.parent,
+                                               data_root=root, hooks=monitor, resume=True)
+            if monitor:
+                monitor.log_training_hparams(train_config, {"source": str(self.pruned_path)}, metrics)
         self.log(f"finetuned test accuracy {metrics['test_acc']:.4f}")
 
     def export_paths(self) -> list[tuple[str, Path]]:
@@ -363,8 +358,7 @@ class Pipeline:
             self.log(f"exported {fmt} to {path}")
 
     def report(self) -> None:
-        dense_file = safe_torch_load(self.dense_path, "a dense model file (RUN_DIR/pretrain/model.pt)")
-        dense = load_pretrained(self.dense_path, None, dense_file["spec"]["num_classes"])
+        dense, dense_file = load_pruned_with_metadata(self.dense_path)
         pruned, metadata = load_pruned_with_metadata(self.finetuned_path)
         summary = json.loads((self.search_dir / "search.json").read_text())
         r = self.config["report"]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from .cost import count_cost
 from .errors import CheckpointError
 from .models import build_model, spec_of
 from .models.spec import SpecError
-from .training import atomic_torch_save
+from .checkpoint import atomic_torch_save, safe_torch_load
 
 FORMAT = "dnas_prune.pruned"
 VERSION = 1
@@ -56,27 +54,6 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], **metadata: Any)
         "metadata": {"macs": cost.macs, "params": cost.params, "input_size": list(input_size), **metadata},
     }
     return atomic_torch_save(payload, path)
-
-
-def _unreadable(path: Path, exc: Exception) -> CheckpointError:
-    """Classify why ``torch.load(weights_only=True)`` refused a file."""
-    message = str(exc)
-    blocked = re.search(r"GLOBAL ([\w.]+)", message)
-    if blocked:
-        return CheckpointError(
-            f"{path}: contains pickled code ({blocked.group(1)}) and was refused without running it; "
-            "pruned files hold only tensors and plain data — re-create it with save_pruned"
-        )
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(b"PK"):
-        return CheckpointError(f"{path}: truncated or corrupted archive; copy or re-create the file")
-    if head.startswith(b"\x80"):
-        return CheckpointError(
-            f"{path}: a raw pickle, not a torch.save file, refused because pickles can carry code; "
-            "re-create it with save_pruned"
-        )
-    return CheckpointError(f"{path}: not a PyTorch file (unrecognized bytes); pass a file written by save_pruned")
 
 
 def _describe_foreign(obj: dict[str, Any]) -> str:
@@ -116,16 +93,7 @@ def load_pruned_with_metadata(
     Every failure is a one-line :class:`CheckpointError` naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file; check the path")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file (an interrupted copy?); re-create it")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for unreadable input; all mean "not loadable"
-        raise _unreadable(path, exc) from None
+    obj = safe_torch_load(path, "a pruned model file (from save_pruned / dnas-prune finalize)", map_location)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a pruned model; pass a save_pruned file")
     if obj.get("format") != FORMAT:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torchvision.io import write_png
 
+from .checkpoint import atomic_write_json, atomic_write_text
 from .cost import Cost
 from .models import Spec, spec_of
 from .profile import compare_latency
@@ -216,8 +217,6 @@ def write_report(
                      (search_macs, search_summary["accuracy"]["test"], ORANGE),
                      (pruned_cost.macs, pruned_metadata["test_acc"], BLUE)], out / "accuracy_macs.png")
     table = width_table(dense_spec, pruned_spec, dense_cost, pruned_cost)
-    (out / "report.md").write_text(_markdown(report, table, config_toml))
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out / "report.json")
+    atomic_write_text(_markdown(report, table, config_toml), out / "report.md")
+    atomic_write_json(report, out / "report.json")
     return report

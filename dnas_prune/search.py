@@ -15,7 +15,6 @@ statistics are re-estimated for it, and ``supernet.pt`` and ``search.json`` are 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +27,8 @@ from .data import BatchStream, CifarData
 from .errors import CheckpointError
 from .models import build_model, create_model
 from .supernet import Supernet
-from .training import Trainer, TrainConfig, TrainHooks, safe_torch_load
+from .checkpoint import atomic_write_json, safe_torch_load
+from .training import Trainer, TrainConfig, TrainHooks
 
 DEFAULT_GATE = "sigmoid"
 
@@ -222,9 +222,7 @@ def search(
         trainer.metadata["supernet"] = net.config()
         trainer.metadata["summary"] = {k: summary[k] for k in ("final", "accuracy")}
         trainer.save_checkpoint()
-        tmp = out / "search.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(out / "search.json")
+        atomic_write_json(summary, out / "search.json")
     return net, summary
 
 

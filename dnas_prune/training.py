@@ -12,7 +12,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -25,58 +24,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .checkpoint import atomic_torch_save, atomic_write_json, safe_torch_load
 from .data import BatchStream, CifarData, Split
 from .errors import CheckpointError, DnasPruneError, TrainingDiverged
 
 CHECKPOINT_FORMAT = 1
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` that never leaves a truncated file: temp file in the same dir, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def safe_torch_load(path: str | os.PathLike, what: str) -> Any:
-    """``torch.load(weights_only=True)``; any unreadable file becomes a one-line :class:`CheckpointError`."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist (expected {what})") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path} is a directory (expected {what})") from None
-    except Exception as exc:  # EOFError, UnpicklingError, RuntimeError (zip/truncation) and friends
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"{path} is not a readable {what} ({type(exc).__name__}: {reason})") from None
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, path)
 
 
 def init_distributed() -> tuple[int, int]:
@@ -108,6 +60,8 @@ class TrainConfig:
     precision: str = "bf16"  # or "fp32"
     memory_format: str = "auto"  # "auto" | "channels_last" | "contiguous"
     seed: int = 0
+    test_every_epoch: bool = False  # the test split is for reporting: by default only after the last epoch
+    sync_bn: bool = False  # SyncBatchNorm across DDP ranks (CUDA only: torch has no CPU kernel for it)
     log_every: int = 50
     progress: bool = True
 
@@ -371,6 +325,10 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.world_size > 1 and self.ddp_model is self.model:  # DDP's gradient buckets follow the layout
+            if cfg.sync_bn:
+                if self.device.type != "cuda":
+                    raise DnasPruneError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); drop it on CPU")
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         while self.epoch < cfg.epochs:
@@ -380,22 +338,24 @@ class Trainer:
             if len(self.data.val):
                 val = self.evaluate(self.data.val)
                 metrics.update(val_acc=val["acc"], val_loss=val["loss"])
-            test = self.evaluate(self.data.test)
-            metrics.update(test_acc=test["acc"], test_loss=test["loss"])
+            if cfg.test_every_epoch or epoch + 1 == cfg.epochs:
+                test = self.evaluate(self.data.test)
+                metrics.update(test_acc=test["acc"], test_loss=test["loss"])
             self.hooks.on_epoch_end(self, epoch, metrics)
             self.epoch = epoch + 1
             self.history.append(metrics)
             if self.is_main:
                 self.save_checkpoint()
-                _atomic_json({"config": asdict(cfg), "metadata": self.metadata, "history": self.history},
+                atomic_write_json({"config": asdict(cfg), "metadata": self.metadata, "history": self.history},
                              self.out_dir / "metrics.json")
                 print(self._summary(metrics), flush=True)
         return dict(self.history[-1]) if self.history else {}
 
     def _summary(self, m: dict) -> str:
         val = f" val {m['val_acc']:.4f}" if "val_acc" in m else ""
+        test = f" test {m['test_acc']:.4f}" if "test_acc" in m else ""
         return (f"epoch {m['epoch']}/{self.config.epochs}: loss {m['train_loss']:.4f} train {m['train_acc']:.4f}"
-                f"{val} test {m['test_acc']:.4f} | {m['img_per_s']:.0f} img/s, {m['epoch_time']:.1f}s")
+                f"{val}{test} | {m['img_per_s']:.0f} img/s, {m['epoch_time']:.1f}s")
 
     def save_checkpoint(self) -> Path:
         state = {

@@ -78,3 +78,15 @@ def test_controller_raises_pressure_over_budget_and_relaxes_under_it() -> None:
     penalty = controller.penalty(net.expected_cost())
     penalty.backward()
     assert all(g.logits.grad is not None for g in net.gates.values())
+
+
+def test_projection_climbs_back_when_the_search_closed_almost_everything() -> None:
+    net = searched_like(seed=4)
+    with torch.no_grad():
+        for name, gate in zip(net._gate_key, net.gates.values()):
+            if net.groups[name].kind != "stream":
+                gate.logits.fill_(-4.0)  # every block and inner channel closed
+    assert sum(net.block_open().values()) == 0
+    project_to_budget(net, "macs", 0.6)
+    ratio = count_cost(finalize(net)).macs / net.dense_cost.macs
+    assert 0.59 <= ratio <= 0.61

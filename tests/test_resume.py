@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dnas_prune.errors import CheckpointError
-from dnas_prune.training import atomic_torch_save, safe_torch_load
+from dnas_prune.checkpoint import atomic_torch_save, safe_torch_load
 
 from conftest import write_tree
 
@@ -77,7 +77,7 @@ def test_process_killed_mid_write_leaves_the_previous_checkpoint_loadable(tmp_pa
     atomic_torch_save({"epoch": 1}, path)
     writer = (
         "import sys, torch\n"
-        "from dnas_prune.training import atomic_torch_save\n"
+        "from dnas_prune.checkpoint import atomic_torch_save\n"
         "atomic_torch_save({'epoch': 2, 'big': torch.randn(64, 1024, 1024)}, sys.argv[1])\n"
     )
     process = subprocess.Popen([sys.executable, "-c", writer, str(path)], cwd=REPO)

@@ -25,6 +25,8 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None
     p.add_argument("--val-size", type=int, default=5000, help="images held out of train for validation")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=defaults.precision)
     p.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default=defaults.memory_format)
+    p.add_argument("--test-every-epoch", action="store_true", help="also evaluate the test split after every epoch")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
 
@@ -33,7 +35,7 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
         warmup_epochs=args.warmup_epochs, device=args.device, precision=args.precision,
-        memory_format=args.memory_format, seed=args.seed, progress=not args.no_progress,
+        memory_format=args.memory_format, seed=args.seed, sync_bn=args.sync_bn, test_every_epoch=args.test_every_epoch, progress=not args.no_progress,
     )
 
 

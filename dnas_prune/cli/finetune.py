@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..monitor import MonitorHooks, flatten_config
-from ..pruned_io import load_pruned_with_metadata, save_pruned
-from ..training import TrainConfig, Trainer, init_distributed
+from ..monitor import MonitorHooks
+from ..finetune import finetune_pruned
+from ..training import TrainConfig, init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
 DEFAULTS = TrainConfig(epochs=10, lr=0.05, schedule="cosine", warmup_epochs=0.5)
@@ -23,26 +23,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    rank, _ = init_distributed()
+    init_distributed()
     config = train_config_from(args)
-    model, metadata = load_pruned_with_metadata(args.pruned)
     data, root = load_data(args)
     seed_everything(args.seed)
     out = Path(args.out)
     monitor = None if args.no_tensorboard else MonitorHooks(log_dir=out / "tb")
-    trainer = Trainer(model.train(), data, config, out, hooks=monitor, checkpoint_name="finetune.pt",
-                      metadata={"kind": "dnas_prune.finetune", "source": str(args.pruned)})
     try:
-        metrics = trainer.fit(resume=args.resume and (out / "finetune.pt").is_file())
+        trainer, metrics = finetune_pruned(args.pruned, data, config, out, data_root=root, hooks=monitor,
+                                           resume=args.resume)
         if monitor:
-            monitor.log_hparams({**flatten_config(train=config), "source": str(args.pruned)},
-                                {k: metrics.get(k) for k in ("train_acc", "val_acc", "test_acc")})
+            monitor.log_training_hparams(config, {"source": str(args.pruned)}, metrics)
     finally:
         if monitor:
             monitor.close()
-    if rank == 0:
-        keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
-        save_pruned(trainer.model.eval(), out / "pruned.pt", **{**keep, "dataset": root,
-                    "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"), "finetune_epochs": config.epochs})
+    if trainer.is_main:
         print(f"finetuned test accuracy {metrics['test_acc']:.4f}; wrote {out / 'pruned.pt'}")
     return 0

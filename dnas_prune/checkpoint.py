@@ -1,0 +1,92 @@
+"""Files that survive crashes and never run code: atomic writes and ``weights_only`` loading.
+
+Every file the package writes goes through :func:`atomic_write` (temp file in the same directory, fsync,
+rename), so a kill at any moment leaves either the old file or the new one. Every ``.pt`` file is read by
+:func:`safe_torch_load`, which only accepts tensors and plain data and turns each way a file can be wrong
+into one :class:`~dnas_prune.errors.CheckpointError` line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import torch
+
+from .errors import CheckpointError
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(file)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` that never leaves a truncated file."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:
+    return atomic_write_text(json.dumps(obj, indent=2) + "\n", path)
+
+
+def _unreadable(path: Path, exc: Exception, what: str) -> CheckpointError:
+    """Say why ``torch.load(weights_only=True)`` refused a file, without ever suggesting to unpickle it."""
+    blocked = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if blocked:
+        return CheckpointError(f"{path}: contains pickled code ({blocked.group(1)}) and was refused without running "
+                               f"it; expected {what}, which holds only tensors and plain data")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        return CheckpointError(f"{path}: truncated or corrupted file (expected {what}); copy or re-create it")
+    if head.startswith(b"\x80"):
+        return CheckpointError(f"{path}: a raw pickle, refused because pickles can carry code (expected {what})")
+    return CheckpointError(f"{path}: not a PyTorch file (unrecognized bytes); expected {what}")
+
+
+def safe_torch_load(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)``; a missing, empty, truncated, foreign or code-carrying file becomes a
+    one-line :class:`CheckpointError` naming the file and ``what`` was expected."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file (expected {what}); check the path")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory (expected {what})")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (an interrupted copy?); expected {what}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "pickle protocol 4" notes: the outcome is what matters
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for unreadable input; all mean "not loadable"
+        raise _unreadable(path, exc, what) from None

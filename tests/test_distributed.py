@@ -1,0 +1,52 @@
+"""torchrun: a 2-process gloo search makes the same gate decisions as 1 process on the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from dnas_prune.checkpoint import safe_torch_load
+
+from conftest import write_tree
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_search_matches_one_process(tmp_path: Path) -> None:
+    data = write_tree(tmp_path / "cifar", {"train": 24, "test": 4})
+    env = {**os.environ, "DNAS_PRUNE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = ["-m", "dnas_prune", "search", "--model", "cifar_resnet20", "--data", str(data), "--target-macs", "0.5",
+            "--epochs", "2", "--batch-size", "16", "--val-size", "8", "--precision", "fp32", "--memory-format",
+            "contiguous", "--gate-lr", "0.3", "--no-progress", "--seed", "1"]
+    subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, capture_output=True,
+                   cwd=REPO, env=env, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args,
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, cwd=REPO, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    one = safe_torch_load(tmp_path / "one" / "supernet.pt", "a search checkpoint")
+    two = safe_torch_load(tmp_path / "two" / "supernet.pt", "a search checkpoint")
+    gates = [k for k in one["model"] if k.endswith(".logits")]
+    assert gates
+    for key in gates:
+        a, b = one["model"][key], two["model"][key]
+        # Per-rank BatchNorm statistics (no SyncBatchNorm on CPU) make the runs differ slightly, not the decisions.
+        torch.testing.assert_close(b, a, rtol=0, atol=0.05, msg=key)
+        decided = a.abs() > 0.1
+        assert torch.equal(a[decided] > 0, b[decided] > 0), key
+    for key in (k for k in one["model"] if k.endswith(".forced")):
+        assert torch.equal(one["model"][key], two["model"][key]), key  # the final pinned state
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
