@@ -3,8 +3,9 @@
 Every method starts from the same pretrained dense model and gets the same number of epochs with the same
 recipe and data: ours = S search epochs + F finetune epochs; Torch-Pruning magnitude and uniform L1 prune at
 once, then finetune S + F epochs; Torch-Pruning slimming trains S epochs with its L1 penalty on BN scales,
-prunes, then finetunes F epochs. Each (method, target) row is saved to ``OUT_DIR/rows/`` as it completes and
-skipped on a rerun; the table (with missing rows marked "not run") is rewritten after every row.
+prunes, then finetunes F epochs. Each (method, target) row, finished or failed, is saved to ``OUT_DIR/rows/``
+and skipped on a rerun (delete its file to redo it; an interrupted row resumes from its checkpoints); the
+table (with missing rows marked "not run") is rewritten after every row.
 
     python experiments/compare.py --dense /work/runs/r20_dense/model.pt --targets 0.5 0.2 \
         --search-epochs 3 --finetune-epochs 5 --methods ours tp_magnitude uniform_l1
@@ -181,12 +182,12 @@ def latency_table(target: float, rows: dict[str, dict], dense: nn.Module, args: 
     cache = args.out_dir / f"latency@{target:g}.json"
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if cached["methods"] == done:
+        if cached["methods"] == done and cached["bench"]["threads"] == args.latency_threads:
             return cached
     models = {"dense": dense}
     for n in done:
         models[n] = load_pruned_with_metadata(rows[f"{n}@{target:g}"]["model_file"])[0]
-    bench = compare_latency(models, input_size, (1, 64), max_seconds=args.latency_seconds)
+    bench = compare_latency(models, input_size, (1, 64), threads=args.latency_threads, max_seconds=args.latency_seconds)
     result = {"methods": done, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "bench": bench}
     cache.write_text(json.dumps(result, indent=2) + "\n")
     return json.loads(cache.read_text())  # batch-size keys as strings, like a reloaded cache
@@ -198,16 +199,17 @@ def markdown(report: dict[str, Any]) -> str:
         "# Peers side by side: same dense model, same epochs, same recipe", "",
         f"- command: `{report['command']}`",
         f"- date: {report['date']}; machine: {m['cpu']}, {m['logical_cpus']} logical CPUs (shared with other jobs), "
-        f"torch {m['torch']}, latency with {report.get('threads', '?')} torch threads",
+        f"torch {m['torch']}, latency with {report.get('threads', '?')} torch thread(s)",
         f"- model {report['model']} from `{report['dense_path']}`: test acc {dense['test_acc']:.4f}, "
         f"{dense['macs'] / 1e6:.2f} M MACs, {dense['params'] / 1e6:.4f} M params",
         f"- epochs: ours = {report['search_epochs']} search + {report['finetune_epochs']} finetune; TP magnitude and "
         f"uniform L1 = prune at once + {report['search_epochs'] + report['finetune_epochs']} finetune; TP slimming = "
         f"{report['search_epochs']} sparse-training + {report['finetune_epochs']} finetune. Recipe: SGD lr 0.05, cosine, "
         "0.5 warm-up epoch, batch 256, bf16, label smoothing 0.1",
-        f"- data: CIFAR-10 `{report['data']}`, {report['train_images']} training images, val 5000 held out, test 10000",
-        f"- seed {report['seed']}, **one seed per row** (no time for a mean over seeds; differences of a few "
-        "tenths of a percent are within seed noise)",
+        f"- data: CIFAR-10 `{report['data']}`, {report['train_images']} training images, "
+        f"{report['val_images']} val held out of train, {report['test_images']} test",
+        f"- seed {report['seed']}, **one seed per row**: no time for a mean over >= 2 seeds, so differences "
+        "smaller than the (unmeasured) seed-to-seed spread mean nothing",
         "- accuracy: test top-1 after finetuning; \"before FT\": right after pruning (ours: the searched, "
         "projected supernet with recalibrated BN)",
         "- latency: median forward ms, dense and every finished row of a table timed in one interleaved "
@@ -276,7 +278,8 @@ def write_report(args: argparse.Namespace, rows: dict[str, dict], dense: nn.Modu
     report = {
         "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "threads": threads, "model": args.model, "dense_path": str(args.dense),
-        "data": args.data, "train_images": len(data.train), "seed": args.seed, "seeds": [args.seed],
+        "data": args.data, "train_images": len(data.train),
+        "val_images": len(data.val), "test_images": len(data.test), "seed": args.seed, "seeds": [args.seed],
         "search_epochs": args.search_epochs, "finetune_epochs": args.finetune_epochs,
         "recipe": {k: v for k, v in asdict(recipe(1, args.seed)).items() if k != "epochs"},
         "targets": args.targets, "methods": args.methods,
@@ -302,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-train", type=int, help="use only N training images (smoke runs)")
     parser.add_argument("--slimming-reg", type=float, default=1e-4, help="L1 on BN scales (Network Slimming, CIFAR)")
     parser.add_argument("--latency-seconds", type=float, default=2.0, help="timed loop per model and batch size")
+    parser.add_argument("--latency-threads", type=int, default=1,
+                        help="torch threads for latency (default 1: on a shared, overloaded CPU a second OpenMP "
+                        "thread that gets descheduled stalls every op)")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/compare"), help="checkpoints and finished rows")
     parser.add_argument("--results", type=Path, default=RESULTS, help="writes RESULTS.json and RESULTS.md")
     args = parser.parse_args(argv)
@@ -321,18 +327,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.methods:
         for target in args.targets:
             key = f"{name}@{target:g}"
-            if rows.get(key, {}).get("status") == "done":
-                print(f"{key}: done already, skipped", flush=True)
+            if key in rows:
+                print(f"{key}: {rows[key]['status']} already, skipped (delete {rows_dir / key}.json to redo)", flush=True)
                 continue
             print(f"=== {key} ({METHODS[name].label})", flush=True)
             try:
                 rows[key] = run_row(name, target, dense, data, args, input_size)
-                (rows_dir / f"{key}.json").write_text(json.dumps(rows[key], indent=2) + "\n")
                 print(f"{key}: test acc {rows[key]['test_acc']:.4f}, MACs ratio {rows[key]['macs_ratio']:.3f}, "
                       f"{rows[key]['wall_seconds']:.0f}s", flush=True)
             except Exception as exc:  # one failing peer must not cost the other rows
                 traceback.print_exc()
-                rows[key] = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+                rows[key] = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+            (rows_dir / f"{key}.json").write_text(json.dumps(rows[key], indent=2) + "\n")
             write_report(args, rows, dense, dense_acc, data, input_size, command)
     return 0
 
