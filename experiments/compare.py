@@ -32,6 +32,7 @@ from dnas_prune.cli.common import seed_everything
 from dnas_prune.cost import count_cost
 from dnas_prune.data import CifarData, load_cifar10
 from dnas_prune.finalize import finalize
+from dnas_prune.finetune import finetune_pruned
 from dnas_prune.profile import compare_latency
 from dnas_prune.pruned_io import load_pruned_with_metadata, save_pruned
 from dnas_prune.search import SearchConfig, load_pretrained, load_supernet, search
@@ -156,12 +157,9 @@ def run_row(name: str, target: float, dense: nn.Module, data: CifarData, args: a
         save_pruned(model, pruned_path, input_size=list(input_size), info=info, epochs_before_finetune=before)
     finetune_epochs = args.search_epochs + args.finetune_epochs - before
     seed_everything(args.seed)
-    trainer = Trainer(model.train(), data, recipe(finetune_epochs, args.seed), row_dir / "finetune",
-                      checkpoint_name="finetune.pt")
-    metrics = trainer.fit(resume=trainer.checkpoint_path.is_file())
-    final = trainer.model.eval().to(memory_format=torch.contiguous_format)
-    save_pruned(final, row_dir / "final.pt", input_size=list(input_size), test_acc=metrics["test_acc"])
-    cost, dense_cost = count_cost(final, input_size), count_cost(dense, input_size)
+    trainer, metrics = finetune_pruned(pruned_path, data, recipe(finetune_epochs, args.seed), row_dir / "finetune",
+                                       data_root=args.data, resume=True)
+    cost, dense_cost = count_cost(trainer.model.eval(), input_size), count_cost(dense, input_size)
     return {
         "method": name, "label": METHODS[name].label, "target_macs": target, "status": "done",
         "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
@@ -171,7 +169,7 @@ def run_row(name: str, target: float, dense: nn.Module, data: CifarData, args: a
         "epochs": {"before_finetune": before, "finetune": finetune_epochs},
         "seed": args.seed, "info": info, "wall_seconds": round(time.perf_counter() - start, 1),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model_file": str(row_dir / "final.pt"),
+        "model_file": str(row_dir / "finetune" / "pruned.pt"),
     }
 
 
