@@ -1,6 +1,6 @@
 """Cost budgets: validating a target, driving the search toward it, and landing on it exactly.
 
-- :class:`BudgetController` adds ``lambda * (ratio / target - 1)`` to the loss, with ``lambda`` updated by
+- :class:`BudgetController` adds ``lambda * max(0, ratio / target - 1)`` to the loss, with ``lambda`` updated by
   dual ascent in log space, so pressure grows geometrically while over budget and fades once under it.
 - :func:`project_to_budget` turns the search's soft preferences into a hard state whose finalized cost is
   within ``tolerance`` of the target (never above ``target + tolerance``), optionally with channel
@@ -80,7 +80,9 @@ class BudgetController:
         return expected[self.metric] / self.dense
 
     def penalty(self, expected: dict[str, Tensor]) -> Tensor:
-        return self.value * (self.ratio(expected) / self.target - 1.0)
+        """``lambda * max(0, ratio / target - 1)``: under budget the gates feel no push, so the task loss can
+        reopen the ones that matter at once instead of waiting for lambda to decay."""
+        return self.value * torch.relu(self.ratio(expected) / self.target - 1.0)
 
     def update(self, ratio: float) -> None:
         """One dual-ascent step after each optimizer step (only once the budget is active)."""

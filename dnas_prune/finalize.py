@@ -21,11 +21,11 @@ def fold_gate_into_bn(bn: nn.BatchNorm2d, keep: Tensor, gate: Tensor | None) -> 
     weight, bias = bn.weight[keep], bn.bias[keep]
     if gate is not None:
         weight, bias = weight * gate[keep], bias * gate[keep]
-    return {
-        "weight": weight.clone(),
-        "bias": bias.clone(),
-        "running_mean": bn.running_mean[keep].clone(),
-        "running_var": bn.running_var[keep].clone(),
+    return {  # indexing with a tensor copies, so nothing here aliases the supernet
+        "weight": weight,
+        "bias": bias,
+        "running_mean": bn.running_mean[keep],
+        "running_var": bn.running_var[keep],
         "num_batches_tracked": bn.num_batches_tracked.clone(),
     }
 
@@ -57,7 +57,7 @@ def finalize(net: Supernet, round_to: int | None = None) -> nn.Module:
     m = net.model
     state: dict[str, Tensor] = {}
     stem = keeps[net.stem_group]
-    state["conv1.weight"] = m.conv1.weight[stem].clone()
+    state["conv1.weight"] = m.conv1.weight[stem]
     _put(state, "bn1", fold_gate_into_bn(m.bn1, stem, values.get(net.stem_group)))
 
     stages: list[dict] = [{"width": len(keeps[g]), "stride": 1, "blocks": []} for g in net.stage_streams]
@@ -73,7 +73,7 @@ def finalize(net: Supernet, round_to: int | None = None) -> nn.Module:
         prefix = f"layer{info.stage}.{len(stage['blocks'])}"
         stream_gate = values.get(info.out_group)
         if b.downsample is not None:
-            state[f"{prefix}.downsample.0.weight"] = b.downsample[0].weight[kout][:, kin].clone()
+            state[f"{prefix}.downsample.0.weight"] = b.downsample[0].weight[kout][:, kin]
             _put(state, f"{prefix}.downsample.1", fold_gate_into_bn(b.downsample[1], kout, stream_gate))
         if not is_alive:
             stage["blocks"].append({"inner": None, "downsample": True})
@@ -86,11 +86,11 @@ def finalize(net: Supernet, round_to: int | None = None) -> nn.Module:
         for c in range(n):
             conv, bn = getattr(b, f"conv{c + 1}"), getattr(b, f"bn{c + 1}")
             gate = last_gate if c == n - 1 else values.get(info.inner[c])
-            state[f"{prefix}.conv{c + 1}.weight"] = conv.weight[chain[c + 1]][:, chain[c]].clone()
+            state[f"{prefix}.conv{c + 1}.weight"] = conv.weight[chain[c + 1]][:, chain[c]]
             _put(state, f"{prefix}.bn{c + 1}", fold_gate_into_bn(bn, chain[c + 1], gate))
         stage["blocks"].append({"inner": [len(keeps[g]) for g in info.inner], "downsample": b.downsample is not None})
     final = keeps[net.final_group]
-    state["fc.weight"] = m.fc.weight[:, final].clone()
+    state["fc.weight"] = m.fc.weight[:, final]
     if m.fc.bias is not None:
         state["fc.bias"] = m.fc.bias.clone()
     spec = {

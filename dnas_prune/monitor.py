@@ -289,7 +289,7 @@ class MonitorHooks(TrainHooks):
             return
         hooks = self.inner
         controller, expected = hooks.controller, hooks.last_expected
-        w.add_scalar("loss/budget", self._lambda * (expected[controller.metric] / controller.target - 1.0), step)
+        w.add_scalar("loss/budget", self._lambda * max(0.0, expected[controller.metric] / controller.target - 1.0), step)
         w.add_scalar("budget/lambda", self._lambda, step)
         w.add_scalar("budget/target", controller.target, step)
         w.add_scalar("budget/expected_macs_ratio", expected["macs"], step)

@@ -38,12 +38,12 @@ class SearchConfig:
     metric: str = "macs"
     target: float = 0.5
     gate: str = DEFAULT_GATE
-    gate_lr: float = 0.05
+    gate_lr: float | None = None  # None: scaled to the search length (see SearchHooks)
     warmup: float = 0.1
     hard_fraction: float = 0.2
     final_temperature: float = 0.05
     init_logit: float = 3.0
-    budget_lr: float = 0.05
+    budget_lr: float | None = None  # None: scaled to the search length
     round_to: int | None = None
     exclude: list[str] = field(default_factory=list)
     recalibrate_batches: int = 20
@@ -60,8 +60,13 @@ class SearchHooks(TrainHooks):
         self.net = net
         self.config = config
         self.total_steps = max(1, total_steps)
-        self.controller = BudgetController(config.metric, config.target, net.dense_cost, lr=config.budget_lr)
-        self.gate_optimizer = torch.optim.Adam(net.gate_parameters(), lr=config.gate_lr, betas=(0.9, 0.999))
+        # Defaults scale with the search length: a consistently pushed gate crosses from its initial logit to 0
+        # within a quarter of the budgeted steps, and lambda can grow ~e^5 over them, for 40 steps or 4000.
+        budgeted = max(1.0, self.total_steps * (1.0 - config.warmup))
+        self.gate_lr = config.gate_lr or min(0.5, max(0.005, config.init_logit / (0.25 * budgeted)))
+        self.budget_lr = config.budget_lr or min(0.5, max(0.002, 5.0 / budgeted))
+        self.controller = BudgetController(config.metric, config.target, net.dense_cost, lr=self.budget_lr)
+        self.gate_optimizer = torch.optim.Adam(net.gate_parameters(), lr=self.gate_lr, betas=(0.9, 0.999))
         self.temperature = 1.0
         self.progress = 0.0
         self.last_expected: dict[str, float] = {}

@@ -214,9 +214,10 @@ class Trainer:
                 probe.to(memory_format=fmt)
                 xs = x.contiguous(memory_format=fmt)
                 start = time.perf_counter()
-                with self.autocast():
-                    out = probe(xs)
-                out.float().sum().backward()
+                with torch.enable_grad():  # evaluate() may be the first caller, inside no_grad
+                    with self.autocast():
+                        out = probe(xs)
+                    out.float().sum().backward()
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 timings[channels_last] = min(timings[channels_last], time.perf_counter() - start)

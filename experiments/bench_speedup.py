@@ -26,7 +26,7 @@ from dnas_prune.errors import CheckpointError
 from dnas_prune.models import MODEL_NAMES, CifarResNet, create_model
 from dnas_prune.profile import compare_latency
 from dnas_prune.pruned_io import FORMAT, load_pruned_with_metadata
-from dnas_prune.training import safe_torch_load
+from dnas_prune.checkpoint import safe_torch_load
 from peers import machine, torch_pruning_baseline
 
 RESULTS = Path(__file__).resolve().parent / "results"

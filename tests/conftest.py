@@ -65,3 +65,11 @@ def make_synthetic(n_train: int = 256, n_eval: int = 64, classes: int = 4, seed:
 @pytest.fixture
 def synthetic_data():
     return make_synthetic()
+
+
+def read_events(log_dir: Path):
+    """Everything TensorBoard wrote under ``log_dir``, nothing sampled away."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    guidance = {kind: 0 for kind in event_accumulator.DEFAULT_SIZE_GUIDANCE}
+    return event_accumulator.EventAccumulator(str(log_dir), size_guidance=guidance).Reload()

@@ -24,11 +24,11 @@ def free_port() -> int:
 
 
 def test_two_process_search_matches_one_process(tmp_path: Path) -> None:
-    data = write_tree(tmp_path / "cifar", {"train": 24, "test": 4})
+    data = write_tree(tmp_path / "cifar", {"train": 40, "test": 4})
     env = {**os.environ, "DNAS_PRUNE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     args = ["-m", "dnas_prune", "search", "--model", "cifar_resnet20", "--data", str(data), "--target-macs", "0.5",
-            "--epochs", "2", "--batch-size", "16", "--val-size", "8", "--precision", "fp32", "--memory-format",
-            "contiguous", "--gate-lr", "0.3", "--no-progress", "--seed", "1"]
+            "--epochs", "2", "--batch-size", "48", "--val-size", "24", "--precision", "fp32", "--memory-format",
+            "contiguous", "--gate-lr", "0.05", "--no-progress", "--no-tensorboard", "--seed", "1"]
     subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, capture_output=True,
                    cwd=REPO, env=env, timeout=600)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -43,10 +43,11 @@ def test_two_process_search_matches_one_process(tmp_path: Path) -> None:
     assert gates
     for key in gates:
         a, b = one["model"][key], two["model"][key]
-        # Per-rank BatchNorm statistics (no SyncBatchNorm on CPU) make the runs differ slightly, not the decisions.
-        torch.testing.assert_close(b, a, rtol=0, atol=0.05, msg=key)
-        decided = a.abs() > 0.1
-        assert torch.equal(a[decided] > 0, b[decided] > 0), key
-    for key in (k for k in one["model"] if k.endswith(".forced")):
-        assert torch.equal(one["model"][key], two["model"][key]), key  # the final pinned state
+        # Per-rank BatchNorm statistics (no SyncBatchNorm on CPU) are the only difference between the runs. Adam's
+        # first steps move a logit by ±lr whatever the gradient's size, so where that noise flips a gradient's sign
+        # the runs drift apart by up to 2·lr per step: 4 steps x 0.1 here. No decision may flip.
+        torch.testing.assert_close(b, a, rtol=0, atol=0.45, msg=key)
+        assert torch.equal(a > 0, b > 0), key
+    for run in (one, two):
+        assert 0.49 <= run["metadata"]["summary"]["final"]["macs_ratio"] <= 0.51
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

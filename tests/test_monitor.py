@@ -18,10 +18,7 @@ from dnas_prune.search import SearchConfig, search
 from dnas_prune.supernet import Supernet
 from dnas_prune.training import TrainConfig, TrainHooks
 
-
-def read_events(log_dir: Path) -> event_accumulator.EventAccumulator:
-    guidance = {kind: 0 for kind in event_accumulator.DEFAULT_SIZE_GUIDANCE}
-    return event_accumulator.EventAccumulator(str(log_dir), size_guidance=guidance).Reload()
+from conftest import read_events
 
 
 def scalar_values(events: event_accumulator.EventAccumulator, tag: str) -> list[float]:

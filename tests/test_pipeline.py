@@ -3,11 +3,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from dnas_prune.cli import main
 from dnas_prune.errors import DnasPruneError
 from dnas_prune.pipeline import Pipeline, load_config, parse_override
+from dnas_prune.pruned_io import load_pruned_with_metadata
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 QUICKSTART = CONFIGS / "quickstart.toml"
@@ -137,7 +137,7 @@ def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys
     reuse = Pipeline(load_config(QUICKSTART, [f"data.root={tiny_cifar}", *TINY, f"pretrain.checkpoint={out / 'pretrain' / 'model.pt'}"],
                                  out=str(tmp_path / "reuse")), log=lambda _: None)
     reuse.pretrain()
-    metrics = torch.load(reuse.dense_path, weights_only=True)["metrics"]
+    metrics = load_pruned_with_metadata(reuse.dense_path)[1]["metrics"]
     assert metrics["source"] == str(out / "pretrain" / "model.pt") and metrics["test_acc"] == report["dense"]["test_acc"]
     assert not (tmp_path / "reuse" / "pretrain" / "train.pt").exists()
 

@@ -12,7 +12,7 @@ from dnas_prune import SearchConfig, TrainConfig, count_cost, create_model, fina
 from dnas_prune.cli import main
 from dnas_prune.training import TrainHooks
 
-from conftest import make_synthetic
+from conftest import make_synthetic, read_events
 
 TRAIN = dict(batch_size=64, lr=0.05, schedule="cosine", warmup_epochs=0.0, progress=False, memory_format="contiguous")
 
@@ -68,7 +68,10 @@ def test_cli_search_then_finalize_on_cifar_hits_the_target(cifar_root: Path, tmp
     out = tmp_path / "run"
     assert main(["search", "--model", "cifar_resnet20", "--data", str(cifar_root), "--target-macs", str(target),
                  "--epochs", "2", "--limit-train", "2048", "--val-size", "500", "--out", str(out), "--no-progress",
-                 "--memory-format", "contiguous", "--no-tensorboard"]) == 0
+                 "--memory-format", "contiguous"]) == 0
+    events = read_events(out / "tb")
+    kinds = events.Tags()
+    assert kinds["scalars"] and kinds["histograms"] and kinds["images"] and kinds["tensors"]  # text lives in tensors
     assert main(["finalize", str(out / "supernet.pt"), "-o", str(tmp_path / "P.pt")]) == 0
     model = load_pruned(tmp_path / "P.pt")
     ratio = count_cost(model).macs / count_cost(create_model("cifar_resnet20")).macs

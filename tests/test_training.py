@@ -12,7 +12,9 @@ from dnas_prune.cli import main
 from dnas_prune.data import CifarData, Split
 from dnas_prune.errors import CheckpointError, TrainingDiverged
 from dnas_prune.models import cifar_resnet
-from dnas_prune.training import TrainConfig, Trainer, TrainHooks, atomic_torch_save, safe_torch_load
+from dnas_prune.checkpoint import atomic_torch_save, safe_torch_load
+from dnas_prune.training import TrainConfig, Trainer, TrainHooks
+from dnas_prune.pruned_io import load_pruned_with_metadata
 
 
 def tiny_data(n: int = 32) -> CifarData:
@@ -70,7 +72,8 @@ class Recorder(TrainHooks):
 
     def on_epoch_end(self, trainer, epoch, metrics):
         self._count("on_epoch_end")
-        assert {"train_acc", "val_acc", "test_acc", "img_per_s"} <= metrics.keys()
+        assert {"train_acc", "val_acc", "img_per_s"} <= metrics.keys()
+        assert ("test_acc" in metrics) == (epoch + 1 == trainer.config.epochs)  # test split: reporting only
 
     def state_dict(self):
         return {"calls": dict(self.calls)}
@@ -158,9 +161,8 @@ def test_train_command_writes_checkpoint_model_and_metrics(tiny_cifar, tmp_path)
             "--memory-format", "contiguous", "--no-progress"]
     assert main(args) == 0
     assert {"train.pt", "model.pt", "metrics.json"} <= {p.name for p in out.iterdir()}
-    saved = torch.load(out / "model.pt", weights_only=True)
-    assert saved["kind"] == "dnas_prune.dense" and saved["format"] == 1 and saved["spec"]["num_classes"] == 3
-    assert "test_acc" in saved["metrics"] and "fc.weight" in saved["state_dict"]
+    model, metadata = load_pruned_with_metadata(out / "model.pt")
+    assert metadata["kind"] == "dense" and model.fc.out_features == 3 and "test_acc" in metadata["metrics"]
     assert main(args[:-1] + ["--resume", "--epochs", "2", "--no-progress"]) == 0
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
 
@@ -170,3 +172,8 @@ def test_bad_data_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("dnas-prune: error:") and "\n" not in err
     assert main(["train", "--model", "resnet9000", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
+
+
+def test_evaluate_before_fit_chooses_a_memory_format(tmp_path):
+    trainer = Trainer(tiny_model(), tiny_data(), config(memory_format="auto"), tmp_path)
+    assert 0.0 <= trainer.evaluate(trainer.data.val)["acc"] <= 1.0

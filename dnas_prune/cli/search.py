@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--pretrained", help="dense checkpoint: a `dnas-prune train` model.pt or a torchvision state_dict")
     p.add_argument("--gate", choices=GATE_KINDS, default=DEFAULT_GATE, help="gate kind (default: %(default)s)")
-    p.add_argument("--gate-lr", type=float, default=SEARCH_DEFAULTS.gate_lr)
+    p.add_argument("--gate-lr", type=float, help="Adam lr of the gates (default: scaled to the search length)")
     p.add_argument("--warmup", type=float, default=SEARCH_DEFAULTS.warmup,
                    help="fraction of the search before budget pressure starts (default: %(default)s)")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
