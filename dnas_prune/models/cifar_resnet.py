@@ -25,6 +25,16 @@ def projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
     )
 
 
+def init_resnet_weights(model: nn.Module) -> None:
+    """He init for convs, identity BN: torchvision's ResNet init, shared by every model we build."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs; ``inner`` is the width of conv1's output, ``planes`` the stream width."""
 
@@ -103,15 +113,7 @@ class CifarResNet(nn.Module):
             setattr(self, f"layer{index}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(in_width, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

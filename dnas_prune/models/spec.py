@@ -23,7 +23,7 @@ from torch import nn
 from torchvision.models import resnet as tv
 
 from ..errors import DnasPruneError
-from .cifar_resnet import BasicBlock, CifarResNet, ProjectionBlock
+from .cifar_resnet import BasicBlock, CifarResNet, ProjectionBlock, init_resnet_weights
 
 Spec = dict[str, Any]
 SPEC_FORMAT = 1
@@ -167,15 +167,6 @@ def validate_spec(spec: Any) -> Spec:
     return spec
 
 
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def _tv_block(block_type: str, in_w: int, inner: list[int], out_w: int, stride: int, down: nn.Module | None) -> nn.Module:
     """A torchvision BasicBlock/Bottleneck instance with arbitrary widths (the class hard-codes ratios)."""
     with torch.device("meta"):
@@ -246,6 +237,6 @@ def build_model(spec: Spec, device: torch.device | str | None = None) -> nn.Modu
         raise SpecError("the CIFAR family only has basic blocks")
     with torch.device(device or "cpu"):
         model = _build_cifar(spec) if spec["family"] == "cifar" else _build_torchvision(spec)
-    if str(device) != "meta":
-        _init_weights(model)
+    if str(device) != "meta" and spec["family"] == "torchvision":  # CifarResNet initializes itself
+        init_resnet_weights(model)
     return model
