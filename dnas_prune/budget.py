@@ -132,7 +132,8 @@ def project_to_budget(
         low = _min_width(info.size, info.kind, round_to)
         widths.append(max(w, low)), steps.append(step), lows.append(low)
     alive = net.block_open(hard)
-    blocks = [float(alive[b]) for b in net.branch_blocks]
+    # An ungated block is never switched off here: it lives exactly while its inner groups are non-empty.
+    blocks = [float(alive[b]) if b in net.groups else 1.0 for b in net.branch_blocks]
     block_score = {b: float(net.gate(name).score()) for b, name in enumerate(net.branch_blocks) if name in net.groups}
 
     def ratio_of(w: list[int], f: list[float]) -> float:

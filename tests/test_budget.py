@@ -90,3 +90,14 @@ def test_projection_climbs_back_when_the_search_closed_almost_everything() -> No
     project_to_budget(net, "macs", 0.6)
     ratio = count_cost(finalize(net)).macs / net.dense_cost.macs
     assert 0.59 <= ratio <= 0.61
+
+
+def test_projection_regrows_ungated_blocks_whose_inner_channels_all_closed() -> None:
+    net = Supernet(create_model("cifar_resnet20"), exclude=["layer?.?"]).eval()  # channel gates only
+    with torch.no_grad():
+        for name, gate in zip(net._gate_key, net.gates.values()):
+            gate.logits.fill_(-4.0 if net.groups[name].kind == "inner" else 4.0)
+    assert sum(net.block_open().values()) == 0
+    project_to_budget(net, "macs", 0.2)
+    ratio = count_cost(finalize(net)).macs / net.dense_cost.macs
+    assert 0.19 <= ratio <= 0.21
