@@ -2,7 +2,7 @@
 
 Every file the package writes goes through :func:`atomic_write` (temp file in the same directory, fsync,
 rename), so a kill at any moment leaves either the old file or the new one. Every ``.pt`` file is read by
-:func:`safe_torch_load`, which only accepts tensors and plain data and turns each way a file can be wrong
+:func:`safe_load`, which only accepts tensors and plain data and turns each way a file can be wrong
 into one :class:`~dnas_prune.errors.CheckpointError` line naming the file.
 """
 
@@ -74,7 +74,7 @@ def _unreadable(path: Path, exc: Exception, what: str) -> CheckpointError:
     return CheckpointError(f"{path}: not a PyTorch file (unrecognized bytes); expected {what}")
 
 
-def safe_torch_load(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
+def safe_load(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(weights_only=True)``; a missing, empty, truncated, foreign or code-carrying file becomes a
     one-line :class:`CheckpointError` naming the file and ``what`` was expected."""
     path = Path(path)

@@ -19,7 +19,7 @@ from .cost import count_cost
 from .errors import CheckpointError
 from .models import build_model, spec_of
 from .models.spec import SpecError
-from .checkpoint import atomic_torch_save, safe_torch_load
+from .checkpoint import atomic_torch_save, safe_load
 
 FORMAT = "dnas_prune.pruned"
 VERSION = 1
@@ -93,7 +93,7 @@ def load_pruned_with_metadata(
     Every failure is a one-line :class:`CheckpointError` naming the file.
     """
     path = Path(path)
-    obj = safe_torch_load(path, "a pruned model file (from save_pruned / dnas-prune finalize)", map_location)
+    obj = safe_load(path, "a pruned model file (from save_pruned / dnas-prune finalize)", map_location)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a pruned model; pass a save_pruned file")
     if obj.get("format") != FORMAT:

@@ -27,7 +27,7 @@ from .data import BatchStream, CifarData
 from .errors import CheckpointError
 from .models import build_model, create_model
 from .supernet import Supernet
-from .checkpoint import atomic_write_json, safe_torch_load
+from .checkpoint import atomic_write_json, safe_load
 from .training import Trainer, TrainConfig, TrainHooks
 
 DEFAULT_GATE = "sigmoid"
@@ -121,7 +121,7 @@ class SearchHooks(TrainHooks):
 def load_pretrained(path: str | Path, model_name: str | None, num_classes: int) -> nn.Module:
     """A dense model from a ``dnas-prune train`` output (``model.pt`` or ``train.pt``) or a plain
     torchvision-style state_dict (then ``model_name`` says which architecture)."""
-    state = safe_torch_load(path, "a dnas_prune model or a state_dict")
+    state = safe_load(path, "a dnas_prune model or a state_dict")
     if isinstance(state, dict) and "spec" in state and "state_dict" in state:
         model, weights = build_model(state["spec"]), state["state_dict"]
     elif isinstance(state, dict) and state.get("kind") == "dnas_prune.trainer":
@@ -233,7 +233,7 @@ def search(
 
 def load_supernet(path: str | Path) -> Supernet:
     """Rebuild the supernet saved by :func:`search` (weights, gates and pinned state)."""
-    state = safe_torch_load(path, "a dnas_prune search checkpoint (RUN_DIR/supernet.pt)")
+    state = safe_load(path, "a dnas_prune search checkpoint (RUN_DIR/supernet.pt)")
     meta = state.get("metadata", {}) if isinstance(state, dict) else {}
     if not isinstance(meta, dict) or meta.get("kind") != "dnas_prune.search" or "model" not in state:
         kind = state.get("kind") if isinstance(state, dict) else type(state).__name__

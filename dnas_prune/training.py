@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import atomic_torch_save, atomic_write_json, safe_torch_load
+from .checkpoint import atomic_torch_save, atomic_write_json, safe_load
 from .data import BatchStream, CifarData, Split
 from .errors import CheckpointError, DnasPruneError, TrainingDiverged
 
@@ -377,7 +377,7 @@ class Trainer:
         return atomic_torch_save(state, self.checkpoint_path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        state = safe_torch_load(path, "a dnas_prune trainer checkpoint")
+        state = safe_load(path, "a dnas_prune trainer checkpoint")
         if not isinstance(state, dict) or state.get("kind") != "dnas_prune.trainer":
             raise CheckpointError(f"{path} is not a dnas_prune trainer checkpoint")
         if state.get("format") != CHECKPOINT_FORMAT:

@@ -26,7 +26,7 @@ from dnas_prune.errors import CheckpointError
 from dnas_prune.models import MODEL_NAMES, CifarResNet, create_model
 from dnas_prune.profile import compare_latency
 from dnas_prune.pruned_io import FORMAT, load_pruned_with_metadata
-from dnas_prune.checkpoint import safe_torch_load
+from dnas_prune.checkpoint import safe_load
 from peers import machine, torch_pruning_baseline
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,7 +36,7 @@ def load_dense(source: str, arch: str) -> nn.Module:
     """A registry name (random weights: fine for latency), a save_pruned file, or a trainer checkpoint of ``arch``."""
     if source in MODEL_NAMES and not Path(source).exists():
         return create_model(source).eval()
-    state = safe_torch_load(source, "a dense model checkpoint")
+    state = safe_load(source, "a dense model checkpoint")
     if isinstance(state, dict) and state.get("format") == FORMAT:
         return load_pruned_with_metadata(source)[0]
     weights = state.get("model", state) if isinstance(state, dict) else None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dnas_prune.checkpoint import safe_torch_load
+from dnas_prune.checkpoint import safe_load
 
 from conftest import write_tree
 
@@ -37,8 +37,8 @@ def test_two_process_search_matches_one_process(tmp_path: Path) -> None:
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
 
-    one = safe_torch_load(tmp_path / "one" / "supernet.pt", "a search checkpoint")
-    two = safe_torch_load(tmp_path / "two" / "supernet.pt", "a search checkpoint")
+    one = safe_load(tmp_path / "one" / "supernet.pt", "a search checkpoint")
+    two = safe_load(tmp_path / "two" / "supernet.pt", "a search checkpoint")
     gates = [k for k in one["model"] if k.endswith(".logits")]
     assert gates
     for key in gates:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dnas_prune.errors import CheckpointError
-from dnas_prune.checkpoint import atomic_torch_save, safe_torch_load
+from dnas_prune.checkpoint import atomic_torch_save, safe_load
 
 from conftest import write_tree
 
@@ -43,12 +43,12 @@ def test_search_killed_with_sigkill_resumes_to_the_same_result(tmp_path: Path, m
     assert process.poll() is None, "the search ended before it could be killed"
     process.send_signal(signal.SIGKILL)  # in epoch 2, after epoch 1's checkpoint
     process.wait()
-    assert safe_torch_load(killed / "supernet.pt", "a search checkpoint")["epoch"] == 1
+    assert safe_load(killed / "supernet.pt", "a search checkpoint")["epoch"] == 1
     subprocess.run(search_command(data, killed, "--resume"), check=True, capture_output=True, cwd=REPO, env=env,
                    timeout=600)
 
-    a = safe_torch_load(tmp_path / "straight" / "supernet.pt", "a search checkpoint")
-    b = safe_torch_load(killed / "supernet.pt", "a search checkpoint")
+    a = safe_load(tmp_path / "straight" / "supernet.pt", "a search checkpoint")
+    b = safe_load(killed / "supernet.pt", "a search checkpoint")
     assert a["epoch"] == b["epoch"] == 3
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
@@ -67,7 +67,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path: P
     with pytest.raises(OSError):
         atomic_torch_save({"epoch": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
-    state = safe_torch_load(path, "a checkpoint")
+    state = safe_load(path, "a checkpoint")
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
 
@@ -86,4 +86,4 @@ def test_process_killed_mid_write_leaves_the_previous_checkpoint_loadable(tmp_pa
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the writer finished before it could be killed"
-    assert safe_torch_load(path, "a checkpoint")["epoch"] == 1
+    assert safe_load(path, "a checkpoint")["epoch"] == 1

@@ -12,7 +12,7 @@ from dnas_prune.cli import main
 from dnas_prune.data import CifarData, Split
 from dnas_prune.errors import CheckpointError, TrainingDiverged
 from dnas_prune.models import cifar_resnet
-from dnas_prune.checkpoint import atomic_torch_save, safe_torch_load
+from dnas_prune.checkpoint import atomic_torch_save, safe_load
 from dnas_prune.training import TrainConfig, Trainer, TrainHooks
 from dnas_prune.pruned_io import load_pruned_with_metadata
 
@@ -115,7 +115,7 @@ def test_checkpoint_is_atomic_and_loads_with_weights_only(tmp_path):
             trainer.load_checkpoint(path)
         assert "\n" not in str(info.value)
     atomic_torch_save({"a": torch.ones(2)}, tmp_path / "sub" / "x.pt")
-    assert torch.equal(safe_torch_load(tmp_path / "sub" / "x.pt", "a test file")["a"], torch.ones(2))
+    assert torch.equal(safe_load(tmp_path / "sub" / "x.pt", "a test file")["a"], torch.ones(2))
 
 
 def test_hooks_are_called_and_excluded_parameters_stay_out_of_sgd(tmp_path):
