@@ -122,9 +122,10 @@ def project_to_budget(
         if not info.gated:
             widths.append(info.size), steps.append(0), lows.append(info.size)
             continue
-        score = net.gate(name).score().cpu() + 2.0 * hard[name].float().cpu()  # currently open channels first
-        order[i] = torch.argsort(score, descending=True, stable=True)
-        scores[i] = score[order[i]]
+        score = net.gate(name).score().cpu().double()
+        by_score = torch.argsort(score, descending=True, stable=True)
+        order[i] = by_score[torch.argsort(hard[name].cpu()[by_score].to(torch.int8), descending=True, stable=True)]
+        scores[i] = score[order[i]]  # currently open channels first, each part by descending score
         step = min(round_to or 1, info.size)
         w = int(hard[name].sum())
         if step > 1 and w % step and w < info.size:

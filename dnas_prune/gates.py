@@ -86,8 +86,13 @@ class Gate(nn.Module, abc.ABC):
             self.train(was_training)
 
     def score(self) -> Tensor:
-        """How strongly each gate wants to be open; the budget projection keeps the highest."""
-        return self.probability().detach()
+        """How strongly each gate wants to be open; the budget projection keeps the highest.
+
+        The logit, not P(open): P(open) is monotone in it for every kind, but at the end of the search
+        (temperature 0.05) the sigmoid rounds every logit above 1 to exactly 1.0, which would leave the
+        projection choosing among open channels by index.
+        """
+        return self.logits.detach()
 
 
 class SigmoidGate(Gate):

@@ -1,6 +1,7 @@
 """The search: train weights and gates together under a cost budget, then land exactly on the budget.
 
-Weights use the trainer's SGD groups; gates get their own Adam optimizer (own LR, no weight decay). The
+Weights use the trainer's SGD groups; gates get their own optimizer (:mod:`~dnas_prune.gate_optimizer`: own LR,
+no weight decay). The
 schedule is a pure function of the global step, so a resumed search replays exactly:
 
 - warm-up (``warmup`` fraction of all steps): no budget pressure;
@@ -25,12 +26,14 @@ from torch import Tensor, nn
 from .budget import BudgetController, check_feasible, project_to_budget
 from .data import BatchStream, CifarData
 from .errors import CheckpointError
+from .gate_optimizer import make_gate_optimizer
 from .models import build_model, create_model
 from .supernet import Supernet
 from .checkpoint import atomic_write_json, safe_load
 from .training import Trainer, TrainConfig, TrainHooks
 
 DEFAULT_GATE = "sigmoid"
+DEFAULT_GATE_OPTIMIZER = "shared_adam"
 
 
 @dataclass
@@ -38,6 +41,7 @@ class SearchConfig:
     metric: str = "macs"
     target: float = 0.5
     gate: str = DEFAULT_GATE
+    gate_optimizer: str = DEFAULT_GATE_OPTIMIZER
     gate_lr: float | None = None  # None: scaled to the search length (see SearchHooks)
     warmup: float = 0.1
     hard_fraction: float = 0.2
@@ -66,7 +70,7 @@ class SearchHooks(TrainHooks):
         self.gate_lr = config.gate_lr or min(0.5, max(0.005, config.init_logit / (0.25 * budgeted)))
         self.budget_lr = config.budget_lr or min(0.5, max(0.002, 5.0 / budgeted))
         self.controller = BudgetController(config.metric, config.target, net.dense_cost, lr=self.budget_lr)
-        self.gate_optimizer = torch.optim.Adam(net.gate_parameters(), lr=self.gate_lr, betas=(0.9, 0.999))
+        self.gate_optimizer = make_gate_optimizer(config.gate_optimizer, net.gate_parameters(), self.gate_lr)
         self.temperature = 1.0
         self.progress = 0.0
         self.last_expected: dict[str, float] = {}

@@ -30,7 +30,7 @@ from torch import nn
 
 from dnas_prune.cli.common import seed_everything
 from dnas_prune.cost import count_cost
-from dnas_prune.data import CifarData, load_cifar10
+from dnas_prune.data import CifarData, load_cifar10, resolve_data_root
 from dnas_prune.finalize import finalize
 from dnas_prune.finetune import finetune_pruned
 from dnas_prune.profile import compare_latency
@@ -41,7 +41,6 @@ from dnas_prune.training import Trainer, TrainConfig, TrainHooks
 from peers import as_plain, bisect_ratio, machine, make_tp_pruner, tp_prune_to_macs, uniform_l1
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compare"
-DATA = "/work/shared/data/cifar10-jpeg"
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,13 @@ class Method:
     kind: str  # "ours" | "tp" | "uniform"
     gate: str = "sigmoid"
     gates: str = "both"  # ours: "both" | "block" | "channel"
+    gate_optimizer: str = SearchConfig.gate_optimizer
     tp_method: str = ""
 
 
 METHODS = {
     "ours": Method("dnas_prune (sigmoid, block + channel gates)", "ours"),
+    "ours_adam": Method("dnas_prune, per-parameter Adam on the gates", "ours", gate_optimizer="adam"),
     "ours_block_only": Method("dnas_prune, block gates only", "ours", gates="block"),
     "ours_channel_only": Method("dnas_prune, channel gates only", "ours", gates="channel"),
     "ours_bernoulli": Method("dnas_prune, bernoulli gates", "ours", gate="bernoulli"),
@@ -113,10 +114,12 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
             summary = json.loads((row_dir / "search" / "search.json").read_text())
         else:
             net, summary = search(copy.deepcopy(dense), data, recipe(args.search_epochs, args.seed),
-                                  SearchConfig(target=target, gate=method.gate, exclude=exclude), row_dir / "search",
+                                  SearchConfig(target=target, gate=method.gate, gate_optimizer=method.gate_optimizer,
+                                               exclude=exclude), row_dir / "search",
                                   resume=True, input_size=input_size)
         model = finalize(net.eval())
-        info = {"exclude": exclude, "gate": method.gate, "blocks_open": summary["gates"]["blocks_open"],
+        info = {"exclude": exclude, "gate": method.gate, "gate_optimizer": method.gate_optimizer,
+                "blocks_open": summary["gates"]["blocks_open"],
                 "blocks_total": summary["gates"]["blocks_total"],
                 "pre_finetune_test_acc": summary["accuracy"]["test"]}
         return model, info, args.search_epochs
@@ -196,7 +199,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Peers side by side: same dense model, same epochs, same recipe", "",
         f"- command: `{report['command']}`",
-        f"- date: {report['date']}; machine: {m['cpu']}, {m['logical_cpus']} logical CPUs (shared with other jobs), "
+        f"- date: {report['date']}; machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, load average "
+        f"{m['load_average'][0]:.1f} when the report was written, "
         f"torch {m['torch']}, latency with {report.get('threads', '?')} torch thread(s)",
         f"- model {report['model']} from `{report['dense_path']}`: test acc {dense['test_acc']:.4f}, "
         f"{dense['macs'] / 1e6:.2f} M MACs, {dense['params'] / 1e6:.4f} M params",
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense", type=Path, default=Path("/work/runs/r20_dense/model.pt"),
                         help="a `dnas-prune train` model.pt")
     parser.add_argument("--model", default="cifar_resnet20", help="architecture (for a plain state_dict)")
-    parser.add_argument("--data", default=DATA)
+    parser.add_argument("--data", default=None, help="CIFAR-10 root (default: $DNAS_PRUNE_DATA)")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.2], help="MACs fractions of dense")
     parser.add_argument("--search-epochs", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=5)
@@ -311,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["compare.py", *argv])
 
+    args.data = str(resolve_data_root(args.data, download=False))
     data = load_cifar10(args.data, limit_train=args.limit_train, seed=args.seed)
     dense = load_pretrained(args.dense, args.model, data.num_classes).eval()
     input_size = tuple(data.train.images.shape[1:])

@@ -4,6 +4,7 @@ uniform L1-norm filter pruning, and the machine description every result file re
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import warnings
 from pathlib import Path
@@ -137,4 +138,5 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return {"cpu": cpu, "logical_cpus": torch.multiprocessing.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_average": list(os.getloadavg())}

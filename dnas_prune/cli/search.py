@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..budget import check_target
 from ..errors import DnasPruneError
+from ..gate_optimizer import GATE_OPTIMIZERS
 from ..gates import GATE_KINDS
 from ..models import MODEL_NAMES, check_model_name, create_model
 from ..monitor import MonitorHooks
@@ -31,7 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--pretrained", help="dense checkpoint: a `dnas-prune train` model.pt or a torchvision state_dict")
     p.add_argument("--gate", choices=GATE_KINDS, default=DEFAULT_GATE, help="gate kind (default: %(default)s)")
-    p.add_argument("--gate-lr", type=float, help="Adam lr of the gates (default: scaled to the search length)")
+    p.add_argument("--gate-optimizer", choices=GATE_OPTIMIZERS, default=SEARCH_DEFAULTS.gate_optimizer,
+                   help="optimizer of the gate logits (default: %(default)s)")
+    p.add_argument("--gate-lr", type=float, help="lr of the gates (default: scaled to the search length)")
     p.add_argument("--warmup", type=float, default=SEARCH_DEFAULTS.warmup,
                    help="fraction of the search before budget pressure starts (default: %(default)s)")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
@@ -46,7 +49,7 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
     check_target(metric, target)
     if args.round_to is not None and args.round_to < 1:
         raise DnasPruneError(f"--round-to must be a positive integer, got {args.round_to}")
-    return SearchConfig(metric=metric, target=target, gate=args.gate, gate_lr=args.gate_lr, warmup=args.warmup,
+    return SearchConfig(metric=metric, target=target, gate=args.gate, gate_optimizer=args.gate_optimizer, gate_lr=args.gate_lr, warmup=args.warmup,
                         round_to=args.round_to, exclude=list(args.exclude))
 
 
