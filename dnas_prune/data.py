@@ -1,10 +1,11 @@
-"""CIFAR-10 as in-memory uint8 tensors, and batches augmented as whole tensors.
+"""Training data behind one interface: a split knows its size, its input size and how to batch one epoch.
 
-Per-sample PIL transforms through a ``DataLoader`` cost more CPU than training a small ResNet, so the
-CIFAR path decodes once (cached on disk), keeps the dataset as one uint8 tensor and crops/flips whole
-batches with vectorized indexing. All randomness comes from a generator seeded by ``(seed, epoch)``, so
-batches are reproducible, resumable mid-epoch and identical when split across ranks.
-ImageNet-style trees use the ordinary torchvision pipeline (:func:`imagefolder_loaders`).
+CIFAR-10 is held in memory: per-sample PIL transforms through a ``DataLoader`` cost more CPU than training a
+small ResNet, so the CIFAR path decodes once (cached on disk), keeps the dataset as one uint8 tensor and
+crops/flips whole batches with vectorized indexing (:class:`Split`, :class:`BatchStream`). ImageNet-style trees
+are too big for memory and are decoded per sample by ``DataLoader`` workers (:class:`ImageFolderSplit`).
+Either way all randomness comes from ``(seed, epoch)`` and each rank takes its slice of every global batch, so
+batches are reproducible and do not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -24,8 +25,13 @@ from .errors import DataError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
+DATA_KINDS = ("cifar", "imagefolder")
+IMAGE_SIZE = 224  # ImageFolder crops: the ImageNet convention
 LAYOUT = "`<root>/train/<class>/*.jpg` + `<root>/test/<class>/*.jpg` or `<root>/cifar-10-batches-py`"
+IMAGEFOLDER_LAYOUT = "`<root>/train/<class>/*` + `<root>/val/<class>/*`"
 _OFFICIAL = "cifar-10-batches-py"
 _CACHE_FORMAT = 1
 
@@ -60,13 +66,72 @@ def resolve_data_root(data: str | os.PathLike | None, download: bool = True) -> 
     raise DataError(f"no CIFAR-10 found; pass --data DIR or set DNAS_PRUNE_DATA to a directory holding {LAYOUT}")
 
 
+class Batches(Protocol):
+    """One epoch of normalized ``(inputs, labels)`` batches on the device; ``len`` is the number of batches."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+
+class DataSplit(Protocol):
+    """What training needs of a split, however its images are stored (:class:`Split`, :class:`ImageFolderSplit`).
+
+    ``batches`` depends on its arguments only: the same ``(seed, epoch)`` gives the same batches, and rank ``r`` of
+    ``world_size`` gets the ``r``-th slice of every global batch of ``batch_size``.
+    """
+
+    def __len__(self) -> int: ...
+
+    @property
+    def input_size(self) -> tuple[int, int, int]: ...
+
+    def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
+                device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
+                world_size: int = 1) -> Batches: ...
+
+
+class TrainingData(Protocol):
+    """Train/val/test splits and class names: what the Trainer, the search and finetuning take."""
+
+    @property
+    def train(self) -> DataSplit: ...
+
+    @property
+    def val(self) -> DataSplit: ...
+
+    @property
+    def test(self) -> DataSplit: ...
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+
 @dataclass
 class Split:
+    """An in-memory split (CIFAR): one uint8 tensor, batched by :class:`BatchStream`."""
+
     images: Tensor  # (N, 3, H, W) uint8, contiguous
     labels: Tensor  # (N,) int64
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
 
     def __len__(self) -> int:
         return int(self.labels.numel())
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return c, h, w
+
+    def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
+                device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
+                world_size: int = 1) -> BatchStream:
+        return BatchStream(self, batch_size, train=train, seed=seed, epoch=epoch, device=device,
+                           channels_last=channels_last, mean=self.mean, std=self.std, rank=rank, world_size=world_size)
 
 
 @dataclass
@@ -75,8 +140,6 @@ class CifarData:
     val: Split
     test: Split
     classes: list[str]
-    mean: tuple[float, ...] = CIFAR10_MEAN
-    std: tuple[float, ...] = CIFAR10_STD
 
     @property
     def num_classes(self) -> int:
@@ -189,6 +252,28 @@ def _read_cached(root: Path) -> dict:
     return cached
 
 
+def _holdout(labels: Tensor, num_classes: int, val_size: int, limit_train: int | None,
+             seed: int) -> tuple[Tensor, Tensor]:
+    """(train, val) indices: val is a seeded class-stratified subset of train, held out before ``limit_train``."""
+    n = len(labels)
+    if not 0 <= val_size < n:
+        raise DataError(f"--val-size must be in [0, {n}) for {n} training images, got {val_size}")
+    generator = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=generator)
+    permuted = labels[perm]
+    is_val = torch.zeros(n, dtype=torch.bool)
+    per_class, extra = divmod(val_size, num_classes)
+    for c in range(num_classes):
+        positions = (permuted == c).nonzero().flatten()[: per_class + (c < extra)]
+        is_val[positions] = True
+    val_idx, train_idx = perm[is_val], perm[~is_val]
+    if limit_train is not None:
+        if limit_train < 1:
+            raise DataError(f"--limit-train must be positive, got {limit_train}")
+        train_idx = train_idx[:limit_train]
+    return train_idx, val_idx
+
+
 def load_cifar10(
     root: str | os.PathLike, val_size: int = 5000, limit_train: int | None = None, seed: int = 0
 ) -> CifarData:
@@ -198,28 +283,45 @@ def load_cifar10(
         raise DataError(f"data directory {root} does not exist; expected {LAYOUT}")
     raw = _read_cached(root)
     images, labels, classes = raw["train_images"], raw["train_labels"], list(raw["classes"])
-    n = len(labels)
-    if not 0 <= val_size < n:
-        raise DataError(f"--val-size must be in [0, {n}) for {n} training images, got {val_size}")
-    generator = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=generator)
-    permuted = labels[perm]
-    is_val = torch.zeros(n, dtype=torch.bool)
-    per_class, extra = divmod(val_size, len(classes))
-    for c in range(len(classes)):
-        positions = (permuted == c).nonzero().flatten()[: per_class + (c < extra)]
-        is_val[positions] = True
-    val_idx, train_idx = perm[is_val], perm[~is_val]
-    if limit_train is not None:
-        if limit_train < 1:
-            raise DataError(f"--limit-train must be positive, got {limit_train}")
-        train_idx = train_idx[:limit_train]
+    train_idx, val_idx = _holdout(labels, len(classes), val_size, limit_train, seed)
     return CifarData(
         train=Split(images[train_idx].contiguous(), labels[train_idx]),
         val=Split(images[val_idx].contiguous(), labels[val_idx]),
         test=Split(raw["test_images"], raw["test_labels"]),
         classes=classes,
     )
+
+
+def _rank_slices(n: int, batch_size: int, rank: int, world_size: int, drop_last: bool,
+                 start_batch: int = 0) -> list[tuple[int, int]]:
+    """Rank ``rank``'s ``[lo, hi)`` positions in every global batch of ``batch_size`` (empty slices left out)."""
+    if batch_size < 1 or batch_size % world_size:
+        raise DataError(f"batch size {batch_size} must be positive and divisible by the world size {world_size}")
+    local = batch_size // world_size
+    count = n // batch_size if drop_last else -(-n // batch_size)
+    slices = []
+    for b in range(start_batch, count):
+        lo = b * batch_size + rank * local
+        hi = min(lo + local, (b + 1) * batch_size, n)
+        if hi > lo:
+            slices.append((lo, hi))
+    return slices
+
+
+class _Normalize:
+    """A uint8 batch to float32 on the device in the chosen memory format, normalized there (uint8 copies 4x less)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device, channels_last: bool) -> None:
+        self.device, self.channels_last = device, channels_last
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.scale = (1.0 / (255.0 * std_t)).to(device)
+        self.shift = (-torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t).to(device)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.to(torch.float32).mul_(self.scale).add_(self.shift)
 
 
 class BatchStream:
@@ -242,23 +344,11 @@ class BatchStream:
         start_batch: int = 0,
         drop_last: bool | None = None,
     ) -> None:
-        if batch_size < 1 or batch_size % world_size:
-            raise DataError(f"batch size {batch_size} must be positive and divisible by the world size {world_size}")
         self.split, self.train, self.device = split, train, torch.device(device)
-        self.channels_last = channels_last
-        self.local = batch_size // world_size
         n = len(split)
         drop_last = train if drop_last is None else drop_last
-        count = n // batch_size if drop_last else -(-n // batch_size)
-        self.slices = []
-        for b in range(start_batch, count):
-            lo = b * batch_size + rank * self.local
-            hi = min(lo + self.local, (b + 1) * batch_size, n)
-            if hi > lo:
-                self.slices.append((lo, hi))
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.scale = (1.0 / (255.0 * std_t)).to(self.device)
-        self.shift = (-torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t).to(self.device)
+        self.slices = _rank_slices(n, batch_size, rank, world_size, drop_last, start_batch)
+        self.normalize = _Normalize(mean, std, self.device, channels_last)
         if train:
             # The whole epoch's randomness is drawn up front, so skipping batches or ranks changes nothing.
             generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -290,45 +380,179 @@ class BatchStream:
             else:
                 index = self.order[lo:hi]
                 x, y = self._augment(images[index], index), labels[index]
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x = x.to(torch.float32).mul_(self.scale).add_(self.shift)
-            yield x, y.to(self.device, non_blocking=True)
+            yield self.normalize(x), y.to(self.device, non_blocking=True)
 
 
-def imagefolder_loaders(
-    root: str | os.PathLike,
-    batch_size: int,
-    workers: int = 4,
-    image_size: int = 224,
-    distributed: bool = False,
-    seed: int = 0,
-) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
-    """Train/val loaders for an ImageNet-style ``root/train`` + ``root/val`` tree (``batch_size`` per process)."""
-    from torch.utils.data import DataLoader, DistributedSampler
+# ----------------------------------------------------------------------------- ImageNet-style trees
+def default_workers() -> int:
+    """Loader processes per training process: the usable cores shared among torchrun's local ranks, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+class _Images(torch.utils.data.Dataset):
+    """Decodes and transforms the image of a key ``(index, seed)``. The seed fixes the random transform whichever
+    process runs it (a worker or, with 0 workers, the trainer itself, whose global RNG it leaves untouched)."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform) -> None:
+        from torchvision.datasets.folder import default_loader  # PIL, converted to RGB
+
+        self.samples, self.transform, self.loader = samples, transform, default_loader
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int | None]) -> tuple[Tensor, int]:
+        index, seed = key
+        path, label = self.samples[index]
+        image = self.loader(path)
+        if seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+class _LoaderBatches:
+    """A DataLoader's uint8 batches, normalized on the device."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, normalize: _Normalize) -> None:
+        self.loader, self.normalize = loader, normalize
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y in self.loader:
+            yield self.normalize(x), y.to(self.normalize.device, non_blocking=True)
+
+
+class ImageFolderSplit:
+    """Image files decoded per sample by ``workers`` DataLoader processes.
+
+    Train batches: RandomResizedCrop + horizontal flip; eval batches: resize to ``size·256/224`` + center crop.
+    The order and every sample's augmentation seed are drawn up front from ``(seed, epoch)`` like
+    :class:`BatchStream` does, so the batches do not depend on the number of workers or ranks.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], image_size: int, workers: int,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        from torchvision.transforms import v2
+
+        self.samples, self.image_size, self.workers = list(samples), image_size, workers
+        self.mean, self.std = tuple(mean), tuple(std)
+        # On the PIL image (cropped before it becomes a tensor), ending in a plain uint8 tensor.
+        self.train_transform = v2.Compose([v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(),
+                                           v2.PILToTensor()])
+        self.eval_transform = v2.Compose([v2.Resize(int(image_size * 256 / 224)), v2.CenterCrop(image_size),
+                                          v2.PILToTensor()])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return 3, self.image_size, self.image_size
+
+    def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
+                device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
+                world_size: int = 1) -> _LoaderBatches:
+        from torch.utils.data import DataLoader
+
+        device = torch.device(device)
+        n = len(self.samples)
+        slices = _rank_slices(n, batch_size, rank, world_size, drop_last=train)
+        if train:
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order = torch.randperm(n, generator=generator).tolist()
+            seeds: list[int | None] = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+        else:
+            order, seeds = list(range(n)), [None] * n
+        keys = [[(order[p], seeds[p]) for p in range(lo, hi)] for lo, hi in slices]
+        dataset = _Images(self.samples, self.train_transform if train else self.eval_transform)
+        # A generator of its own: the loader's worker seeds must not be drawn from the trainer's global RNG.
+        loader = DataLoader(dataset, batch_sampler=keys, num_workers=self.workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator())
+        return _LoaderBatches(loader, _Normalize(self.mean, self.std, device, channels_last))
+
+
+@dataclass
+class ImageFolderData:
+    train: ImageFolderSplit
+    val: ImageFolderSplit
+    test: ImageFolderSplit
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _scan(directory: Path) -> tuple[list[str], list[tuple[str, int]]]:
     from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
 
-    root = Path(root)
-    if not (root / "train").is_dir() or not (root / "val").is_dir():
-        raise DataError(f"{root} has the wrong layout; expected `<root>/train/<class>/*` + `<root>/val/<class>/*`")
-    normalize = [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
-    train_tf = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *normalize])
-    val_tf = v2.Compose([v2.ToImage(), v2.Resize(int(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size), *normalize])
     try:
-        train_set = ImageFolder(str(root / "train"), transform=train_tf)
-        val_set = ImageFolder(str(root / "val"), transform=val_tf)
+        found = ImageFolder(str(directory))
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{root}: {exc}".splitlines()[0]) from None
-    if train_set.classes != val_set.classes:
-        raise DataError(f"train and val class folders differ under {root}")
-    train_sampler = DistributedSampler(train_set, seed=seed) if distributed else None
-    val_sampler = DistributedSampler(val_set, shuffle=False) if distributed else None
-    generator = torch.Generator().manual_seed(seed)
-    common = {"batch_size": batch_size, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
-              "persistent_workers": workers > 0}
-    train = DataLoader(train_set, sampler=train_sampler, shuffle=train_sampler is None, drop_last=True,
-                       generator=generator, **common)
-    val = DataLoader(val_set, sampler=val_sampler, shuffle=False, **common)
-    return train, val
+        raise DataError(f"{directory}: {exc}".splitlines()[0]) from None
+    return found.classes, found.samples
+
+
+def load_imagefolder(
+    root: str | os.PathLike,
+    val_size: int = 0,
+    limit_train: int | None = None,
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+    workers: int | None = None,
+) -> ImageFolderData:
+    """Train from ``root/train`` (val: a seeded class-stratified subset of it, held out before ``limit_train``) and
+    test from ``root/val``. Only file lists are read here; images are decoded batch by batch."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data directory {root} does not exist; expected {IMAGEFOLDER_LAYOUT}")
+    if not (root / "train").is_dir() or not (root / "val").is_dir():
+        raise DataError(f"{root} has the wrong layout; expected {IMAGEFOLDER_LAYOUT}")
+    if image_size < 1:
+        raise DataError(f"image size must be positive, got {image_size}")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise DataError(f"workers must be 0 or more, got {workers}")
+    classes, samples = _scan(root / "train")
+    test_classes, test_samples = _scan(root / "val")
+    if classes != test_classes:
+        raise DataError(f"train and val class folders differ under {root}: {classes[:3]}... vs {test_classes[:3]}...")
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    train_idx, val_idx = _holdout(labels, len(classes), val_size, limit_train, seed)
+
+    def split(chosen: Sequence[tuple[str, int]]) -> ImageFolderSplit:
+        return ImageFolderSplit(chosen, image_size, workers)
+
+    return ImageFolderData(train=split([samples[i] for i in train_idx.tolist()]),
+                           val=split([samples[i] for i in val_idx.tolist()]), test=split(test_samples),
+                           classes=classes)
+
+
+def load_dataset(
+    kind: str,
+    data: str | os.PathLike | None,
+    *,
+    val_size: int,
+    limit_train: int | None,
+    seed: int,
+    image_size: int = IMAGE_SIZE,
+    workers: int | None = None,
+) -> tuple[TrainingData, Path]:
+    """The splits of a ``kind`` tree and its root. ``data`` defaults to ``$DNAS_PRUNE_DATA``; only CIFAR-10 then
+    falls back to the download cache (``image_size`` and ``workers`` are for ImageFolder trees)."""
+    if kind == "cifar":
+        root = resolve_data_root(data)
+        return load_cifar10(root, val_size=val_size, limit_train=limit_train, seed=seed), root
+    if kind != "imagefolder":
+        raise DataError(f"data kind must be one of {', '.join(DATA_KINDS)}, got {kind!r}")
+    chosen = data if data is not None else os.environ.get("DNAS_PRUNE_DATA")
+    if chosen is None:
+        raise DataError(f"no ImageFolder tree given; pass --data DIR or set DNAS_PRUNE_DATA to a directory holding "
+                        f"{IMAGEFOLDER_LAYOUT}")
+    root = Path(chosen).expanduser()
+    return load_imagefolder(root, val_size, limit_train, seed, image_size, workers), root

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import CifarData
+from .data import TrainingData
 from .pruned_io import load_pruned_with_metadata, save_pruned
 from .training import TrainConfig, Trainer, TrainHooks
 
 
-def finetune_pruned(pruned_path: str | Path, data: CifarData, config: TrainConfig, out_dir: str | Path, *,
+def finetune_pruned(pruned_path: str | Path, data: TrainingData, config: TrainConfig, out_dir: str | Path, *,
                     data_root: str, hooks: TrainHooks | None = None, resume: bool = False) -> tuple[Trainer, dict]:
     """Train the model in ``pruned_path``; writes ``out_dir/finetune.pt`` (resumable) and ``out_dir/pruned.pt``
     (the same metadata plus the new accuracies). Returns the trainer and its final metrics."""

@@ -7,7 +7,8 @@ settings differ is refused, so finished stages are never silently mixed with a d
 
 Paths written in the config file (``data.root``, ``pretrain.checkpoint``) are relative to that file;
 ``out`` and paths given with ``--set`` are relative to the working directory. Without ``data.root`` the data
-is found as by every other command (``$DNAS_PRUNE_DATA``, else the download cache).
+is found as by every other command (``$DNAS_PRUNE_DATA``, else for CIFAR-10 the download cache).
+``data.kind = "imagefolder"`` trains on an ImageNet-style ``train/`` + ``val/`` tree instead of CIFAR-10.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .cost import count_cost
 from .cli.common import seed_everything
 from .cli.finetune import DEFAULTS as FINETUNE_DEFAULTS
 from .cli.search import DEFAULTS as SEARCH_DEFAULTS
-from .data import CifarData, load_cifar10, resolve_data_root
+from .data import DATA_KINDS, IMAGE_SIZE, TrainingData, load_dataset
 from .errors import DnasPruneError
 from .export import FORMATS, SUFFIXES, ExportError, export
 from .finalize import finalize
@@ -45,7 +46,6 @@ from .supernet import Supernet
 from .checkpoint import atomic_write_text
 from .training import TrainConfig, Trainer
 
-DATA_KINDS = ("cifar", "imagefolder")
 _TOP_LEVEL_TRAIN = ("device", "seed", "progress")  # TrainConfig fields set once for every training stage
 
 
@@ -60,7 +60,8 @@ _SEARCH_KEYS = {f.name: getattr(SearchConfig(), f.name) for f in fields(SearchCo
 # --resume is implicit, --pretrained is pretrain.checkpoint, --no-tensorboard is tensorboard = false.
 SCHEMA: dict[str, dict[str, Any]] = {
     "": {"seed": 0, "device": "cpu", "out": None, "progress": True, "tensorboard": True},
-    "data": {"root": None, "kind": "cifar", "limit_train": None, "val_size": 5000},
+    "data": {"root": None, "kind": "cifar", "limit_train": None, "val_size": 5000, "image_size": IMAGE_SIZE,
+             "workers": None},  # image_size and workers: imagefolder only
     "model": {"name": None},
     "pretrain": {**_train_keys(TrainConfig()), "checkpoint": None},
     "search": {**_train_keys(SEARCH_DEFAULTS), "target_macs": None, "target_params": None, **_SEARCH_KEYS},
@@ -71,11 +72,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
 }
 # The types of keys whose default is None.
 _OPTIONAL_TYPES = {"out": str, "root": str, "limit_train": int, "name": str, "checkpoint": str, "target_macs": float,
-                   "target_params": float, "round_to": int, "threads": int, "gate_lr": float, "budget_lr": float}
+                   "target_params": float, "round_to": int, "threads": int, "gate_lr": float, "budget_lr": float,
+                   "workers": int}
 _FILE_PATHS = (("data", "root"), ("pretrain", "checkpoint"))
 # Settings that do not change what earlier stages computed: a re-run may change them.
 _RERUNNABLE = ("export", "report")
-_IGNORED = (("", "out"), ("", "progress"), ("", "tensorboard"))
+_IGNORED = (("", "out"), ("", "progress"), ("", "tensorboard"), ("data", "workers"))
 
 Config = dict[str, dict[str, Any]]
 
@@ -85,7 +87,8 @@ def _label(section: str, key: str) -> str:
 
 
 def _get(table: dict[str, Any], section: str, key: str) -> Any:
-    return (table.get(section, {}) if section else table).get(key)
+    """A key's value; absent means its default (None is not written, and older run dirs lack newer keys)."""
+    return (table.get(section, {}) if section else table).get(key, SCHEMA[section][key])
 
 
 def _known(section: str) -> str:
@@ -231,7 +234,7 @@ class Pipeline:
         self.config = config
         self.out = Path(config[""]["out"])
         self.log = log
-        self._data: tuple[CifarData, str] | None = None
+        self._data: tuple[TrainingData, str] | None = None
         self.dense_path = self.out / "pretrain" / "model.pt"
         self.search_dir = self.out / "search"
         self.pruned_path = self.out / "pruned.pt"
@@ -239,12 +242,12 @@ class Pipeline:
         self.report_path = self.out / "report.json"
 
     # ----------------------------------------------------------------- helpers
-    def data(self) -> tuple[CifarData, str]:
+    def data(self) -> tuple[TrainingData, str]:
         """The splits and the data root, loaded on first use only (a fully finished run never decodes)."""
         if self._data is None:
             d = self.config["data"]
-            root = resolve_data_root(d["root"])
-            data = load_cifar10(root, val_size=d["val_size"], limit_train=d["limit_train"], seed=self.config[""]["seed"])
+            data, root = load_dataset(d["kind"], d["root"], val_size=d["val_size"], limit_train=d["limit_train"],
+                                      seed=self.config[""]["seed"], image_size=d["image_size"], workers=d["workers"])
             self._data = data, str(root)
         return self._data
 
@@ -301,7 +304,7 @@ class Pipeline:
                 trainer = Trainer(create_model(name, num_classes=data.num_classes), data, train_config, out,
                                   hooks=monitor, metadata=metadata)
                 metrics = self._fit(trainer, monitor, {"model": name})
-        save_pruned(trainer.model.eval(), self.dense_path, kind="dense", input_size=list(data.train.images.shape[1:]),
+        save_pruned(trainer.model.eval(), self.dense_path, kind="dense", input_size=list(data.train.input_size),
                     metrics=metrics, config=asdict(train_config))
         self.log(f"dense test accuracy {metrics['test_acc']:.4f}")
 
@@ -386,11 +389,6 @@ class Pipeline:
 
     def run(self) -> dict[str, str]:
         """Run every unfinished stage in order; returns ``{stage: "ran" | "skipped"}``."""
-        if self.config["data"]["kind"] == "imagefolder":
-            raise DnasPruneError(
-                "data.kind = \"imagefolder\" (ImageNet-style train/val trees) is not supported by `dnas-prune run` yet: "
-                "the Trainer trains on in-memory CIFAR-style tensors and data.imagefolder_loaders is not wired into it; "
-                "only data.kind = \"cifar\" runs end to end")
         self._check_run_dir()
         status: dict[str, str] = {}
         for stage, outputs in self.outputs().items():

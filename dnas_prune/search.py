@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .budget import BudgetController, check_feasible, project_to_budget
-from .data import BatchStream, CifarData
+from .data import TrainingData
 from .errors import CheckpointError
 from .gate_optimizer import make_gate_optimizer
 from .models import build_model, create_model
@@ -148,7 +148,7 @@ def load_pretrained(path: str | Path, model_name: str | None, num_classes: int) 
 
 
 @torch.no_grad()
-def recalibrate_bn(net: Supernet, data: CifarData, batches: int, batch_size: int, seed: int,
+def recalibrate_bn(net: Supernet, data: TrainingData, batches: int, batch_size: int, seed: int,
                    channels_last: bool, device: torch.device, autocast) -> None:
     """Re-estimate BN running statistics for the pinned hard network (soft-gate statistics are stale)."""
     if batches <= 0:
@@ -161,8 +161,8 @@ def recalibrate_bn(net: Supernet, data: CifarData, batches: int, batch_size: int
     net.train()
     for gate in net.gates.values():
         gate.train(False)
-    stream = BatchStream(data.train, batch_size, train=True, seed=seed, epoch=10_000, device=device,
-                         channels_last=channels_last, mean=data.mean, std=data.std)
+    stream = data.train.batches(batch_size, train=True, seed=seed, epoch=10_000, device=device,
+                                channels_last=channels_last)
     for i, (x, _) in enumerate(stream):
         if i >= batches:
             break
@@ -184,7 +184,7 @@ def gate_summary(net: Supernet) -> dict[str, Any]:
 
 def search(
     model: nn.Module,
-    data: CifarData,
+    data: TrainingData,
     train_config: TrainConfig,
     search_config: SearchConfig,
     out_dir: str | Path,
@@ -198,7 +198,7 @@ def search(
     without this module knowing about it.
     """
     out = Path(out_dir)
-    input_size = input_size or tuple(data.train.images.shape[1:])
+    input_size = input_size or data.train.input_size
     net = Supernet(model, input_size, gate=search_config.gate, exclude=search_config.exclude,
                    init_logit=search_config.init_logit)
     check_feasible(net, search_config.metric, search_config.target, search_config.round_to)

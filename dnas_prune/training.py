@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .checkpoint import atomic_torch_save, atomic_write_json, safe_load
-from .data import BatchStream, CifarData, Split
+from .data import Batches, DataSplit, TrainingData
 from .errors import CheckpointError, DnasPruneError, TrainingDiverged
 
 CHECKPOINT_FORMAT = 1
@@ -145,7 +145,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        data: CifarData,
+        data: TrainingData,
         config: TrainConfig,
         out_dir: str | Path,
         *,
@@ -202,7 +202,7 @@ class Trainer:
         if self.config.memory_format != "auto":
             return self.config.memory_format == "channels_last"
         local = min(64, self.config.batch_size // self.world_size)  # enough to rank the formats, cheap for big models
-        shape = tuple(self.data.train.images.shape[1:])
+        shape = self.data.train.input_size
         key = (type(self.model).__name__, tuple(tuple(p.shape) for p in self.model.parameters()), local, shape,
                str(self.device), self.config.precision)
         if key not in _FORMAT_CACHE:
@@ -230,10 +230,10 @@ class Trainer:
             dist.broadcast(choice, 0)
         return bool(choice.item())
 
-    def _stream(self, split: Split, train: bool, epoch: int = 0, batch_size: int | None = None) -> BatchStream:
-        return BatchStream(split, batch_size or self.config.batch_size, train=train, seed=self.config.seed,
-                           epoch=epoch, device=self.device, channels_last=bool(self.channels_last),
-                           mean=self.data.mean, std=self.data.std, rank=self.rank, world_size=self.world_size)
+    def _batches(self, split: DataSplit, train: bool, epoch: int = 0, batch_size: int | None = None) -> Batches:
+        return split.batches(batch_size or self.config.batch_size, train=train, seed=self.config.seed, epoch=epoch,
+                             device=self.device, channels_last=bool(self.channels_last), rank=self.rank,
+                             world_size=self.world_size)
 
     def _all_reduce(self, values: list[float]) -> list[float]:
         if self.world_size == 1:
@@ -243,7 +243,7 @@ class Trainer:
         return t.tolist()
 
     @torch.no_grad()
-    def evaluate(self, split: Split, model: nn.Module | None = None) -> dict:
+    def evaluate(self, split: DataSplit, model: nn.Module | None = None) -> dict:
         """Accuracy and (unsmoothed) cross-entropy on a split, in eval mode under the training precision."""
         model = model or self.model
         if self.channels_last is None:
@@ -254,7 +254,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         count = 0
         eval_batch = max(self.world_size, 2 * self.config.batch_size // self.world_size * self.world_size)
-        for x, y in self._stream(split, train=False, batch_size=eval_batch):
+        for x, y in self._batches(split, train=False, batch_size=eval_batch):
             with self.autocast():
                 logits = model(x)
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
@@ -270,7 +270,7 @@ class Trainer:
         """One pass over the training split; returns loss, accuracy, throughput and the last lr."""
         cfg = self.config
         self.ddp_model.train()
-        stream = self._stream(self.data.train, train=True, epoch=epoch)
+        stream = self._batches(self.data.train, train=True, epoch=epoch)
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.int64)
         seen = 0

@@ -26,8 +26,8 @@ def cifar_root() -> Path:
     return root
 
 
-def write_tree(root: Path, splits: dict[str, int], classes=TINY_CLASSES, seed: int = 0) -> Path:
-    """An ImageFolder tree of random 32x32 JPEGs, ``splits`` mapping split name -> images per class."""
+def write_tree(root: Path, splits: dict[str, int], classes=TINY_CLASSES, seed: int = 0, size: int = 32) -> Path:
+    """An ImageFolder tree of random ``size``x``size`` JPEGs, ``splits`` mapping split name -> images per class."""
     generator = torch.Generator().manual_seed(seed)
     warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
     for split, per_class in splits.items():
@@ -35,7 +35,7 @@ def write_tree(root: Path, splits: dict[str, int], classes=TINY_CLASSES, seed: i
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(per_class):
-                image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator)
+                image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
                 (folder / f"{i:04d}.jpg").write_bytes(encode_jpeg(image, quality=95).numpy().tobytes())
     return root
 
@@ -45,6 +45,12 @@ def tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """3 classes x (12 train + 4 test) JPEGs; the decode cache goes to tmp_path, not the user's cache."""
     monkeypatch.setenv("DNAS_PRUNE_CACHE", str(tmp_path / "cache"))
     return write_tree(tmp_path / "cifar", {"train": 12, "test": 4})
+
+
+@pytest.fixture
+def tiny_imagenet(tmp_path: Path) -> Path:
+    """An ImageNet-style tree: 3 classes x (8 train + 4 val) 48x48 JPEGs."""
+    return write_tree(tmp_path / "imagenet", {"train": 8, "val": 4}, size=48)
 
 
 def make_synthetic(n_train: int = 256, n_eval: int = 64, classes: int = 4, seed: int = 0):

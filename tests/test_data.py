@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
-from dnas_prune.data import (CIFAR10_MEAN, CIFAR10_STD, BatchStream, Split, imagefolder_loaders, load_cifar10,
-                             resolve_data_root)
+from dnas_prune.data import CIFAR10_MEAN, CIFAR10_STD, BatchStream, Split, load_cifar10, resolve_data_root
 from dnas_prune.errors import DataError
 
 from conftest import write_tree
@@ -41,6 +38,8 @@ def test_batches_deterministic_per_seed_and_epoch():
     assert not same(first, batches(BatchStream(split, 8, train=True, seed=3, epoch=2)))
     torch.manual_seed(123)  # the global RNG plays no part
     assert same(first, batches(BatchStream(split, 8, train=True, seed=3, epoch=1)))
+    assert same(first, batches(split.batches(8, train=True, seed=3, epoch=1)))  # the Trainer's interface
+    assert split.input_size == (3, 8, 8)
 
 
 def test_rank_slices_concatenate_to_the_global_batch():
@@ -120,16 +119,6 @@ def test_bad_layouts_raise_one_line_data_errors(tmp_path, monkeypatch):
         resolve_data_root(tmp_path / "nope")
     monkeypatch.setenv("DNAS_PRUNE_DATA", str(tmp_path / "flat"))
     assert resolve_data_root(None) == tmp_path / "flat"
-
-
-def test_imagefolder_loaders(tiny_cifar):
-    shutil.copytree(tiny_cifar / "test", tiny_cifar / "val")
-    train, val = imagefolder_loaders(tiny_cifar, batch_size=4, workers=0, image_size=16)
-    x, y = next(iter(train))
-    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert len(train) == 9 and sum(len(y) for _, y in val) == 12
-    with pytest.raises(DataError):
-        imagefolder_loaders(tiny_cifar / "train", batch_size=4)
 
 
 def test_real_cifar10_splits(cifar_root):

@@ -89,11 +89,16 @@ def test_bad_config_path_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.C
     assert err.startswith("dnas-prune: error: config file") and err.count("\n") == 1
 
 
-def test_imagefolder_config_is_valid_but_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["run", str(CONFIGS / "resnet50_imagefolder.toml"), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert "data.kind = \"imagefolder\"" in err and "not supported" in err and err.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+def test_settings_added_later_are_read_as_their_defaults(tmp_path: Path) -> None:
+    """A run dir whose config.toml predates a key (here data.image_size) continues; workers may change."""
+    out = tmp_path / "run"
+    config = load_config(_write(tmp_path, MINIMAL), ["data.workers=2"], out=str(out))
+    Pipeline(config)._check_run_dir()
+    saved = out / "config.toml"
+    saved.write_text(saved.read_text().replace("image_size = 224\n", ""))
+    Pipeline(load_config(_write(tmp_path, MINIMAL), out=str(out)))._check_run_dir()
+    with pytest.raises(DnasPruneError, match=r"different settings \(data.image_size\)"):
+        Pipeline(load_config(_write(tmp_path, MINIMAL), ["data.image_size=64"], out=str(out)))._check_run_dir()
 
 
 def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

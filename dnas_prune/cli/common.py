@@ -8,12 +8,20 @@ import random
 import numpy as np
 import torch
 
-from ..data import CifarData, load_cifar10, resolve_data_root
+from ..data import DATA_KINDS, IMAGE_SIZE, IMAGEFOLDER_LAYOUT, TrainingData, load_dataset
 from ..training import TrainConfig
 
 
 def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
-    p.add_argument("--data", help="CIFAR-10 directory (default: $DNAS_PRUNE_DATA, else download to the cache)")
+    p.add_argument("--data", help="data directory (default: $DNAS_PRUNE_DATA; without either, CIFAR-10 is "
+                                  "downloaded to the cache)")
+    p.add_argument("--data-kind", choices=DATA_KINDS, default="cifar",
+                   help=f"cifar: CIFAR-10; imagefolder: an ImageNet-style tree {IMAGEFOLDER_LAYOUT} "
+                        "(default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+                   help="imagefolder: side of the training crop and the eval center crop (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="imagefolder: loader processes per training process "
+                                               "(default: the usable cores, at most 8)")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch size (default: %(default)s)")
@@ -45,6 +53,7 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def load_data(args: argparse.Namespace) -> tuple[CifarData, str]:
-    root = resolve_data_root(args.data)
-    return load_cifar10(root, val_size=args.val_size, limit_train=args.limit_train, seed=args.seed), str(root)
+def load_data(args: argparse.Namespace) -> tuple[TrainingData, str]:
+    data, root = load_dataset(args.data_kind, args.data, val_size=args.val_size, limit_train=args.limit_train,
+                              seed=args.seed, image_size=args.image_size, workers=args.workers)
+    return data, str(root)

@@ -1,4 +1,4 @@
-"""``dnas-prune train``: train a dense model on CIFAR-10; writes ``train.pt`` (resumable) and ``model.pt``."""
+"""``dnas-prune train``: train a dense model; writes ``train.pt`` (resumable) and ``model.pt``."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         if monitor:
             monitor.close()
     if rank == 0:
-        save_pruned(trainer.model.eval(), out / "model.pt", kind="dense", input_size=list(data.train.images.shape[1:]),
+        save_pruned(trainer.model.eval(), out / "model.pt", kind="dense", input_size=list(data.train.input_size),
                     metrics=metrics, config=asdict(config))
         print(f"test accuracy {metrics['test_acc']:.4f}; wrote {out / 'model.pt'}")
     return 0
