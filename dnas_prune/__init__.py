@@ -8,6 +8,7 @@ from .cost import Cost, count_cost
 from .errors import BudgetError, CheckpointError, DataError, DnasPruneError, GatingError
 from .export import export
 from .finalize import finalize, fold_gate_into_bn
+from .gate_optimizer import SharedScaleAdam
 from .models import MODEL_NAMES, build_model, create_model, spec_of
 from .pruned_io import load_pruned, load_pruned_with_metadata, save_pruned
 from .profile import compare_latency, measure_latency, profile_model
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODEL_NAMES", "BudgetController", "BudgetError", "CheckpointError", "Cost", "DataError", "DnasPruneError",
-    "GatingError", "SearchConfig", "Supernet", "TrainConfig", "Trainer", "build_model", "compare_latency",
+    "GatingError", "SearchConfig", "SharedScaleAdam", "Supernet", "TrainConfig", "Trainer", "build_model", "compare_latency",
     "cost_floor", "count_cost", "create_model", "export", "finalize", "fold_gate_into_bn", "load_pruned",
     "load_pruned_with_metadata", "load_supernet", "measure_latency", "profile_model", "project_to_budget",
     "save_pruned", "search", "spec_of",

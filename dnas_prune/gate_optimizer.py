@@ -39,14 +39,17 @@ class SharedScaleAdam(torch.optim.Optimizer):
             if not params:
                 continue
             beta1, beta2 = group["betas"]
-            shared = self.state[group["params"][0]]  # the group's step count and shared second moment
+            first = group["params"][0]
+            shared = self.state[first]  # the group's step count and shared second moment
             if "step" not in shared:
-                shared["step"] = torch.zeros((), dtype=torch.float64)
-                shared["shared_sq"] = torch.zeros((), dtype=torch.float64)
+                # In the parameter's dtype: Optimizer.load_state_dict casts state to it, and a resumed run must
+                # compute exactly what an uninterrupted one does.
+                shared["step"] = torch.zeros((), dtype=torch.float32)
+                shared["shared_sq"] = torch.zeros((), dtype=first.dtype, device=first.device)
             shared["step"] += 1
             step = float(shared["step"])
             mean_sq = sum(p.grad.double().square().sum() for p in params) / sum(p.numel() for p in params)
-            shared["shared_sq"].mul_(beta2).add_(mean_sq.cpu(), alpha=1.0 - beta2)
+            shared["shared_sq"].mul_(beta2).add_(mean_sq.to(first.dtype), alpha=1.0 - beta2)
             denom = float((shared["shared_sq"] / (1.0 - beta2 ** step)).sqrt()) + group["eps"]
             scale = group["lr"] / ((1.0 - beta1 ** step) * denom)
             for p in params:
