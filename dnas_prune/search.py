@@ -42,6 +42,7 @@ class SearchConfig:
     target: float = 0.5
     gate: str = DEFAULT_GATE
     gate_optimizer: str = DEFAULT_GATE_OPTIMIZER
+    cost_normalized: bool = True  # divide each gate's gradient by its marginal cost (see SearchHooks)
     gate_lr: float | None = None  # None: scaled to the search length (see SearchHooks)
     warmup: float = 0.1
     hard_fraction: float = 0.2
@@ -97,8 +98,28 @@ class SearchHooks(TrainHooks):
         return ce + self.controller.penalty(expected).to(ce.dtype)
 
     def before_optimizer_step(self, trainer: Trainer) -> None:
+        if self.config.cost_normalized:
+            self.divide_gradients_by_cost()
         self.gate_optimizer.step()
         self.gate_optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def divide_gradients_by_cost(self) -> None:
+        """Scale each gate's gradient by (mean marginal cost) / (its marginal cost).
+
+        The budget term then pushes every gate equally per unit of cost, and the task loss's gradient becomes
+        importance per unit of cost: gates close in the order a knapsack would drop them (least loss per cost
+        saved first). Without it the budget pushes expensive units (whole blocks, early-stage stream channels)
+        hardest whatever their importance, and a short search strips the first stage to a single channel.
+        """
+        costs = self.net.marginal_costs(self.config.metric)
+        sizes = {name: self.net.groups[name].size for name in costs}
+        mean = sum(costs[n] * sizes[n] for n in costs) / max(1, sum(sizes.values()))
+        floor = 1e-2 * mean  # a group whose every consumer is closed costs ~0; its gradient is ~0 too
+        for name, cost in costs.items():
+            grad = self.net.gate(name).logits.grad
+            if grad is not None and mean > 0:
+                grad.mul_(mean / max(cost, floor))
 
     def after_step(self, trainer: Trainer, step: int, metrics: dict) -> None:
         self.controller.update(self.last_expected[self.config.metric])

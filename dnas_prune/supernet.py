@@ -342,6 +342,24 @@ class Supernet(nn.Module):
         blocks_t = torch.stack([b.to(torch.float64).cpu() for b in blocks]) if blocks else torch.zeros(0, dtype=torch.float64)
         return counts_t, blocks_t
 
+    def marginal_costs(self, metric: str) -> dict[str, float]:
+        """{gated group: d cost / d (one more open unit)} at the current gate probabilities: per channel of a
+        channel group, per block for a block gate. Cost is linear in each group's width, so this is exactly
+        what opening one more channel (or the block) adds while the other groups stay as they are."""
+        with torch.no_grad():
+            counts, blocks = self.counts_and_blocks(hard=False)
+        with torch.enable_grad():  # callers may be inside no_grad
+            counts.requires_grad_(True)
+            blocks.requires_grad_(True)
+            macs, params = self.cost_from_counts(counts, blocks)
+            inputs = (counts, blocks) if blocks.numel() else (counts,)
+            grads = torch.autograd.grad(macs if metric == "macs" else params, inputs, allow_unused=True)
+        per_count, per_block = grads[0], grads[1] if blocks.numel() else None
+        result = {n: float(per_count[i]) for i, n in enumerate(self.channel_groups) if n in self._gate_key}
+        if per_block is not None:
+            result.update({n: float(per_block[i]) for i, n in enumerate(self.branch_blocks) if n in self._gate_key})
+        return result
+
     def expected_cost(self) -> dict[str, Tensor]:
         """{"macs", "params"}: expected under the gate probabilities in training mode (differentiable);
         in eval mode the exact cost of the finalized model."""

@@ -50,12 +50,15 @@ class Method:
     gate: str = "sigmoid"
     gates: str = "both"  # ours: "both" | "block" | "channel"
     gate_optimizer: str = SearchConfig.gate_optimizer
+    cost_normalized: bool = SearchConfig.cost_normalized
     tp_method: str = ""
 
 
 METHODS = {
     "ours": Method("dnas_prune (sigmoid, block + channel gates)", "ours"),
     "ours_adam": Method("dnas_prune, per-parameter Adam on the gates", "ours", gate_optimizer="adam"),
+    "ours_unnormalized": Method("dnas_prune, gate gradients not divided by marginal cost", "ours",
+                                cost_normalized=False),
     "ours_block_only": Method("dnas_prune, block gates only", "ours", gates="block"),
     "ours_channel_only": Method("dnas_prune, channel gates only", "ours", gates="channel"),
     "ours_bernoulli": Method("dnas_prune, bernoulli gates", "ours", gate="bernoulli"),
@@ -115,10 +118,11 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
         else:
             net, summary = search(copy.deepcopy(dense), data, recipe(args.search_epochs, args.seed),
                                   SearchConfig(target=target, gate=method.gate, gate_optimizer=method.gate_optimizer,
-                                               exclude=exclude), row_dir / "search",
+                                               cost_normalized=method.cost_normalized, exclude=exclude), row_dir / "search",
                                   resume=True, input_size=input_size)
         model = finalize(net.eval())
         info = {"exclude": exclude, "gate": method.gate, "gate_optimizer": method.gate_optimizer,
+                "cost_normalized": method.cost_normalized,
                 "blocks_open": summary["gates"]["blocks_open"],
                 "blocks_total": summary["gates"]["blocks_total"],
                 "pre_finetune_test_acc": summary["accuracy"]["test"]}

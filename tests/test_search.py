@@ -76,3 +76,21 @@ def test_cli_search_then_finalize_on_cifar_hits_the_target(cifar_root: Path, tmp
     model = load_pruned(tmp_path / "P.pt")
     ratio = count_cost(model).macs / count_cost(create_model("cifar_resnet20")).macs
     assert target - 0.01 <= ratio <= target + 0.01
+
+
+def test_cost_normalization_pushes_every_gate_equally_per_unit_of_cost() -> None:
+    """Without it the budget pushes a whole block or a first-stage stream channel far harder than a last-stage
+    inner channel; divided by each gate's marginal cost, the push is the same for every gate."""
+    from dnas_prune import Supernet
+    from dnas_prune.search import SearchHooks
+
+    net = Supernet(create_model("cifar_resnet20"))
+    hooks = SearchHooks(net, SearchConfig(target=0.3), total_steps=100)
+    hooks.schedule(50)
+    hooks.controller.penalty(net.expected_cost()).backward()
+    raw = torch.cat([g.logits.grad.clone() for g in net.gates.values()])
+    assert raw.max() / raw.min() > 10
+    hooks.divide_gradients_by_cost()
+    normalized = torch.cat([g.logits.grad for g in net.gates.values()])
+    assert bool((normalized > 0).all())
+    torch.testing.assert_close(normalized, normalized[:1].expand_as(normalized), rtol=1e-5, atol=0)

@@ -97,3 +97,19 @@ def test_unknown_block_type_is_a_clear_error() -> None:
         Supernet(model)
     with pytest.raises(GatingError, match="not a CIFAR or torchvision ResNet"):
         Supernet(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+@pytest.mark.parametrize("name, size", [("cifar_resnet20", 32), ("resnet50", 64)])
+def test_marginal_cost_is_exactly_what_one_more_open_unit_costs(name: str, size: int) -> None:
+    net = Supernet(create_model(name), input_size=(3, size, size), init_logit=30.0)  # every gate open
+    marginal = {metric: net.marginal_costs(metric) for metric in ("macs", "params")}
+    net.eval()
+    dense = net.hard_cost()
+    for group, info in net.groups.items():
+        closed_one = torch.ones(info.size, dtype=torch.bool)
+        closed_one[0] = False
+        net.set_gate_state({group: closed_one})
+        cost = net.hard_cost()
+        net.release_gates()
+        assert dense.macs - cost.macs == pytest.approx(marginal["macs"][group], rel=1e-9), group
+        assert dense.params - cost.params == pytest.approx(marginal["params"][group], rel=1e-9), group
