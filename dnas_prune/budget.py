@@ -58,12 +58,24 @@ def check_feasible(net: Supernet, metric: str, target: float, round_to: int | No
         )
 
 
+PENALTIES = ("hinge", "two_sided")
+
+
 class BudgetController:
-    """Lagrangian budget term with dual ascent on ``log(lambda)``."""
+    """Lagrangian budget term with dual ascent on ``log(lambda)``.
+
+    ``hinge``: ``lambda * max(0, ratio / target - 1)``, no push once under budget. ``two_sided``:
+    ``lambda * |ratio / target - 1|``, which also pushes the cost back up when the gates overshoot (annealing the
+    temperature alone drives undecided gates shut and the cost below target); lambda then grows while the cost
+    is off target by more than 1 % either way.
+    """
 
     def __init__(self, metric: str, target: float, dense: Cost, lr: float = 0.05, init_lambda: float = 1.0,
-                 min_lambda: float = 1e-3, max_lambda: float = 1e4) -> None:
+                 min_lambda: float = 1e-3, max_lambda: float = 1e4, penalty: str = "hinge") -> None:
         check_target(metric, target)
+        if penalty not in PENALTIES:
+            raise BudgetError(f"unknown budget penalty {penalty!r}; use one of {', '.join(PENALTIES)}")
+        self.kind = penalty
         self.metric = metric
         self.target = float(target)
         self.dense = float(getattr(dense, metric))
@@ -82,12 +94,14 @@ class BudgetController:
     def penalty(self, expected: dict[str, Tensor]) -> Tensor:
         """``lambda * max(0, ratio / target - 1)``: under budget the gates feel no push, so the task loss can
         reopen the ones that matter at once instead of waiting for lambda to decay."""
-        return self.value * torch.relu(self.ratio(expected) / self.target - 1.0)
+        excess = self.ratio(expected) / self.target - 1.0
+        return self.value * (excess.abs() if self.kind == "two_sided" else torch.relu(excess))
 
     def update(self, ratio: float) -> None:
         """One dual-ascent step after each optimizer step (only once the budget is active)."""
         if self.active:
-            step = self.lr * (ratio / self.target - 1.0)
+            excess = ratio / self.target - 1.0
+            step = self.lr * (abs(excess) - 0.01 if self.kind == "two_sided" else excess)
             self.log_lambda = min(max(self.log_lambda + step, self.bounds[0]), self.bounds[1])
 
     def state_dict(self) -> dict:

@@ -43,6 +43,7 @@ class SearchConfig:
     gate: str = DEFAULT_GATE
     gate_optimizer: str = DEFAULT_GATE_OPTIMIZER
     cost_normalized: bool = True  # divide each gate's gradient by its marginal cost (see SearchHooks)
+    budget_penalty: str = "hinge"  # or "two_sided" (see BudgetController)
     gate_lr: float | None = None  # None: scaled to the search length (see SearchHooks)
     warmup: float = 0.1
     hard_fraction: float = 0.2
@@ -70,7 +71,8 @@ class SearchHooks(TrainHooks):
         budgeted = max(1.0, self.total_steps * (1.0 - config.warmup))
         self.gate_lr = config.gate_lr or min(0.5, max(0.005, config.init_logit / (0.25 * budgeted)))
         self.budget_lr = config.budget_lr or min(0.5, max(0.002, 5.0 / budgeted))
-        self.controller = BudgetController(config.metric, config.target, net.dense_cost, lr=self.budget_lr)
+        self.controller = BudgetController(config.metric, config.target, net.dense_cost, lr=self.budget_lr,
+                                           penalty=config.budget_penalty)
         self.gate_optimizer = make_gate_optimizer(config.gate_optimizer, net.gate_parameters(), self.gate_lr)
         self.temperature = 1.0
         self.progress = 0.0

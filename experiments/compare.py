@@ -48,14 +48,18 @@ class Method:
     label: str
     kind: str  # "ours" | "tp" | "uniform"
     gate: str = "sigmoid"
-    gates: str = "both"  # ours: "both" | "block" | "channel"
+    gates: str = "both"  # ours: "both" | "block" | "channel" | "no_stream"
     gate_optimizer: str = SearchConfig.gate_optimizer
     cost_normalized: bool = SearchConfig.cost_normalized
+    budget_penalty: str = SearchConfig.budget_penalty
     tp_method: str = ""
 
 
 METHODS = {
     "ours": Method("dnas_prune (sigmoid, block + channel gates)", "ours"),
+    "ours_two_sided": Method("dnas_prune, two-sided budget penalty", "ours", budget_penalty="two_sided"),
+    "ours_no_stream": Method("dnas_prune, block + inner gates (residual streams kept whole)", "ours",
+                             gates="no_stream"),
     "ours_adam": Method("dnas_prune, per-parameter Adam on the gates", "ours", gate_optimizer="adam"),
     "ours_unnormalized": Method("dnas_prune, gate gradients not divided by marginal cost", "ours",
                                 cost_normalized=False),
@@ -89,7 +93,7 @@ def exclude_patterns(dense: nn.Module, gates: str, input_size: tuple[int, ...]) 
     """SearchConfig.exclude for an ablation: the names of the group kinds that stay ungated."""
     if gates == "both":
         return []
-    dropped = ("inner", "stream") if gates == "block" else ("block",)
+    dropped = {"block": ("inner", "stream"), "channel": ("block",), "no_stream": ("stream",)}[gates]
     groups = Supernet(copy.deepcopy(dense), input_size).groups
     return [name for name, info in groups.items() if info.kind in dropped]
 
@@ -118,11 +122,12 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
         else:
             net, summary = search(copy.deepcopy(dense), data, recipe(args.search_epochs, args.seed),
                                   SearchConfig(target=target, gate=method.gate, gate_optimizer=method.gate_optimizer,
-                                               cost_normalized=method.cost_normalized, exclude=exclude), row_dir / "search",
+                                               cost_normalized=method.cost_normalized,
+                                               budget_penalty=method.budget_penalty, exclude=exclude), row_dir / "search",
                                   resume=True, input_size=input_size)
         model = finalize(net.eval())
         info = {"exclude": exclude, "gate": method.gate, "gate_optimizer": method.gate_optimizer,
-                "cost_normalized": method.cost_normalized,
+                "cost_normalized": method.cost_normalized, "budget_penalty": method.budget_penalty,
                 "blocks_open": summary["gates"]["blocks_open"],
                 "blocks_total": summary["gates"]["blocks_total"],
                 "pre_finetune_test_acc": summary["accuracy"]["test"]}

@@ -90,6 +90,33 @@ def test_controller_raises_pressure_over_budget_and_relaxes_under_it() -> None:
     assert all(g.logits.grad is not None for g in net.gates.values())
 
 
+def test_two_sided_penalty_pushes_the_cost_back_up_when_the_gates_overshoot() -> None:
+    net = searched_like().train()
+    for kind, pushes_up in (("hinge", False), ("two_sided", True)):
+        controller = BudgetController("macs", 0.95, net.dense_cost, lr=0.1, penalty=kind)
+        controller.active = True
+        net.zero_grad()
+        expected = net.expected_cost()
+        assert float(expected["macs"].detach()) / net.dense_cost.macs < 0.9  # under budget
+        penalty = controller.penalty(expected)
+        if not pushes_up:
+            assert float(penalty.detach()) == 0.0
+            continue
+        penalty.backward()
+        grads = torch.cat([g.logits.grad for g in net.gates.values()])
+        assert bool((grads <= 0).all()) and bool((grads < 0).any())  # descent opens gates
+        start = controller.value
+        for _ in range(10):
+            controller.update(0.5)  # far under target: pressure grows
+        assert controller.value > start
+        grown = controller.value
+        for _ in range(10):
+            controller.update(0.951)  # within 1 %: pressure relaxes
+        assert controller.value < grown
+    with pytest.raises(BudgetError, match="two_sided"):
+        BudgetController("macs", 0.5, net.dense_cost, penalty="quadratic")
+
+
 def test_projection_climbs_back_when_the_search_closed_almost_everything() -> None:
     net = searched_like(seed=4)
     with torch.no_grad():

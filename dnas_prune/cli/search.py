@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..budget import check_target
+from ..budget import PENALTIES, check_target
 from ..errors import DnasPruneError
 from ..gate_optimizer import GATE_OPTIMIZERS
 from ..gates import GATE_KINDS
@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--gate", choices=GATE_KINDS, default=DEFAULT_GATE, help="gate kind (default: %(default)s)")
     p.add_argument("--gate-optimizer", choices=GATE_OPTIMIZERS, default=SEARCH_DEFAULTS.gate_optimizer,
                    help="optimizer of the gate logits (default: %(default)s)")
+    p.add_argument("--budget-penalty", choices=PENALTIES, default=SEARCH_DEFAULTS.budget_penalty,
+                   help="hinge: push only while over budget; two_sided: also pull back up when under (default: %(default)s)")
     p.add_argument("--no-cost-normalization", dest="cost_normalized", action="store_false",
                    help="do not divide each gate's gradient by its marginal cost (an ablation)")
     p.add_argument("--gate-lr", type=float, help="lr of the gates (default: scaled to the search length)")
@@ -52,7 +54,8 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
     if args.round_to is not None and args.round_to < 1:
         raise DnasPruneError(f"--round-to must be a positive integer, got {args.round_to}")
     return SearchConfig(metric=metric, target=target, gate=args.gate, gate_optimizer=args.gate_optimizer,
-                        cost_normalized=args.cost_normalized, gate_lr=args.gate_lr, warmup=args.warmup,
+                        cost_normalized=args.cost_normalized, budget_penalty=args.budget_penalty,
+                        gate_lr=args.gate_lr, warmup=args.warmup,
                         round_to=args.round_to, exclude=list(args.exclude))
 
 
