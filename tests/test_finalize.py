@@ -79,6 +79,19 @@ def test_finalized_equals_hard_supernet_for_random_and_adversarial_states(name: 
         check_exact(net, size)
 
 
+@pytest.mark.parametrize("name", ["cifar_resnet20", "resnet50"])
+@pytest.mark.parametrize("exclude", [["stem", "*.stream"], ["*.conv*"]])
+def test_finalized_equals_hard_supernet_when_some_group_kinds_stay_ungated(name: str, exclude: list[str]) -> None:
+    """Block gates alone scale a branch's last BN when its stream is ungated: one value for every channel."""
+    size = CASES[name]
+    net = Supernet(create_model(name), size, exclude=exclude)
+    perturb(net, seed=5)
+    for state in adversarial_states(net).values():
+        net.release_gates()
+        net.set_gate_state({group: value for group, value in state.items() if group in net._gate_key})
+        check_exact(net, size)
+
+
 def test_closed_blocks_are_removed_and_projection_blocks_keep_only_the_projection() -> None:
     net = Supernet(create_model("cifar_resnet20"))
     perturb(net, 5)
