@@ -34,6 +34,7 @@ from .training import Trainer, TrainConfig, TrainHooks
 
 DEFAULT_GATE = "sigmoid"
 DEFAULT_GATE_OPTIMIZER = "shared_adam"
+STREAM_GROUPS = ("stem", "*.stream")  # patterns naming every residual-stream group
 
 
 @dataclass
@@ -52,6 +53,16 @@ class SearchConfig:
     budget_lr: float | None = None  # None: scaled to the search length
     round_to: int | None = None
     exclude: list[str] = field(default_factory=list)
+    gate_streams: bool = False  # also gate the residual streams (stem, projections and every branch's last BN)
+
+    def excluded_groups(self) -> list[str]:
+        """The exclude patterns the supernet gets: the user's, plus the streams unless ``gate_streams``.
+
+        Streams stay whole by default: on cifar_resnet20 at 20 % MACs every stream-gating variant let the search
+        cut the first stage's stream to one channel, a bottleneck the network does not recover from within a short
+        finetune (experiments/results/compare.md), while block + inner gating beat every peer.
+        """
+        return list(self.exclude) + ([] if self.gate_streams else list(STREAM_GROUPS))
     recalibrate_batches: int = 20
 
 
@@ -222,7 +233,7 @@ def search(
     """
     out = Path(out_dir)
     input_size = input_size or data.train.input_size
-    net = Supernet(model, input_size, gate=search_config.gate, exclude=search_config.exclude,
+    net = Supernet(model, input_size, gate=search_config.gate, exclude=search_config.excluded_groups(),
                    init_logit=search_config.init_logit)
     check_feasible(net, search_config.metric, search_config.target, search_config.round_to)
     net.budget = {"metric": search_config.metric, "target": search_config.target}

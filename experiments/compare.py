@@ -48,7 +48,8 @@ class Method:
     label: str
     kind: str  # "ours" | "tp" | "uniform"
     gate: str = "sigmoid"
-    gates: str = "both"  # ours: "both" | "block" | "channel" | "no_stream"
+    gates: str = "block_inner"  # ours: "block_inner" | "block" (block gates only) | "inner" (inner channels only)
+    gate_streams: bool = SearchConfig.gate_streams
     gate_optimizer: str = SearchConfig.gate_optimizer
     cost_normalized: bool = SearchConfig.cost_normalized
     budget_penalty: str = SearchConfig.budget_penalty
@@ -56,17 +57,21 @@ class Method:
 
 
 METHODS = {
-    "ours": Method("dnas_prune (sigmoid, block + channel gates)", "ours"),
-    "ours_two_sided": Method("dnas_prune, two-sided budget penalty", "ours", budget_penalty="two_sided"),
-    "ours_no_stream": Method("dnas_prune, block + inner gates (residual streams kept whole)", "ours",
-                             gates="no_stream"),
-    "ours_adam": Method("dnas_prune, per-parameter Adam on the gates", "ours", gate_optimizer="adam"),
-    "ours_unnormalized": Method("dnas_prune, gate gradients not divided by marginal cost", "ours",
-                                cost_normalized=False),
+    "ours": Method("dnas_prune (sigmoid, block + inner-channel gates, streams whole)", "ours"),
     "ours_block_only": Method("dnas_prune, block gates only", "ours", gates="block"),
-    "ours_channel_only": Method("dnas_prune, channel gates only", "ours", gates="channel"),
+    "ours_inner_only": Method("dnas_prune, inner-channel gates only", "ours", gates="inner"),
     "ours_bernoulli": Method("dnas_prune, bernoulli gates", "ours", gate="bernoulli"),
     "ours_hard_concrete": Method("dnas_prune, hard-concrete gates", "ours", gate="hard_concrete"),
+    "ours_two_sided": Method("dnas_prune, two-sided budget penalty", "ours", budget_penalty="two_sided"),
+    "ours_adam": Method("dnas_prune, per-parameter Adam on the gates", "ours", gate_optimizer="adam"),
+    "ours_unnormalized": Method("dnas_prune, gate gradients not divided by cost", "ours", cost_normalized=False),
+    "ours_streams": Method("dnas_prune, residual streams gated too", "ours", gate_streams=True),
+    "ours_streams_two_sided": Method("dnas_prune, streams gated, two-sided budget penalty", "ours", gate_streams=True,
+                                     budget_penalty="two_sided"),
+    "ours_streams_adam": Method("dnas_prune, streams gated, per-parameter Adam on the gates", "ours",
+                                gate_streams=True, gate_optimizer="adam"),
+    "ours_streams_unnormalized": Method("dnas_prune, streams gated, gate gradients not divided by cost", "ours",
+                                        gate_streams=True, cost_normalized=False),
     "tp_magnitude": Method("Torch-Pruning, group L2 magnitude", "tp", tp_method="magnitude"),
     "tp_slimming": Method("Torch-Pruning, BN-scale slimming + sparse training", "tp", tp_method="slimming"),
     "uniform_l1": Method("uniform L1-norm filter pruning", "uniform"),
@@ -90,10 +95,8 @@ def recipe(epochs: int, seed: int) -> TrainConfig:
 
 
 def exclude_patterns(dense: nn.Module, gates: str, input_size: tuple[int, ...]) -> list[str]:
-    """SearchConfig.exclude for an ablation: the names of the group kinds that stay ungated."""
-    if gates == "both":
-        return []
-    dropped = {"block": ("inner", "stream"), "channel": ("block",), "no_stream": ("stream",)}[gates]
+    """SearchConfig.exclude for an ablation: the block or inner groups that stay ungated (streams: gate_streams)."""
+    dropped = {"block_inner": (), "block": ("inner",), "inner": ("block",)}[gates]
     groups = Supernet(copy.deepcopy(dense), input_size).groups
     return [name for name, info in groups.items() if info.kind in dropped]
 
@@ -123,11 +126,13 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
             net, summary = search(copy.deepcopy(dense), data, recipe(args.search_epochs, args.seed),
                                   SearchConfig(target=target, gate=method.gate, gate_optimizer=method.gate_optimizer,
                                                cost_normalized=method.cost_normalized,
-                                               budget_penalty=method.budget_penalty, exclude=exclude), row_dir / "search",
+                                               budget_penalty=method.budget_penalty, exclude=exclude,
+                                               gate_streams=method.gate_streams), row_dir / "search",
                                   resume=True, input_size=input_size)
         model = finalize(net.eval())
         info = {"exclude": exclude, "gate": method.gate, "gate_optimizer": method.gate_optimizer,
                 "cost_normalized": method.cost_normalized, "budget_penalty": method.budget_penalty,
+                "gate_streams": method.gate_streams,
                 "blocks_open": summary["gates"]["blocks_open"],
                 "blocks_total": summary["gates"]["blocks_total"],
                 "pre_finetune_test_acc": summary["accuracy"]["test"]}

@@ -51,8 +51,10 @@ def logged_search(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
     monitor = MonitorHooks(log_dir=out / "tb", scalar_every=2, histogram_every=4)
     train = TrainConfig(epochs=2, batch_size=64, progress=False, memory_format="contiguous")
-    # Strong gate pressure (lr, lower initial logits) so 16 steps visibly move the cost toward the target.
-    config = SearchConfig(target=0.5, gate_lr=0.3, budget_lr=0.5, init_logit=2.0, recalibrate_batches=2)
+    # Strong gate pressure (lr, lower initial logits) so 16 steps visibly move the cost toward the target; streams
+    # gated too, so every kind of group is logged.
+    config = SearchConfig(target=0.5, gate_lr=0.3, budget_lr=0.5, init_logit=2.0, recalibrate_batches=2,
+                          gate_streams=True)
     net, summary = search(create_model("cifar_resnet20", num_classes=10), synthetic_data(), train, config, out,
                           wrap_hooks=monitor.wrap)
     monitor.log_search_summary(summary)
@@ -171,7 +173,7 @@ def test_cli_search_and_finalize_write_tensorboard(tiny_cifar: Path, tmp_path: P
               "--memory-format", "contiguous", "--precision", "fp32"]
     # 14 steps with a fast gate lr: projecting a barely searched, all-open state can miss the ±1 % window
     assert main(["search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--gate-lr", "0.3",
-                 "--out", str(out), *common]) == 0
+                 "--gate-streams", "--out", str(out), *common]) == 0
     assert main(["finalize", str(out / "supernet.pt"), "-o", str(tmp_path / "pruned.pt")]) == 0
     tags = read_events(out / "tb").Tags()
     assert {"loss/ce", "budget/expected_macs_ratio", "blocks/open", "acc/val"} <= set(tags["scalars"])

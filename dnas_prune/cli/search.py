@@ -42,6 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--warmup", type=float, default=SEARCH_DEFAULTS.warmup,
                    help="fraction of the search before budget pressure starts (default: %(default)s)")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
+    p.add_argument("--gate-streams", action="store_true",
+                   help="also gate the residual streams (default: keep them whole; see README)")
     p.add_argument("--exclude", nargs="*", default=[], help="gate groups kept open (glob patterns, e.g. 'layer1.*')")
     add_training_args(p, DEFAULTS)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
@@ -56,7 +58,8 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(metric=metric, target=target, gate=args.gate, gate_optimizer=args.gate_optimizer,
                         cost_normalized=args.cost_normalized, budget_penalty=args.budget_penalty,
                         gate_lr=args.gate_lr, warmup=args.warmup,
-                        round_to=args.round_to, exclude=list(args.exclude))
+                        round_to=args.round_to, exclude=list(args.exclude),
+                        gate_streams=args.gate_streams)
 
 
 def run(args: argparse.Namespace) -> int:
