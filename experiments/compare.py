@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                         "thread that gets descheduled stalls every op)")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/compare"), help="checkpoints and finished rows")
     parser.add_argument("--results", type=Path, default=RESULTS, help="writes RESULTS.json and RESULTS.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the saved rows (missing ones marked \"not run\"); train nothing")
     args = parser.parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["compare.py", *argv])
 
@@ -341,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     dense_acc = json.loads(dense_file.read_text())
     rows = {p.stem: json.loads(p.read_text()) for p in rows_dir.glob("*.json")}
     write_report(args, rows, dense, dense_acc, data, input_size, command)
+    if args.report_only:
+        return 0
     for name in args.methods:
         for target in args.targets:
             key = f"{name}@{target:g}"
