@@ -53,8 +53,8 @@ def check_feasible(net: Supernet, metric: str, target: float, round_to: int | No
     floor = cost_floor(net, metric, round_to)
     if target < floor:
         raise BudgetError(
-            f"target {metric} {target:g} is below the floor {floor:.4f} of this model (stem, fc, projections and "
-            f"one channel per stream cannot be pruned); choose a target >= {math.ceil(floor * 1e4) / 1e4:g}"
+            f"target {metric} {target:g} is below the floor {floor:.4f} of this model (stem, fc, projections, ungated "
+            f"groups and one channel per gated stream cannot be pruned); choose a target >= {math.ceil(floor * 1e4) / 1e4:g}"
         )
 
 
