@@ -224,8 +224,8 @@ def markdown(report: dict[str, Any]) -> str:
         "0.5 warm-up epoch, batch 256, bf16, label smoothing 0.1",
         f"- data: CIFAR-10 `{report['data']}`, {report['train_images']} training images, "
         f"{report['val_images']} val held out of train, {report['test_images']} test",
-        f"- seed {report['seed']}, **one seed per row**: no time for a mean over >= 2 seeds, so differences "
-        "smaller than the (unmeasured) seed-to-seed spread mean nothing",
+        f"- seed {report['seed']}, **one seed per row in this file** (another seed's run writes its own file, "
+        "`--seed S --results ...`); differences smaller than the seed-to-seed spread mean nothing",
         "- accuracy: test top-1 after finetuning; \"before FT\": right after pruning (ours: the searched, "
         "projected supernet with recalibrated BN)",
         "- latency: median forward ms, dense and every finished row of a table timed in one interleaved "
