@@ -25,6 +25,7 @@ from .errors import DataError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+FLIP_MODES = ("random", "alternate")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -88,7 +89,7 @@ class DataSplit(Protocol):
 
     def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                 device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
-                world_size: int = 1) -> Batches: ...
+                world_size: int = 1, flip: str = "random") -> Batches: ...
 
 
 class TrainingData(Protocol):
@@ -129,9 +130,10 @@ class Split:
 
     def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                 device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
-                world_size: int = 1) -> BatchStream:
+                world_size: int = 1, flip: str = "random") -> BatchStream:
         return BatchStream(self, batch_size, train=train, seed=seed, epoch=epoch, device=device,
-                           channels_last=channels_last, mean=self.mean, std=self.std, rank=rank, world_size=world_size)
+                           channels_last=channels_last, mean=self.mean, std=self.std, rank=rank, world_size=world_size,
+                           flip=flip)
 
 
 @dataclass
@@ -343,6 +345,7 @@ class BatchStream:
         world_size: int = 1,
         start_batch: int = 0,
         drop_last: bool | None = None,
+        flip: str = "random",
     ) -> None:
         self.split, self.train, self.device = split, train, torch.device(device)
         n = len(split)
@@ -354,7 +357,13 @@ class BatchStream:
             generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             self.order = torch.randperm(n, generator=generator)
             self.offsets = torch.randint(0, 9, (n, 2), generator=generator)
-            self.flips = torch.rand(n, generator=generator) < 0.5
+            if flip == "alternate":  # each image is mirrored in exactly one of every two consecutive epochs
+                per_image = torch.rand(n, generator=torch.Generator().manual_seed(seed * 1_000_003 - 1)) < 0.5
+                self.flips = per_image ^ bool(epoch % 2)
+            elif flip == "random":
+                self.flips = torch.rand(n, generator=generator) < 0.5
+            else:
+                raise ValueError(f"flip must be one of {', '.join(FLIP_MODES)}, got {flip!r}")
         else:
             self.order = None
 
@@ -405,7 +414,10 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int | None]) -> tuple[Tensor, int]:
         index, seed = key
         path, label = self.samples[index]
-        image = self.loader(path)
+        try:
+            image = self.loader(path)
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file") from None
         if seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
@@ -423,8 +435,12 @@ class _LoaderBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y in self.loader:
-            yield self.normalize(x), y.to(self.normalize.device, non_blocking=True)
+        try:
+            for x, y in self.loader:
+                yield self.normalize(x), y.to(self.normalize.device, non_blocking=True)
+        except DataError as exc:  # from a worker, the message carries the worker's traceback: keep its last line
+            last = str(exc).strip().splitlines()[-1]
+            raise DataError(last.split("DataError: ", 1)[-1]) from None
 
 
 class ImageFolderSplit:
@@ -456,8 +472,11 @@ class ImageFolderSplit:
 
     def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                 device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
-                world_size: int = 1) -> _LoaderBatches:
+                world_size: int = 1, flip: str = "random") -> _LoaderBatches:
         from torch.utils.data import DataLoader
+
+        if flip != "random":
+            raise DataError("imagefolder data flips at random only; --flip alternate is for CIFAR data")
 
         device = torch.device(device)
         n = len(self.samples)

@@ -63,7 +63,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "data": {"root": None, "kind": "cifar", "limit_train": None, "val_size": 5000, "image_size": IMAGE_SIZE,
              "workers": None},  # image_size and workers: imagefolder only
     "model": {"name": None},
-    "pretrain": {**_train_keys(TrainConfig()), "checkpoint": None},
+    "pretrain": {**_train_keys(TrainConfig()), "checkpoint": None, "zero_init_residual": False},
     "search": {**_train_keys(SEARCH_DEFAULTS), "target_macs": None, "target_params": None, **_SEARCH_KEYS},
     "finalize": {"round_to": None},
     "finetune": _train_keys(FINETUNE_DEFAULTS),
@@ -301,8 +301,8 @@ class Pipeline:
                 metrics["val_acc"] = trainer.evaluate(data.val)["acc"]
         else:
             with self.monitor(out / "tb") as monitor:
-                trainer = Trainer(create_model(name, num_classes=data.num_classes), data, train_config, out,
-                                  hooks=monitor, metadata=metadata)
+                model = create_model(name, num_classes=data.num_classes, zero_init_residual=cfg["zero_init_residual"])
+                trainer = Trainer(model, data, train_config, out, hooks=monitor, metadata=metadata)
                 metrics = self._fit(trainer, monitor, {"model": name})
         save_pruned(trainer.model.eval(), self.dense_path, kind="dense", input_size=list(data.train.input_size),
                     metrics=metrics, config=asdict(train_config))

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .checkpoint import atomic_torch_save, atomic_write_json, safe_load
-from .data import Batches, DataSplit, TrainingData
+from .data import FLIP_MODES, Batches, DataSplit, TrainingData
 from .errors import CheckpointError, DnasPruneError, TrainingDiverged
 
 CHECKPOINT_FORMAT = 1
@@ -54,6 +54,7 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    flip: str = "random"  # "alternate": each image mirrored in exactly one of every two epochs (CIFAR data)
     schedule: str = "onecycle"  # "onecycle": linear up, linear down to 0; "cosine": linear warmup, cosine to 0
     warmup_epochs: float = 3.0
     device: str = "cpu"
@@ -66,7 +67,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        choices = {"schedule": ("onecycle", "cosine"), "precision": ("bf16", "fp32"),
+        choices = {"schedule": ("onecycle", "cosine"), "precision": ("bf16", "fp32"), "flip": FLIP_MODES,
                    "memory_format": ("auto", "channels_last", "contiguous")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -233,7 +234,7 @@ class Trainer:
     def _batches(self, split: DataSplit, train: bool, epoch: int = 0, batch_size: int | None = None) -> Batches:
         return split.batches(batch_size or self.config.batch_size, train=train, seed=self.config.seed, epoch=epoch,
                              device=self.device, channels_last=bool(self.channels_last), rank=self.rank,
-                             world_size=self.world_size)
+                             world_size=self.world_size, flip=self.config.flip)
 
     def _all_reduce(self, values: list[float]) -> list[float]:
         if self.world_size == 1:

@@ -33,6 +33,7 @@ from dnas_prune.cost import count_cost
 from dnas_prune.data import CifarData, load_cifar10, resolve_data_root
 from dnas_prune.finalize import finalize
 from dnas_prune.finetune import finetune_pruned
+from dnas_prune.models import create_model, spec_of
 from dnas_prune.profile import compare_latency
 from dnas_prune.pruned_io import load_pruned_with_metadata, save_pruned
 from dnas_prune.search import SearchConfig, load_pretrained, load_supernet, search
@@ -40,7 +41,7 @@ from dnas_prune.supernet import Supernet
 from dnas_prune.training import Trainer, TrainConfig, TrainHooks
 from peers import as_plain, bisect_ratio, machine, make_tp_pruner, tp_prune_to_macs, uniform_l1
 
-RESULTS = Path(__file__).resolve().parent / "results" / "compare"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Method:
     gate_optimizer: str = SearchConfig.gate_optimizer
     cost_normalized: bool = SearchConfig.cost_normalized
     budget_penalty: str = SearchConfig.budget_penalty
+    round_to: int | None = SearchConfig.round_to
     tp_method: str = ""
 
 
@@ -65,6 +67,7 @@ METHODS = {
     "ours_two_sided": Method("dnas_prune, two-sided budget penalty", "ours", budget_penalty="two_sided"),
     "ours_adam": Method("dnas_prune, per-parameter Adam on the gates", "ours", gate_optimizer="adam"),
     "ours_unnormalized": Method("dnas_prune, gate gradients not divided by cost", "ours", cost_normalized=False),
+    "ours_round8": Method("dnas_prune, kept widths rounded to multiples of 8", "ours", round_to=8),
     "ours_streams": Method("dnas_prune, residual streams gated too", "ours", gate_streams=True),
     "ours_streams_two_sided": Method("dnas_prune, streams gated, two-sided budget penalty", "ours", gate_streams=True,
                                      budget_penalty="two_sided"),
@@ -127,12 +130,13 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
                                   SearchConfig(target=target, gate=method.gate, gate_optimizer=method.gate_optimizer,
                                                cost_normalized=method.cost_normalized,
                                                budget_penalty=method.budget_penalty, exclude=exclude,
-                                               gate_streams=method.gate_streams), row_dir / "search",
+                                               gate_streams=method.gate_streams, round_to=method.round_to),
+                                  row_dir / "search",
                                   resume=True, input_size=input_size)
         model = finalize(net.eval())
         info = {"exclude": exclude, "gate": method.gate, "gate_optimizer": method.gate_optimizer,
                 "cost_normalized": method.cost_normalized, "budget_penalty": method.budget_penalty,
-                "gate_streams": method.gate_streams,
+                "gate_streams": method.gate_streams, "round_to": method.round_to,
                 "blocks_open": summary["gates"]["blocks_open"],
                 "blocks_total": summary["gates"]["blocks_total"],
                 "pre_finetune_test_acc": summary["accuracy"]["test"]}
@@ -224,8 +228,9 @@ def markdown(report: dict[str, Any]) -> str:
         "0.5 warm-up epoch, batch 256, bf16, label smoothing 0.1",
         f"- data: CIFAR-10 `{report['data']}`, {report['train_images']} training images, "
         f"{report['val_images']} val held out of train, {report['test_images']} test",
-        f"- seed {report['seed']}, **one seed per row in this file** (another seed's run writes its own file, "
-        "`--seed S --results ...`); differences smaller than the seed-to-seed spread mean nothing",
+        f"- seed {report['seed']}, **one seed per row in this file** (`--seed S` writes `compare_MODEL_seedS`; "
+        "`compare_summary.py` merges the seeds into `compare.md`); differences smaller than the seed-to-seed "
+        "spread mean nothing",
         "- accuracy: test top-1 after finetuning; \"before FT\": right after pruning (ours: the searched, "
         "projected supernet with recalibrated BN)",
         "- latency: median forward ms, dense and every finished row of a table timed in one interleaved "
@@ -325,15 +330,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads for latency (default 1: on a shared, overloaded CPU a second OpenMP "
                         "thread that gets descheduled stalls every op)")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/compare"), help="checkpoints and finished rows")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="writes RESULTS.json and RESULTS.md")
+    parser.add_argument("--results", type=Path, help="writes RESULTS.json and RESULTS.md (default: "
+                        "experiments/results/compare_MODEL, with _seedS for a seed other than 0; "
+                        "experiments/compare_summary.py merges them into compare.md)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the saved rows (missing ones marked \"not run\"); train nothing")
     args = parser.parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["compare.py", *argv])
+    if args.results is None:
+        args.results = RESULTS / (f"compare_{args.model}" + (f"_seed{args.seed}" if args.seed else ""))
 
     args.data = str(resolve_data_root(args.data, download=False))
     data = load_cifar10(args.data, limit_train=args.limit_train, seed=args.seed)
     dense = load_pretrained(args.dense, args.model, data.num_classes).eval()
+    if spec_of(dense) != spec_of(create_model(args.model, num_classes=data.num_classes)):
+        parser.error(f"{args.dense} is not a dense {args.model}: pass --model with its architecture")
     input_size = tuple(data.train.images.shape[1:])
     rows_dir = args.out_dir / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,17 @@ def test_augmentation_is_a_padded_crop_or_flip_with_labels_aligned():
     assert sorted(torch.cat([y for _, y in BatchStream(split, 8, train=True)]).tolist()) == list(range(40))
 
 
+def test_alternate_flip_mirrors_each_image_in_exactly_one_of_two_epochs():
+    split = make_split()
+    flips = [BatchStream(split, 8, train=True, seed=2, epoch=e, flip="alternate").flips for e in range(3)]
+    assert bool((flips[0] ^ flips[1]).all()) and torch.equal(flips[0], flips[2])
+    assert 0 < int(flips[0].sum()) < len(split)
+    random = [BatchStream(split, 8, train=True, seed=2, epoch=e).flips for e in range(2)]
+    assert not bool((random[0] ^ random[1]).all())  # the default draws afresh each epoch
+    with pytest.raises(ValueError, match="flip must be one of"):
+        BatchStream(split, 8, train=True, flip="sometimes")
+
+
 def test_eval_stream_is_sequential_unaugmented_and_keeps_the_last_batch():
     split = make_split(n=20)
     out = batches(BatchStream(split, 8, train=False))

@@ -75,6 +75,18 @@ def test_batches_are_deterministic_and_rank_sliced(tiny_imagenet: Path) -> None:
     test = batches(data.test, train=False)
     assert [len(y) for _, y in test] == [8, 4] and torch.cat([y for _, y in test]).tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert same(test, batches(with_workers.test, train=False, seed=9, epoch=5))  # eval: no randomness
+    with pytest.raises(DataError, match="flip alternate is for CIFAR"):
+        batches(data.train, train=True, flip="alternate")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_image_is_one_line_error(tiny_imagenet: Path, workers: int) -> None:
+    bad = tiny_imagenet / "train" / "dog" / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    data = load_imagefolder(tiny_imagenet, val_size=0, image_size=16, workers=workers)
+    with pytest.raises(DataError) as info:
+        batches(data.train, train=True) + batches(data.val, train=False)
+    assert str(info.value).startswith(f"cannot read image {bad}") and "\n" not in str(info.value)
 
 
 def test_wrong_layout_is_one_line_from_a_real_process(tiny_imagenet: Path, tmp_path: Path) -> None:

@@ -60,6 +60,16 @@ def test_narrow_spec_with_removed_blocks_builds_and_runs(name: str) -> None:
     assert count_cost(model, input_size(name)).params == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("name", ["cifar_resnet20", "resnet18"])
+def test_zero_init_residual_makes_every_block_start_as_the_identity(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, zero_init_residual=True).eval()
+    block = model.layer1[1]
+    x = torch.rand(2, block.conv1.in_channels, 8, 8)  # non-negative, like the ReLU output a block receives
+    assert torch.allclose(block(x), x)
+    assert not torch.allclose(create_model(name, num_classes=10).eval().layer1[1](x), x)
+
+
 def test_bad_specs_and_names_give_one_line_errors() -> None:
     spec = spec_of(create_model("cifar_resnet20"))
     spec["stages"][1]["blocks"][0]["downsample"] = False

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from ..data import DATA_KINDS, IMAGE_SIZE, IMAGEFOLDER_LAYOUT, TrainingData, load_dataset
+from ..data import DATA_KINDS, FLIP_MODES, IMAGE_SIZE, IMAGEFOLDER_LAYOUT, TrainingData, load_dataset
 from ..training import TrainConfig
 
 
@@ -28,6 +28,9 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of the weights (default: %(default)s)")
     p.add_argument("--schedule", choices=("onecycle", "cosine"), default=defaults.schedule)
     p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs, help="lr warm-up (default: %(default)s)")
+    p.add_argument("--flip", choices=FLIP_MODES, default=defaults.flip,
+                   help="horizontal flips: random per image and epoch, or alternate (each image mirrored in every "
+                        "other epoch, CIFAR data only) (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device)
     p.add_argument("--limit-train", type=int, help="train on the first N images of the training split (smoke runs)")
     p.add_argument("--val-size", type=int, default=5000, help="images held out of train for validation")
@@ -42,7 +45,7 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs, device=args.device, precision=args.precision,
+        warmup_epochs=args.warmup_epochs, flip=args.flip, device=args.device, precision=args.precision,
         memory_format=args.memory_format, seed=args.seed, sync_bn=args.sync_bn, test_every_epoch=args.test_every_epoch, progress=not args.no_progress,
     )
 

@@ -19,6 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("train", help="train a dense model", description=__doc__)
     p.add_argument("--model", required=True, help=f"one of: {', '.join(MODEL_NAMES)}")
     p.add_argument("--out", default="runs/train", help="output directory (default: %(default)s)")
+    p.add_argument("--zero-init-residual", action="store_true",
+                   help="start every residual branch at zero (its last BN scale = 0), so each block begins as the identity")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
     add_training_args(p, DEFAULTS)
     return p
@@ -30,10 +32,10 @@ def run(args: argparse.Namespace) -> int:
     config = train_config_from(args)
     data, root = load_data(args)
     seed_everything(args.seed)
-    model = create_model(args.model, num_classes=data.num_classes)
+    model = create_model(args.model, num_classes=data.num_classes, zero_init_residual=args.zero_init_residual)
     out = Path(args.out)
     metadata = {"command": "train", "model": args.model, "data": root, "limit_train": args.limit_train,
-                "val_size": args.val_size}
+                "val_size": args.val_size, "zero_init_residual": args.zero_init_residual}
     monitor = None if args.no_tensorboard else MonitorHooks(log_dir=out / "tb")
     trainer = Trainer(model, data, config, out, hooks=monitor, metadata=metadata)
     try:

@@ -38,12 +38,14 @@ def check_model_name(name: str) -> None:
 
 
 def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
-    """A dense registry model. torchvision names pass ``weights=`` and other kwargs through."""
+    """A dense registry model. torchvision names pass ``weights=`` and other kwargs through;
+    CIFAR names take ``zero_init_residual`` like torchvision's builders."""
     check_model_name(name)
     if name in _CIFAR_DEPTHS:
-        if kwargs:
-            raise TypeError(f"{name} takes no options besides num_classes, got {sorted(kwargs)}")
-        return cifar_resnet(_CIFAR_DEPTHS[name], num_classes=num_classes or 10)
+        unknown = sorted(set(kwargs) - {"zero_init_residual"})
+        if unknown:
+            raise TypeError(f"{name} takes no options besides num_classes and zero_init_residual, got {unknown}")
+        return cifar_resnet(_CIFAR_DEPTHS[name], num_classes=num_classes or 10, **kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     return _TORCHVISION[name](**kwargs)

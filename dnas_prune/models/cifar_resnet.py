@@ -91,6 +91,7 @@ class CifarResNet(nn.Module):
         stem_width: int,
         stages: Sequence[tuple[int, int, Sequence[tuple[int | None, bool]]]],
         num_classes: int = 10,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(3, stem_width)
@@ -114,6 +115,10 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(in_width, num_classes)
         init_resnet_weights(self)
+        if zero_init_residual:  # each block starts as the identity (Goyal et al. 2017), as in torchvision
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -123,7 +128,8 @@ class CifarResNet(nn.Module):
         return self.fc(x)
 
 
-def cifar_resnet(depth: int, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64)) -> CifarResNet:
+def cifar_resnet(depth: int, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64),
+                 zero_init_residual: bool = False) -> CifarResNet:
     """The dense He et al. CIFAR ResNet of ``depth = 6n + 2`` layers."""
     if (depth - 2) % 6 != 0:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -135,4 +141,4 @@ def cifar_resnet(depth: int, num_classes: int = 10, widths: Sequence[int] = (16,
         blocks = [(width, position == 0 and (stride != 1 or in_width != width)) for position in range(n)]
         stages.append((width, stride, blocks))
         in_width = width
-    return CifarResNet(widths[0], stages, num_classes=num_classes)
+    return CifarResNet(widths[0], stages, num_classes=num_classes, zero_init_residual=zero_init_residual)
