@@ -35,11 +35,13 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# Dense training: {report['name']}", "",
              f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}. {report['note']}", ""]
-    lines += ["| run | batch | peak lr | warm-up | epochs | held out | val acc | **test acc** | training time | mean img/s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| run | batch | peak lr | warm-up | flips | zero-init residual | epochs | held out | val acc | **test acc** "
+              "| training time | mean img/s |",
+              "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for run in report["runs"]:
         c, h = run["config"], run["history"]
-        lines.append(f"| `{Path(run['dir']).name}` | {c['batch_size']} | {c['lr']} | {c['warmup_epochs']} | {c['epochs']} | "
+        lines.append(f"| `{Path(run['dir']).name}` | {c['batch_size']} | {c['lr']} | {c['warmup_epochs']} | "
+                     f"{c.get('flip', 'random')} | {'yes' if run['metadata'].get('zero_init_residual') else 'no'} | {c['epochs']} | "
                      f"{run['metadata'].get('val_size')} | {run['val_acc']:.4f} | **{run['test_acc']:.4f}** | "
                      f"{run['total_seconds'] / 60:.1f} min | "
                      f"{sum(x['img_per_s'] for x in h) / len(h):.0f} |")
