@@ -55,6 +55,8 @@ class Method:
     cost_normalized: bool = SearchConfig.cost_normalized
     budget_penalty: str = SearchConfig.budget_penalty
     round_to: int | None = SearchConfig.round_to
+    target_ramp: float = SearchConfig.target_ramp
+    search_epochs: int | None = None  # ours: overrides --search-epochs (the finetune gets the rest of the epochs)
     tp_method: str = ""
 
 
@@ -68,6 +70,17 @@ METHODS = {
     "ours_adam": Method("dnas_prune, per-parameter Adam on the gates", "ours", gate_optimizer="adam"),
     "ours_unnormalized": Method("dnas_prune, gate gradients not divided by cost", "ours", cost_normalized=False),
     "ours_round8": Method("dnas_prune, kept widths rounded to multiples of 8", "ours", round_to=8),
+    "ours_ramp": Method("dnas_prune, budget ramped down over half the search", "ours", target_ramp=0.5),
+    "ours_ramp_round8": Method("dnas_prune, ramped budget, widths rounded to multiples of 8", "ours",
+                               target_ramp=0.5, round_to=8),
+    "ours_ramp_inner_only": Method("dnas_prune, ramped budget, inner-channel gates only", "ours", target_ramp=0.5,
+                                   gates="inner"),
+    "ours_ramp_inner_only_round8": Method("dnas_prune, ramped budget, inner-channel gates only, widths rounded to "
+                                          "multiples of 8", "ours", target_ramp=0.5, gates="inner", round_to=8),
+    "ours_ramp_1search": Method("dnas_prune, ramped budget, one search epoch (the finetune gets the rest)", "ours",
+                                target_ramp=0.5, search_epochs=1),
+    "ours_ramp_two_sided": Method("dnas_prune, ramped budget, two-sided penalty", "ours", target_ramp=0.5,
+                                  budget_penalty="two_sided"),
     "ours_streams": Method("dnas_prune, residual streams gated too", "ours", gate_streams=True),
     "ours_streams_two_sided": Method("dnas_prune, streams gated, two-sided budget penalty", "ours", gate_streams=True,
                                      budget_penalty="two_sided"),
@@ -121,26 +134,29 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
     dense_macs = count_cost(dense, input_size).macs
     target_macs = int(target * dense_macs)
     if method.kind == "ours":
+        search_epochs = method.search_epochs or args.search_epochs
         exclude = exclude_patterns(dense, method.gates, input_size)
         if (row_dir / "search" / "search.json").is_file():
             net = load_supernet(row_dir / "search" / "supernet.pt")
             summary = json.loads((row_dir / "search" / "search.json").read_text())
         else:
-            net, summary = search(copy.deepcopy(dense), data, recipe(args.search_epochs, args.seed),
+            net, summary = search(copy.deepcopy(dense), data, recipe(search_epochs, args.seed),
                                   SearchConfig(target=target, gate=method.gate, gate_optimizer=method.gate_optimizer,
                                                cost_normalized=method.cost_normalized,
                                                budget_penalty=method.budget_penalty, exclude=exclude,
-                                               gate_streams=method.gate_streams, round_to=method.round_to),
+                                               gate_streams=method.gate_streams, round_to=method.round_to,
+                                               target_ramp=method.target_ramp),
                                   row_dir / "search",
                                   resume=True, input_size=input_size)
         model = finalize(net.eval())
         info = {"exclude": exclude, "gate": method.gate, "gate_optimizer": method.gate_optimizer,
                 "cost_normalized": method.cost_normalized, "budget_penalty": method.budget_penalty,
                 "gate_streams": method.gate_streams, "round_to": method.round_to,
+                "target_ramp": method.target_ramp,
                 "blocks_open": summary["gates"]["blocks_open"],
                 "blocks_total": summary["gates"]["blocks_total"],
                 "pre_finetune_test_acc": summary["accuracy"]["test"]}
-        return model, info, args.search_epochs
+        return model, info, search_epochs
     if method.kind == "uniform":
         model, _, info = bisect_ratio(lambda r: uniform_l1(dense, r), target_macs, input_size)
         return model, {**info, **_pre(model, data, args.seed, row_dir)}, 0

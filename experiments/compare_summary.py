@@ -21,7 +21,9 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("tp_magnitude", "tp_slimming", "uniform_l1")
 OURS = "ours"
-OURS_VARIANTS = ("ours", "ours_round8")  # the default search, and the same with kept widths rounded to multiples of 8
+# The default search; the same with kept widths rounded to multiples of 8; and the ramped budget without block gates
+# (--target-ramp 0.5 --no-block-gates), unrounded and rounded.
+OURS_VARIANTS = ("ours", "ours_round8", "ours_ramp_inner_only", "ours_ramp_inner_only_round8")
 
 
 def load_reports(results: Path) -> list[dict[str, Any]]:

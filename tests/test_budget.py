@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnas_prune import BudgetController, Supernet, count_cost, create_model, finalize, project_to_budget
+from dnas_prune import BudgetController, SearchConfig, Supernet, count_cost, create_model, finalize, project_to_budget
 from dnas_prune.budget import check_feasible, cost_floor
 from dnas_prune.errors import BudgetError
+from dnas_prune.search import SearchHooks
 
 
 def searched_like(name: str = "cifar_resnet20", seed: int = 0, gate: str = "sigmoid") -> Supernet:
@@ -138,3 +139,21 @@ def test_projection_regrows_ungated_blocks_whose_inner_channels_all_closed() -> 
     project_to_budget(net, "macs", 0.2)
     ratio = count_cost(finalize(net)).macs / net.dense_cost.macs
     assert 0.19 <= ratio <= 0.21
+
+
+def test_ramped_budget_descends_from_dense_to_the_target_then_holds() -> None:
+    """With target_ramp the controller demands the dense cost when the budget switches on, then a cubic descent
+    that reaches the target after the ramp and stays there; without it the target applies at once."""
+    net = Supernet(create_model("cifar_resnet20"))
+    hooks = SearchHooks(net, SearchConfig(target=0.3, warmup=0.1, target_ramp=0.5), total_steps=100)
+    targets = []
+    for step in range(10, 100):
+        hooks.schedule(step)
+        targets.append(hooks.controller.target)
+    assert targets[0] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(targets, targets[1:]))
+    assert targets[50] == pytest.approx(0.3) and targets[-1] == pytest.approx(0.3)  # step 60 = warm-up + ramp
+    assert targets[25] > 0.3 + (1.0 - 0.3) * 0.1  # cubic: still an eighth of the way up half-way through the ramp
+    instant = SearchHooks(net, SearchConfig(target=0.3, warmup=0.1), total_steps=100)
+    instant.schedule(10)
+    assert instant.controller.target == pytest.approx(0.3)

@@ -65,6 +65,12 @@ def test_target_outside_the_unit_interval(tmp_path: Path, target: str) -> None:
     assert_one_line_error(result, "(0, 1]")
 
 
+def test_target_ramp_outside_the_search_is_refused(tmp_path: Path) -> None:
+    result = cli("search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--target-ramp", "1.5",
+                 "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, "[0, 1)")
+
+
 def test_infeasible_target_states_the_floor(tiny_cifar: Path, tmp_path: Path) -> None:
     result = cli("search", "--model", "cifar_resnet20", "--data", str(tiny_cifar), "--target-macs", "0.0001",
                  "--out", str(tmp_path / "r"), "--batch-size", "8", "--val-size", "6")

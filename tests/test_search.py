@@ -94,3 +94,29 @@ def test_cost_normalization_pushes_every_gate_equally_per_unit_of_cost() -> None
     normalized = torch.cat([g.logits.grad for g in net.gates.values()])
     assert bool((normalized > 0).all())
     torch.testing.assert_close(normalized, normalized[:1].expand_as(normalized), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet110", "resnet152"])
+def test_without_block_gates_only_channels_are_gated(name: str) -> None:
+    """--no-block-gates: every block gate is left out (up to resnet152's 36 blocks a stage), every inner group
+    stays gated, and the streams stay whole as by default."""
+    from dnas_prune import Supernet
+
+    size = (3, 32, 32) if name.startswith("cifar") else (3, 64, 64)
+    def gated(config: SearchConfig) -> dict[str, set[str]]:
+        net = Supernet(create_model(name), size, exclude=config.excluded_groups())
+        kinds: dict[str, set[str]] = {}
+        for group, info in net.groups.items():
+            if info.gated:
+                kinds.setdefault(info.kind, set()).add(group)
+        return kinds
+
+    default, channels_only = gated(SearchConfig()), gated(SearchConfig(block_gates=False))
+    assert set(default) == {"block", "inner"} and len(default["block"]) > 9
+    assert channels_only == {"inner": default["inner"]}
+
+
+def test_search_without_block_gates_lands_on_the_budget(synthetic_data, tmp_path: Path) -> None:
+    net, summary = run_search(synthetic_data, tmp_path, block_gates=False)
+    assert not any(info.gated for info in net.groups.values() if info.kind == "block")
+    assert 0.49 <= summary["final"]["macs_ratio"] <= 0.51

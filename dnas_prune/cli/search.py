@@ -41,9 +41,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--gate-lr", type=float, help="lr of the gates (default: scaled to the search length)")
     p.add_argument("--warmup", type=float, default=SEARCH_DEFAULTS.warmup,
                    help="fraction of the search before budget pressure starts (default: %(default)s)")
+    p.add_argument("--target-ramp", type=float, default=SEARCH_DEFAULTS.target_ramp,
+                   help="fraction of the search over which the budget descends from the dense cost to the target "
+                        "(default: %(default)s, the target applies at once; see README)")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
     p.add_argument("--gate-streams", action="store_true",
                    help="also gate the residual streams (default: keep them whole; see README)")
+    p.add_argument("--no-block-gates", dest="block_gates", action="store_false",
+                   help="gate only channels: a block goes only when all its inner channels close (see README)")
     p.add_argument("--exclude", nargs="*", default=[], help="gate groups kept open (glob patterns, e.g. 'layer1.*')")
     add_training_args(p, DEFAULTS)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
@@ -57,9 +62,9 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
         raise DnasPruneError(f"--round-to must be a positive integer, got {args.round_to}")
     return SearchConfig(metric=metric, target=target, gate=args.gate, gate_optimizer=args.gate_optimizer,
                         cost_normalized=args.cost_normalized, budget_penalty=args.budget_penalty,
-                        gate_lr=args.gate_lr, warmup=args.warmup,
+                        gate_lr=args.gate_lr, warmup=args.warmup, target_ramp=args.target_ramp,
                         round_to=args.round_to, exclude=list(args.exclude),
-                        gate_streams=args.gate_streams)
+                        gate_streams=args.gate_streams, block_gates=args.block_gates)
 
 
 def run(args: argparse.Namespace) -> int:
