@@ -121,7 +121,7 @@ class SearchHooks(TrainHooks):
         self.progress = step / self.total_steps
         after_warmup = (self.progress - cfg.warmup) / max(1e-9, 1.0 - cfg.warmup)
         self.controller.active = self.progress >= cfg.warmup
-        self.controller.target = ramped_target(cfg.target, after_warmup * (1.0 - cfg.warmup), cfg.target_ramp)
+        self.controller.target = ramped_target(cfg.target, self.progress - cfg.warmup, cfg.target_ramp)
         self.temperature = cfg.final_temperature ** min(1.0, max(0.0, after_warmup))
         hard = self.progress >= 1.0 - cfg.hard_fraction
         self.net.set_schedule(temperature=self.temperature, hard=hard)

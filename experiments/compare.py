@@ -79,8 +79,6 @@ METHODS = {
                                           "multiples of 8", "ours", target_ramp=0.5, gates="inner", round_to=8),
     "ours_ramp_1search": Method("dnas_prune, ramped budget, one search epoch (the finetune gets the rest)", "ours",
                                 target_ramp=0.5, search_epochs=1),
-    "ours_ramp_two_sided": Method("dnas_prune, ramped budget, two-sided penalty", "ours", target_ramp=0.5,
-                                  budget_penalty="two_sided"),
     "ours_streams": Method("dnas_prune, residual streams gated too", "ours", gate_streams=True),
     "ours_streams_two_sided": Method("dnas_prune, streams gated, two-sided budget penalty", "ours", gate_streams=True,
                                      budget_penalty="two_sided"),
