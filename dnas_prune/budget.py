@@ -28,19 +28,27 @@ def check_target(metric: str, target: float) -> None:
         raise BudgetError(f"--target-{metric} must be a fraction of the dense cost in (0, 1], got {target}")
 
 
-def _min_width(size: int, kind: str, round_to: int | None) -> int:
+def channel_step(net: Supernet, name: str, round_to: int | None) -> int:
+    """The channels a gated group's width moves by: a multiple of ``round_to`` and of the channels one gate
+    spans (their least common multiple), at most the whole group."""
+    return min(net.groups[name].size, math.lcm(round_to or 1, net.channels_per_gate_of(name)))
+
+
+def _min_width(size: int, kind: str, step: int) -> int:
     if kind == "inner":
         return 0
-    return min(size, round_to or 1)
+    return min(size, step)
 
 
 def cost_floor(net: Supernet, metric: str, round_to: int | None = None) -> float:
     """The smallest reachable cost ratio: every gated block closed, every gated inner group empty,
-    every gated stream one channel (or ``round_to``) wide. Stem, fc and projections always remain."""
+    every gated stream one step (a channel, ``round_to`` or one gate's channels) wide. Stem, fc and projections
+    always remain."""
     counts = []
     for name in net.channel_groups:
         info = net.groups[name]
-        counts.append(float(_min_width(info.size, info.kind, round_to) if info.gated else info.size))
+        counts.append(float(_min_width(info.size, info.kind, channel_step(net, name, round_to)) if info.gated
+                            else info.size))
     blocks = [0.0 if name in net.groups else 1.0 for name in net.branch_blocks]
     macs, params = net.cost_from_counts(torch.tensor(counts, dtype=torch.float64), torch.tensor(blocks, dtype=torch.float64))
     dense = getattr(net.dense_cost, metric)
@@ -119,8 +127,9 @@ def project_to_budget(
     """Pin a hard gate state whose cost ratio lies in ``[target - tolerance, target + tolerance]``.
 
     Starts from the current hard decisions. While over budget it closes the lowest-scored unit (a step of
-    ``round_to`` channels of a group, or a whole block); then it reopens the highest-scored units that still
-    fit. Within a group the channels kept are always the top-scored ones; equal scores shrink groups evenly.
+    ``round_to`` channels of a group, or of one gate's channels, or a whole block); then it reopens the
+    highest-scored units that still fit. Within a group the channels kept are always those of the top-scored
+    gates; equal scores shrink groups evenly.
     """
     check_feasible(net, metric, target, round_to)
     dense = float(getattr(net.dense_cost, metric))
@@ -136,15 +145,21 @@ def project_to_budget(
         if not info.gated:
             widths.append(info.size), steps.append(0), lows.append(info.size)
             continue
-        score = net.gate(name).score().cpu().double()
+        gate = net.gate(name)
+        score = gate.score().cpu().double()  # per gate
         by_score = torch.argsort(score, descending=True, stable=True)
-        order[i] = by_score[torch.argsort(hard[name].cpu()[by_score].to(torch.int8), descending=True, stable=True)]
-        scores[i] = score[order[i]]  # currently open channels first, each part by descending score
-        step = min(round_to or 1, info.size)
+        gate_order = by_score[torch.argsort(gate.hard_open().cpu()[by_score].to(torch.int8), descending=True,
+                                            stable=True)]  # currently open gates first, each part by descending score
+        rank = torch.empty_like(gate_order)
+        rank[gate_order] = torch.arange(len(gate_order))
+        assign = net.channel_assignment(name).cpu()
+        order[i] = torch.argsort(rank[assign], stable=True)  # channels gate by gate, in that order
+        scores[i] = score[assign][order[i]]
+        step = channel_step(net, name, round_to)
         w = int(hard[name].sum())
         if step > 1 and w % step and w < info.size:
             w = min(info.size, int(round(w / step)) * step)
-        low = _min_width(info.size, info.kind, round_to)
+        low = _min_width(info.size, info.kind, step)
         widths.append(max(w, low)), steps.append(step), lows.append(low)
     alive = net.block_open(hard)
     # An ungated block is never switched off here: it lives exactly while its inner groups are non-empty.

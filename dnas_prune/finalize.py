@@ -48,7 +48,7 @@ def finalize(net: Supernet, round_to: int | None = None) -> nn.Module:
         if net.budget:
             metric, target = net.budget["metric"], net.budget["target"]
         project_to_budget(net, metric, target, round_to=round_to)
-    values = {name: net.gate(name).eval_value() for name in net._gate_key}
+    values = net.eval_gate_values()
     alive = net.block_open()
     keeps: dict[str, Tensor] = {}
     for name in net.channel_groups:

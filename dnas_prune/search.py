@@ -54,6 +54,7 @@ class SearchConfig:
     budget_lr: float | None = None  # None: scaled to the search length
     target_ramp: float = 0.0  # fraction of the search over which the budget descends from dense to the target
     round_to: int | None = None
+    channels_per_gate: int = 1  # one gate per K channels: every searched width is a multiple of K
     exclude: list[str] = field(default_factory=list)
     gate_streams: bool = False  # also gate the residual streams (stem, projections and every branch's last BN)
     block_gates: bool = True  # False: blocks go only when all their inner channels close
@@ -73,6 +74,13 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_ramp < 1.0:
             raise DnasPruneError(f"target_ramp (--target-ramp) must be a fraction of the search in [0, 1), got {self.target_ramp}")
+        if isinstance(self.channels_per_gate, bool) or not isinstance(self.channels_per_gate, int) \
+                or self.channels_per_gate < 1:
+            raise DnasPruneError(f"channels_per_gate (--channels-per-gate) must be a positive integer, "
+                                 f"got {self.channels_per_gate!r}")
+        if self.round_to is not None and self.round_to % self.channels_per_gate:
+            raise DnasPruneError(f"round_to (--round-to) {self.round_to} is not a multiple of channels_per_gate "
+                                 f"(--channels-per-gate) {self.channels_per_gate}; widths move by whole gates")
 
 
 def ramped_target(target: float, elapsed: float, ramp: float) -> float:
@@ -150,7 +158,7 @@ class SearchHooks(TrainHooks):
         hardest whatever their importance, and a short search strips the first stage to a single channel.
         """
         costs = self.net.marginal_costs(self.config.metric)
-        sizes = {name: self.net.groups[name].size for name in costs}
+        sizes = {name: self.net.gate(name).size for name in costs}  # gates per group
         mean = sum(costs[n] * sizes[n] for n in costs) / max(1, sum(sizes.values()))
         floor = 1e-2 * mean  # a group whose every consumer is closed costs ~0; its gradient is ~0 too
         for name, cost in costs.items():
@@ -258,7 +266,7 @@ def search(
     out = Path(out_dir)
     input_size = input_size or data.train.input_size
     net = Supernet(model, input_size, gate=search_config.gate, exclude=search_config.excluded_groups(),
-                   init_logit=search_config.init_logit)
+                   init_logit=search_config.init_logit, channels_per_gate=search_config.channels_per_gate)
     check_feasible(net, search_config.metric, search_config.target, search_config.round_to)
     net.budget = {"metric": search_config.metric, "target": search_config.target}
     steps = train_config.epochs * (len(data.train) // train_config.batch_size)

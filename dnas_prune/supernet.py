@@ -14,6 +14,7 @@ exactly what finalization folds into the weights. Three kinds of gate groups exi
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -91,6 +92,12 @@ class Supernet(nn.Module):
 
     In ``train()`` mode the gates are stochastic or soft; in ``eval()`` mode every decision is hard and the
     output is exactly what ``finalize(self)`` will compute.
+
+    ``channels_per_gate=K`` gives each channel group one gate per K channels (``gcd(width, K)`` where K does not
+    divide the width), so every searched width is a multiple of K: rounding is part of the search instead of a
+    step after it. Which channels share a gate is fixed when wrapping: channels ranked by the summed ``|gamma|``
+    of the BNs the gate scales, the top K on the first gate, the next K on the second, and so on, so a gate
+    holds channels of similar importance.
     """
 
     def __init__(
@@ -100,14 +107,18 @@ class Supernet(nn.Module):
         gate: str = "sigmoid",
         exclude: Sequence[str] = (),
         init_logit: float = 3.0,
+        channels_per_gate: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(channels_per_gate, bool) or not isinstance(channels_per_gate, int) or channels_per_gate < 1:
+            raise DnasPruneError(f"channels_per_gate must be a positive integer, got {channels_per_gate!r}")
         self.family = _family(model)
         self.model = model
         self.input_size = tuple(int(v) for v in input_size)
         self.gate_kind = gate
         self.exclude = tuple(exclude)
         self.init_logit = float(init_logit)
+        self.channels_per_gate = channels_per_gate
         self.budget: dict | None = None
         self.dense_cost: Cost = count_cost(model, self.input_size)
         self.groups: dict[str, GroupInfo] = {}
@@ -115,11 +126,20 @@ class Supernet(nn.Module):
         self._analyze()
         self.gates = nn.ModuleDict()
         self._gate_key: dict[str, str] = {}
+        # {gate key: gate index of every channel}, only for groups whose gates span several channels
+        self.channel_map = nn.Module()
+        importance = self._channel_importance()
         for info in self.groups.values():
             if info.gated:
                 key = info.name.replace(".", "_")
                 self._gate_key[info.name] = key
-                self.gates[key] = make_gate(gate, info.size, init_logit)
+                step = 1 if info.kind == "block" else math.gcd(info.size, channels_per_gate)
+                self.gates[key] = make_gate(gate, info.size // step, init_logit)
+                if step > 1:
+                    ranking = torch.argsort(importance[info.name], descending=True, stable=True)
+                    assign = torch.empty(info.size, dtype=torch.long)
+                    assign[ranking] = torch.arange(info.size) // step
+                    self.channel_map.register_buffer(key, assign.to(importance[info.name].device))
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("hard_forward", torch.tensor(False))
         self._build_cost_table()
@@ -173,6 +193,28 @@ class Supernet(nn.Module):
         self.final_group = stream
         if self.family == "torchvision" and not isinstance(model.maxpool, nn.MaxPool2d):
             raise GatingError("model.maxpool: expected nn.MaxPool2d")
+
+    @torch.no_grad()
+    def _channel_importance(self) -> dict[str, Tensor]:
+        """{channel group: summed |gamma| of the BNs its gate scales}: how much each channel carries."""
+        producers: dict[str, list[nn.Module]] = {self.stem_group: [self.model.bn1]}
+        for info in self.blocks:
+            b = info.module
+            if b.downsample is not None:
+                producers.setdefault(info.out_group, []).append(b.downsample[1])
+            if info.kind == "projection":
+                continue
+            for c, group in enumerate(info.inner):
+                producers.setdefault(group, []).append(getattr(b, f"bn{c + 1}"))
+            producers.setdefault(info.out_group, []).append(b.bn2 if info.kind == "basic" else b.bn3)
+        importance = {}
+        for name, bns in producers.items():
+            total = torch.zeros(self.groups[name].size, dtype=torch.float64, device=self.model.conv1.weight.device)
+            for bn in bns:
+                if getattr(bn, "weight", None) is not None:
+                    total += bn.weight.detach().abs().double()
+            importance[name] = total
+        return importance
 
     # ----------------------------------------------------------------- cost table
     def _build_cost_table(self) -> None:
@@ -244,6 +286,22 @@ class Supernet(nn.Module):
     def gate(self, name: str) -> Gate:
         return self.gates[self._gate_key[name]]
 
+    def channel_assignment(self, name: str) -> Tensor:
+        """The gate index of every channel of a gated channel group (``arange`` when each channel has its own)."""
+        key = self._gate_key[name]
+        assign = self.channel_map._buffers.get(key)
+        if assign is None:
+            return torch.arange(self.gates[key].size, device=self.gates[key].logits.device)
+        return assign
+
+    def channels_per_gate_of(self, name: str) -> int:
+        """How many channels one gate of group ``name`` opens or closes (1 for block gates)."""
+        return self.groups[name].size // self.gate(name).size
+
+    def _per_channel(self, name: str, per_gate: Tensor) -> Tensor:
+        assign = self.channel_map._buffers.get(self._gate_key[name])
+        return per_gate if assign is None else per_gate[assign]
+
     def gate_parameters(self) -> Iterator[nn.Parameter]:
         for gate in self.gates.values():
             yield from gate.parameters()
@@ -266,14 +324,20 @@ class Supernet(nn.Module):
     def gate_values(self) -> dict[str, Tensor]:
         """The value each gated group multiplies in, in the current mode (sampled in training)."""
         self._sync_schedule()
-        return {name: self.gates[key]() for name, key in self._gate_key.items()}
+        return {name: self._per_channel(name, self.gates[key]()) for name, key in self._gate_key.items()}
+
+    def eval_gate_values(self) -> dict[str, Tensor]:
+        """Per channel, the value each gated group multiplies in under eval: what finalization folds."""
+        return {name: self._per_channel(name, self.gates[key].eval_value()) for name, key in self._gate_key.items()}
 
     def gate_probabilities(self) -> dict[str, Tensor]:
+        """P(open) per channel (per block for block gates)."""
         self._sync_schedule()
-        return {name: self.gates[key].expected_open().detach() for name, key in self._gate_key.items()}
+        return {name: self._per_channel(name, self.gates[key].expected_open().detach())
+                for name, key in self._gate_key.items()}
 
     def _hard_masks(self) -> dict[str, Tensor]:
-        return {name: self.gates[key].hard_open() for name, key in self._gate_key.items()}
+        return {name: self._per_channel(name, self.gates[key].hard_open()) for name, key in self._gate_key.items()}
 
     def block_open(self, masks: dict[str, Tensor] | None = None) -> dict[str, bool]:
         """Whether each non-projection block survives finalization: its gate is open and no inner
@@ -298,16 +362,27 @@ class Supernet(nn.Module):
 
     @torch.no_grad()
     def set_gate_state(self, state: dict[str, Tensor | bool]) -> None:
-        """Pin decisions (True = open) for the named groups; others stay free."""
+        """Pin decisions (True = open) for the named groups; others stay free. A channel group takes one value
+        per channel (as :meth:`gate_state` gives) or one per gate; channels that share a gate must agree."""
         for name, value in state.items():
             if name not in self._gate_key:
                 raise DnasPruneError(f"no gate group named {name!r}; known: {', '.join(self._gate_key)}")
             gate = self.gate(name)
             value = torch.as_tensor(value, dtype=torch.bool).reshape(-1).to(gate.forced.device)
+            size = self.groups[name].size
             if value.numel() == 1 and gate.size > 1:
                 value = value.expand(gate.size)
+            elif value.numel() == size and gate.size != size:
+                assign = self.channel_assignment(name).to(value.device)
+                opened = torch.zeros(gate.size, dtype=torch.long, device=value.device).index_add_(0, assign, value.long())
+                per_gate = torch.bincount(assign, minlength=gate.size)
+                if not bool(((opened == 0) | (opened == per_gate)).all()):
+                    raise DnasPruneError(f"gate state for {name!r} splits channels that share a gate "
+                                         f"({self.channels_per_gate_of(name)} per gate); open or close them together")
+                value = opened == per_gate
             if value.numel() != gate.size:
-                raise DnasPruneError(f"gate state for {name!r} has {value.numel()} entries, expected {gate.size}")
+                raise DnasPruneError(f"gate state for {name!r} has {value.numel()} entries, expected {size} "
+                                     f"(one per channel) or {gate.size} (one per gate)")
             gate.forced.copy_(value.to(torch.int8))
 
     @torch.no_grad()
@@ -329,7 +404,7 @@ class Supernet(nn.Module):
 
     def counts_and_blocks(self, hard: bool) -> tuple[Tensor, Tensor]:
         if not hard:
-            probs = {n: self.gates[k].expected_open() for n, k in self._gate_key.items()}
+            probs = {n: self._per_channel(n, self.gates[k].expected_open()) for n, k in self._gate_key.items()}
             counts = [probs[n].sum() if n in probs else self.group_sizes.new_tensor(float(self.groups[n].size)) for n in self.channel_groups]
             one = self.group_sizes.new_tensor(1.0)
             blocks = [probs[n].reshape(()) if n in probs else one for n in self.branch_blocks]
@@ -343,9 +418,9 @@ class Supernet(nn.Module):
         return counts_t, blocks_t
 
     def marginal_costs(self, metric: str) -> dict[str, float]:
-        """{gated group: d cost / d (one more open unit)} at the current gate probabilities: per channel of a
-        channel group, per block for a block gate. Cost is linear in each group's width, so this is exactly
-        what opening one more channel (or the block) adds while the other groups stay as they are."""
+        """{gated group: d cost / d (one more open gate)} at the current gate probabilities: per gate of a
+        channel group (its channels times the cost of one channel), per block for a block gate. Cost is linear
+        in each group's width, so this is exactly what opening one more gate adds while the others stay."""
         with torch.no_grad():
             counts, blocks = self.counts_and_blocks(hard=False)
         with torch.enable_grad():  # callers may be inside no_grad
@@ -355,7 +430,8 @@ class Supernet(nn.Module):
             inputs = (counts, blocks) if blocks.numel() else (counts,)
             grads = torch.autograd.grad(macs if metric == "macs" else params, inputs, allow_unused=True)
         per_count, per_block = grads[0], grads[1] if blocks.numel() else None
-        result = {n: float(per_count[i]) for i, n in enumerate(self.channel_groups) if n in self._gate_key}
+        result = {n: float(per_count[i]) * self.channels_per_gate_of(n)
+                  for i, n in enumerate(self.channel_groups) if n in self._gate_key}
         if per_block is not None:
             result.update({n: float(per_block[i]) for i, n in enumerate(self.branch_blocks) if n in self._gate_key})
         return result
@@ -417,13 +493,15 @@ class Supernet(nn.Module):
             "gate": self.gate_kind,
             "exclude": list(self.exclude),
             "init_logit": self.init_logit,
+            "channels_per_gate": self.channels_per_gate,
             "budget": self.budget,
         }
 
     @classmethod
     def from_config(cls, config: dict, state_dict: dict | None = None) -> "Supernet":
         model = build_model(config["spec"])
-        net = cls(model, config["input_size"], config["gate"], config.get("exclude", ()), config.get("init_logit", 3.0))
+        net = cls(model, config["input_size"], config["gate"], config.get("exclude", ()), config.get("init_logit", 3.0),
+                  config.get("channels_per_gate", 1))
         net.budget = config.get("budget")
         if state_dict is not None:
             net.load_state_dict(state_dict)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import hashlib
 import json
 import shlex
 import sys
@@ -55,6 +56,7 @@ class Method:
     cost_normalized: bool = SearchConfig.cost_normalized
     budget_penalty: str = SearchConfig.budget_penalty
     round_to: int | None = SearchConfig.round_to
+    channels_per_gate: int = SearchConfig.channels_per_gate
     target_ramp: float = SearchConfig.target_ramp
     search_epochs: int | None = None  # ours: overrides --search-epochs (the finetune gets the rest of the epochs)
     tp_method: str = ""
@@ -77,6 +79,10 @@ METHODS = {
                                    gates="inner"),
     "ours_ramp_inner_only_round8": Method("dnas_prune, ramped budget, inner-channel gates only, widths rounded to "
                                           "multiples of 8", "ours", target_ramp=0.5, gates="inner", round_to=8),
+    "ours_g8": Method("dnas_prune, one gate per 8 channels (searched widths are multiples of 8)", "ours",
+                      channels_per_gate=8),
+    "ours_ramp_inner_only_g8": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 8 "
+                                      "channels", "ours", target_ramp=0.5, gates="inner", channels_per_gate=8),
     "ours_ramp_1search": Method("dnas_prune, ramped budget, one search epoch (the finetune gets the rest)", "ours",
                                 target_ramp=0.5, search_epochs=1),
     "ours_streams": Method("dnas_prune, residual streams gated too", "ours", gate_streams=True),
@@ -143,6 +149,7 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
                                                cost_normalized=method.cost_normalized,
                                                budget_penalty=method.budget_penalty, exclude=exclude,
                                                gate_streams=method.gate_streams, round_to=method.round_to,
+                                               channels_per_gate=method.channels_per_gate,
                                                target_ramp=method.target_ramp),
                                   row_dir / "search",
                                   resume=True, input_size=input_size)
@@ -150,7 +157,7 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
         info = {"exclude": exclude, "gate": method.gate, "gate_optimizer": method.gate_optimizer,
                 "cost_normalized": method.cost_normalized, "budget_penalty": method.budget_penalty,
                 "gate_streams": method.gate_streams, "round_to": method.round_to,
-                "target_ramp": method.target_ramp,
+                "channels_per_gate": method.channels_per_gate, "target_ramp": method.target_ramp,
                 "blocks_open": summary["gates"]["blocks_open"],
                 "blocks_total": summary["gates"]["blocks_total"],
                 "pre_finetune_test_acc": summary["accuracy"]["test"]}
@@ -234,7 +241,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- date: {report['date']}; machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, load average "
         f"{m['load_average'][0]:.1f} when the report was written, "
         f"torch {m['torch']}, latency with {report.get('threads', '?')} torch thread(s)",
-        f"- model {report['model']} from `{report['dense_path']}`: test acc {dense['test_acc']:.4f}, "
+        f"- model {report['model']} from `{report['dense_path']}` (parent {report.get('parent', '?')}): "
+        f"test acc {dense['test_acc']:.4f}, "
         f"{dense['macs'] / 1e6:.2f} M MACs, {dense['params'] / 1e6:.4f} M params",
         f"- epochs: ours = {report['search_epochs']} search + {report['finetune_epochs']} finetune; TP magnitude and "
         f"uniform L1 = prune at once + {report['search_epochs'] + report['finetune_epochs']} finetune; TP slimming = "
@@ -313,6 +321,7 @@ def write_report(args: argparse.Namespace, rows: dict[str, dict], dense: nn.Modu
     report = {
         "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "threads": threads, "model": args.model, "dense_path": str(args.dense),
+        "parent": hashlib.sha256(args.dense.read_bytes()).hexdigest()[:12],
         "data": args.data, "train_images": len(data.train),
         "val_images": len(data.val), "test_images": len(data.test), "seed": args.seed, "seeds": [args.seed],
         "search_epochs": args.search_epochs, "finetune_epochs": args.finetune_epochs,

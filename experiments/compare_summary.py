@@ -21,9 +21,11 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("tp_magnitude", "tp_slimming", "uniform_l1")
 OURS = "ours"
-# The default search; the same with kept widths rounded to multiples of 8; and the ramped budget without block gates
-# (--target-ramp 0.5 --no-block-gates), unrounded and rounded.
-OURS_VARIANTS = ("ours", "ours_round8", "ours_ramp_inner_only", "ours_ramp_inner_only_round8")
+# The default search; the same with kept widths rounded to multiples of 8 after it, or searched in whole gates of 8
+# channels (--channels-per-gate 8); and the ramped budget without block gates (--target-ramp 0.5 --no-block-gates),
+# unrounded, rounded after the search and searched in gates of 8 channels.
+OURS_VARIANTS = ("ours", "ours_round8", "ours_g8", "ours_ramp_inner_only", "ours_ramp_inner_only_round8",
+                 "ours_ramp_inner_only_g8")
 
 
 def load_reports(results: Path) -> list[dict[str, Any]]:
@@ -35,11 +37,20 @@ def load_reports(results: Path) -> list[dict[str, Any]]:
     return reports
 
 
+def parent_of(report: dict[str, Any]) -> str:
+    """Which dense parent a report pruned: the hash of its model file (older reports: its dense test accuracy)."""
+    return report.get("parent") or f"test acc {report['dense']['test_acc']:.4f}"
+
+
 def collect(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """model -> target -> method -> {"acc": {seed: acc}, "macs_ratio", "params", "speedup_bs64", "file"}."""
+    """"model, parent P" -> target -> method -> {"acc": {seed: acc}, "macs_ratio", "params", "speedup_bs64", "file"}.
+
+    Rows are only merged across seeds of the same dense parent: a retrained parent starts a table of its own.
+    """
     models: dict[str, Any] = {}
     for report in reports:
-        model = models.setdefault(report["model"], {"dense": {}, "targets": {}, "files": []})
+        key = f"{report['model']}, parent {parent_of(report)}"
+        model = models.setdefault(key, {"dense": {}, "targets": {}, "files": []})
         model["files"].append({"file": report["file"], "seed": report["seed"], "command": report["command"],
                                "epochs": f"{report['search_epochs']}+{report['finetune_epochs']}",
                                "date": report["date"]})

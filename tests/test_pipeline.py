@@ -61,6 +61,7 @@ def test_overrides_and_defaults(tmp_path: Path) -> None:
     (MINIMAL, ["search.target_macs=1.5"], "(0, 1]"),
     (MINIMAL, ["export.formats=['zip']"], "unknown format 'zip'"),
     (MINIMAL, ["pretrain.schedule='linear'"], "schedule must be one of"),
+    (MINIMAL, ["search.channels_per_gate=8", "search.round_to=12"], "not a multiple of channels_per_gate"),
     ('[search]\ntarget_macs = 0.5\n', [], "[model] name is required"),
     ("[model\n", [], "is not valid TOML"),
 ])

@@ -45,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="fraction of the search over which the budget descends from the dense cost to the target "
                         "(default: %(default)s, the target applies at once; see README)")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
+    p.add_argument("--channels-per-gate", type=int, default=SEARCH_DEFAULTS.channels_per_gate,
+                   help="one gate per K channels, so every searched width is a multiple of K (8 or 16 keep pruned "
+                        "layers on fast CPU kernels; default: %(default)s)")
     p.add_argument("--gate-streams", action="store_true",
                    help="also gate the residual streams (default: keep them whole; see README)")
     p.add_argument("--no-block-gates", dest="block_gates", action="store_false",
@@ -63,7 +66,7 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(metric=metric, target=target, gate=args.gate, gate_optimizer=args.gate_optimizer,
                         cost_normalized=args.cost_normalized, budget_penalty=args.budget_penalty,
                         gate_lr=args.gate_lr, warmup=args.warmup, target_ramp=args.target_ramp,
-                        round_to=args.round_to, exclude=list(args.exclude),
+                        round_to=args.round_to, channels_per_gate=args.channels_per_gate, exclude=list(args.exclude),
                         gate_streams=args.gate_streams, block_gates=args.block_gates)
 
 
