@@ -62,7 +62,7 @@ def check_feasible(net: Supernet, metric: str, target: float, round_to: int | No
     if target < floor:
         raise BudgetError(
             f"target {metric} {target:g} is below the floor {floor:.4f} of this model (stem, fc, projections, ungated "
-            f"groups and one channel per gated stream cannot be pruned); choose a target >= {math.ceil(floor * 1e4) / 1e4:g}"
+            f"groups and one step, a channel or one gate's channels, per gated stream cannot be pruned); choose a target >= {math.ceil(floor * 1e4) / 1e4:g}"
         )
 
 
@@ -225,7 +225,7 @@ def project_to_budget(
     if not (target - tolerance - 1e-9 <= current <= target + tolerance + 1e-9):
         raise BudgetError(
             f"could not place the {metric} ratio within ±{tolerance:g} of {target:g} (reached {current:.4f}); "
-            "try a smaller --round-to"
+            "try a smaller --round-to or --channels-per-gate"
         )
     state: dict[str, Tensor] = {}
     for i, perm in order.items():

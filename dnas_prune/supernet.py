@@ -136,7 +136,7 @@ class Supernet(nn.Module):
                 step = 1 if info.kind == "block" else math.gcd(info.size, channels_per_gate)
                 self.gates[key] = make_gate(gate, info.size // step, init_logit)
                 if step > 1:
-                    ranking = torch.argsort(importance[info.name], descending=True, stable=True)
+                    ranking = torch.argsort(importance[info.name], descending=True, stable=True).cpu()
                     assign = torch.empty(info.size, dtype=torch.long)
                     assign[ranking] = torch.arange(info.size) // step
                     self.channel_map.register_buffer(key, assign.to(importance[info.name].device))
@@ -287,12 +287,13 @@ class Supernet(nn.Module):
         return self.gates[self._gate_key[name]]
 
     def channel_assignment(self, name: str) -> Tensor:
-        """The gate index of every channel of a gated channel group (``arange`` when each channel has its own)."""
+        """The gate index of every channel of a gated channel group (``arange`` when each channel has its own);
+        a copy, so a caller cannot regroup the channels by accident."""
         key = self._gate_key[name]
         assign = self.channel_map._buffers.get(key)
         if assign is None:
             return torch.arange(self.gates[key].size, device=self.gates[key].logits.device)
-        return assign
+        return assign.clone()
 
     def channels_per_gate_of(self, name: str) -> int:
         """How many channels one gate of group ``name`` opens or closes (1 for block gates)."""

@@ -18,6 +18,23 @@ from test_finalize import adversarial_states, check_exact, perturb
 from test_search import run_search
 
 
+def with_random_gammas(model: nn.Module, seed: int = 0) -> nn.Module:
+    """BN scales as after training (a fresh model has all gammas 1, so channels would share gates in index order)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.randn(m.num_features, generator=g))
+    return model
+
+
+def assert_shuffled(net: Supernet) -> None:
+    """At least one group's gates hold channels out of index order: the channel map is really used."""
+    assert any(not torch.equal(net.channel_assignment(name), torch.arange(net.groups[name].size)
+                               // net.channels_per_gate_of(name))
+               for name in net._gate_key if net.groups[name].kind != "block")
+
+
 def gated_widths(model: nn.Module, net: Supernet) -> list[int]:
     """Output widths of every conv whose channels the search could cut (stem and projections are streams)."""
     spec = spec_of(model)
@@ -40,9 +57,23 @@ def test_each_gate_spans_k_channels_of_similar_importance() -> None:
     assert set(top.tolist()) == set(torch.nonzero(assign == 0).flatten().tolist())
 
 
+def test_closing_a_gate_removes_exactly_its_channels() -> None:
+    """Gate 1 of layer1.0.conv1 holds the 8 channels with the smallest |gamma|: closing it keeps the other 8."""
+    dense = with_random_gammas(create_model("cifar_resnet20"), seed=3)
+    net = Supernet(dense, channels_per_gate=8)
+    net.set_gate_state({"layer1.0.conv1": torch.tensor([True, False])})
+    kept = torch.argsort(dense.layer1[0].bn1.weight.detach().abs(), descending=True)[:8].sort().values
+    assert torch.equal(torch.nonzero(net.gate_state()["layer1.0.conv1"]).flatten(), kept)
+    values = net.eval_gate_values()["layer1.0.conv1"]
+    assert bool((values[kept] == 1).all()) and int((values == 0).sum()) == 8
+    model = finalize(net.eval())
+    torch.testing.assert_close(model.layer1[0].conv1.weight, dense.layer1[0].conv1.weight[kept])
+
+
 @pytest.mark.parametrize("name,size", [("cifar_resnet20", (3, 32, 32)), ("resnet50", (3, 32, 32))])
 def test_finalized_equals_hard_supernet_and_widths_are_multiples(name: str, size: tuple[int, int, int]) -> None:
-    net = Supernet(create_model(name), size, channels_per_gate=8)  # streams gated too: the hardest case
+    net = Supernet(with_random_gammas(create_model(name)), size, channels_per_gate=8)  # streams gated too
+    assert_shuffled(net)
     perturb(net, seed=4)
     for label, state in adversarial_states(net).items():
         if label == "stream_width_1":  # one channel cannot be opened alone; a whole gate can
@@ -57,7 +88,7 @@ def test_finalized_equals_hard_supernet_and_widths_are_multiples(name: str, size
 def test_a_width_k_does_not_divide_gets_gates_of_their_common_divisor() -> None:
     spec = spec_of(create_model("cifar_resnet20"))
     spec["stages"][0]["blocks"][0]["inner"] = [12]
-    net = Supernet(build_model(spec), channels_per_gate=8)
+    net = Supernet(with_random_gammas(build_model(spec)), channels_per_gate=8)
     assert net.channels_per_gate_of("layer1.0.conv1") == 4 and net.channels_per_gate_of("layer1.1.conv1") == 8
     perturb(net, seed=2)
     model = check_exact(net.eval(), (3, 32, 32))
@@ -66,7 +97,8 @@ def test_a_width_k_does_not_divide_gets_gates_of_their_common_divisor() -> None:
 
 @pytest.mark.parametrize("target", [0.5, 0.2])
 def test_projection_lands_on_the_budget_in_whole_gates(target: float) -> None:
-    net = Supernet(create_model("cifar_resnet56"), channels_per_gate=8, exclude=["stem", "*.stream"])
+    net = Supernet(with_random_gammas(create_model("cifar_resnet56")), channels_per_gate=8, exclude=["stem", "*.stream"])
+    assert_shuffled(net)
     perturb(net, seed=int(target * 10))
     project_to_budget(net, "macs", target)
     model = finalize(net.eval())
@@ -109,11 +141,15 @@ def test_cost_normalization_pushes_every_gate_equally_per_unit_of_cost() -> None
 
 
 def test_search_with_gates_over_channels_lands_on_the_budget_and_reloads(synthetic_data, tmp_path: Path) -> None:
-    net, summary = run_search(synthetic_data, tmp_path, channels_per_gate=8, block_gates=False, target_ramp=0.5)
+    model = with_random_gammas(create_model("cifar_resnet20", num_classes=synthetic_data.num_classes))
+    net, summary = run_search(synthetic_data, tmp_path, model=model, channels_per_gate=8, block_gates=False,
+                              target_ramp=0.5)
+    assert_shuffled(net)
     assert 0.49 <= summary["final"]["macs_ratio"] <= 0.51
-    reloaded = load_supernet(tmp_path / "supernet.pt")
+    reloaded = load_supernet(tmp_path / "supernet.pt")  # built from a fresh model: its map comes from the file
     assert reloaded.channels_per_gate == 8
-    torch.testing.assert_close(reloaded.channel_assignment("layer3.0.conv1"), net.channel_assignment("layer3.0.conv1"))
+    for name in net._gate_key:
+        torch.testing.assert_close(reloaded.channel_assignment(name), net.channel_assignment(name))
     model = finalize(reloaded)
     assert all(w % 8 == 0 for w in gated_widths(model, reloaded))
     x = torch.randn(2, 3, 32, 32)

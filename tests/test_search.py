@@ -17,10 +17,10 @@ from conftest import make_synthetic, read_events
 TRAIN = dict(batch_size=64, lr=0.05, schedule="cosine", warmup_epochs=0.0, progress=False, memory_format="contiguous")
 
 
-def run_search(data, out: Path, epochs: int = 2, wrap=None, resume: bool = False, **search_kw):
+def run_search(data, out: Path, epochs: int = 2, wrap=None, resume: bool = False, model=None, **search_kw):
     config = SearchConfig(**{"target": 0.5, "gate_lr": 0.2, "budget_lr": 0.5, "recalibrate_batches": 2, **search_kw})
     torch.manual_seed(0)
-    model = create_model("cifar_resnet20", num_classes=data.num_classes)
+    model = model or create_model("cifar_resnet20", num_classes=data.num_classes)
     return search(model, data, TrainConfig(epochs=epochs, **TRAIN), config, out, resume=resume, wrap_hooks=wrap)
 
 
