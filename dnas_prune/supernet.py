@@ -464,6 +464,13 @@ class Supernet(nn.Module):
         last = stream
         if info.gate is not None:
             last = values[info.gate] if last is None else values[info.gate] * last
+        inner = [values[g] for g in info.inner if g in values]
+        if alive is None and inner:
+            # An inner group whose every value is exactly 0 (closed in a hard or sampled forward) leaves the branch
+            # only its last BN's shift, a constant that eval and finalization drop with the block: drop it here too,
+            # so training computes what eval computes.
+            alive_now = torch.stack([(v != 0).any() for v in inner]).all().to(inner[0].dtype)
+            last = alive_now if last is None else last * alive_now
         if info.kind == "basic":
             out = F.relu(gated_bn(b.bn1, b.conv1(x), values.get(info.inner[0])))
             out = gated_bn(b.bn2, b.conv2(out), last)

@@ -50,6 +50,30 @@ def test_gradients_reach_every_gate_parameter(kind: str) -> None:
         assert gate.logits.grad is not None and gate.logits.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("exclude", [[], ["layer*.[0-9]"]])
+def test_hard_training_forward_computes_what_eval_computes_when_a_blocks_inner_channels_all_close(
+        exclude: list[str]) -> None:
+    """The last 20 % of a search trains with hard gates so that training sees the network eval (and finalization)
+    computes; a block whose inner channels are all closed is removed there, so its branch must add nothing here,
+    not its last BN's shift."""
+    net = Supernet(create_model("cifar_resnet20"), exclude=exclude)
+    randomize_gates(net, seed=1)
+    with torch.no_grad():
+        for m in net.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(m.num_features))
+    net.set_gate_state({"layer1.1.conv1": False, "layer3.2.conv1": False, "layer2.1.conv1": True})
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    net.train()
+    net.set_schedule(temperature=0.05, hard=True)
+    for m in net.model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()  # running statistics in both passes: only the gates differ between the modes
+    with torch.no_grad():
+        trained = net(x)
+        torch.testing.assert_close(trained, net.eval()(x), rtol=1e-5, atol=1e-5)
+
+
 def test_group_names_follow_module_names() -> None:
     cifar = Supernet(create_model("cifar_resnet20"))
     assert {"layer1.stream", "layer2.stream", "layer3.stream", "layer2.0", "layer2.0.conv1"} <= set(cifar.groups)
