@@ -128,7 +128,7 @@ class Supernet(nn.Module):
         self._gate_key: dict[str, str] = {}
         # {gate key: gate index of every channel}, only for groups whose gates span several channels
         self.channel_map = nn.Module()
-        importance = self._channel_importance()
+        importance = self._channel_importance() if channels_per_gate > 1 else {}
         for info in self.groups.values():
             if info.gated:
                 key = info.name.replace(".", "_")
