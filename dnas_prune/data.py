@@ -89,7 +89,7 @@ class DataSplit(Protocol):
 
     def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                 device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
-                world_size: int = 1, flip: str = "random") -> Batches: ...
+                world_size: int = 1, flip: str = "random", crop_padding: int = 4) -> Batches: ...
 
 
 class TrainingData(Protocol):
@@ -130,10 +130,10 @@ class Split:
 
     def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                 device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
-                world_size: int = 1, flip: str = "random") -> BatchStream:
+                world_size: int = 1, flip: str = "random", crop_padding: int = 4) -> BatchStream:
         return BatchStream(self, batch_size, train=train, seed=seed, epoch=epoch, device=device,
                            channels_last=channels_last, mean=self.mean, std=self.std, rank=rank, world_size=world_size,
-                           flip=flip)
+                           flip=flip, crop_padding=crop_padding)
 
 
 @dataclass
@@ -346,8 +346,12 @@ class BatchStream:
         start_batch: int = 0,
         drop_last: bool | None = None,
         flip: str = "random",
+        crop_padding: int = 4,
     ) -> None:
+        if crop_padding < 0:
+            raise ValueError(f"crop padding must be >= 0, got {crop_padding}")
         self.split, self.train, self.device = split, train, torch.device(device)
+        self.pad = crop_padding
         n = len(split)
         drop_last = train if drop_last is None else drop_last
         self.slices = _rank_slices(n, batch_size, rank, world_size, drop_last, start_batch)
@@ -356,7 +360,7 @@ class BatchStream:
             # The whole epoch's randomness is drawn up front, so skipping batches or ranks changes nothing.
             generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             self.order = torch.randperm(n, generator=generator)
-            self.offsets = torch.randint(0, 9, (n, 2), generator=generator)
+            self.offsets = torch.randint(0, 2 * crop_padding + 1, (n, 2), generator=generator)
             if flip == "alternate":  # each image is mirrored in exactly one of every two consecutive epochs
                 per_image = torch.rand(n, generator=torch.Generator().manual_seed(seed * 1_000_003 - 1)) < 0.5
                 self.flips = per_image ^ bool(epoch % 2)
@@ -371,14 +375,15 @@ class BatchStream:
         return len(self.slices)
 
     def _augment(self, images: Tensor, index: Tensor) -> Tensor:
-        """Pad-4 random crop and horizontal flip of a uint8 batch by one gather."""
+        """Zero-pad, random crop and horizontal flip of a uint8 batch by one gather."""
         b, c, h, w = images.shape
-        padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+        p = self.pad
+        padded = torch.nn.functional.pad(images, (p, p, p, p))
         rows = self.offsets[index, 0, None] + torch.arange(h)
         ramp = torch.arange(w)
         cols = self.offsets[index, 1, None] + torch.where(self.flips[index, None], w - 1 - ramp, ramp)
-        flat = padded.view(b, c, (h + 8) * (w + 8))
-        gather = (rows[:, :, None] * (w + 8) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+        flat = padded.view(b, c, (h + 2 * p) * (w + 2 * p))
+        gather = (rows[:, :, None] * (w + 2 * p) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
         return flat.gather(2, gather).view(b, c, h, w)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -472,11 +477,13 @@ class ImageFolderSplit:
 
     def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                 device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
-                world_size: int = 1, flip: str = "random") -> _LoaderBatches:
+                world_size: int = 1, flip: str = "random", crop_padding: int = 4) -> _LoaderBatches:
         from torch.utils.data import DataLoader
 
         if flip != "random":
             raise DataError("imagefolder data flips at random only; --flip alternate is for CIFAR data")
+        if crop_padding != 4:
+            raise DataError("imagefolder data takes RandomResizedCrop; --crop-padding is for CIFAR data")
 
         device = torch.device(device)
         n = len(self.samples)

@@ -258,6 +258,9 @@ class MonitorHooks(TrainHooks):
         if self.searching and (step % self.histogram_every == 0 or epoch_end):
             self._log_histograms(step)
 
+    def before_evaluate(self, trainer: Trainer, epoch: int) -> None:
+        self.inner.before_evaluate(trainer, epoch)
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
         self.inner.on_epoch_end(trainer, epoch, metrics)
         if self.writer is None:

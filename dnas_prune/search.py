@@ -169,6 +169,13 @@ class SearchHooks(TrainHooks):
     def after_step(self, trainer: Trainer, step: int, metrics: dict) -> None:
         self.controller.update(self.last_expected[self.config.metric])
 
+    def before_evaluate(self, trainer: Trainer, epoch: int) -> None:
+        """Eval mode computes the hard network, whose BN inputs differ from the soft-gated ones the running
+        statistics followed; without refitting them the per-epoch val accuracy sits near chance. Training
+        normalizes by batch statistics, so this changes what is logged, not what is learned."""
+        recalibrate_bn(self.net, trainer.data, self.config.recalibrate_batches, trainer.config.batch_size,
+                       trainer.config.seed, bool(trainer.channels_last), trainer.device, trainer.autocast)
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
         hard = self.net.hard_cost()
         metrics.update(

@@ -55,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     flip: str = "random"  # "alternate": each image mirrored in exactly one of every two epochs (CIFAR data)
+    crop_padding: int = 4  # CIFAR random crops: zero-pad by this many pixels, crop back (0: no translation)
     schedule: str = "onecycle"  # "onecycle": linear up, linear down to 0; "cosine": linear warmup, cosine to 0
     warmup_epochs: float = 3.0
     device: str = "cpu"
@@ -72,6 +73,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DnasPruneError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.crop_padding < 0:
+            raise DnasPruneError(f"crop_padding must be >= 0, got {self.crop_padding}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise DnasPruneError(f"epochs, batch size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
 
@@ -104,6 +107,10 @@ class TrainHooks:
 
     def after_step(self, trainer: "Trainer", step: int, metrics: dict) -> None:
         pass
+
+    def before_evaluate(self, trainer: "Trainer", epoch: int) -> None:
+        """Called after an epoch's training, before its val/test evaluation (e.g. to fit BN statistics to the
+        network that eval mode computes)."""
 
     def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict) -> None:
         pass
@@ -234,7 +241,7 @@ class Trainer:
     def _batches(self, split: DataSplit, train: bool, epoch: int = 0, batch_size: int | None = None) -> Batches:
         return split.batches(batch_size or self.config.batch_size, train=train, seed=self.config.seed, epoch=epoch,
                              device=self.device, channels_last=bool(self.channels_last), rank=self.rank,
-                             world_size=self.world_size, flip=self.config.flip)
+                             world_size=self.world_size, flip=self.config.flip, crop_padding=self.config.crop_padding)
 
     def _all_reduce(self, values: list[float]) -> list[float]:
         if self.world_size == 1:
@@ -337,10 +344,13 @@ class Trainer:
             epoch = self.epoch
             self.hooks.on_epoch_start(self, epoch)
             metrics = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            testing = cfg.test_every_epoch or epoch + 1 == cfg.epochs
+            if len(self.data.val) or testing:
+                self.hooks.before_evaluate(self, epoch)
             if len(self.data.val):
                 val = self.evaluate(self.data.val)
                 metrics.update(val_acc=val["acc"], val_loss=val["loss"])
-            if cfg.test_every_epoch or epoch + 1 == cfg.epochs:
+            if testing:
                 test = self.evaluate(self.data.test)
                 metrics.update(test_acc=test["acc"], test_loss=test["loss"])
             self.hooks.on_epoch_end(self, epoch, metrics)

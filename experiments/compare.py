@@ -83,6 +83,14 @@ METHODS = {
                       channels_per_gate=8),
     "ours_ramp_inner_only_g8": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 8 "
                                       "channels", "ours", target_ramp=0.5, gates="inner", channels_per_gate=8),
+    "ours_ramp_inner_only_g8_1search": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 8 "
+                                              "channels, one search epoch (the finetune gets the rest)", "ours",
+                                              target_ramp=0.5, gates="inner", channels_per_gate=8, search_epochs=1),
+    "ours_ramp_inner_only_g4": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 4 "
+                                      "channels", "ours", target_ramp=0.5, gates="inner", channels_per_gate=4),
+    "ours_ramp_inner_only_g4_1search": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 4 "
+                                              "channels, one search epoch (the finetune gets the rest)", "ours",
+                                              target_ramp=0.5, gates="inner", channels_per_gate=4, search_epochs=1),
     "ours_ramp_1search": Method("dnas_prune, ramped budget, one search epoch (the finetune gets the rest)", "ours",
                                 target_ramp=0.5, search_epochs=1),
     "ours_streams": Method("dnas_prune, residual streams gated too", "ours", gate_streams=True),
@@ -243,7 +251,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"torch {m['torch']}, latency with {report.get('threads', '?')} torch thread(s)",
         f"- model {report['model']} from `{report['dense_path']}` (parent {report.get('parent', '?')}): "
         f"test acc {dense['test_acc']:.4f}, "
-        f"{dense['macs'] / 1e6:.2f} M MACs, {dense['params'] / 1e6:.4f} M params",
+        f"{dense['macs'] / 1e6:.2f} M MACs, {dense['params'] / 1e6:.4f} M params"
+        + (f"; series: {report['series']}" if report.get("series") else ""),
         f"- epochs: ours = {report['search_epochs']} search + {report['finetune_epochs']} finetune; TP magnitude and "
         f"uniform L1 = prune at once + {report['search_epochs'] + report['finetune_epochs']} finetune; TP slimming = "
         f"{report['search_epochs']} sparse-training + {report['finetune_epochs']} finetune. Recipe: SGD lr 0.05, cosine, "
@@ -321,7 +330,7 @@ def write_report(args: argparse.Namespace, rows: dict[str, dict], dense: nn.Modu
     report = {
         "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "threads": threads, "model": args.model, "dense_path": str(args.dense),
-        "parent": hashlib.sha256(args.dense.read_bytes()).hexdigest()[:12],
+        "parent": hashlib.sha256(args.dense.read_bytes()).hexdigest()[:12], "series": args.series,
         "data": args.data, "train_images": len(data.train),
         "val_images": len(data.val), "test_images": len(data.test), "seed": args.seed, "seeds": [args.seed],
         "search_epochs": args.search_epochs, "finetune_epochs": args.finetune_epochs,
@@ -356,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, help="writes RESULTS.json and RESULTS.md (default: "
                         "experiments/results/compare_MODEL, with _seedS for a seed other than 0; "
                         "experiments/compare_summary.py merges them into compare.md)")
+    parser.add_argument("--series", default="", help="names a set of runs that compare_summary.py must keep apart from "
+                        "other runs of the same parent (e.g. runs made after a change to the search)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the saved rows (missing ones marked \"not run\"); train nothing")
     args = parser.parse_args(argv)

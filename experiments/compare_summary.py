@@ -25,7 +25,8 @@ OURS = "ours"
 # channels (--channels-per-gate 8); and the ramped budget without block gates (--target-ramp 0.5 --no-block-gates),
 # unrounded, rounded after the search and searched in gates of 8 channels.
 OURS_VARIANTS = ("ours", "ours_round8", "ours_g8", "ours_ramp_inner_only", "ours_ramp_inner_only_round8",
-                 "ours_ramp_inner_only_g8")
+                 "ours_ramp_inner_only_g8", "ours_ramp_inner_only_g8_1search", "ours_ramp_inner_only_g4",
+                 "ours_ramp_inner_only_g4_1search")
 
 
 def load_reports(results: Path) -> list[dict[str, Any]]:
@@ -45,11 +46,12 @@ def parent_of(report: dict[str, Any]) -> str:
 def collect(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """"model, parent P" -> target -> method -> {"acc": {seed: acc}, "macs_ratio", "params", "speedup_bs64", "file"}.
 
-    Rows are only merged across seeds of the same dense parent: a retrained parent starts a table of its own.
+    Rows are only merged across seeds of the same dense parent and series: a retrained parent, or runs that
+    ``compare.py --series`` names apart, start a table of their own.
     """
     models: dict[str, Any] = {}
     for report in reports:
-        key = f"{report['model']}, parent {parent_of(report)}"
+        key = f"{report['model']}, parent {parent_of(report)}" + (f", {report['series']}" if report.get("series") else "")
         model = models.setdefault(key, {"dense": {}, "targets": {}, "files": []})
         model["files"].append({"file": report["file"], "seed": report["seed"], "command": report["command"],
                                "epochs": f"{report['search_epochs']}+{report['finetune_epochs']}",

@@ -71,6 +71,11 @@ def test_target_ramp_outside_the_search_is_refused(tmp_path: Path) -> None:
     assert_one_line_error(result, "[0, 1)")
 
 
+def test_negative_crop_padding_is_refused(tmp_path: Path) -> None:
+    result = cli("train", "--model", "cifar_resnet20", "--crop-padding", "-1", "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, "crop_padding", ">= 0")
+
+
 def test_infeasible_target_states_the_floor(tiny_cifar: Path, tmp_path: Path) -> None:
     result = cli("search", "--model", "cifar_resnet20", "--data", str(tiny_cifar), "--target-macs", "0.0001",
                  "--out", str(tmp_path / "r"), "--batch-size", "8", "--val-size", "6")

@@ -137,6 +137,9 @@ class Recorder(TrainHooks):
     def after_step(self, trainer, step, metrics):
         self.calls.append("after_step")
 
+    def before_evaluate(self, trainer, epoch):
+        self.calls.append("before_evaluate")
+
     def on_epoch_end(self, trainer, epoch, metrics):
         self.calls.append("on_epoch_end")
 
@@ -158,6 +161,7 @@ def test_every_hook_is_delegated_and_other_ranks_write_nothing(tmp_path: Path) -
     assert monitor.loss(trainer, torch.tensor(1.0), torch.zeros(1), 0) is inner.sentinel
     monitor.before_optimizer_step(trainer)
     monitor.after_step(trainer, 1, {"loss": torch.tensor(1.0), "lr": 0.1})
+    monitor.before_evaluate(trainer, 0)
     monitor.on_epoch_end(trainer, 0, {"train_acc": 0.5})
     assert monitor.state_dict() == {"x": 1}
     monitor.load_state_dict({"x": 1})

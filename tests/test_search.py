@@ -120,3 +120,45 @@ def test_search_without_block_gates_lands_on_the_budget(synthetic_data, tmp_path
     net, summary = run_search(synthetic_data, tmp_path, block_gates=False)
     assert not any(info.gated for info in net.groups.values() if info.kind == "block")
     assert 0.49 <= summary["final"]["macs_ratio"] <= 0.51
+
+
+class RecordEvalStatistics:
+    """Wraps the search hooks; at each epoch end (after the evaluation) keeps the BN statistics eval mode used
+    and those the hard network has on the calibration batches."""
+
+    def __init__(self, inner: TrainHooks) -> None:
+        self.inner, self.seen = inner, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
+        import copy
+
+        from dnas_prune.search import recalibrate_bn
+
+        def stats(net) -> dict[str, torch.Tensor]:
+            return {k: v.clone() for k, v in net.model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+        hard = copy.deepcopy(self.inner.net)
+        recalibrate_bn(hard, trainer.data, self.inner.config.recalibrate_batches, trainer.config.batch_size,
+                       trainer.config.seed, False, trainer.device, trainer.autocast)
+        self.seen.append((stats(self.inner.net), stats(hard)))
+        self.inner.on_epoch_end(trainer, epoch, metrics)
+
+
+def test_mid_search_val_accuracy_is_that_of_the_hard_network(synthetic_data, tmp_path: Path) -> None:
+    """Eval mode computes the hard network; its BN statistics must be its own, not the soft-gated ones training
+    left behind, or TensorBoard shows chance accuracy during the search."""
+    recorder = None
+
+    def wrap(inner: TrainHooks) -> RecordEvalStatistics:
+        nonlocal recorder
+        recorder = RecordEvalStatistics(inner)
+        return recorder
+
+    run_search(synthetic_data, tmp_path, epochs=2, wrap=wrap)
+    assert len(recorder.seen) == 2
+    for used, hard in recorder.seen:
+        for name in used:
+            torch.testing.assert_close(used[name], hard[name], msg=name)

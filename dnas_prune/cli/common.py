@@ -31,6 +31,8 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None
     p.add_argument("--flip", choices=FLIP_MODES, default=defaults.flip,
                    help="horizontal flips: random per image and epoch, or alternate (each image mirrored in every "
                         "other epoch, CIFAR data only) (default: %(default)s)")
+    p.add_argument("--crop-padding", type=int, default=defaults.crop_padding,
+                   help="CIFAR random crops: zero-pad by this many pixels and crop back (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device)
     p.add_argument("--limit-train", type=int, help="train on the first N images of the training split (smoke runs)")
     p.add_argument("--val-size", type=int, default=5000, help="images held out of train for validation")
@@ -45,7 +47,7 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs, flip=args.flip, device=args.device, precision=args.precision,
+        warmup_epochs=args.warmup_epochs, flip=args.flip, crop_padding=args.crop_padding, device=args.device, precision=args.precision,
         memory_format=args.memory_format, seed=args.seed, sync_bn=args.sync_bn, test_every_epoch=args.test_every_epoch, progress=not args.no_progress,
     )
 
