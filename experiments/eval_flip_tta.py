@@ -42,19 +42,26 @@ def accuracies(model: torch.nn.Module, split, batch_size: int = 500) -> dict[str
     return {k: v / len(split) for k, v in correct.items()}
 
 
+def _cell(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="CIFAR-10 root (default: $DNAS_PRUNE_DATA)")
     parser.add_argument("--model", action="append", required=True, help="a dense model.pt (repeatable)")
     parser.add_argument("--name", default="eval_flip_tta", help="results file stem")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--val-size", type=int, default=5000,
+                        help="the held-out split the models were trained without (0 for models trained on all 50k)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = load_cifar10(resolve_data_root(args.data, download=False))
+    data = load_cifar10(resolve_data_root(args.data, download=False), val_size=args.val_size)
     rows = []
     for path in args.model:
         model = load_pretrained(path, None, len(data.classes)).eval()
-        rows.append({"model": path, "val": accuracies(model, data.val), "test": accuracies(model, data.test)})
+        rows.append({"model": path, "val": accuracies(model, data.val) if len(data.val) else None,
+                     "test": accuracies(model, data.test)})
         print(path, rows[-1], flush=True)
     report = {"command": shlex.join([sys.executable, *sys.argv]), "machine": machine(), "rows": rows,
               "val_size": len(data.val), "test_size": len(data.test)}
@@ -68,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
              "| model | val fp32 | val bf16 | val flip-TTA | test fp32 | test bf16 | test flip-TTA | TTA gain (test) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        v, t = r["val"], r["test"]
-        lines.append(f"| `{r['model']}` | {v['fp32']:.4f} | {v['bf16']:.4f} | {v['flip_tta']:.4f} | {t['fp32']:.4f} | "
+        t = r["test"]
+        v = r["val"] or {"fp32": "–", "bf16": "–", "flip_tta": "–"}
+        lines.append(f"| `{r['model']}` | {_cell(v['fp32'])} | {_cell(v['bf16'])} | {_cell(v['flip_tta'])} | {t['fp32']:.4f} | "
                      f"{t['bf16']:.4f} | {t['flip_tta']:.4f} | {100 * (t['flip_tta'] - t['bf16']):+.2f} points |")
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     return 0

@@ -31,18 +31,23 @@ def load_run(directory: Path, command: str) -> dict:
             "total_seconds": round(sum(h["epoch_time"] for h in history), 1)}
 
 
+def _acc(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# Dense training: {report['name']}", "",
              f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}. {report['note']}", ""]
-    lines += ["| run | batch | peak lr | warm-up | flips | zero-init residual | epochs | held out | val acc | **test acc** "
-              "| training time | mean img/s |",
-              "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| run | batch | peak lr | warm-up | flips | crop padding | zero-init residual | epochs | held out | val acc "
+              "| **test acc** | training time | mean img/s |",
+              "|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for run in report["runs"]:
         c, h = run["config"], run["history"]
         lines.append(f"| `{Path(run['dir']).name}` | {c['batch_size']} | {c['lr']} | {c['warmup_epochs']} | "
-                     f"{c.get('flip', 'random')} | {'yes' if run['metadata'].get('zero_init_residual') else 'no'} | {c['epochs']} | "
-                     f"{run['metadata'].get('val_size')} | {run['val_acc']:.4f} | **{run['test_acc']:.4f}** | "
+                     f"{c.get('flip', 'random')} | {c.get('crop_padding', 4)} | "
+                     f"{'yes' if run['metadata'].get('zero_init_residual') else 'no'} | {c['epochs']} | "
+                     f"{run['metadata'].get('val_size')} | {_acc(run['val_acc'])} | **{_acc(run['test_acc'])}** | "
                      f"{run['total_seconds'] / 60:.1f} min | "
                      f"{sum(x['img_per_s'] for x in h) / len(h):.0f} |")
     for run in report["runs"]:
@@ -50,13 +55,14 @@ def markdown(report: dict) -> str:
         lines += ["", f"## `{Path(run['dir']).name}`", "", f"`{run['command']}`", "",
                   f"Recipe: SGD (Nesterov {c['nesterov']}, momentum {c['momentum']}), weight decay {c['weight_decay']} on "
                   f"conv/linear weights, label smoothing {c['label_smoothing']}, {c['schedule']} schedule, {c['precision']}, "
-                  f"memory format {c['memory_format']}, seed {c['seed']}; {run['metadata'].get('val_size')} images held out "
+                  f"memory format {c['memory_format']}, seed {c['seed']}, random crops zero-padded by "
+                  f"{c.get('crop_padding', 4)} pixels; {run['metadata'].get('val_size')} images held out "
                   "for validation. The test split is evaluated once, after the last epoch.", "",
                   "| epoch | train loss | train acc | val acc | test acc | seconds | img/s |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         for x in run["history"]:
             test = f"{x['test_acc']:.4f}" if "test_acc" in x else ""
-            lines.append(f"| {x['epoch']} | {x['train_loss']:.4f} | {x['train_acc']:.4f} | {x.get('val_acc', float('nan')):.4f} | "
+            lines.append(f"| {x['epoch']} | {x['train_loss']:.4f} | {x['train_acc']:.4f} | {_acc(x.get('val_acc'))} | "
                          f"{test} | {x['epoch_time']:.1f} | {x['img_per_s']:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -167,6 +167,18 @@ def test_train_command_writes_checkpoint_model_and_metrics(tiny_cifar, tmp_path)
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
 
 
+def test_train_command_trains_on_every_training_image_by_default(tiny_cifar, tmp_path):
+    """Dense training decides nothing on a validation split, so `train` holds none out unless asked."""
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cifar_resnet20", "--data", str(tiny_cifar), "--epochs", "1", "--out", str(out),
+                 "--batch-size", "36", "--precision", "fp32", "--memory-format", "contiguous", "--no-progress",
+                 "--no-tensorboard"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metadata"]["val_size"] == 0 and "val_acc" not in metrics["history"][0]
+    state = torch.load(out / "train.pt", weights_only=True)
+    assert state["global_step"] == 1  # one full batch of 36: every image of the tiny tree (3 classes x 12)
+
+
 def test_bad_data_is_a_one_line_error(tmp_path, capsys):
     assert main(["train", "--model", "cifar_resnet20", "--data", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

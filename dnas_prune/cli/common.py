@@ -12,7 +12,7 @@ from ..data import DATA_KINDS, FLIP_MODES, IMAGE_SIZE, IMAGEFOLDER_LAYOUT, Train
 from ..training import TrainConfig
 
 
-def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_size: int = 5000) -> None:
     p.add_argument("--data", help="data directory (default: $DNAS_PRUNE_DATA; without either, CIFAR-10 is "
                                   "downloaded to the cache)")
     p.add_argument("--data-kind", choices=DATA_KINDS, default="cifar",
@@ -35,7 +35,8 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None
                    help="CIFAR random crops: zero-pad by this many pixels and crop back (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device)
     p.add_argument("--limit-train", type=int, help="train on the first N images of the training split (smoke runs)")
-    p.add_argument("--val-size", type=int, default=5000, help="images held out of train for validation")
+    p.add_argument("--val-size", type=int, default=val_size,
+                   help="images held out of train for validation (default: %(default)s)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=defaults.precision)
     p.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default=defaults.memory_format)
     p.add_argument("--test-every-epoch", action="store_true", help="also evaluate the test split after every epoch")
