@@ -86,8 +86,6 @@ METHODS = {
     "ours_ramp_inner_only_g8_1search": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 8 "
                                               "channels, one search epoch (the finetune gets the rest)", "ours",
                                               target_ramp=0.5, gates="inner", channels_per_gate=8, search_epochs=1),
-    "ours_ramp_inner_only_g4": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 4 "
-                                      "channels", "ours", target_ramp=0.5, gates="inner", channels_per_gate=4),
     "ours_ramp_inner_only_g4_1search": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 4 "
                                               "channels, one search epoch (the finetune gets the rest)", "ours",
                                               target_ramp=0.5, gates="inner", channels_per_gate=4, search_epochs=1),

@@ -25,7 +25,7 @@ OURS = "ours"
 # channels (--channels-per-gate 8); and the ramped budget without block gates (--target-ramp 0.5 --no-block-gates),
 # unrounded, rounded after the search and searched in gates of 8 channels.
 OURS_VARIANTS = ("ours", "ours_round8", "ours_g8", "ours_ramp_inner_only", "ours_ramp_inner_only_round8",
-                 "ours_ramp_inner_only_g8", "ours_ramp_inner_only_g8_1search", "ours_ramp_inner_only_g4",
+                 "ours_ramp_inner_only_g8", "ours_ramp_inner_only_g8_1search",
                  "ours_ramp_inner_only_g4_1search")
 
 
