@@ -338,9 +338,11 @@ class Pipeline:
         data, root = self.data()
         seed_everything(self.config[""]["seed"])
         train_config = train_config_of(self.config, "finetune")
+        teacher = (load_pretrained(self.dense_path, None, data.num_classes) if train_config.distill_weight > 0
+                   else None)
         with self.monitor(self.finetuned_path.parent / "tb") as monitor:
             trainer, metrics = finetune_pruned(self.pruned_path, data, train_config, self.finetuned_path.parent,
-                                               data_root=root, hooks=monitor, resume=True)
+                                               data_root=root, hooks=monitor, resume=True, teacher=teacher)
             if monitor:
                 monitor.log_training_hparams(train_config, {"source": str(self.pruned_path)}, metrics)
         self.log(f"finetuned test accuracy {metrics['test_acc']:.4f}")

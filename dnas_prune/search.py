@@ -16,6 +16,7 @@ statistics are re-estimated for it, and ``supernet.pt`` and ``search.json`` are 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -268,10 +269,12 @@ def search(
     """Run the whole search; returns the projected supernet and the summary written to ``search.json``.
 
     ``wrap_hooks`` lets the caller put an observer (e.g. TensorBoard monitoring) around the search hooks
-    without this module knowing about it.
+    without this module knowing about it. With ``train_config.distill_weight > 0`` the supernet also learns from
+    the dense model it starts from (a frozen copy), as the finetune does.
     """
     out = Path(out_dir)
     input_size = input_size or data.train.input_size
+    teacher = copy.deepcopy(model) if train_config.distill_weight > 0 else None
     net = Supernet(model, input_size, gate=search_config.gate, exclude=search_config.excluded_groups(),
                    init_logit=search_config.init_logit, channels_per_gate=search_config.channels_per_gate)
     check_feasible(net, search_config.metric, search_config.target, search_config.round_to)
@@ -280,7 +283,7 @@ def search(
     hooks = SearchHooks(net, search_config, steps)
     metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config)}
     trainer = Trainer(net, data, train_config, out, hooks=wrap_hooks(hooks) if wrap_hooks else hooks,
-                      checkpoint_name="supernet.pt", metadata=metadata)
+                      checkpoint_name="supernet.pt", metadata=metadata, teacher=teacher)
     trainer.fit(resume=resume and (out / "supernet.pt").is_file())
     before = net.hard_cost()
     final = project_to_budget(net, search_config.metric, search_config.target, search_config.round_to)

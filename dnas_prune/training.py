@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .checkpoint import atomic_torch_save, atomic_write_json, safe_load
+from .distill import distillation_loss
 from .data import FLIP_MODES, Batches, DataSplit, TrainingData
 from .errors import CheckpointError, DnasPruneError, TrainingDiverged
 
@@ -54,6 +55,8 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    distill_weight: float = 0.0  # > 0: the loss mixes in distillation from a teacher (the dense parent), see distill.py
+    distill_temperature: float = 4.0
     flip: str = "random"  # "alternate": each image mirrored in exactly one of every two epochs (CIFAR data)
     crop_padding: int = 4  # CIFAR random crops: zero-pad by this many pixels, crop back (0: no translation)
     schedule: str = "onecycle"  # "onecycle": linear up, linear down to 0; "cosine": linear warmup, cosine to 0
@@ -77,6 +80,12 @@ class TrainConfig:
             raise DnasPruneError(f"crop_padding must be >= 0, got {self.crop_padding}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise DnasPruneError(f"epochs, batch size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
+            raise DnasPruneError(f"weight_decay must be >= 0 and label_smoothing in [0, 1), got {self.weight_decay}, "
+                                 f"{self.label_smoothing}")
+        if not 0 <= self.distill_weight <= 1 or not self.distill_temperature > 0:
+            raise DnasPruneError(f"distill_weight must be in [0, 1] and distill_temperature > 0, got "
+                                 f"{self.distill_weight}, {self.distill_temperature}")
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -160,6 +169,7 @@ class Trainer:
         hooks: TrainHooks | None = None,
         checkpoint_name: str = "train.pt",
         metadata: dict | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         self.config = config
         self.data = data
@@ -176,6 +186,12 @@ class Trainer:
         if config.batch_size % self.world_size:
             raise DnasPruneError(f"batch size {config.batch_size} is not divisible by {self.world_size} processes")
         self.model = model.to(self.device)
+        if config.distill_weight > 0 and teacher is None:
+            raise DnasPruneError("distill_weight > 0 needs a teacher (the dense parent): dense training has none; "
+                                 "distill when searching or finetuning (finetune --teacher DENSE.pt)")
+        self.teacher = None
+        if config.distill_weight > 0:  # frozen, in eval mode: its outputs are targets, not something to train
+            self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.ddp_model: nn.Module = self.model  # wrapped by fit() once the memory format is fixed
         self.steps_per_epoch = len(data.train) // config.batch_size
         if self.steps_per_epoch < 1:
@@ -289,6 +305,10 @@ class Trainer:
             with self.autocast():
                 logits = self.ddp_model(x)
                 ce = self.criterion(logits.float(), y)
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(x)
+                    ce = distillation_loss(logits, teacher_logits, ce, cfg.distill_weight, cfg.distill_temperature)
             loss = self.hooks.loss(self, ce, logits, self.global_step)
             if not torch.isfinite(loss.detach()).item():
                 self._diverged(loss.item())
@@ -333,6 +353,8 @@ class Trainer:
             self.channels_last = self._choose_memory_format()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+            if self.teacher is not None:
+                self.teacher.to(memory_format=torch.channels_last)
         if self.world_size > 1 and self.ddp_model is self.model:  # DDP's gradient buckets follow the layout
             if cfg.sync_bn:
                 if self.device.type != "cuda":

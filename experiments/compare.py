@@ -114,10 +114,11 @@ class SlimmingHooks(TrainHooks):
         self.pruner.regularize(trainer.model, reg=self.reg)
 
 
-def recipe(epochs: int, seed: int) -> TrainConfig:
-    """The one training recipe every method's search, sparse training and finetuning use."""
+def recipe(epochs: int, seed: int, distill_weight: float = 0.0) -> TrainConfig:
+    """The one training recipe every method's search, sparse training and finetuning use (``distill_weight > 0``:
+    each of them also distills from the dense parent)."""
     return TrainConfig(epochs=epochs, lr=0.05, schedule="cosine", warmup_epochs=0.5, batch_size=256,
-                       memory_format="auto", seed=seed, progress=False)
+                       memory_format="auto", seed=seed, progress=False, distill_weight=distill_weight)
 
 
 def exclude_patterns(dense: nn.Module, gates: str, input_size: tuple[int, ...]) -> list[str]:
@@ -150,7 +151,7 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
             net = load_supernet(row_dir / "search" / "supernet.pt")
             summary = json.loads((row_dir / "search" / "search.json").read_text())
         else:
-            net, summary = search(copy.deepcopy(dense), data, recipe(search_epochs, args.seed),
+            net, summary = search(copy.deepcopy(dense), data, recipe(search_epochs, args.seed, args.distill_weight),
                                   SearchConfig(target=target, gate=method.gate, gate_optimizer=method.gate_optimizer,
                                                cost_normalized=method.cost_normalized,
                                                budget_penalty=method.budget_penalty, exclude=exclude,
@@ -176,8 +177,9 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
     before = 0
     extra: dict[str, Any] = {}
     if method.tp_method == "slimming":
-        trainer = Trainer(model, data, recipe(args.search_epochs, args.seed), row_dir / "sparse",
-                          hooks=SlimmingHooks(pruner, args.slimming_reg), checkpoint_name="sparse.pt")
+        trainer = Trainer(model, data, recipe(args.search_epochs, args.seed, args.distill_weight), row_dir / "sparse",
+                          hooks=SlimmingHooks(pruner, args.slimming_reg), checkpoint_name="sparse.pt",
+                          teacher=copy.deepcopy(dense))
         trainer.fit(resume=trainer.checkpoint_path.is_file())
         model.to(memory_format=torch.contiguous_format)
         before, extra = args.search_epochs, {"reg": args.slimming_reg}
@@ -205,8 +207,9 @@ def run_row(name: str, target: float, dense: nn.Module, data: CifarData, args: a
         save_pruned(model, pruned_path, input_size=list(input_size), info=info, epochs_before_finetune=before)
     finetune_epochs = args.search_epochs + args.finetune_epochs - before
     seed_everything(args.seed)
-    trainer, metrics = finetune_pruned(pruned_path, data, recipe(finetune_epochs, args.seed), row_dir / "finetune",
-                                       data_root=args.data, resume=True)
+    trainer, metrics = finetune_pruned(pruned_path, data, recipe(finetune_epochs, args.seed, args.distill_weight),
+                                       row_dir / "finetune", data_root=args.data, resume=True,
+                                       teacher=copy.deepcopy(dense))
     cost, dense_cost = count_cost(trainer.model.eval(), input_size), count_cost(dense, input_size)
     return {
         "method": name, "label": METHODS[name].label, "target_macs": target, "status": "done",
@@ -254,7 +257,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"- epochs: ours = {report['search_epochs']} search + {report['finetune_epochs']} finetune; TP magnitude and "
         f"uniform L1 = prune at once + {report['search_epochs'] + report['finetune_epochs']} finetune; TP slimming = "
         f"{report['search_epochs']} sparse-training + {report['finetune_epochs']} finetune. Recipe: SGD lr 0.05, cosine, "
-        "0.5 warm-up epoch, batch 256, bf16, label smoothing 0.1",
+        "0.5 warm-up epoch, batch 256, bf16, label smoothing 0.1"
+        + (f"; every method distills from the dense model (weight {report['recipe']['distill_weight']}, temperature "
+           f"{report['recipe']['distill_temperature']}) in all its epochs" if report["recipe"].get("distill_weight")
+           else ""),
         f"- data: CIFAR-10 `{report['data']}`, {report['train_images']} training images, "
         f"{report['val_images']} val held out of train, {report['test_images']} test",
         f"- seed {report['seed']}, **one seed per row in this file** (`--seed S` writes `compare_MODEL_seedS`; "
@@ -332,7 +338,7 @@ def write_report(args: argparse.Namespace, rows: dict[str, dict], dense: nn.Modu
         "data": args.data, "train_images": len(data.train),
         "val_images": len(data.val), "test_images": len(data.test), "seed": args.seed, "seeds": [args.seed],
         "search_epochs": args.search_epochs, "finetune_epochs": args.finetune_epochs,
-        "recipe": {k: v for k, v in asdict(recipe(1, args.seed)).items() if k != "epochs"},
+        "recipe": {k: v for k, v in asdict(recipe(1, args.seed, args.distill_weight)).items() if k != "epochs"},
         "targets": args.targets, "methods": args.methods,
         "dense": {"macs": cost.macs, "params": cost.params, **dense_acc}, "tables": tables,
     }
@@ -354,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run in this order (each over all targets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-train", type=int, help="use only N training images (smoke runs)")
+    parser.add_argument("--distill-weight", type=float, default=0.0,
+                        help="every method's training after the dense model also distills from it with this weight "
+                        "(temperature 4); use a --series name for such runs")
     parser.add_argument("--slimming-reg", type=float, default=1e-4, help="L1 on BN scales (Network Slimming, CIFAR)")
     parser.add_argument("--latency-seconds", type=float, default=2.0, help="timed loop per model and batch size")
     parser.add_argument("--latency-threads", type=int, default=1,

@@ -27,6 +27,15 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_siz
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of the weights (default: %(default)s)")
     p.add_argument("--schedule", choices=("onecycle", "cosine"), default=defaults.schedule)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                   help="L2 weight decay on conv/linear weights (default: %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                   help="label smoothing of the training loss (default: %(default)s)")
+    p.add_argument("--distill-weight", type=float, default=defaults.distill_weight,
+                   help="weight of distillation from the dense parent in the loss, 0..1 (search: the model "
+                        "searched; finetune: --teacher) (default: %(default)s)")
+    p.add_argument("--distill-temperature", type=float, default=defaults.distill_temperature,
+                   help="softmax temperature of the distillation targets (default: %(default)s)")
     p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs, help="lr warm-up (default: %(default)s)")
     p.add_argument("--flip", choices=FLIP_MODES, default=defaults.flip,
                    help="horizontal flips: random per image and epoch, or alternate (each image mirrored in every "
@@ -48,6 +57,8 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_siz
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         warmup_epochs=args.warmup_epochs, flip=args.flip, crop_padding=args.crop_padding, device=args.device, precision=args.precision,
         memory_format=args.memory_format, seed=args.seed, sync_bn=args.sync_bn, test_every_epoch=args.test_every_epoch, progress=not args.no_progress,
     )

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..monitor import MonitorHooks
+from ..errors import DnasPruneError
 from ..finetune import finetune_pruned
+from ..search import load_pretrained
 from ..training import TrainConfig, init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
@@ -17,6 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("finetune", help="finetune a pruned model", description=__doc__)
     p.add_argument("pruned", help="pruned model file (from `dnas-prune finalize`)")
     p.add_argument("--out", required=True, help="run directory; writes finetune.pt (resumable) and pruned.pt")
+    p.add_argument("--teacher", help="dense model file (e.g. the parent's model.pt) to distill from; needs "
+                                     "--distill-weight > 0")
     add_training_args(p, DEFAULTS)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
     return p
@@ -25,13 +29,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     init_distributed()
     config = train_config_from(args)
+    if args.teacher and not config.distill_weight > 0:
+        raise DnasPruneError("--teacher is only used with --distill-weight > 0 (e.g. --distill-weight 0.5)")
     data, root = load_data(args)
+    teacher = load_pretrained(args.teacher, None, data.num_classes) if args.teacher else None
     seed_everything(args.seed)
     out = Path(args.out)
     monitor = None if args.no_tensorboard else MonitorHooks(log_dir=out / "tb")
     try:
         trainer, metrics = finetune_pruned(args.pruned, data, config, out, data_root=root, hooks=monitor,
-                                           resume=args.resume)
+                                           resume=args.resume, teacher=teacher)
         if monitor:
             monitor.log_training_hparams(config, {"source": str(args.pruned)}, metrics)
     finally:
