@@ -113,3 +113,8 @@ def test_export_and_pretrained_refuse_bad_files(files: dict[str, Path], tmp_path
                  "--out", str(tmp_path / "r"), "--data", str(tmp_path / "no-data"))
     assert_one_line_error(result)
     assert not (tmp_path / "marker").exists()
+
+
+def test_negative_weight_decay_is_refused(tmp_path: Path) -> None:
+    result = cli("train", "--model", "cifar_resnet20", "--weight-decay", "-1", "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, "weight_decay", ">= 0")

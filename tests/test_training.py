@@ -172,9 +172,10 @@ def test_train_command_trains_on_every_training_image_by_default(tiny_cifar, tmp
     out = tmp_path / "run"
     assert main(["train", "--model", "cifar_resnet20", "--data", str(tiny_cifar), "--epochs", "1", "--out", str(out),
                  "--batch-size", "36", "--precision", "fp32", "--memory-format", "contiguous", "--no-progress",
-                 "--no-tensorboard"]) == 0
+                 "--no-tensorboard", "--weight-decay", "1e-3", "--label-smoothing", "0.2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["metadata"]["val_size"] == 0 and "val_acc" not in metrics["history"][0]
+    assert (metrics["config"]["weight_decay"], metrics["config"]["label_smoothing"]) == (1e-3, 0.2)
     state = torch.load(out / "train.pt", weights_only=True)
     assert state["global_step"] == 1  # one full batch of 36: every image of the tiny tree (3 classes x 12)
 
