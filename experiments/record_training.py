@@ -39,13 +39,13 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# Dense training: {report['name']}", "",
              f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}. {report['note']}", ""]
-    lines += ["| run | batch | peak lr | warm-up | flips | crop padding | zero-init residual | epochs | held out | val acc "
-              "| **test acc** | training time | mean img/s |",
-              "|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| run | batch | peak lr | warm-up | weight decay | label smoothing | flips | crop padding | zero-init residual "
+              "| epochs | held out | val acc | **test acc** | training time | mean img/s |",
+              "|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for run in report["runs"]:
         c, h = run["config"], run["history"]
         lines.append(f"| `{Path(run['dir']).name}` | {c['batch_size']} | {c['lr']} | {c['warmup_epochs']} | "
-                     f"{c.get('flip', 'random')} | {c.get('crop_padding', 4)} | "
+                     f"{c['weight_decay']} | {c['label_smoothing']} | {c.get('flip', 'random')} | {c.get('crop_padding', 4)} | "
                      f"{'yes' if run['metadata'].get('zero_init_residual') else 'no'} | {c['epochs']} | "
                      f"{run['metadata'].get('val_size')} | {_acc(run['val_acc'])} | **{_acc(run['test_acc'])}** | "
                      f"{run['total_seconds'] / 60:.1f} min | "
