@@ -121,6 +121,11 @@ def recipe(epochs: int, seed: int, distill_weight: float = 0.0) -> TrainConfig:
                        memory_format="auto", seed=seed, progress=False, distill_weight=distill_weight)
 
 
+def teacher_of(dense: nn.Module, args: argparse.Namespace) -> nn.Module | None:
+    """A private copy of the parent to distill from (Trainer freezes and moves it), or None without distillation."""
+    return copy.deepcopy(dense) if args.distill_weight > 0 else None
+
+
 def exclude_patterns(dense: nn.Module, gates: str, input_size: tuple[int, ...]) -> list[str]:
     """SearchConfig.exclude for an ablation: the block or inner groups that stay ungated (streams: gate_streams)."""
     dropped = {"block_inner": (), "block": ("inner",), "inner": ("block",)}[gates]
@@ -179,7 +184,7 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
     if method.tp_method == "slimming":
         trainer = Trainer(model, data, recipe(args.search_epochs, args.seed, args.distill_weight), row_dir / "sparse",
                           hooks=SlimmingHooks(pruner, args.slimming_reg), checkpoint_name="sparse.pt",
-                          teacher=copy.deepcopy(dense))
+                          teacher=teacher_of(dense, args))
         trainer.fit(resume=trainer.checkpoint_path.is_file())
         model.to(memory_format=torch.contiguous_format)
         before, extra = args.search_epochs, {"reg": args.slimming_reg}
@@ -209,7 +214,7 @@ def run_row(name: str, target: float, dense: nn.Module, data: CifarData, args: a
     seed_everything(args.seed)
     trainer, metrics = finetune_pruned(pruned_path, data, recipe(finetune_epochs, args.seed, args.distill_weight),
                                        row_dir / "finetune", data_root=args.data, resume=True,
-                                       teacher=copy.deepcopy(dense))
+                                       teacher=teacher_of(dense, args))
     cost, dense_cost = count_cost(trainer.model.eval(), input_size), count_cost(dense, input_size)
     return {
         "method": name, "label": METHODS[name].label, "target_macs": target, "status": "done",
