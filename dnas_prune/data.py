@@ -25,7 +25,7 @@ from .errors import DataError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-FLIP_MODES = ("random", "alternate")
+FLIP_MODES = ("random", "alternate", "none")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -366,6 +366,8 @@ class BatchStream:
                 self.flips = per_image ^ bool(epoch % 2)
             elif flip == "random":
                 self.flips = torch.rand(n, generator=generator) < 0.5
+            elif flip == "none":
+                self.flips = torch.zeros(n, dtype=torch.bool)
             else:
                 raise ValueError(f"flip must be one of {', '.join(FLIP_MODES)}, got {flip!r}")
         else:
@@ -480,9 +482,10 @@ class ImageFolderSplit:
                 world_size: int = 1, flip: str = "random", crop_padding: int = 4) -> _LoaderBatches:
         from torch.utils.data import DataLoader
 
-        if flip != "random":
-            raise DataError("imagefolder data flips at random only; --flip alternate is for CIFAR data")
-        if crop_padding != 4:
+        clean = train and flip == "none" and crop_padding == 0  # a clean epoch: shuffled, under the eval transform
+        if not clean and flip != "random":
+            raise DataError(f"imagefolder data flips at random only; --flip {flip} is for CIFAR data")
+        if not clean and crop_padding != 4:
             raise DataError("imagefolder data takes RandomResizedCrop; --crop-padding is for CIFAR data")
 
         device = torch.device(device)
@@ -495,7 +498,7 @@ class ImageFolderSplit:
         else:
             order, seeds = list(range(n)), [None] * n
         keys = [[(order[p], seeds[p]) for p in range(lo, hi)] for lo, hi in slices]
-        dataset = _Images(self.samples, self.train_transform if train else self.eval_transform)
+        dataset = _Images(self.samples, self.train_transform if train and not clean else self.eval_transform)
         # A generator of its own: the loader's worker seeds must not be drawn from the trainer's global RNG.
         loader = DataLoader(dataset, batch_sampler=keys, num_workers=self.workers, pin_memory=device.type == "cuda",
                             generator=torch.Generator())

@@ -59,6 +59,7 @@ class TrainConfig:
     distill_temperature: float = 4.0
     flip: str = "random"  # "alternate": each image mirrored in exactly one of every two epochs (CIFAR data)
     crop_padding: int = 4  # CIFAR random crops: zero-pad by this many pixels, crop back (0: no translation)
+    clean_epochs: int = 0  # the last N epochs see un-augmented images (no crop, no flip), as the test split does
     schedule: str = "onecycle"  # "onecycle": linear up, linear down to 0; "cosine": linear warmup, cosine to 0
     warmup_epochs: float = 3.0
     device: str = "cpu"
@@ -78,6 +79,8 @@ class TrainConfig:
                 raise DnasPruneError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.crop_padding < 0:
             raise DnasPruneError(f"crop_padding must be >= 0, got {self.crop_padding}")
+        if not 0 <= self.clean_epochs <= self.epochs:
+            raise DnasPruneError(f"clean_epochs must be in [0, epochs={self.epochs}], got {self.clean_epochs}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise DnasPruneError(f"epochs, batch size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
         if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
@@ -255,9 +258,12 @@ class Trainer:
         return bool(choice.item())
 
     def _batches(self, split: DataSplit, train: bool, epoch: int = 0, batch_size: int | None = None) -> Batches:
-        return split.batches(batch_size or self.config.batch_size, train=train, seed=self.config.seed, epoch=epoch,
+        cfg = self.config
+        clean = train and epoch >= cfg.epochs - cfg.clean_epochs
+        return split.batches(batch_size or cfg.batch_size, train=train, seed=cfg.seed, epoch=epoch,
                              device=self.device, channels_last=bool(self.channels_last), rank=self.rank,
-                             world_size=self.world_size, flip=self.config.flip, crop_padding=self.config.crop_padding)
+                             world_size=self.world_size, flip="none" if clean else cfg.flip,
+                             crop_padding=0 if clean else cfg.crop_padding)
 
     def _all_reduce(self, values: list[float]) -> list[float]:
         if self.world_size == 1:

@@ -118,3 +118,8 @@ def test_export_and_pretrained_refuse_bad_files(files: dict[str, Path], tmp_path
 def test_negative_weight_decay_is_refused(tmp_path: Path) -> None:
     result = cli("train", "--model", "cifar_resnet20", "--weight-decay", "-1", "--out", str(tmp_path / "r"))
     assert_one_line_error(result, "weight_decay", ">= 0")
+
+
+def test_more_clean_epochs_than_epochs_is_refused(tmp_path: Path) -> None:
+    result = cli("train", "--model", "cifar_resnet20", "--epochs", "2", "--clean-epochs", "3", "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, "clean_epochs", "[0, epochs=2]")

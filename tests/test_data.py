@@ -139,3 +139,13 @@ def test_real_cifar10_splits(cifar_root):
     assert (len(data.train), len(data.val), len(data.test)) == (45000, 5000, 10000)
     assert data.num_classes == 10 and data.classes[0] == "airplane"
     assert data.train.images.shape == (45000, 3, 32, 32)
+
+
+def test_no_flip_and_no_padding_train_stream_is_shuffled_but_unaugmented():
+    split = make_split(n=20)
+    stream = BatchStream(split, 8, train=True, seed=4, flip="none", crop_padding=0)
+    out = batches(stream)
+    assert [len(y) for _, y in out] == [8, 8]  # train streams drop the last partial batch
+    for x, y in out:  # labels are source indices: every image is its source, unchanged
+        assert torch.allclose(x, normalize(split.images[y]), atol=1e-5)
+    assert torch.cat([y for _, y in out]).tolist() != list(range(16))

@@ -77,6 +77,12 @@ def test_batches_are_deterministic_and_rank_sliced(tiny_imagenet: Path) -> None:
     assert same(test, batches(with_workers.test, train=False, seed=9, epoch=5))  # eval: no randomness
     with pytest.raises(DataError, match="flip alternate is for CIFAR"):
         batches(data.train, train=True, flip="alternate")
+    clean = batches(data.train, train=True, seed=3, epoch=1, flip="none", crop_padding=0)  # a clean epoch
+    order = torch.randperm(21, generator=torch.Generator().manual_seed(3 * 1_000_003 + 1))[:16]
+    labels = torch.tensor([data.train.samples[i][1] for i in order.tolist()])
+    assert torch.equal(torch.cat([y for _, y in clean]), labels)  # shuffled as a training epoch
+    evaluated = torch.cat([x for x, _ in batches(data.train, train=False)])
+    assert torch.equal(torch.cat([x for x, _ in clean]), evaluated[order])  # under the eval transform
 
 
 @pytest.mark.parametrize("workers", [0, 2])

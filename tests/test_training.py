@@ -10,7 +10,7 @@ from torch import nn
 
 from dnas_prune.cli import main
 from dnas_prune.data import CifarData, Split
-from dnas_prune.errors import CheckpointError, TrainingDiverged
+from dnas_prune.errors import CheckpointError, DnasPruneError, TrainingDiverged
 from dnas_prune.models import cifar_resnet
 from dnas_prune.checkpoint import atomic_torch_save, safe_load
 from dnas_prune.training import TrainConfig, Trainer, TrainHooks
@@ -190,3 +190,22 @@ def test_bad_data_is_a_one_line_error(tmp_path, capsys):
 def test_evaluate_before_fit_chooses_a_memory_format(tmp_path):
     trainer = Trainer(tiny_model(), tiny_data(), config(memory_format="auto"), tmp_path)
     assert 0.0 <= trainer.evaluate(trainer.data.val)["acc"] <= 1.0
+
+
+def test_clean_epochs_train_the_last_epochs_on_unaugmented_images(tmp_path):
+    data = tiny_data()
+    mean = torch.tensor((0.4914, 0.4822, 0.4465)).view(1, 3, 1, 1)
+    std = torch.tensor((0.2470, 0.2435, 0.2616)).view(1, 3, 1, 1)
+
+    def unaugmented(epoch: int) -> bool:
+        stream = trainer._batches(data.train, train=True, epoch=epoch)
+        order = stream.order[: len(data.train) // 16 * 16]
+        x = torch.cat([x for x, _ in stream])
+        return torch.allclose(x, (data.train.images[order].float() / 255 - mean) / std, atol=1e-5)
+
+    trainer = Trainer(tiny_model(), data, config(epochs=3, clean_epochs=2), tmp_path)
+    assert [unaugmented(e) for e in range(3)] == [False, True, True]
+    trainer.fit()
+    assert trainer.epoch == 3
+    with pytest.raises(DnasPruneError, match="clean_epochs"):
+        config(epochs=3, clean_epochs=4)

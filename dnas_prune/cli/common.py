@@ -38,10 +38,13 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_siz
                    help="softmax temperature of the distillation targets (default: %(default)s)")
     p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs, help="lr warm-up (default: %(default)s)")
     p.add_argument("--flip", choices=FLIP_MODES, default=defaults.flip,
-                   help="horizontal flips: random per image and epoch, or alternate (each image mirrored in every "
-                        "other epoch, CIFAR data only) (default: %(default)s)")
+                   help="horizontal flips: random per image and epoch, alternate (each image mirrored in every "
+                        "other epoch, CIFAR data only) or none (default: %(default)s)")
     p.add_argument("--crop-padding", type=int, default=defaults.crop_padding,
                    help="CIFAR random crops: zero-pad by this many pixels and crop back (default: %(default)s)")
+    p.add_argument("--clean-epochs", type=int, default=defaults.clean_epochs,
+                   help="CIFAR data: the last N epochs train on un-augmented images, no crop or flip "
+                        "(default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device)
     p.add_argument("--limit-train", type=int, help="train on the first N images of the training split (smoke runs)")
     p.add_argument("--val-size", type=int, default=val_size,
@@ -59,7 +62,7 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
-        warmup_epochs=args.warmup_epochs, flip=args.flip, crop_padding=args.crop_padding, device=args.device, precision=args.precision,
+        warmup_epochs=args.warmup_epochs, flip=args.flip, crop_padding=args.crop_padding, clean_epochs=args.clean_epochs, device=args.device, precision=args.precision,
         memory_format=args.memory_format, seed=args.seed, sync_bn=args.sync_bn, test_every_epoch=args.test_every_epoch, progress=not args.no_progress,
     )
 
