@@ -30,6 +30,7 @@ from .data import FLIP_MODES, Batches, DataSplit, TrainingData
 from .errors import CheckpointError, DnasPruneError, TrainingDiverged
 
 CHECKPOINT_FORMAT = 1
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def init_distributed() -> tuple[int, int]:
@@ -63,7 +64,7 @@ class TrainConfig:
     schedule: str = "onecycle"  # "onecycle": linear up, linear down to 0; "cosine": linear warmup, cosine to 0
     warmup_epochs: float = 3.0
     device: str = "cpu"
-    precision: str = "bf16"  # or "fp32"
+    precision: str = "auto"  # "bf16" | "fp32" | "auto": bf16 where the hardware runs it natively (resolve_precision)
     memory_format: str = "auto"  # "auto" | "channels_last" | "contiguous"
     seed: int = 0
     test_every_epoch: bool = False  # the test split is for reporting: by default only after the last epoch
@@ -72,7 +73,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        choices = {"schedule": ("onecycle", "cosine"), "precision": ("bf16", "fp32"), "flip": FLIP_MODES,
+        choices = {"schedule": ("onecycle", "cosine"), "precision": PRECISIONS, "flip": FLIP_MODES,
                    "memory_format": ("auto", "channels_last", "contiguous")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -89,6 +90,28 @@ class TrainConfig:
         if not 0 <= self.distill_weight <= 1 or not self.distill_temperature > 0:
             raise DnasPruneError(f"distill_weight must be in [0, 1] and distill_temperature > 0, got "
                                  f"{self.distill_weight}, {self.distill_temperature}")
+
+
+def _cpu_runs_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision ``"auto"`` stands for: bf16 autocast on a GPU with bf16 and on a CPU whose oneDNN has bf16
+    kernels (AVX-512/AMX); fp32 elsewhere, because emulated bf16 on an AVX2-only CPU trains ~10x slower than fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_runs_bf16() else "fp32"
+
+
+def channels_last_unsafe_convs(model: nn.Module) -> list[str]:
+    """The 1x1 convs with stride > 1 and fewer than 16 input channels. oneDNN's CPU weight-gradient kernel for them
+    writes past its buffer in channels_last (oneDNN issue 6035: heap corruption with one thread, wrong gradients
+    with more; reproduced here on an AVX2 CPU with 2-7 input channels), so CPU training keeps such models in NCHW."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 16]
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -183,6 +206,7 @@ class Trainer:
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DnasPruneError("--device cuda was requested but CUDA is not available")
+        self.precision = resolve_precision(config.precision, self.device)  # a resumed run keeps its checkpoint's
         distributed = dist.is_available() and dist.is_initialized()
         self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         self.is_main = self.rank == 0
@@ -222,16 +246,23 @@ class Trainer:
                 {"params": no_decay, "weight_decay": 0.0}]
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def _choose_memory_format(self) -> bool:
         """channels_last or not: as configured, or by timing forward+backward on a copy of the model."""
+        unsafe = channels_last_unsafe_convs(self.model) if self.device.type == "cpu" else []
+        if unsafe and self.config.memory_format == "channels_last":
+            raise DnasPruneError(f"channels_last on the CPU miscomputes the weight gradient of {unsafe[0]} (a strided "
+                                 "1x1 conv with under 16 input channels, oneDNN issue 6035); use --memory-format "
+                                 "auto or contiguous")
+        if unsafe:
+            return False
         if self.config.memory_format != "auto":
             return self.config.memory_format == "channels_last"
         local = min(64, self.config.batch_size // self.world_size)  # enough to rank the formats, cheap for big models
         shape = self.data.train.input_size
         key = (type(self.model).__name__, tuple(tuple(p.shape) for p in self.model.parameters()), local, shape,
-               str(self.device), self.config.precision)
+               str(self.device), self.precision)
         if key not in _FORMAT_CACHE:
             probe = copy.deepcopy(self.model).train()
             x = torch.randn((local, *shape), generator=torch.Generator().manual_seed(0)).to(self.device)
@@ -386,7 +417,8 @@ class Trainer:
             self.history.append(metrics)
             if self.is_main:
                 self.save_checkpoint()
-                atomic_write_json({"config": asdict(cfg), "metadata": self.metadata, "history": self.history},
+                atomic_write_json({"config": asdict(cfg), "precision": self.precision, "metadata": self.metadata,
+                                   "history": self.history},
                              self.out_dir / "metrics.json")
                 print(self._summary(metrics), flush=True)
         return dict(self.history[-1]) if self.history else {}
@@ -412,6 +444,7 @@ class Trainer:
             "metadata": self.metadata,
             "history": self.history,
             "channels_last": bool(self.channels_last),
+            "precision": self.precision,
         }
         return atomic_torch_save(state, self.checkpoint_path)
 
@@ -431,4 +464,6 @@ class Trainer:
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.history = list(state["history"])
         self.channels_last = state["channels_last"]
+        if self.config.precision == "auto":
+            self.precision = state.get("precision", self.precision)
         _set_rng_state(state["rng"])

@@ -27,6 +27,7 @@ def load_run(directory: Path, command: str) -> dict:
     if not history or history[-1]["epoch"] != metrics["config"]["epochs"]:
         raise SystemExit(f"{directory}: the run has not finished ({len(history)} of {metrics['config']['epochs']} epochs)")
     return {"dir": str(directory), "command": command, "config": metrics["config"], "metadata": metrics["metadata"],
+            "precision": metrics.get("precision", metrics["config"]["precision"]),
             "history": history, "test_acc": history[-1].get("test_acc"), "val_acc": history[-1].get("val_acc"),
             "total_seconds": round(sum(h["epoch_time"] for h in history), 1)}
 
@@ -39,14 +40,15 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# Dense training: {report['name']}", "",
              f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}. {report['note']}", ""]
-    lines += ["| run | batch | peak lr | warm-up | weight decay | label smoothing | flips | crop padding | zero-init residual "
-              "| epochs | held out | val acc | **test acc** | training time | mean img/s |",
-              "|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| run | batch | peak lr | warm-up | weight decay | label smoothing | flips | crop padding | clean epochs "
+              "| zero-init residual | precision | epochs | held out | val acc | **test acc** | training time | mean img/s |",
+              "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for run in report["runs"]:
         c, h = run["config"], run["history"]
         lines.append(f"| `{Path(run['dir']).name}` | {c['batch_size']} | {c['lr']} | {c['warmup_epochs']} | "
                      f"{c['weight_decay']} | {c['label_smoothing']} | {c.get('flip', 'random')} | {c.get('crop_padding', 4)} | "
-                     f"{'yes' if run['metadata'].get('zero_init_residual') else 'no'} | {c['epochs']} | "
+                     f"{c.get('clean_epochs', 0)} | {'yes' if run['metadata'].get('zero_init_residual') else 'no'} | "
+                     f"{run['precision']} | {c['epochs']} | "
                      f"{run['metadata'].get('val_size')} | {_acc(run['val_acc'])} | **{_acc(run['test_acc'])}** | "
                      f"{run['total_seconds'] / 60:.1f} min | "
                      f"{sum(x['img_per_s'] for x in h) / len(h):.0f} |")
@@ -54,9 +56,10 @@ def markdown(report: dict) -> str:
         c = run["config"]
         lines += ["", f"## `{Path(run['dir']).name}`", "", f"`{run['command']}`", "",
                   f"Recipe: SGD (Nesterov {c['nesterov']}, momentum {c['momentum']}), weight decay {c['weight_decay']} on "
-                  f"conv/linear weights, label smoothing {c['label_smoothing']}, {c['schedule']} schedule, {c['precision']}, "
+                  f"conv/linear weights, label smoothing {c['label_smoothing']}, {c['schedule']} schedule, {run['precision']}, "
                   f"memory format {c['memory_format']}, seed {c['seed']}, random crops zero-padded by "
-                  f"{c.get('crop_padding', 4)} pixels; {run['metadata'].get('val_size')} images held out "
+                  f"{c.get('crop_padding', 4)} pixels, the last {c.get('clean_epochs', 0)} epochs un-augmented; "
+                  f"{run['metadata'].get('val_size')} images held out "
                   "for validation. The test split is evaluated once, after the last epoch.", "",
                   "| epoch | train loss | train acc | val acc | test acc | seconds | img/s |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]

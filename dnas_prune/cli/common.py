@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..data import DATA_KINDS, FLIP_MODES, IMAGE_SIZE, IMAGEFOLDER_LAYOUT, TrainingData, load_dataset
-from ..training import TrainConfig
+from ..training import PRECISIONS, TrainConfig
 
 
 def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_size: int = 5000) -> None:
@@ -49,7 +49,8 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_siz
     p.add_argument("--limit-train", type=int, help="train on the first N images of the training split (smoke runs)")
     p.add_argument("--val-size", type=int, default=val_size,
                    help="images held out of train for validation (default: %(default)s)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default=defaults.precision)
+    p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                   help="auto: bf16 autocast where the CPU or GPU runs bf16 natively, else fp32 (default: %(default)s)")
     p.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default=defaults.memory_format)
     p.add_argument("--test-every-epoch", action="store_true", help="also evaluate the test split after every epoch")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA only)")
