@@ -183,7 +183,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    """SGD training with per-iteration schedule, bf16 autocast where the hardware has it, atomic per-epoch checkpoints and exact resume."""
+    """SGD training with per-iteration schedule, bf16 autocast where the hardware has it, atomic per-epoch
+    checkpoints and exact resume."""
 
     def __init__(
         self,
