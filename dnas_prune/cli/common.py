@@ -63,8 +63,10 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
-        warmup_epochs=args.warmup_epochs, flip=args.flip, crop_padding=args.crop_padding, clean_epochs=args.clean_epochs, device=args.device, precision=args.precision,
-        memory_format=args.memory_format, seed=args.seed, sync_bn=args.sync_bn, test_every_epoch=args.test_every_epoch, progress=not args.no_progress,
+        warmup_epochs=args.warmup_epochs, flip=args.flip, crop_padding=args.crop_padding,
+        clean_epochs=args.clean_epochs, device=args.device, precision=args.precision,
+        memory_format=args.memory_format, seed=args.seed, sync_bn=args.sync_bn,
+        test_every_epoch=args.test_every_epoch, progress=not args.no_progress,
     )
 
 
