@@ -4,7 +4,7 @@ Why: ``--precision auto`` picks bf16 only where the hardware has bf16 kernels. T
 worth here: rounds interleave the four variants and the best round of each counts, so load from other processes
 hits them alike. It also prints what ``auto`` resolves to on this machine.
 
-    python experiments/bench_precision.py [--model cifar_resnet20] [--batch-size 128] [--threads 1] [--rounds 3]
+    python experiments/bench_precision.py [--model cifar_resnet20] [--batch-size 128] [--threads 1] [--rounds 3] [--name N]
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round and variant")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", help="write results/NAME.json and .md (default: bench_precision_MODEL); one name "
+                                       "per kind of CPU keeps their pages side by side")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     m = report["machine"]
     lines = ["# Training-step throughput: fp32 vs bf16, NCHW vs channels_last", "",
              f"`{report['command']}`", "",
-             f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}, load average at the end "
+             f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['logical_cpus']} logical CPUs, torch {m['torch']}, "
+             "load average at the end "
              f"{', '.join(f'{a:.2f}' for a in m['load_average'])}. Model {args.model}, batch {args.batch_size}, "
              f"{args.threads} thread(s), synthetic 32x32 inputs, SGD step included; best of {args.rounds} interleaved "
              f"rounds of {args.steps} steps, seed {args.seed}. `--precision auto` resolves to "
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     for (p, f), v in best.items():
         lines.append(f"| {p} | {f} | {v:.0f} | {v / base:.3f} |")
     RESULTS.mkdir(exist_ok=True)
-    name = f"bench_precision_{args.model}"
+    name = args.name or f"bench_precision_{args.model}"
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -129,14 +129,19 @@ def bisect_ratio(build: Callable[[float], nn.Module], target_macs: int, input_si
     return build(ratio), ratio, info
 
 
+# The vector/matrix extensions that decide which kernels oneDNN runs (bf16 native or emulated): "AMD EPYC" alone
+# names both an AVX2-only and an AVX-512-bf16 CPU here.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
+    cpu, flags = platform.processor() or "unknown", []
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "logical_cpus": torch.multiprocessing.cpu_count(), "torch": torch.__version__,
+        fields = dict(line.split(":", 1) for line in cpuinfo.read_text().split("\n\n")[0].splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        cpu = fields.get("model name", cpu)
+        flags = sorted(set(fields.get("flags", "").split()) & set(ISA_FLAGS))
+    return {"cpu": cpu, "cpu_flags": flags, "logical_cpus": torch.multiprocessing.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "load_average": list(os.getloadavg())}
