@@ -138,8 +138,8 @@ def machine() -> dict[str, Any]:
     cpu, flags = platform.processor() or "unknown", []
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        fields = dict(line.split(":", 1) for line in cpuinfo.read_text().split("\n\n")[0].splitlines() if ":" in line)
-        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        first_cpu = cpuinfo.read_text().split("\n\n")[0].splitlines()
+        fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first_cpu if ":" in line)}
         cpu = fields.get("model name", cpu)
         flags = sorted(set(fields.get("flags", "").split()) & set(ISA_FLAGS))
     return {"cpu": cpu, "cpu_flags": flags, "logical_cpus": torch.multiprocessing.cpu_count(), "torch": torch.__version__,
