@@ -39,7 +39,7 @@ def _acc(value: float | None) -> str:
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# Dense training: {report['name']}", "",
-             f"Machine: {m['cpu']} ({', '.join(m.get('cpu_flags', [])) or 'ISA flags not recorded'}), {m['logical_cpus']} "
+             f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['logical_cpus']} "
              f"logical CPUs, torch {m['torch']}. {report['note']}", ""]
     lines += ["| run | batch | peak lr | warm-up | weight decay | label smoothing | flips | crop padding | clean epochs "
               "| zero-init residual | precision | epochs | held out | val acc | **test acc** | training time | mean img/s |",
