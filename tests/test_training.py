@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dnas_prune.cli import main
+from dnas_prune.cli import build_parser, main
+from dnas_prune.cli.common import train_config_from
 from dnas_prune.data import CifarData, Split
 from dnas_prune.errors import CheckpointError, DnasPruneError, TrainingDiverged
 from dnas_prune.models import cifar_resnet
@@ -210,6 +211,21 @@ def test_clean_epochs_train_the_last_epochs_on_unaugmented_images(tmp_path):
     assert trainer.epoch == 3
     with pytest.raises(DnasPruneError, match="clean_epochs"):
         config(epochs=3, clean_epochs=4)
+
+
+def test_train_command_trains_the_last_epoch_in_15_on_clean_images_unless_told():
+    """The clean tail scales with the run: 2 of 30 epochs, none in a 1-epoch smoke run, and a flag wins."""
+    parser = build_parser()
+
+    def clean_epochs(*argv: str) -> int:
+        return train_config_from(parser.parse_args(["train", "--model", "cifar_resnet20", *argv])).clean_epochs
+
+    assert [clean_epochs("--epochs", str(n)) for n in (1, 14, 15, 30, 60)] == [0, 0, 1, 2, 4]
+    assert clean_epochs("--epochs", "30", "--clean-epochs", "0") == 0
+    assert clean_epochs("--epochs", "3", "--clean-epochs", "3") == 3
+    search = ["search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--out", "r", "--epochs", "30"]
+    finetune = ["finetune", "pruned.pt", "--out", "r", "--epochs", "30"]
+    assert [train_config_from(parser.parse_args(argv)).clean_epochs for argv in (search, finetune)] == [0, 0]
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])

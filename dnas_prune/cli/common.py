@@ -12,7 +12,10 @@ from ..data import DATA_KINDS, FLIP_MODES, IMAGE_SIZE, IMAGEFOLDER_LAYOUT, Train
 from ..training import PRECISIONS, TrainConfig
 
 
-def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_size: int = 5000) -> None:
+def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_size: int = 5000,
+                      clean_epochs_per: int | None = None) -> None:
+    """The flags of every training command. With ``clean_epochs_per`` set, --clean-epochs defaults to
+    ``epochs // clean_epochs_per``, so the clean tail scales with the run and a 1-epoch smoke run has none."""
     p.add_argument("--data", help="data directory (default: $DNAS_PRUNE_DATA; without either, CIFAR-10 is "
                                   "downloaded to the cache)")
     p.add_argument("--data-kind", choices=DATA_KINDS, default="cifar",
@@ -42,9 +45,11 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_siz
                         "other epoch, CIFAR data only) or none (default: %(default)s)")
     p.add_argument("--crop-padding", type=int, default=defaults.crop_padding,
                    help="CIFAR random crops: zero-pad by this many pixels and crop back (default: %(default)s)")
-    p.add_argument("--clean-epochs", type=int, default=defaults.clean_epochs,
-                   help="CIFAR data: the last N epochs train on un-augmented images, no crop or flip "
-                        "(default: %(default)s)")
+    clean_default = (f"epochs // {clean_epochs_per}" if clean_epochs_per else str(defaults.clean_epochs))
+    p.add_argument("--clean-epochs", type=int, default=None if clean_epochs_per else defaults.clean_epochs,
+                   help=f"CIFAR data: the last N epochs train on un-augmented images, no crop or flip "
+                        f"(default: {clean_default})")
+    p.set_defaults(clean_epochs_per=clean_epochs_per)
     p.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device)
     p.add_argument("--limit-train", type=int, help="train on the first N images of the training split (smoke runs)")
     p.add_argument("--val-size", type=int, default=val_size,
@@ -64,7 +69,8 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         warmup_epochs=args.warmup_epochs, flip=args.flip, crop_padding=args.crop_padding,
-        clean_epochs=args.clean_epochs, device=args.device, precision=args.precision,
+        clean_epochs=(args.clean_epochs if args.clean_epochs is not None else args.epochs // args.clean_epochs_per),
+        device=args.device, precision=args.precision,
         memory_format=args.memory_format, seed=args.seed, sync_bn=args.sync_bn,
         test_every_epoch=args.test_every_epoch, progress=not args.no_progress,
     )
