@@ -49,8 +49,8 @@ from .training import TrainConfig, Trainer
 _TOP_LEVEL_TRAIN = ("device", "seed", "progress")  # TrainConfig fields set once for every training stage
 
 
-def _train_keys(defaults: TrainConfig) -> dict[str, Any]:
-    return {f.name: getattr(defaults, f.name) for f in fields(TrainConfig) if f.name not in _TOP_LEVEL_TRAIN}
+def _train_keys(defaults: TrainConfig, without: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {f.name: getattr(defaults, f.name) for f in fields(TrainConfig) if f.name not in _TOP_LEVEL_TRAIN + without}
 
 
 _TRAIN_KEYS = tuple(_train_keys(TrainConfig()))
@@ -64,7 +64,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
              "workers": None},  # image_size and workers: imagefolder only
     "model": {"name": None},
     "pretrain": {**_train_keys(TrainConfig()), "checkpoint": None, "zero_init_residual": False},
-    "search": {**_train_keys(SEARCH_DEFAULTS), "target_macs": None, "target_params": None, **_SEARCH_KEYS},
+    "search": {**_train_keys(SEARCH_DEFAULTS, without=("ema_decay",)), "target_macs": None, "target_params": None, **_SEARCH_KEYS},
     "finalize": {"round_to": None},
     "finetune": _train_keys(FINETUNE_DEFAULTS),
     "export": {"formats": ["onnx"], "check": True},
@@ -304,7 +304,7 @@ class Pipeline:
                 model = create_model(name, num_classes=data.num_classes, zero_init_residual=cfg["zero_init_residual"])
                 trainer = Trainer(model, data, train_config, out, hooks=monitor, metadata=metadata)
                 metrics = self._fit(trainer, monitor, {"model": name})
-        save_pruned(trainer.model.eval(), self.dense_path, kind="dense", input_size=list(data.train.input_size),
+        save_pruned(trainer.final_model.eval(), self.dense_path, kind="dense", input_size=list(data.train.input_size),
                     metrics=metrics, config=asdict(train_config))
         self.log(f"dense test accuracy {metrics['test_acc']:.4f}")
 

@@ -272,6 +272,9 @@ def search(
     without this module knowing about it. With ``train_config.distill_weight > 0`` the supernet also learns from
     the dense model it starts from (a frozen copy), as the finetune does.
     """
+    if train_config.ema_decay > 0:
+        raise DnasPruneError(f"ema_decay {train_config.ema_decay} applies to dense training and finetuning, not the "
+                             "search, whose gates and BN statistics are fitted on the live weights; set it to 0 here")
     out = Path(out_dir)
     input_size = input_size or data.train.input_size
     teacher = copy.deepcopy(model) if train_config.distill_weight > 0 else None

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .checkpoint import atomic_torch_save, atomic_write_json, safe_load
@@ -61,6 +62,7 @@ class TrainConfig:
     flip: str = "random"  # "alternate": each image mirrored in exactly one of every two epochs (CIFAR data)
     crop_padding: int = 4  # CIFAR random crops: zero-pad by this many pixels, crop back (0: no translation)
     clean_epochs: int = 0  # the last N epochs see un-augmented images (no crop, no flip), as the test split does
+    ema_decay: float = 0.0  # > 0: evaluate and return an exponential moving average of the weights, updated every step
     schedule: str = "onecycle"  # "onecycle": linear up, linear down to 0; "cosine": linear warmup, cosine to 0
     warmup_epochs: float = 3.0
     device: str = "cpu"
@@ -87,6 +89,8 @@ class TrainConfig:
         if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise DnasPruneError(f"weight_decay must be >= 0 and label_smoothing in [0, 1), got {self.weight_decay}, "
                                  f"{self.label_smoothing}")
+        if not 0 <= self.ema_decay < 1:
+            raise DnasPruneError(f"ema_decay must be in [0, 1) (0: no averaging), got {self.ema_decay}")
         if not 0 <= self.distill_weight <= 1 or not self.distill_temperature > 0:
             raise DnasPruneError(f"distill_weight must be in [0, 1] and distill_temperature > 0, got "
                                  f"{self.distill_weight}, {self.distill_temperature}")
@@ -231,10 +235,18 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, total=total, warmup=warmup, schedule=config.schedule))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        # BN running statistics are averaged too, so the average is a model that evaluates as it stands
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+                    if config.ema_decay > 0 else None)
         self.epoch = 0  # epochs completed
         self.global_step = 0
         self.history: list[dict] = []
         self.channels_last: bool | None = None
+
+    @property
+    def final_model(self) -> nn.Module:
+        """The model that evaluation reports and commands save: the weight average if ``ema_decay`` > 0."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _param_groups(self) -> list[dict]:
         """Weight decay on conv/linear weights only; BN parameters and biases (ndim <= 1) are not decayed."""
@@ -306,8 +318,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: DataSplit, model: nn.Module | None = None) -> dict:
-        """Accuracy and (unsmoothed) cross-entropy on a split, in eval mode under the training precision."""
-        model = model or self.model
+        """Accuracy and (unsmoothed) cross-entropy on a split, in eval mode under the training precision; of
+        :attr:`final_model` unless ``model`` is given."""
+        model = model or self.final_model
         if self.channels_last is None:
             self.channels_last = self._choose_memory_format()
         was_training = model.training
@@ -355,6 +368,8 @@ class Trainer:
             self.hooks.before_optimizer_step(self)
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             loss_sum += ce.detach().double().cpu() * len(y)
             correct += (logits.detach().argmax(1) == y).sum().cpu()
             seen += len(y)
@@ -391,6 +406,8 @@ class Trainer:
             self.channels_last = self._choose_memory_format()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+            if self.ema is not None:
+                self.ema.to(memory_format=torch.channels_last)
             if self.teacher is not None:
                 self.teacher.to(memory_format=torch.channels_last)
         if self.world_size > 1 and self.ddp_model is self.model:  # DDP's gradient buckets follow the layout
@@ -410,9 +427,13 @@ class Trainer:
             if len(self.data.val):
                 val = self.evaluate(self.data.val)
                 metrics.update(val_acc=val["acc"], val_loss=val["loss"])
+                if self.ema is not None:  # side by side, so the average's effect is measured in the same run
+                    metrics["raw_val_acc"] = self.evaluate(self.data.val, self.model)["acc"]
             if testing:
                 test = self.evaluate(self.data.test)
                 metrics.update(test_acc=test["acc"], test_loss=test["loss"])
+                if self.ema is not None:
+                    metrics["raw_test_acc"] = self.evaluate(self.data.test, self.model)["acc"]
             self.hooks.on_epoch_end(self, epoch, metrics)
             self.epoch = epoch + 1
             self.history.append(metrics)
@@ -441,6 +462,7 @@ class Trainer:
             "global_step": self.global_step,
             "rng": _rng_state(),
             "hooks": self.hooks.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": asdict(self.config),
             "metadata": self.metadata,
             "history": self.history,
@@ -455,10 +477,15 @@ class Trainer:
             raise CheckpointError(f"{path} is not a dnas_prune trainer checkpoint")
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path} has checkpoint format {state.get('format')!r}; this version reads {CHECKPOINT_FORMAT}")
+        if (self.ema is not None) != (state.get("ema") is not None):
+            said = "with" if state.get("ema") is not None else "without"
+            raise CheckpointError(f"{path} was trained {said} a weight average (--ema-decay); resume it {said} one")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{path} does not match this model/optimizer: {str(exc).splitlines()[0]}") from None
         self.hooks.load_state_dict(state["hooks"])

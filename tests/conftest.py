@@ -1,4 +1,5 @@
-"""Shared fixtures: the real CIFAR-10 tree (skipped when absent) and a tiny fake one built per test."""
+"""Shared fixtures: the real CIFAR-10 tree (skipped when absent), a tiny fake one built per test, and the tiny
+model, data and config the trainer tests run on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torchvision.io import encode_jpeg
+
+from dnas_prune.data import CifarData, Split
+from dnas_prune.models import cifar_resnet
+from dnas_prune.training import TrainConfig, TrainHooks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,3 +85,34 @@ def read_events(log_dir: Path):
 
     guidance = {kind: 0 for kind in event_accumulator.DEFAULT_SIZE_GUIDANCE}
     return event_accumulator.EventAccumulator(str(log_dir), size_guidance=guidance).Reload()
+
+
+def tiny_data(n: int = 32) -> CifarData:
+    """Random 16x16 images of 3 classes: enough for the trainer to run, nothing to learn."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(count: int) -> Split:
+        return Split(torch.randint(0, 256, (count, 3, 16, 16), dtype=torch.uint8, generator=g),
+                     torch.randint(0, 3, (count,), generator=g))
+
+    return CifarData(train=split(n), val=split(8), test=split(8), classes=["a", "b", "c"])
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    """A 3-class ResNet-8 with widths 4/8/8, seeded so two calls build the same weights."""
+    torch.manual_seed(seed)
+    return cifar_resnet(8, num_classes=3, widths=(4, 8, 8))
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    """Two epochs of two steps on :func:`tiny_data`."""
+    base = dict(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5, memory_format="contiguous", progress=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+class Interrupt(TrainHooks):
+    """Stops a run at the start of its second epoch, as Ctrl-C would."""
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt

@@ -10,39 +10,14 @@ from torch import nn
 
 from dnas_prune.cli import build_parser, main
 from dnas_prune.cli.common import train_config_from
-from dnas_prune.data import CifarData, Split
 from dnas_prune.errors import CheckpointError, DnasPruneError, TrainingDiverged
 from dnas_prune.models import cifar_resnet
 from dnas_prune.checkpoint import atomic_torch_save, safe_load
 from dnas_prune import training
-from dnas_prune.training import TrainConfig, Trainer, TrainHooks
+from dnas_prune.training import Trainer, TrainHooks
 from dnas_prune.pruned_io import load_pruned_with_metadata
 
-
-def tiny_data(n: int = 32) -> CifarData:
-    g = torch.Generator().manual_seed(0)
-
-    def split(count: int) -> Split:
-        return Split(torch.randint(0, 256, (count, 3, 16, 16), dtype=torch.uint8, generator=g),
-                     torch.randint(0, 3, (count,), generator=g))
-
-    return CifarData(train=split(n), val=split(8), test=split(8), classes=["a", "b", "c"])
-
-
-def tiny_model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return cifar_resnet(8, num_classes=3, widths=(4, 8, 8))
-
-
-def config(**overrides) -> TrainConfig:
-    base = dict(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5, memory_format="contiguous", progress=False)
-    return TrainConfig(**{**base, **overrides})
-
-
-class Interrupt(TrainHooks):
-    def on_epoch_start(self, trainer, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
+from conftest import Interrupt, tiny_data, tiny_model, tiny_train_config
 
 
 class Recorder(TrainHooks):
@@ -87,13 +62,13 @@ class Recorder(TrainHooks):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path, precision):
     data = tiny_data()
-    full = Trainer(tiny_model(), data, config(precision=precision), tmp_path / "full")
+    full = Trainer(tiny_model(), data, tiny_train_config(precision=precision), tmp_path / "full")
     full.fit()
-    interrupted = Trainer(tiny_model(), data, config(precision=precision), tmp_path / "cut", hooks=Interrupt())
+    interrupted = Trainer(tiny_model(), data, tiny_train_config(precision=precision), tmp_path / "cut", hooks=Interrupt())
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
     torch.manual_seed(99)  # a different process state before resuming must not matter
-    resumed = Trainer(tiny_model(seed=7), data, config(precision=precision), tmp_path / "cut")
+    resumed = Trainer(tiny_model(seed=7), data, tiny_train_config(precision=precision), tmp_path / "cut")
     resumed.fit(resume=True)
     expected, got = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
@@ -104,7 +79,7 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path, precision):
 
 
 def test_checkpoint_is_atomic_and_loads_with_weights_only(tmp_path):
-    trainer = Trainer(tiny_model(), tiny_data(), config(epochs=1), tmp_path, metadata={"note": "x"})
+    trainer = Trainer(tiny_model(), tiny_data(), tiny_train_config(epochs=1), tmp_path, metadata={"note": "x"})
     metrics = trainer.fit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "train.pt"]
     state = torch.load(tmp_path / "train.pt", weights_only=True)
@@ -124,7 +99,7 @@ def test_hooks_are_called_and_excluded_parameters_stay_out_of_sgd(tmp_path):
     model = tiny_model()
     model.gate = nn.Parameter(torch.ones(3))
     hooks = Recorder(model.gate)
-    trainer = Trainer(model, tiny_data(), config(weight_decay=0.0), tmp_path, hooks=hooks)
+    trainer = Trainer(model, tiny_data(), tiny_train_config(weight_decay=0.0), tmp_path, hooks=hooks)
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     trainer.fit()
     assert hooks.calls == {"on_epoch_start": 2, "loss": 4, "before_optimizer_step": 4, "after_step": 4, "on_epoch_end": 2}
@@ -137,7 +112,7 @@ def test_hooks_are_called_and_excluded_parameters_stay_out_of_sgd(tmp_path):
     other = tiny_model(seed=1)
     other.gate = nn.Parameter(torch.zeros(3))
     fresh = Recorder(other.gate)
-    Trainer(other, tiny_data(), config(), tmp_path, hooks=fresh).load_checkpoint(tmp_path / "train.pt")
+    Trainer(other, tiny_data(), tiny_train_config(), tmp_path, hooks=fresh).load_checkpoint(tmp_path / "train.pt")
     assert fresh.restored == {"calls": hooks.calls}
 
 
@@ -151,9 +126,9 @@ class NanAt(TrainHooks):
 
 def test_nan_loss_raises_naming_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="no checkpoint"):
-        Trainer(tiny_model(), tiny_data(), config(), tmp_path / "a", hooks=NanAt(0)).fit()
+        Trainer(tiny_model(), tiny_data(), tiny_train_config(), tmp_path / "a", hooks=NanAt(0)).fit()
     with pytest.raises(TrainingDiverged, match=str(tmp_path / "b" / "train.pt")):
-        Trainer(tiny_model(), tiny_data(), config(), tmp_path / "b", hooks=NanAt(1)).fit()
+        Trainer(tiny_model(), tiny_data(), tiny_train_config(), tmp_path / "b", hooks=NanAt(1)).fit()
 
 
 def test_train_command_writes_checkpoint_model_and_metrics(tiny_cifar, tmp_path):
@@ -190,7 +165,7 @@ def test_bad_data_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_evaluate_before_fit_chooses_a_memory_format(tmp_path):
-    trainer = Trainer(tiny_model(), tiny_data(), config(memory_format="auto"), tmp_path)
+    trainer = Trainer(tiny_model(), tiny_data(), tiny_train_config(memory_format="auto"), tmp_path)
     assert 0.0 <= trainer.evaluate(trainer.data.val)["acc"] <= 1.0
 
 
@@ -205,12 +180,12 @@ def test_clean_epochs_train_the_last_epochs_on_unaugmented_images(tmp_path):
         x = torch.cat([x for x, _ in stream])
         return torch.allclose(x, (data.train.images[order].float() / 255 - mean) / std, atol=1e-5)
 
-    trainer = Trainer(tiny_model(), data, config(epochs=3, clean_epochs=2), tmp_path)
+    trainer = Trainer(tiny_model(), data, tiny_train_config(epochs=3, clean_epochs=2), tmp_path)
     assert [unaugmented(e) for e in range(3)] == [False, True, True]
     trainer.fit()
     assert trainer.epoch == 3
     with pytest.raises(DnasPruneError, match="clean_epochs"):
-        config(epochs=3, clean_epochs=4)
+        tiny_train_config(epochs=3, clean_epochs=4)
 
 
 def test_train_command_trains_the_last_epoch_in_15_on_clean_images_unless_told():
@@ -231,14 +206,14 @@ def test_train_command_trains_the_last_epoch_in_15_on_clean_images_unless_told()
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path, monkeypatch, native_bf16):
     monkeypatch.setattr(training, "_cpu_runs_bf16", lambda: native_bf16)
-    trainer = Trainer(tiny_model(), tiny_data(), config(precision="auto", epochs=1), tmp_path)
+    trainer = Trainer(tiny_model(), tiny_data(), tiny_train_config(precision="auto", epochs=1), tmp_path)
     assert trainer.precision == ("bf16" if native_bf16 else "fp32")
     assert trainer.autocast().fast_dtype == torch.bfloat16 and trainer.autocast()._enabled == native_bf16
-    assert Trainer(tiny_model(), tiny_data(), config(precision="fp32"), tmp_path / "f").precision == "fp32"
+    assert Trainer(tiny_model(), tiny_data(), tiny_train_config(precision="fp32"), tmp_path / "f").precision == "fp32"
     trainer.fit()
     assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == trainer.precision
     monkeypatch.setattr(training, "_cpu_runs_bf16", lambda: not native_bf16)  # resumed elsewhere: the run's own
-    resumed = Trainer(tiny_model(), tiny_data(), config(precision="auto", epochs=1), tmp_path)
+    resumed = Trainer(tiny_model(), tiny_data(), tiny_train_config(precision="auto", epochs=1), tmp_path)
     resumed.load_checkpoint(trainer.checkpoint_path)
     assert resumed.precision == trainer.precision
 
@@ -247,8 +222,8 @@ def test_cpu_training_keeps_narrow_strided_1x1_convs_out_of_channels_last(tmp_pa
     narrow = cifar_resnet(8, num_classes=3, widths=(4, 8, 8))  # layer2's projection: 1x1, stride 2, 4 inputs
     assert training.channels_last_unsafe_convs(narrow) == ["layer2.0.downsample.0", "layer3.0.downsample.0"]
     assert training.channels_last_unsafe_convs(cifar_resnet(8, num_classes=3, widths=(16, 32, 64))) == []
-    trainer = Trainer(narrow, tiny_data(), config(memory_format="auto", epochs=1), tmp_path)
+    trainer = Trainer(narrow, tiny_data(), tiny_train_config(memory_format="auto", epochs=1), tmp_path)
     trainer.fit()
     assert trainer.channels_last is False
     with pytest.raises(DnasPruneError, match="layer2.0.downsample.0.*--memory-format auto or contiguous"):
-        Trainer(tiny_model(), tiny_data(), config(memory_format="channels_last"), tmp_path / "cl").fit()
+        Trainer(tiny_model(), tiny_data(), tiny_train_config(memory_format="channels_last"), tmp_path / "cl").fit()

@@ -13,9 +13,11 @@ from ..training import PRECISIONS, TrainConfig
 
 
 def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_size: int = 5000,
-                      clean_epochs_per: int | None = None) -> None:
+                      clean_epochs_per: int | None = None, weight_average: bool = False) -> None:
     """The flags of every training command. With ``clean_epochs_per`` set, --clean-epochs defaults to
-    ``epochs // clean_epochs_per``, so the clean tail scales with the run and a 1-epoch smoke run has none."""
+    ``epochs // clean_epochs_per``, so the clean tail scales with the run and a 1-epoch smoke run has none.
+    ``weight_average`` adds --ema-decay, for commands that train a plain model (not the gated supernet, whose
+    evaluation refits BN statistics on the live weights)."""
     p.add_argument("--data", help="data directory (default: $DNAS_PRUNE_DATA; without either, CIFAR-10 is "
                                   "downloaded to the cache)")
     p.add_argument("--data-kind", choices=DATA_KINDS, default="cifar",
@@ -50,6 +52,10 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_siz
                    help=f"CIFAR data: the last N epochs train on un-augmented images, no crop or flip "
                         f"(default: {clean_default})")
     p.set_defaults(clean_epochs_per=clean_epochs_per)
+    if weight_average:
+        p.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
+                       help="evaluate and save an exponential moving average of the weights with this per-step "
+                            "decay, e.g. 0.998; 0: the weights as trained (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device)
     p.add_argument("--limit-train", type=int, help="train on the first N images of the training split (smoke runs)")
     p.add_argument("--val-size", type=int, default=val_size,
@@ -69,6 +75,7 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         warmup_epochs=args.warmup_epochs, flip=args.flip, crop_padding=args.crop_padding,
+        ema_decay=getattr(args, "ema_decay", 0.0),
         clean_epochs=(args.clean_epochs if args.clean_epochs is not None else args.epochs // args.clean_epochs_per),
         device=args.device, precision=args.precision,
         memory_format=args.memory_format, seed=args.seed, sync_bn=args.sync_bn,

@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", required=True, help="run directory; writes finetune.pt (resumable) and pruned.pt")
     p.add_argument("--teacher", help="dense model file (e.g. the parent's model.pt) to distill from; needs "
                                      "--distill-weight > 0")
-    add_training_args(p, DEFAULTS)
+    add_training_args(p, DEFAULTS, weight_average=True)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
     return p
 

@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--zero-init-residual", action="store_true",
                    help="start every residual branch at zero (its last BN scale = 0), so each block begins as the identity")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
-    add_training_args(p, DEFAULTS, val_size=DEFAULT_VAL_SIZE, clean_epochs_per=CLEAN_EPOCHS_PER)
+    add_training_args(p, DEFAULTS, val_size=DEFAULT_VAL_SIZE, clean_epochs_per=CLEAN_EPOCHS_PER, weight_average=True)
     return p
 
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         if monitor:
             monitor.close()
     if rank == 0:
-        save_pruned(trainer.model.eval(), out / "model.pt", kind="dense", input_size=list(data.train.input_size),
+        save_pruned(trainer.final_model.eval(), out / "model.pt", kind="dense", input_size=list(data.train.input_size),
                     metrics=metrics, config=asdict(config))
         print(f"test accuracy {metrics['test_acc']:.4f}; wrote {out / 'model.pt'}")
     return 0
