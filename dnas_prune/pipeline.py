@@ -31,6 +31,7 @@ from .cost import count_cost
 from .cli.common import seed_everything
 from .cli.finetune import DEFAULTS as FINETUNE_DEFAULTS
 from .cli.search import DEFAULTS as SEARCH_DEFAULTS
+from .cli.train import CLEAN_EPOCHS_PER, DEFAULTS as TRAIN_DEFAULTS
 from .data import DATA_KINDS, IMAGE_SIZE, TrainingData, load_dataset
 from .errors import DnasPruneError
 from .export import FORMATS, SUFFIXES, ExportError, export
@@ -56,14 +57,16 @@ def _train_keys(defaults: TrainConfig, without: tuple[str, ...] = ()) -> dict[st
 _TRAIN_KEYS = tuple(_train_keys(TrainConfig()))
 _SEARCH_KEYS = {f.name: getattr(SearchConfig(), f.name) for f in fields(SearchConfig) if f.name not in ("metric", "target")}
 
-# section -> key -> default ("" is the top level). Every flag of train/search/finetune has a key here;
+# section -> key -> default ("" is the top level). Each training stage defaults to its command's defaults, and
+# every flag of train/search/finetune has a key here;
 # --resume is implicit, --pretrained is pretrain.checkpoint, --no-tensorboard is tensorboard = false.
 SCHEMA: dict[str, dict[str, Any]] = {
     "": {"seed": 0, "device": "cpu", "out": None, "progress": True, "tensorboard": True},
     "data": {"root": None, "kind": "cifar", "limit_train": None, "val_size": 5000, "image_size": IMAGE_SIZE,
              "workers": None},  # image_size and workers: imagefolder only
     "model": {"name": None},
-    "pretrain": {**_train_keys(TrainConfig()), "checkpoint": None, "zero_init_residual": False},
+    # None: epochs // CLEAN_EPOCHS_PER, as `dnas-prune train`
+    "pretrain": {**_train_keys(TRAIN_DEFAULTS), "clean_epochs": None, "checkpoint": None, "zero_init_residual": False},
     "search": {**_train_keys(SEARCH_DEFAULTS, without=("ema_decay",)), "target_macs": None, "target_params": None, **_SEARCH_KEYS},
     "finalize": {"round_to": None},
     "finetune": _train_keys(FINETUNE_DEFAULTS),
@@ -73,7 +76,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
 # The types of keys whose default is None.
 _OPTIONAL_TYPES = {"out": str, "root": str, "limit_train": int, "name": str, "checkpoint": str, "target_macs": float,
                    "target_params": float, "round_to": int, "threads": int, "gate_lr": float, "budget_lr": float,
-                   "workers": int}
+                   "workers": int, "clean_epochs": int}
 _FILE_PATHS = (("data", "root"), ("pretrain", "checkpoint"))
 # Settings that do not change what earlier stages computed: a re-run may change them.
 _RERUNNABLE = ("export", "report")
@@ -189,6 +192,8 @@ def _validate(config: Config) -> None:
 
 def train_config_of(config: Config, stage: str) -> TrainConfig:
     keys = {k: v for k, v in config[stage].items() if k in _TRAIN_KEYS}
+    if keys["clean_epochs"] is None:
+        keys["clean_epochs"] = keys["epochs"] // CLEAN_EPOCHS_PER
     top = config[""]
     return TrainConfig(**keys, device=top["device"], seed=top["seed"], progress=top["progress"])
 

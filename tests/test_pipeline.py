@@ -1,12 +1,14 @@
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from dnas_prune.cli import main
+from dnas_prune.cli import build_parser, main
+from dnas_prune.cli.common import train_config_from
 from dnas_prune.errors import DnasPruneError
-from dnas_prune.pipeline import Pipeline, load_config, parse_override
+from dnas_prune.pipeline import Pipeline, load_config, parse_override, train_config_of
 from dnas_prune.pruned_io import load_pruned_with_metadata
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -48,6 +50,15 @@ def test_overrides_and_defaults(tmp_path: Path) -> None:
     assert config["search"]["lr"] == 0.05 and config["pretrain"]["epochs"] == 30  # the commands' own defaults
     assert config[""]["out"] == str(Path("runs") / "config")
     assert load_config(_write(tmp_path, MINIMAL), out="elsewhere")[""]["out"] == "elsewhere"
+
+
+@pytest.mark.parametrize("epochs", [1, 30, 45])
+def test_pretrain_trains_as_the_train_command_does(tmp_path: Path, epochs: int) -> None:
+    """The dense stage of `dnas-prune run` and `dnas-prune train` share one recipe, clean tail included."""
+    config = load_config(_write(tmp_path, MINIMAL), [f"pretrain.epochs={epochs}"])
+    command = train_config_from(build_parser().parse_args(["train", "--model", "cifar_resnet20", "--epochs", str(epochs)]))
+    assert asdict(train_config_of(config, "pretrain")) == asdict(command)
+    assert train_config_of(load_config(_write(tmp_path, MINIMAL), ["pretrain.clean_epochs=0"]), "pretrain").clean_epochs == 0
 
 
 @pytest.mark.parametrize("text, overrides, message", [
