@@ -25,6 +25,7 @@ def finetune_pruned(pruned_path: str | Path, data: TrainingData, config: TrainCo
     metrics = trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
     if trainer.is_main:
         keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
-        save_pruned(trainer.final_model.eval(), out / "pruned.pt", **{**keep, "dataset": data_root, "test_acc": metrics["test_acc"],
-                    "val_acc": metrics.get("val_acc"), "finetune_epochs": config.epochs})
+        save_pruned(trainer.final_model.eval(), out / "pruned.pt",
+                    **{**keep, "dataset": data_root, "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
+                       "finetune_epochs": config.epochs})
     return trainer, metrics

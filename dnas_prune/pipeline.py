@@ -66,7 +66,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
              "workers": None},  # image_size and workers: imagefolder only
     "model": {"name": None},
     # None: epochs // CLEAN_EPOCHS_PER, as `dnas-prune train`
-    "pretrain": {**_train_keys(TRAIN_DEFAULTS), "clean_epochs": None, "checkpoint": None, "zero_init_residual": False},
+    "pretrain": {**_train_keys(TRAIN_DEFAULTS), "clean_epochs": None, "checkpoint": None,
+                 "zero_init_residual": False},
     "search": {**_train_keys(SEARCH_DEFAULTS, without=("ema_decay",)), "target_macs": None, "target_params": None, **_SEARCH_KEYS},
     "finalize": {"round_to": None},
     "finetune": _train_keys(FINETUNE_DEFAULTS),
