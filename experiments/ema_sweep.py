@@ -62,9 +62,21 @@ class Averages(TrainHooks):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="results/NAME.json and results/NAME.md")
-    parser.add_argument("--decay", type=float, nargs="+", required=True, help="per-step EMA decays to keep")
+    parser.add_argument("--decay", type=float, nargs="+", default=[], help="per-step EMA decays to keep")
+    parser.add_argument("--note", help="how the run shared the machine (kept in the JSON)")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite results/NAME.md from results/NAME.json (and --note into it)")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the flags of dnas-prune train")
     args = parser.parse_args(argv)
+    if args.render:
+        report = json.loads((RESULTS / f"{args.name}.json").read_text())
+        if args.note is not None:
+            report["note"] = args.note
+            (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (RESULTS / f"{args.name}.md").write_text(markdown(report))
+        return 0
+    if not args.decay:
+        raise SystemExit("give --decay D [D ...]: the averages to keep")
     train_argv = [a for a in args.train_args if a != "--"]
     targs = build_parser().parse_args(["train", *train_argv])
     if getattr(targs, "ema_decay", 0.0):
@@ -83,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     for d, average in hooks.averages.items():
         rows.append({"weights": f"EMA, decay {d}", "decay": d,
                      "test_acc": trainer.evaluate(data.test, average.module)["acc"]})
-    report = {"name": args.name, "machine": machine(), "config": asdict(config), "precision": trainer.precision,
-              "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
+    report = {"name": args.name, "note": args.note or "", "machine": machine(), "config": asdict(config), "precision": trainer.precision,
+              "threads": torch.get_num_threads(), "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
               "steps": trainer.global_step, "wall_seconds_this_process": round(time.perf_counter() - start, 1),
               "history": trainer.history, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
@@ -100,9 +112,9 @@ def markdown(report: dict) -> str:
     live = rows[0]["test_acc"]
     lines = [f"# Weight averaging: {report['name']}", "",
              f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['logical_cpus']} logical CPUs, torch {m['torch']}, "
-             f"{report['precision']}. One training run of {c['epochs']} epochs ({report['steps']} steps), seed {c['seed']}; "
+             f"{report['precision']}, {report.get('threads', '?')} torch threads. One training run of {c['epochs']} epochs ({report['steps']} steps), seed {c['seed']}; "
              "every average was updated after every step of that same run and evaluated on the test split once, "
-             "after the last epoch.", "", f"`{report['command']}`", "",
+             f"after the last epoch. {report.get('note', '')}".rstrip(), "", f"`{report['command']}`", "",
              f"Recipe: batch {c['batch_size']}, peak lr {c['lr']} ({c['schedule']}, {c['warmup_epochs']} warm-up epochs), "
              f"weight decay {c['weight_decay']}, label smoothing {c['label_smoothing']}, crop padding {c['crop_padding']}, "
              f"the last {c['clean_epochs']} epochs un-augmented.", "",
@@ -111,6 +123,13 @@ def markdown(report: dict) -> str:
         horizon = f"{1 / (1 - r['decay']):.0f}" if r["decay"] else "–"
         lines.append(f"| {r['weights']} | {r['decay'] or '–'} | {horizon} | **{r['test_acc']:.4f}** | "
                      f"{(r['test_acc'] - live) * 100:+.2f} |")
+    total = sum(h["epoch_time"] for h in report["history"])
+    lines += ["", f"Training: {total / 60:.1f} min in all, {total / len(report['history']):.0f} s per epoch on average, "
+              f"{sum(h['img_per_s'] for h in report['history']) / len(report['history']):.0f} img/s mean.", "",
+              "| epoch | train loss | train acc | lr at the end | seconds | img/s |", "|---:|---:|---:|---:|---:|---:|"]
+    for h in report["history"]:
+        lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h['lr']:.4f} | "
+                     f"{h['epoch_time']:.1f} | {h['img_per_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
