@@ -118,6 +118,12 @@ def channels_last_unsafe_convs(model: nn.Module) -> list[str]:
             if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 16]
 
 
+def weight_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model`` with per-step ``decay``, over its BN running statistics too, so the
+    average is a model that evaluates as it stands. Its first update copies the weights."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier of the peak lr at iteration ``step`` (a module-level function so schedulers pickle cleanly)."""
     if step < warmup:
@@ -235,9 +241,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, total=total, warmup=warmup, schedule=config.schedule))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        # BN running statistics are averaged too, so the average is a model that evaluates as it stands
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-                    if config.ema_decay > 0 else None)
+        self.ema = weight_average(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.epoch = 0  # epochs completed
         self.global_step = 0
         self.history: list[dict] = []
@@ -484,7 +488,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            if self.ema is not None and state.get("ema") is not None:
+            if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{path} does not match this model/optimizer: {str(exc).splitlines()[0]}") from None

@@ -22,13 +22,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from dnas_prune.cli import build_parser
 from dnas_prune.cli.common import load_data, seed_everything, train_config_from
 from dnas_prune.models import create_model
-from dnas_prune.training import Trainer, TrainHooks
+from dnas_prune.training import Trainer, TrainHooks, weight_average
 from peers import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,7 +45,7 @@ class Averages(TrainHooks):
     def after_step(self, trainer: Trainer, step: int, metrics: dict) -> None:
         if not self.averages:
             for d in self.decays:
-                self.averages[d] = AveragedModel(trainer.model, multi_avg_fn=get_ema_multi_avg_fn(d), use_buffers=True)
+                self.averages[d] = weight_average(trainer.model, d)
                 if str(d) in self._pending:
                     self.averages[d].load_state_dict(self._pending[str(d)])
         for average in self.averages.values():  # an average's first update copies the weights, as --ema-decay's does
@@ -95,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     for d, average in hooks.averages.items():
         rows.append({"weights": f"EMA, decay {d}", "decay": d,
                      "test_acc": trainer.evaluate(data.test, average.module)["acc"]})
-    report = {"name": args.name, "note": args.note or "", "machine": machine(), "config": asdict(config), "precision": trainer.precision,
-              "threads": torch.get_num_threads(), "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    report = {"name": args.name, "note": args.note or "", "machine": machine(), "config": asdict(config),
+              "precision": trainer.precision, "threads": torch.get_num_threads(), "command": command,
               "steps": trainer.global_step, "wall_seconds_this_process": round(time.perf_counter() - start, 1),
               "history": trainer.history, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
@@ -111,23 +111,25 @@ def markdown(report: dict) -> str:
     m, c, rows = report["machine"], report["config"], report["rows"]
     live = rows[0]["test_acc"]
     lines = [f"# Weight averaging: {report['name']}", "",
-             f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['logical_cpus']} logical CPUs, torch {m['torch']}, "
-             f"{report['precision']}, {report.get('threads', '?')} torch threads. One training run of {c['epochs']} epochs ({report['steps']} steps), seed {c['seed']}; "
-             "every average was updated after every step of that same run and evaluated on the test split once, "
-             f"after the last epoch. {report.get('note', '')}".rstrip(), "", f"`{report['command']}`", "",
-             f"Recipe: batch {c['batch_size']}, peak lr {c['lr']} ({c['schedule']}, {c['warmup_epochs']} warm-up epochs), "
-             f"weight decay {c['weight_decay']}, label smoothing {c['label_smoothing']}, crop padding {c['crop_padding']}, "
-             f"the last {c['clean_epochs']} epochs un-augmented.", "",
+             f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['logical_cpus']} logical CPUs, "
+             f"torch {m['torch']}, {report['precision']}, {report.get('threads', '?')} torch threads. One training run "
+             f"of {c['epochs']} epochs ({report['steps']} steps), seed {c['seed']}; every average was updated after "
+             "every step of that same run and evaluated on the test split once, after the last epoch. "
+             f"{report.get('note', '')}".rstrip(), "", f"`{report['command']}`", "",
+             f"Recipe: batch {c['batch_size']}, peak lr {c['lr']} ({c['schedule']}, {c['warmup_epochs']} warm-up "
+             f"epochs), weight decay {c['weight_decay']}, label smoothing {c['label_smoothing']}, crop padding "
+             f"{c['crop_padding']}, the last {c['clean_epochs']} epochs un-augmented.", "",
              "| weights | per-step decay | horizon (steps) | **test acc** | vs live |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         horizon = f"{1 / (1 - r['decay']):.0f}" if r["decay"] else "–"
         lines.append(f"| {r['weights']} | {r['decay'] or '–'} | {horizon} | **{r['test_acc']:.4f}** | "
                      f"{(r['test_acc'] - live) * 100:+.2f} |")
-    total = sum(h["epoch_time"] for h in report["history"])
-    lines += ["", f"Training: {total / 60:.1f} min in all, {total / len(report['history']):.0f} s per epoch on average, "
-              f"{sum(h['img_per_s'] for h in report['history']) / len(report['history']):.0f} img/s mean.", "",
+    history = report["history"]
+    total = sum(h["epoch_time"] for h in history)
+    lines += ["", f"Training: {total / 60:.1f} min in all, {total / len(history):.0f} s per epoch on average, "
+              f"{sum(h['img_per_s'] for h in history) / len(history):.0f} img/s mean.", "",
               "| epoch | train loss | train acc | lr at the end | seconds | img/s |", "|---:|---:|---:|---:|---:|---:|"]
-    for h in report["history"]:
+    for h in history:
         lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h['lr']:.4f} | "
                      f"{h['epoch_time']:.1f} | {h['img_per_s']:.0f} |")
     return "\n".join(lines) + "\n"
