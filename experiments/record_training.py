@@ -29,11 +29,17 @@ def load_run(directory: Path, command: str) -> dict:
     return {"dir": str(directory), "command": command, "config": metrics["config"], "metadata": metrics["metadata"],
             "precision": metrics.get("precision", metrics["config"]["precision"]),
             "history": history, "test_acc": history[-1].get("test_acc"), "val_acc": history[-1].get("val_acc"),
+            "raw_test_acc": history[-1].get("raw_test_acc"),
             "total_seconds": round(sum(h["epoch_time"] for h in history), 1)}
 
 
 def _acc(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
+
+
+def _average(config: dict) -> str:
+    decay = config.get("ema_decay", 0.0)
+    return f"EMA {decay}" if decay else "none"
 
 
 def markdown(report: dict) -> str:
@@ -42,15 +48,17 @@ def markdown(report: dict) -> str:
              f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['logical_cpus']} "
              f"logical CPUs, torch {m['torch']}. {report['note']}", ""]
     lines += ["| run | batch | peak lr | warm-up | weight decay | label smoothing | flips | crop padding | clean epochs "
-              "| zero-init residual | precision | epochs | held out | val acc | **test acc** | training time | mean img/s |",
-              "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+              "| zero-init residual | weight average | precision | epochs | held out | val acc | **test acc** "
+              "| live weights' test acc | training time | mean img/s |",
+              "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for run in report["runs"]:
         c, h = run["config"], run["history"]
         lines.append(f"| `{Path(run['dir']).name}` | {c['batch_size']} | {c['lr']} | {c['warmup_epochs']} | "
                      f"{c['weight_decay']} | {c['label_smoothing']} | {c.get('flip', 'random')} | {c.get('crop_padding', 4)} | "
                      f"{c.get('clean_epochs', 0)} | {'yes' if run['metadata'].get('zero_init_residual') else 'no'} | "
-                     f"{run['precision']} | {c['epochs']} | "
+                     f"{_average(c)} | {run['precision']} | {c['epochs']} | "
                      f"{run['metadata'].get('val_size')} | {_acc(run['val_acc'])} | **{_acc(run['test_acc'])}** | "
+                     f"{_acc(run.get('raw_test_acc') if c.get('ema_decay') else run['test_acc'])} | "
                      f"{run['total_seconds'] / 60:.1f} min | "
                      f"{sum(x['img_per_s'] for x in h) / len(h):.0f} |")
     for run in report["runs"]:
@@ -59,9 +67,12 @@ def markdown(report: dict) -> str:
                   f"Recipe: SGD (Nesterov {c['nesterov']}, momentum {c['momentum']}), weight decay {c['weight_decay']} on "
                   f"conv/linear weights, label smoothing {c['label_smoothing']}, {c['schedule']} schedule, {run['precision']}, "
                   f"memory format {c['memory_format']}, seed {c['seed']}, random crops zero-padded by "
-                  f"{c.get('crop_padding', 4)} pixels, the last {c.get('clean_epochs', 0)} epochs un-augmented; "
+                  f"{c.get('crop_padding', 4)} pixels, flips {c.get('flip', 'random')}, the last {c.get('clean_epochs', 0)} "
+                  "epochs un-augmented; "
                   f"{run['metadata'].get('val_size')} images held out "
-                  "for validation. The test split is evaluated once, after the last epoch.", "",
+                  "for validation. The test split is evaluated once, after the last epoch"
+                  + (f", on an exponential moving average of the weights (decay {c['ema_decay']} per step; the live "
+                     f"weights: {_acc(run.get('raw_test_acc'))})." if c.get("ema_decay") else "."), "",
                   "| epoch | train loss | train acc | val acc | test acc | seconds | img/s |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         for x in run["history"]:
