@@ -29,7 +29,7 @@ def load_run(directory: Path, command: str) -> dict:
     return {"dir": str(directory), "command": command, "config": metrics["config"], "metadata": metrics["metadata"],
             "precision": metrics.get("precision", metrics["config"]["precision"]),
             "history": history, "test_acc": history[-1].get("test_acc"), "val_acc": history[-1].get("val_acc"),
-            "raw_test_acc": history[-1].get("raw_test_acc"),
+            "live_test_acc": history[-1].get("raw_test_acc", history[-1].get("test_acc")),
             "total_seconds": round(sum(h["epoch_time"] for h in history), 1)}
 
 
@@ -58,7 +58,7 @@ def markdown(report: dict) -> str:
                      f"{c.get('clean_epochs', 0)} | {'yes' if run['metadata'].get('zero_init_residual') else 'no'} | "
                      f"{_average(c)} | {run['precision']} | {c['epochs']} | "
                      f"{run['metadata'].get('val_size')} | {_acc(run['val_acc'])} | **{_acc(run['test_acc'])}** | "
-                     f"{_acc(run.get('raw_test_acc') if c.get('ema_decay') else run['test_acc'])} | "
+                     f"{_acc(run['live_test_acc'])} | "
                      f"{run['total_seconds'] / 60:.1f} min | "
                      f"{sum(x['img_per_s'] for x in h) / len(h):.0f} |")
     for run in report["runs"]:
@@ -72,7 +72,7 @@ def markdown(report: dict) -> str:
                   f"{run['metadata'].get('val_size')} images held out "
                   "for validation. The test split is evaluated once, after the last epoch"
                   + (f", on an exponential moving average of the weights (decay {c['ema_decay']} per step; the live "
-                     f"weights: {_acc(run.get('raw_test_acc'))})." if c.get("ema_decay") else "."), "",
+                     f"weights: {_acc(run['live_test_acc'])})." if c.get("ema_decay") else "."), "",
                   "| epoch | train loss | train acc | val acc | test acc | seconds | img/s |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         for x in run["history"]:
