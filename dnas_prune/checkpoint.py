@@ -1,7 +1,7 @@
 """Files that survive crashes and never run code: atomic writes and ``weights_only`` loading.
 
-Every file the package writes goes through :func:`atomic_write` (temp file in the same directory, fsync,
-rename), so a kill at any moment leaves either the old file or the new one. Every ``.pt`` file is read by
+Every file the package writes goes through :func:`atomic_write` or :func:`atomic_output` (temp file in the
+same directory, fsync, the usual 0666-minus-umask mode, rename), so a kill at any moment leaves either the old file or the new one. Every ``.pt`` file is read by
 :func:`safe_load`, which only accepts tensors and plain data and turns each way a file can be wrong
 into one :class:`~dnas_prune.errors.CheckpointError` line naming the file.
 """
@@ -13,8 +13,9 @@ import os
 import re
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 import torch
 
@@ -27,23 +28,32 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(file)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path next to ``path`` for a writer that wants a file name (e.g. an exporter); on leaving the block
+    the file is fsynced, given the usual mode (0666 minus the umask: ``mkstemp`` creates it 0600) and renamed over
+    ``path``. On an exception the temp file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(file)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+    return Path(path)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,6 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .checkpoint import atomic_output
 from .errors import DnasPruneError
 
 FORMATS = ("torchscript", "onnx", "pt2")
@@ -99,15 +99,10 @@ def export(
     example = torch.randn(trace_batch, *input_size, device=_device(model))
     was_training = model.training
     model.eval()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        with torch.no_grad():
+        with atomic_output(path) as tmp, torch.no_grad():
             _EXPORTERS[format](model, example, tmp, dynamic_batch)
-        os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
         model.train(was_training)
     if check:
         verify_export(path, model, format, input_size, batch_size + 1 if dynamic_batch else batch_size)

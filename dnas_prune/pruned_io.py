@@ -67,6 +67,20 @@ def _describe_foreign(obj: dict[str, Any]) -> str:
     return f"a dict with keys {sorted(map(str, obj))[:5]}"
 
 
+def _what_to_pass(path: Path, obj: dict[str, Any]) -> str:
+    """The next step for a file that is not a pruned model: finalize a search checkpoint, or take the model file a
+    training run wrote next to its checkpoint."""
+    metadata = obj.get("metadata")
+    kind = metadata.get("kind") if isinstance(metadata, dict) else None
+    if obj.get("kind") == "dnas_prune.trainer" and kind == "dnas_prune.search":
+        return (f"it is a search checkpoint: run `dnas-prune finalize {path} -o {path.with_name('pruned.pt')}` "
+                "first, then pass that pruned.pt")
+    if obj.get("kind") == "dnas_prune.trainer":
+        written = "pruned.pt" if kind == "dnas_prune.finetune" else "model.pt"
+        return f"it is a resumable training checkpoint: pass the {written} written next to it"
+    return "pass a save_pruned file"
+
+
 def _check_tensors(path: Path, model: nn.Module, state_dict: dict[str, Any]) -> None:
     """Name the first key whose presence or shape disagrees with the spec."""
     expected = model.state_dict()
@@ -97,7 +111,7 @@ def load_pruned_with_metadata(
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a pruned model; pass a save_pruned file")
     if obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: is {_describe_foreign(obj)}, not a pruned model; pass a save_pruned file")
+        raise CheckpointError(f"{path}: is {_describe_foreign(obj)}, not a pruned model; {_what_to_pass(path, obj)}")
     version = obj.get("version")
     if not isinstance(version, int):
         raise CheckpointError(f"{path}: pruned-model version {version!r} is invalid; the file is corrupt")

@@ -15,6 +15,25 @@ from ..errors import DnasPruneError
 
 COMMANDS = ("train", "search", "finalize", "finetune", "export", "profile", "run")
 
+DESCRIPTION = """\
+Prune a ResNet by differentiable architecture search: train the dense model, search which channels and
+blocks to keep under a MACs or parameter budget, remove the rest, finetune the smaller model, and export
+it to ONNX, TorchScript or torch.export with a report of its accuracy, cost and measured CPU latency."""
+
+EPILOG = """\
+the whole recipe from one TOML file:
+  dnas-prune run experiments/configs/quickstart.toml
+
+step by step:
+  dnas-prune train --model cifar_resnet20 --out runs/dense
+  dnas-prune search --model cifar_resnet20 --pretrained runs/dense/model.pt --target-macs 0.5 --out runs/search
+  dnas-prune finalize runs/search/supernet.pt -o runs/pruned.pt
+  dnas-prune finetune runs/pruned.pt --out runs/finetune
+  dnas-prune export runs/finetune/pruned.pt --format onnx
+  dnas-prune profile runs/finetune/pruned.pt
+
+data: --data DIR or $DNAS_PRUNE_DATA (CIFAR-10, else downloaded); `dnas-prune COMMAND --help` lists a command's flags."""
+
 
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes (unknown flag, conflicting flags) get the same one-line error as everything else."""
@@ -24,7 +43,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="dnas-prune", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="dnas-prune", description=DESCRIPTION, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..monitor import MonitorHooks
 from ..errors import DnasPruneError
 from ..finetune import finetune_pruned
+from ..pruned_io import load_pruned_with_metadata
 from ..search import load_pretrained
 from ..training import TrainConfig, init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     config = train_config_from(args)
     if args.teacher and not config.distill_weight > 0:
         raise DnasPruneError("--teacher is only used with --distill-weight > 0 (e.g. --distill-weight 0.5)")
+    load_pruned_with_metadata(args.pruned)  # a wrong file fails now, before the data is loaded
     data, root = load_data(args)
     teacher = load_pretrained(args.teacher, None, data.num_classes) if args.teacher else None
     seed_everything(args.seed)
