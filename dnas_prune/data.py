@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .checkpoint import atomic_torch_save
 from .errors import DataError
+from .progress import Progress
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -35,6 +36,11 @@ LAYOUT = "`<root>/train/<class>/*.jpg` + `<root>/test/<class>/*.jpg` or `<root>/
 IMAGEFOLDER_LAYOUT = "`<root>/train/<class>/*` + `<root>/val/<class>/*`"
 _OFFICIAL = "cifar-10-batches-py"
 _CACHE_FORMAT = 1
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun, or a single process: the one that prints progress."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _cache_home() -> Path:
@@ -159,19 +165,20 @@ def _class_files(split_dir: Path) -> tuple[list[str], list[Path], list[int]]:
     return classes, files, labels
 
 
-def _decode(files: Sequence[Path]) -> Tensor:
+def _decode(files: Sequence[Path], desc: str = "decoding") -> Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
     images: list[Tensor] = []
     chunk = 4096
-    with warnings.catch_warnings():  # torchvision.io warns per call that TorchCodec will replace it
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with warnings.catch_warnings(), Progress(len(files), desc, unit="images", enabled=_is_main_process()) as progress:
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision.io warns per call that TorchCodec replaces it
         for start in range(0, len(files), chunk):
             raw = [read_file(str(p)) for p in files[start : start + chunk]]
             try:
                 images.extend(decode_jpeg(raw, mode=ImageReadMode.RGB))
             except RuntimeError as exc:
                 raise DataError(f"cannot decode a JPEG among {files[start]}..: {exc}".splitlines()[0]) from None
+            progress.update(len(raw))
     shapes = {tuple(img.shape) for img in images}
     if len(shapes) != 1:
         raise DataError(f"images under {files[0].parent.parent} have different sizes {sorted(shapes)[:3]}; expected one size")
@@ -187,9 +194,9 @@ def _read_imagefolder(root: Path) -> dict:
         raise DataError(f"train and test class folders differ under {root}: {classes} vs {test_classes}")
     return {
         "classes": classes,
-        "train_images": _decode(files),
+        "train_images": _decode(files, "decoding train"),
         "train_labels": torch.tensor(labels, dtype=torch.int64),
-        "test_images": _decode(test_files),
+        "test_images": _decode(test_files, "decoding test"),
         "test_labels": torch.tensor(test_labels, dtype=torch.int64),
     }
 
@@ -243,6 +250,9 @@ def _read_cached(root: Path) -> dict:
     if (root / _OFFICIAL).is_dir():
         cached = _read_official(root)
     elif (root / "train").is_dir() and (root / "test").is_dir():
+        if _is_main_process():
+            print(f"decoding the JPEGs under {root} once; the decoded images are cached in {path} "
+                  "(set DNAS_PRUNE_CACHE to move it)", flush=True)
         cached = _read_imagefolder(root)
     else:
         raise DataError(f"{root} has the wrong layout; expected {LAYOUT}")

@@ -13,6 +13,7 @@ is found as by every other command (``$DNAS_PRUNE_DATA``, else for CIFAR-10 the 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
@@ -32,20 +33,22 @@ from .cli.common import seed_everything
 from .cli.finetune import DEFAULTS as FINETUNE_DEFAULTS
 from .cli.search import DEFAULTS as SEARCH_DEFAULTS
 from .cli.train import CLEAN_EPOCHS_PER, DEFAULTS as TRAIN_DEFAULTS
-from .data import DATA_KINDS, IMAGE_SIZE, TrainingData, load_dataset
+from .data import DATA_KINDS, IMAGE_SIZE, TrainingData, load_dataset, resolve_data_root
 from .errors import DnasPruneError
 from .export import FORMATS, SUFFIXES, ExportError, export
 from .finalize import finalize
 from .finetune import finetune_pruned
 from .models import create_model, spec_of
 from .monitor import MonitorHooks, log_text
+from .profile import latency_progress
 from .pruned_io import load_pruned_with_metadata, save_pruned
 from .report import write_report
 from .search import SearchConfig, load_pretrained, load_supernet, search
 from .summary import width_table
 from .supernet import Supernet
 from .checkpoint import atomic_write_text
-from .training import TrainConfig, Trainer
+from .progress import format_duration
+from .training import TrainConfig, Trainer, epoch_note
 
 _TOP_LEVEL_TRAIN = ("device", "seed", "progress")  # TrainConfig fields set once for every training stage
 
@@ -101,10 +104,17 @@ def _known(section: str) -> str:
     return f"known top-level keys: {', '.join(SCHEMA[''])}; sections: {', '.join(s for s in SCHEMA if s)}"
 
 
+def _did_you_mean(name: str, known: Sequence[str], section: str = "") -> str:
+    """``"; did you mean 'section.x'?"`` for the closest known name, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {_label(section, close[0])!r}?" if close else ""
+
+
 def _checked(section: str, key: str, value: Any) -> Any:
     """``value`` if it has the key's type (an int is accepted for a float); else a one-line error."""
     if key not in SCHEMA[section]:
-        raise DnasPruneError(f"unknown key {_label(section, key)!r}; {_known(section)}")
+        raise DnasPruneError(f"unknown key {_label(section, key)!r}; {_known(section)}"
+                             f"{_did_you_mean(key, list(SCHEMA[section]), section)}")
     default = SCHEMA[section][key]
     expected = type(default) if default is not None else _OPTIONAL_TYPES[key]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -119,7 +129,7 @@ def _merge(config: Config, table: dict[str, Any], base: Path) -> None:
     for name, value in table.items():
         if isinstance(value, dict):
             if name not in SCHEMA or not name:
-                raise DnasPruneError(f"unknown section [{name}]; {_known('')}")
+                raise DnasPruneError(f"unknown section [{name}]; {_known('')}{_did_you_mean(name, [s for s in SCHEMA if s])}")
             for key, item in value.items():
                 config[name][key] = _checked(name, key, item)
         else:
@@ -139,7 +149,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise DnasPruneError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
     section, _, key = name.strip().rpartition(".")
     if section not in SCHEMA or (not section and "." in name):
-        raise DnasPruneError(f"unknown section {section!r} in --set {text!r}; {_known('')}")
+        raise DnasPruneError(f"unknown section {section!r} in --set {text!r}; {_known('')}"
+                             f"{_did_you_mean(section, [s for s in SCHEMA if s])}")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -208,11 +219,22 @@ def search_config_of(config: Config) -> SearchConfig:
     return SearchConfig(metric=metric, target=target, **{k: s[k] for k in _SEARCH_KEYS})
 
 
+def applicable(config: Config) -> Config:
+    """A copy of ``config`` without settings its data kind does not use: CIFAR images have no ``image_size``
+    (kept only when set explicitly to another value, so that a changed setting is still noticed)."""
+    shown = {section: dict(keys) for section, keys in config.items()}
+    if shown["data"]["kind"] == "cifar" and shown["data"]["image_size"] == IMAGE_SIZE:
+        shown["data"]["image_size"] = None
+    return shown
+
+
 def to_toml(config: Config) -> str:
-    """The config as TOML (None values left out): kept in the run directory and shown in the report."""
+    """The config as TOML (None values and settings of other data kinds left out): kept in the run directory
+    and shown in the report."""
     def lines(values: dict[str, Any]) -> list[str]:
         return [f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None]
 
+    config = applicable(config)
     parts = lines(config[""])
     for section in SCHEMA:
         if section:
@@ -252,10 +274,28 @@ class Pipeline:
         """The splits and the data root, loaded on first use only (a fully finished run never decodes)."""
         if self._data is None:
             d = self.config["data"]
+            self.log(f"loading {d['kind']} data from {d['root'] or os.environ.get('DNAS_PRUNE_DATA') or 'the download cache'}")
             data, root = load_dataset(d["kind"], d["root"], val_size=d["val_size"], limit_train=d["limit_train"],
                                       seed=self.config[""]["seed"], image_size=d["image_size"], workers=d["workers"])
             self._data = data, str(root)
+            self.log(f"data: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test images")
         return self._data
+
+    def _data_root(self, finetuned_metadata: dict[str, Any]) -> str | None:
+        """The data root the run resolved: the loaded one, else the one the finetuned model file records, else
+        ``data.root`` / ``$DNAS_PRUNE_DATA`` / the download cache, resolved as :func:`load_dataset` does."""
+        if self._data is not None:
+            return self._data[1]
+        if finetuned_metadata.get("dataset"):
+            return str(finetuned_metadata["dataset"])
+        d = self.config["data"]
+        chosen = d["root"] if d["root"] is not None else os.environ.get("DNAS_PRUNE_DATA")
+        if chosen is not None:
+            return str(Path(chosen).expanduser())
+        try:
+            return str(resolve_data_root(None, download=False)) if d["kind"] == "cifar" else None
+        except DnasPruneError:
+            return None
 
     def _check_run_dir(self) -> None:
         """Refuse to continue a run directory made with different settings for the stages already run."""
@@ -361,24 +401,33 @@ class Pipeline:
         for fmt, path in self.export_paths():
             if path.is_file():
                 continue
+            self.log(f"exporting {fmt} to {path}" + (" and checking it against the model" if self.config["export"]["check"] else ""))
             try:
                 export(model, path, fmt, tuple(metadata["input_size"]), check=self.config["export"]["check"])
             except ExportError:
                 path.unlink(missing_ok=True)  # a file that failed its check must not count as done
                 raise
-            self.log(f"exported {fmt} to {path}")
+            self.log(f"exported {fmt}")
 
     def report(self) -> None:
         dense, dense_file = load_pruned_with_metadata(self.dense_path)
         pruned, metadata = load_pruned_with_metadata(self.finetuned_path)
         summary = json.loads((self.search_dir / "search.json").read_text())
         r = self.config["report"]
-        report = write_report(
-            self.out, dense=dense, dense_metrics=dense_file["metrics"], pruned=pruned, pruned_metadata=metadata,
-            search_summary=summary, config=self.config, config_toml=to_toml(self.config),
-            exports={f: str(p) for f, p in self.export_paths() if p.is_file()},
-            batch_sizes=r["batch_sizes"], max_seconds=r["max_seconds"], threads=r["threads"],
-        )
+        # The report records the data the run used, also when $DNAS_PRUNE_DATA or the cache supplied it.
+        shown = applicable(self.config)
+        shown["data"]["root"] = self._data_root(metadata)
+        with latency_progress(self.log):
+            report = write_report(
+                self.out, dense=dense, dense_metrics=dense_file["metrics"], pruned=pruned, pruned_metadata=metadata,
+                search_summary=summary, config=shown, config_toml=to_toml(shown),
+                exports={f: str(p) for f, p in self.export_paths() if p.is_file()},
+                batch_sizes=r["batch_sizes"], max_seconds=r["max_seconds"], threads=r["threads"],
+            )
+        for name, entry in report["latency"]["models"].items():
+            for bs, lat in entry["latency"].items():
+                if lat.get("warning"):
+                    self.log(f"warning: {name} latency at batch {bs}: {lat['warning']}")
         d, p = report["dense"], report["pruned"]
         self.log(f"dense {d['test_acc']:.4f} test acc, {d['macs'] / 1e6:.2f}M MACs -> pruned {p['test_acc']:.4f}, "
                  f"{p['macs'] / 1e6:.2f}M MACs ({p['macs_ratio']:.1%}); wrote {self.out / 'report.md'}")
@@ -396,18 +445,103 @@ class Pipeline:
         }
 
     def run(self) -> dict[str, str]:
-        """Run every unfinished stage in order; returns ``{stage: "ran" | "skipped"}``."""
+        """Run every unfinished stage in order; returns ``{stage: "ran" | "skipped"}``. Prints one line as each
+        stage starts and ends, with its place (i/N) and the whole run's ETA; every epoch line carries the ETA."""
         self._check_run_dir()
         status: dict[str, str] = {}
-        for stage, outputs in self.outputs().items():
-            if all(p.is_file() for p in outputs):
-                status[stage] = "skipped"
-                why = f"{outputs[0]} exists" if outputs else "no export formats"
-                self.log(f"[{stage}] skipped ({why})")
-                continue
-            self.log(f"[{stage}] running")
-            start = time.perf_counter()
-            getattr(self, stage)()
-            status[stage] = "ran"
-            self.log(f"[{stage}] done in {time.perf_counter() - start:.1f}s")
+        stages = self.outputs()
+        pending = [stage for stage, outputs in stages.items() if not all(p.is_file() for p in outputs)]
+        clock = RunClock(self, pending)
+        with epoch_note(clock.note):
+            for i, (stage, outputs) in enumerate(stages.items(), 1):
+                place = f"{i}/{len(stages)}"
+                if stage not in pending:
+                    status[stage] = "skipped"
+                    why = f"{outputs[0]} exists" if outputs else "no export formats"
+                    self.log(f"[{stage}] skipped ({place}): {why}")
+                    continue
+                clock.start(stage, place)
+                self.log(f"[{stage}] running ({place}){clock.plan(stage)}; {clock.eta()}")
+                start = time.perf_counter()
+                getattr(self, stage)()
+                status[stage] = "ran"
+                clock.finish(stage)
+                left = f"; {clock.eta()}" if stage != pending[-1] else ""
+                self.log(f"[{stage}] done in {time.perf_counter() - start:.1f}s ({place}){left}")
         return status
+
+
+class RunClock:
+    """The whole run's ETA, from the throughput measured so far: each training stage's remaining epochs at that
+    stage's measured speed (the latest measured speed for stages not yet started), evaluation included, plus
+    rough allowances for the stages that do not train (finalize, export, report)."""
+
+    def __init__(self, pipeline: Pipeline, pending: Sequence[str]) -> None:
+        self.pipeline = pipeline
+        self.pending = list(pending)  # stages still to run, the current one included
+        self.stage: str | None = None
+        self.place = ""
+        self.seconds_per_image: dict[str, float] = {}  # wall seconds per training image, per stage
+        self.latest: float | None = None
+        self.epochs_done = 0
+
+    def _train_images(self) -> int | None:
+        data = self.pipeline._data
+        return len(data[0].train) if data is not None else None
+
+    def _epochs(self, stage: str) -> int:
+        config = self.pipeline.config
+        if stage == "pretrain" and config["pretrain"]["checkpoint"] is not None:
+            return 0
+        return config[stage]["epochs"] if stage in ("pretrain", "search", "finetune") else 0
+
+    def _fixed_seconds(self, stage: str) -> float:
+        """Allowances for stages that do not train (measured magnitudes on a 2-core CPU, not predictions)."""
+        config = self.pipeline.config
+        if stage == "export":
+            return 10.0 * len(config["export"]["formats"])
+        if stage == "report":  # compare_latency: about (1 + models) x max_seconds per batch size, then figures
+            return 3 * config["report"]["max_seconds"] * len(config["report"]["batch_sizes"]) + 5.0
+        return 2.0 if stage == "finalize" else 0.0
+
+    def left(self) -> float | None:
+        """Seconds left in the run, or None before any epoch has been measured."""
+        images = self._train_images()
+        if self.latest is None or images is None:
+            return None
+        total = 0.0
+        for stage in self.pending:
+            epochs = self._epochs(stage) - (self.epochs_done if stage == self.stage else 0)
+            total += max(0, epochs) * images * self.seconds_per_image.get(stage, self.latest) + self._fixed_seconds(stage)
+        return total
+
+    def eta(self) -> str:
+        left = self.left()
+        if left is None:
+            return "run ETA after the first epoch"
+        return f"~{format_duration(left)} left in the run (at {1 / self.latest:.0f} img/s measured so far)"
+
+    def plan(self, stage: str) -> str:
+        images, epochs = self._train_images(), self._epochs(stage)
+        if not epochs:
+            return ""
+        return f": {epochs} epochs" + (f" x {images} images" if images else "")
+
+    def start(self, stage: str, place: str) -> None:
+        self.stage, self.place, self.epochs_done = stage, place, 0
+
+    def finish(self, stage: str) -> None:
+        self.pending.remove(stage)
+        self.stage = None
+
+    def note(self, trainer: Trainer, metrics: dict) -> str:
+        """Appended to each epoch's line: measures the epoch (training and evaluation) and gives the run's ETA."""
+        if self.stage is None:
+            return ""
+        seconds = metrics.get("epoch_time", 0.0) + trainer.last_eval_time
+        images = len(trainer.data.train)
+        if seconds > 0 and images:
+            self.seconds_per_image[self.stage] = self.latest = seconds / images
+        self.epochs_done = trainer.epoch
+        left = self.left()
+        return f" | run {self.place} {self.stage}" + (f", ~{format_duration(left)} left" if left is not None else "")

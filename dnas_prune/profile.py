@@ -12,15 +12,49 @@ import copy
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from .cost import count_cost
+from .errors import DnasPruneError
 
+# One vocabulary for every command (train/search/finetune/run/profile): "nchw" is torch's contiguous format.
 MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+MEMORY_FORMAT_CHOICES = ("auto", *MEMORY_FORMATS)
+MEMORY_FORMAT_ALIASES = {"contiguous": "nchw"}  # the name training used before; still accepted
+# p90 over median above this: the timings were disturbed (other work on the machine) and the median is unreliable.
+NOISY_RATIO = 1.5
+
+
+def memory_format_name(name: str) -> str:
+    """The canonical name of a memory format (``"contiguous"`` -> ``"nchw"``); other names are returned as given."""
+    return MEMORY_FORMAT_ALIASES.get(name, name)
+
+
+def noise_warning(median_ms: float, p90_ms: float) -> str | None:
+    """A warning when the p90 latency is over :data:`NOISY_RATIO` times the median, else None."""
+    if median_ms > 0 and p90_ms / median_ms > NOISY_RATIO:
+        return (f"p90 is {p90_ms / median_ms:.3g}x the median: the machine was busy while timing, so this latency "
+                "is unreliable; re-run on an idle machine")
+    return None
 _TRIAL_SECONDS = 0.5  # per candidate memory format when choosing one
+
+
+_PROGRESS: ContextVar[Callable[[str], None] | None] = ContextVar("dnas_prune_latency_progress", default=None)
+
+
+@contextmanager
+def latency_progress(log: Callable[[str], None]) -> Iterator[None]:
+    """Within this block, :func:`compare_latency` reports each batch size it starts timing through ``log``
+    (for callers such as the report, which measure through code that takes no callback)."""
+    token = _PROGRESS.set(log)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 @contextmanager
@@ -70,12 +104,14 @@ class _Runner:
 
     def summary(self) -> dict[str, Any]:
         ms = sorted(t * 1e3 for t in self.times)
+        median, p90 = statistics.median(ms), _quantile(ms, 0.9)
         return {
-            "median_ms": statistics.median(ms),
+            "median_ms": median,
             "p10_ms": _quantile(ms, 0.1),
-            "p90_ms": _quantile(ms, 0.9),
+            "p90_ms": p90,
             "repeats": len(ms),
             "memory_format": self.memory_format,
+            "warning": noise_warning(median, p90),  # None when the timings were steady
         }
 
 
@@ -90,9 +126,10 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 def _runner(model: nn.Module, input_size: Sequence[int], batch_size: int, memory_format: str,
             dtype: torch.dtype) -> _Runner:
     """A runner in ``memory_format``; ``"auto"`` briefly times NCHW and channels_last and keeps the faster."""
+    memory_format = memory_format_name(memory_format)
     if memory_format != "auto":
         if memory_format not in MEMORY_FORMATS:
-            raise ValueError(f"memory_format must be 'auto' or one of {sorted(MEMORY_FORMATS)}, got {memory_format!r}")
+            raise DnasPruneError(f"memory_format must be one of {', '.join(MEMORY_FORMAT_CHOICES)}, got {memory_format!r}")
         return _Runner(model, input_size, batch_size, memory_format, dtype)
     best, best_time = None, float("inf")
     for name in MEMORY_FORMATS:
@@ -164,6 +201,11 @@ def compare_latency(
     """
     if not models:
         raise ValueError("compare_latency needs at least one model")
+    bad = [bs for bs in batch_sizes if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1]
+    if bad or not batch_sizes:
+        raise DnasPruneError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if repeats < 1 or (threads is not None and threads < 1):
+        raise DnasPruneError(f"repeats and threads must be positive, got {repeats} and {threads}")
     names = list(models)
     result: dict[str, Any] = {
         "input_size": list(input_size),
@@ -176,7 +218,11 @@ def compare_latency(
             result["models"][name].update(macs=cost.macs, params=cost.params)
     with _threads(threads) as used_threads, torch.inference_mode():
         result["threads"] = used_threads
-        for bs in batch_sizes:
+        log = _PROGRESS.get()
+        for i, bs in enumerate(batch_sizes):
+            if log:  # each batch size takes up to ~(1 + len(models)) * max_seconds
+                log(f"timing {', '.join(names)} at batch {bs} ({i + 1}/{len(batch_sizes)}, up to "
+                    f"~{(1 + len(names)) * max_seconds + 0.5 * len(names):.0f} s)")
             runners = [_runner(models[name], input_size, bs, memory_format, dtype) for name in names]
             round_seconds = sum(r.warmup(warmup, max_seconds / 3) for r in runners)
             rounds = _repeats_within(repeats, round_seconds, max_seconds * len(runners))

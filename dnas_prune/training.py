@@ -13,22 +13,25 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from .checkpoint import atomic_torch_save, atomic_write_json, safe_load
 from .distill import distillation_loss
 from .data import FLIP_MODES, Batches, DataSplit, TrainingData
 from .errors import CheckpointError, DnasPruneError, TrainingDiverged
+from .profile import MEMORY_FORMAT_CHOICES, memory_format_name
+from .progress import Progress
 
 CHECKPOINT_FORMAT = 1
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -67,25 +70,27 @@ class TrainConfig:
     warmup_epochs: float = 3.0
     device: str = "cpu"
     precision: str = "auto"  # "bf16" | "fp32" | "auto": bf16 where the hardware runs it natively (resolve_precision)
-    memory_format: str = "auto"  # "auto" | "channels_last" | "contiguous"
+    memory_format: str = "auto"  # "auto" | "channels_last" | "nchw" ("contiguous" is read as "nchw")
     seed: int = 0
     test_every_epoch: bool = False  # the test split is for reporting: by default only after the last epoch
     sync_bn: bool = False  # SyncBatchNorm across DDP ranks (CUDA only: torch has no CPU kernel for it)
-    log_every: int = 50
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.memory_format = memory_format_name(self.memory_format)
         choices = {"schedule": ("onecycle", "cosine"), "precision": PRECISIONS, "flip": FLIP_MODES,
-                   "memory_format": ("auto", "channels_last", "contiguous")}
+                   "memory_format": MEMORY_FORMAT_CHOICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DnasPruneError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        # The basic quantities first: a bad epoch count must not surface as a complaint about clean_epochs.
+        for name, value in (("epochs", self.epochs), ("batch size", self.batch_size), ("lr", self.lr)):
+            if not value > 0:
+                raise DnasPruneError(f"{name} must be positive, got {value}")
         if self.crop_padding < 0:
             raise DnasPruneError(f"crop_padding must be >= 0, got {self.crop_padding}")
         if not 0 <= self.clean_epochs <= self.epochs:
             raise DnasPruneError(f"clean_epochs must be in [0, epochs={self.epochs}], got {self.clean_epochs}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise DnasPruneError(f"epochs, batch size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
         if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise DnasPruneError(f"weight_decay must be >= 0 and label_smoothing in [0, 1), got {self.weight_decay}, "
                                  f"{self.label_smoothing}")
@@ -168,6 +173,20 @@ class TrainHooks:
 
 
 _FORMAT_CACHE: dict[tuple, str] = {}
+PROGRESS_EVERY = 0.25  # without a terminal, a progress line at every quarter of an epoch
+# Called after each epoch on the main rank; its text is appended to the epoch's line (e.g. the whole run's ETA).
+_EPOCH_NOTE: ContextVar[Callable[["Trainer", dict], str] | None] = ContextVar("dnas_prune_epoch_note", default=None)
+
+
+@contextmanager
+def epoch_note(note: Callable[["Trainer", dict], str]) -> Iterator[None]:
+    """Within this block every :class:`Trainer` appends ``note(trainer, metrics)`` to its per-epoch line; the
+    pipeline uses it to show the whole run's ETA under trainers it does not construct itself (the search's)."""
+    token = _EPOCH_NOTE.set(note)
+    try:
+        yield
+    finally:
+        _EPOCH_NOTE.reset(token)
 
 
 def _rng_state() -> dict:
@@ -246,6 +265,7 @@ class Trainer:
         self.global_step = 0
         self.history: list[dict] = []
         self.channels_last: bool | None = None
+        self.last_eval_time = 0.0  # seconds the last epoch's evaluation took (BN refits by hooks included)
 
     @property
     def final_model(self) -> nn.Module:
@@ -271,7 +291,7 @@ class Trainer:
         if unsafe and self.config.memory_format == "channels_last":
             raise DnasPruneError(f"channels_last on the CPU miscomputes the weight gradient of {unsafe[0]} (a strided "
                                  "1x1 conv with under 16 input channels, oneDNN issue 6035); use --memory-format "
-                                 "auto or contiguous")
+                                 "auto or nchw")
         if unsafe:
             return False
         if self.config.memory_format != "auto":
@@ -296,7 +316,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 timings[channels_last] = min(timings[channels_last], time.perf_counter() - start)
-            _FORMAT_CACHE[key] = "channels_last" if timings[True] < timings[False] else "contiguous"
+            _FORMAT_CACHE[key] = "channels_last" if timings[True] < timings[False] else "nchw"
             if self.is_main:
                 print(f"memory format: {_FORMAT_CACHE[key]} (one step: NCHW {timings[False]:.3f}s, "
                       f"channels_last {timings[True]:.3f}s)", flush=True)
@@ -321,9 +341,10 @@ class Trainer:
         return t.tolist()
 
     @torch.no_grad()
-    def evaluate(self, split: DataSplit, model: nn.Module | None = None) -> dict:
+    def evaluate(self, split: DataSplit, model: nn.Module | None = None, desc: str = "") -> dict:
         """Accuracy and (unsmoothed) cross-entropy on a split, in eval mode under the training precision; of
-        :attr:`final_model` unless ``model`` is given."""
+        :attr:`final_model` unless ``model`` is given. ``desc`` names the split in progress output."""
+        desc = desc or f"{len(split)} images"
         model = model or self.final_model
         if self.channels_last is None:
             self.channels_last = self._choose_memory_format()
@@ -333,12 +354,17 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         count = 0
         eval_batch = max(self.world_size, 2 * self.config.batch_size // self.world_size * self.world_size)
-        for x, y in self._batches(split, train=False, batch_size=eval_batch):
-            with self.autocast():
-                logits = model(x)
-            loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum()
-            count += len(y)
+        stream = self._batches(split, train=False, batch_size=eval_batch)
+        # A bar on a terminal; elsewhere a line only when an evaluation runs past PLAIN_SECONDS.
+        with Progress(len(stream), f"  evaluating {desc}", unit="batches",
+                      enabled=self.config.progress and self.is_main) as progress:
+            for x, y in stream:
+                with self.autocast():
+                    logits = model(x)
+                loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+                correct += (logits.argmax(1) == y).sum()
+                count += len(y)
+                progress.update()
         model.train(was_training)
         loss_total, correct_total, count_total = self._all_reduce([loss_sum.item(), float(correct.item()), float(count)])
         if count_total == 0:
@@ -353,10 +379,11 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.int64)
         seen = 0
-        bar = tqdm(total=len(stream), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and self.is_main),
-                   dynamic_ncols=True, leave=False)
+        # A tqdm bar on a terminal; in a log, a plain line at every quarter of the epoch (and every 10 s).
+        bar = Progress(len(stream), f"epoch {epoch + 1}/{cfg.epochs}", unit="steps",
+                       enabled=cfg.progress and self.is_main, every=PROGRESS_EVERY)
         start = time.perf_counter()
-        for i, (x, y) in enumerate(stream):
+        for x, y in stream:
             with self.autocast():
                 logits = self.ddp_model(x)
                 ce = self.criterion(logits.float(), y)
@@ -380,10 +407,10 @@ class Trainer:
             self.global_step += 1
             step_metrics = {"loss": ce.detach(), "lr": self.scheduler.get_last_lr()[0]}
             self.hooks.after_step(self, self.global_step, step_metrics)
-            if (i + 1) % cfg.log_every == 0 or i + 1 == len(stream):
+            if bar.enabled:  # CPU tensors: reading them costs no device sync
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                                img_s=f"{seen * self.world_size / elapsed:.0f}", refresh=False)
+                                **{"img/s": f"{seen * self.world_size / elapsed:.0f}"})
             bar.update()
         bar.close()
         elapsed = time.perf_counter() - start
@@ -426,18 +453,20 @@ class Trainer:
             self.hooks.on_epoch_start(self, epoch)
             metrics = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             testing = cfg.test_every_epoch or epoch + 1 == cfg.epochs
+            eval_start = time.perf_counter()
             if len(self.data.val) or testing:
                 self.hooks.before_evaluate(self, epoch)
             if len(self.data.val):
-                val = self.evaluate(self.data.val)
+                val = self.evaluate(self.data.val, desc="val")
                 metrics.update(val_acc=val["acc"], val_loss=val["loss"])
                 if self.ema is not None:  # side by side, so the average's effect is measured in the same run
-                    metrics["raw_val_acc"] = self.evaluate(self.data.val, self.model)["acc"]
+                    metrics["raw_val_acc"] = self.evaluate(self.data.val, self.model, desc="val (live weights)")["acc"]
             if testing:
-                test = self.evaluate(self.data.test)
+                test = self.evaluate(self.data.test, desc="test")
                 metrics.update(test_acc=test["acc"], test_loss=test["loss"])
                 if self.ema is not None:
-                    metrics["raw_test_acc"] = self.evaluate(self.data.test, self.model)["acc"]
+                    metrics["raw_test_acc"] = self.evaluate(self.data.test, self.model, desc="test (live weights)")["acc"]
+            self.last_eval_time = time.perf_counter() - eval_start  # not in metrics: those must resume bit-for-bit
             self.hooks.on_epoch_end(self, epoch, metrics)
             self.epoch = epoch + 1
             self.history.append(metrics)
@@ -446,7 +475,8 @@ class Trainer:
                 atomic_write_json({"config": asdict(cfg), "precision": self.precision, "metadata": self.metadata,
                                    "history": self.history},
                              self.out_dir / "metrics.json")
-                print(self._summary(metrics), flush=True)
+                note = _EPOCH_NOTE.get()
+                print(self._summary(metrics) + (note(self, metrics) if note else ""), flush=True)
         return dict(self.history[-1]) if self.history else {}
 
     def _summary(self, m: dict) -> str:

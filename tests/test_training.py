@@ -225,5 +225,5 @@ def test_cpu_training_keeps_narrow_strided_1x1_convs_out_of_channels_last(tmp_pa
     trainer = Trainer(narrow, tiny_data(), tiny_train_config(memory_format="auto", epochs=1), tmp_path)
     trainer.fit()
     assert trainer.channels_last is False
-    with pytest.raises(DnasPruneError, match="layer2.0.downsample.0.*--memory-format auto or contiguous"):
+    with pytest.raises(DnasPruneError, match="layer2.0.downsample.0.*--memory-format auto or nchw"):
         Trainer(tiny_model(), tiny_data(), tiny_train_config(memory_format="channels_last"), tmp_path / "cl").fit()

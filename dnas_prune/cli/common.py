@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data import DATA_KINDS, FLIP_MODES, IMAGE_SIZE, IMAGEFOLDER_LAYOUT, TrainingData, load_dataset
+from ..profile import MEMORY_FORMAT_CHOICES, memory_format_name
 from ..training import PRECISIONS, TrainConfig
 
 
@@ -62,7 +63,9 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_siz
                    help="images held out of train for validation (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                    help="auto: bf16 autocast where the CPU or GPU runs bf16 natively, else fp32 (default: %(default)s)")
-    p.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default=defaults.memory_format)
+    p.add_argument("--memory-format", type=memory_format_name, choices=MEMORY_FORMAT_CHOICES,
+                   default=defaults.memory_format,
+                   help="auto: time both layouts on the model and keep the faster (default: %(default)s)")
     p.add_argument("--test-every-epoch", action="store_true", help="also evaluate the test split after every epoch")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

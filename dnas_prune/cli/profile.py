@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import DnasPruneError
 from ..models import MODEL_NAMES, create_model, is_cifar_model, spec_of
-from ..profile import MEMORY_FORMATS, profile_model
+from ..profile import MEMORY_FORMAT_CHOICES, memory_format_name, profile_model
 from ..pruned_io import default_input_size, load_pruned_with_metadata
 
 
@@ -19,12 +19,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's current setting)")
     parser.add_argument("--repeats", type=int, default=50, help="timed forwards per batch size (capped at ~3 s)")
-    parser.add_argument("--memory-format", choices=("auto", *MEMORY_FORMATS), default="auto",
-                        help="auto picks the faster of NCHW and channels_last per model and batch size")
+    parser.add_argument("--memory-format", type=memory_format_name, choices=MEMORY_FORMAT_CHOICES, default="auto",
+                        help="auto picks the faster of nchw and channels_last per model and batch size "
+                             "(default: %(default)s)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if any(bs < 1 for bs in args.batch_sizes):
+        raise DnasPruneError(f"--batch-sizes must be positive integers, got {' '.join(map(str, args.batch_sizes))}")
+    if args.repeats < 1 or (args.threads is not None and args.threads < 1):
+        raise DnasPruneError(f"--repeats and --threads must be positive, got {args.repeats} and {args.threads}")
     path = Path(args.model)
     if path.is_file():
         model, metadata = load_pruned_with_metadata(path)
@@ -47,4 +52,7 @@ def run(args: argparse.Namespace) -> int:
             f"{bs:>6} {lat['median_ms']:>10.3f} {lat['p10_ms']:>9.3f} {lat['p90_ms']:>9.3f} "
             f"{bs * 1e3 / lat['median_ms']:>9.1f} {lat['repeats']:>8}  {lat['threads']:>7}  {lat['memory_format']}"
         )
+    for bs, lat in result["latency"].items():
+        if lat["warning"]:
+            print(f"warning: batch {bs}: {lat['warning']}")
     return 0
