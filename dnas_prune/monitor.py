@@ -4,8 +4,10 @@
 through unchanged and logs around it, so the training and search code never depend on this module. It
 writes to ``RUN_DIR/tb`` on rank 0 only. Logging is paced to stay well under 2 % of step time: scalars
 every ``scalar_every`` steps (the loss is summed on-device in between, so there is one host sync per
-interval), gate histograms every ``histogram_every`` steps, and images once per epoch. The last step of
-every epoch also logs scalars and histograms, so short runs still show a point per epoch.
+interval), gate histograms every ``histogram_every`` steps, and figures once per epoch. The last step of
+every epoch also logs scalars and histograms, so short runs still show a point per epoch. The figures (gate
+heatmap, widths) are matplotlib figures logged with ``add_figure``, drawn with the report's width chart so the
+live view and the final report read the same way.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
 from .cost import count_cost
 from .finalize import finalize
 from .models import spec_of
+from .report import WidthBar, widths_figure
 from .summary import width_table
 from .supernet import Supernet
 from .training import TrainHooks, Trainer
@@ -32,10 +37,6 @@ SCALAR_EVERY = 20
 HISTOGRAM_EVERY = 200
 HISTOGRAM_BINS = np.linspace(0.0, 1.0, 21)
 
-# Anchors of the viridis colormap: 0 = dark purple (closed), 1 = yellow (open).
-_VIRIDIS = torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
-                        dtype=torch.float32)
-_BACKGROUND = (48, 48, 48)
 _EPOCH_SCALARS = {"train_acc": "acc/train", "val_acc": "acc/val", "test_acc": "acc/test",
                   "train_loss": "loss/train_epoch", "val_loss": "loss/val", "test_loss": "loss/test"}
 
@@ -70,77 +71,64 @@ def architecture_table(net: Supernet) -> str:
     return width_table(spec_of(net.model), spec_of(pruned), net.dense_cost, count_cost(pruned, net.input_size))
 
 
-# ---------------------------------------------------------------------------------------------- images
-def colormap(values: Tensor) -> Tensor:
-    """Viridis colours (``(..., 3)`` uint8) for values in [0, 1]; NaN marks an empty cell (dark grey)."""
-    v = values.float().clamp(0.0, 1.0) * (len(_VIRIDIS) - 1)
-    lo = v.nan_to_num(0.0).floor().long().clamp(max=len(_VIRIDIS) - 2)
-    frac = (v - lo).unsqueeze(-1)
-    rgb = _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac
-    rgb = torch.where(values.isnan().unsqueeze(-1), torch.tensor(_BACKGROUND, dtype=torch.float32), rgb)
-    return rgb.round().to(torch.uint8)
-
-
-def gate_heatmap(net: Supernet, max_width: int = 512, cell_height: int = 8) -> Tensor:
-    """(3, H, W) uint8: one row per gated channel group (in network order, stages split by a dark line),
-    one column per channel, colour = P(open). The left square of an inner row is its block gate."""
-    probs = {name: p.float().cpu() for name, p in net.gate_probabilities().items()}
-    rows = [name for name in net.channel_groups if name in probs]
-    block_gate = {group: info.gate for info in net.blocks for group in info.inner}
-    columns = 2 + max((net.groups[name].size for name in rows), default=0)
-    cell_width = max(2, min(8, max_width // columns))
-    grid = torch.full((len(rows), columns), float("nan"))
-    for r, name in enumerate(rows):
-        grid[r, 2:2 + net.groups[name].size] = probs[name]
-        if block_gate.get(name) in probs:
-            grid[r, 0] = probs[block_gate[name]].reshape(())
-    cells = colormap(grid).repeat_interleave(cell_width, 1)  # (rows, W, 3)
-    separator = torch.zeros(2, cells.shape[1], 3, dtype=torch.uint8)
-    strips: list[Tensor] = []
-    for r, name in enumerate(rows):
-        if r and net.groups[name].stage != net.groups[rows[r - 1]].stage:
-            strips.append(separator)
-        strips.append(cells[r:r + 1].expand(cell_height, -1, -1))
-    if not strips:
-        strips.append(torch.tensor(_BACKGROUND, dtype=torch.uint8).expand(cell_height, cell_width, 3))
-    return torch.cat(strips).permute(2, 0, 1).contiguous()
-
-
-def width_chart(net: Supernet, bar: int = 8, gap: int = 2, stage_gap: int = 14, height: int = 160) -> Tensor:
-    """(3, H, W) uint8 bar chart of the current hard widths, stage by stage: the stream width (blue), then
-    each block's inner width(s) (green), each over its dense width (light grey). A closed block (removed by
-    finalization) has a light-red dense bar, no current bar and a red square under it."""
+# ---------------------------------------------------------------------------------------------- figures
+def width_bars(net: Supernet) -> list[WidthBar]:
+    """The current hard widths (:func:`hard_widths`) as bars of :func:`~dnas_prune.report.widths_figure`."""
     widths, alive = hard_widths(net)
-    bars: list[tuple[str, bool] | None] = []  # (group, closed); None = gap between stages
-    if net.stem_group not in net.stage_streams:
-        bars += [(net.stem_group, False), None]
-    for stage, stream in enumerate(net.stage_streams, start=1):
-        bars.append((stream, False))
-        for info in net.blocks:
-            if info.stage == stage and info.kind != "projection":
-                bars += [(group, not alive[info.name]) for group in info.inner]
-        bars.append(None)
-    base = 4 + height  # 4 px margin above the tallest bar
-    total_width = sum(stage_gap if b is None else bar + gap for b in bars)
-    image = torch.full((base + 14, total_width, 3), 255, dtype=torch.uint8)
-    scale = height / max(net.groups[b[0]].size for b in bars if b is not None)
-    x = gap
-    for item in bars:
-        if item is None:
-            x += stage_gap - gap
-            continue
-        group, closed = item
-        dense_h = max(1, round(net.groups[group].size * scale))
-        current_h = round(widths[group] * scale)
-        image[base - dense_h:base, x:x + bar] = torch.tensor((250, 190, 190) if closed else (215, 215, 215), dtype=torch.uint8)
-        colour = (31, 119, 180) if net.groups[group].kind == "stream" else (44, 160, 44)
-        if current_h:
-            image[base - current_h:base, x:x + bar] = torch.tensor(colour, dtype=torch.uint8)
-        if closed:
-            image[base + 4:base + 4 + bar, x:x + bar] = torch.tensor((214, 39, 40), dtype=torch.uint8)
-        x += bar + gap
-    image[base, :] = 0
-    return image.permute(2, 0, 1).contiguous()
+    owner = {group: info.name for info in net.blocks for group in info.inner}
+    return [WidthBar(name, net.groups[name].stage, net.groups[name].kind == "stream", net.groups[name].size,
+                     widths[name], name in owner and not alive[owner[name]]) for name in net.channel_groups]
+
+
+def width_chart(net: Supernet) -> Figure:
+    """Kept vs dense width per channel group as finalization would keep the current gates."""
+    return widths_figure(width_bars(net), "Widths per block and stage: current hard gates vs dense")
+
+
+def gate_heatmap(net: Supernet) -> Figure:
+    """P(open) per channel: one row per gated channel group (network order, stages split by white lines), one
+    column per channel, grey where a group has no such channel. A narrow column on the left shows, for an inner
+    group, the P(open) of its block's gate."""
+    probs = {name: p.float().cpu().numpy() for name, p in net.gate_probabilities().items()}
+    rows = [name for name in net.channel_groups if name in probs]
+    fig = Figure(figsize=(8.0, min(14.0, max(3.5, 1.4 + 0.2 * len(rows)))), dpi=100, layout="constrained")
+    title = "Gate P(open) per channel group"
+    if not rows:
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        ax.set_title(title)
+        ax.text(0.5, 0.5, "no gated channel groups", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    block_gate = {group: info.gate for info in net.blocks for group in info.inner}
+    grid = np.full((len(rows), max(probs[name].size for name in rows)), np.nan)
+    blocks = np.full((len(rows), 1), np.nan)
+    for r, name in enumerate(rows):
+        grid[r, :probs[name].size] = probs[name]
+        if block_gate.get(name) in probs:
+            blocks[r, 0] = probs[block_gate[name]].item()
+    has_blocks = not np.isnan(blocks).all()
+    if has_blocks:
+        block_ax, ax = fig.subplots(1, 2, sharey=True, width_ratios=[1, 30])
+    else:
+        block_ax, ax = None, fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#e6e6e6")
+    style = {"aspect": "auto", "interpolation": "nearest", "cmap": cmap, "vmin": 0.0, "vmax": 1.0}
+    image = ax.imshow(grid, **style)
+    label_ax = ax
+    if block_ax is not None:
+        block_ax.imshow(blocks, **style)
+        block_ax.set_xticks([0], ["block"], rotation=90, fontsize=8)
+        label_ax = block_ax
+    label_ax.set_yticks(range(len(rows)), rows, fontsize=7 if len(rows) > 24 else 8)
+    label_ax.set_ylabel("channel group")
+    for r in range(1, len(rows)):
+        if net.groups[rows[r]].stage != net.groups[rows[r - 1]].stage:
+            for each in (ax, block_ax) if block_ax is not None else (ax,):
+                each.axhline(r - 0.5, color="white", linewidth=1.5)
+    ax.set_xlabel("channel index")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="P(open)", fraction=0.05, pad=0.02)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- hooks
@@ -324,8 +312,8 @@ class MonitorHooks(TrainHooks):
             self.writer.add_histogram("gate_prob/blocks", torch.stack(blocks).float().cpu(), step, bins=HISTOGRAM_BINS)
 
     def _log_images(self, step: int) -> None:
-        self.writer.add_image("gates/heatmap", gate_heatmap(self.inner.net), step)
-        self.writer.add_image("architecture/widths", width_chart(self.inner.net), step)
+        self.writer.add_figure("gates/heatmap", gate_heatmap(self.inner.net), step)
+        self.writer.add_figure("architecture/widths", width_chart(self.inner.net), step)
 
     # ------------------------------------------------------------------ end of run
     def log_search_summary(self, summary: dict) -> None:

@@ -1,117 +1,211 @@
 """The run report: dense vs pruned accuracy, cost, latency and widths as ``report.md``/``report.json`` + PNGs.
 
 Latency of both models is measured side by side in the same process (:func:`~dnas_prune.profile.compare_latency`),
-so machine load affects both alike. The figures are drawn with plain tensor ops and written with
-``torchvision.io``: the report needs no plotting library.
+so machine load affects both alike. Figures use matplotlib's object API (a ``Figure`` rendered by the Agg canvas),
+not pyplot: no display and no global figure registry are involved, so there is nothing to close and a figure
+drawn in a training loop is garbage-collected once dropped. :func:`widths_figure` is shared with the TensorBoard monitor,
+so the report and the live view of a search draw widths the same way. Results of other methods (e.g. the peers of
+``experiments/compare.py``) can be passed in as labelled :class:`Point`\\ s to appear on the accuracy plots.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-import torch
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from torch import nn
-from torchvision.io import write_png
 
-from .checkpoint import atomic_write_json, atomic_write_text
+from .checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from .cost import Cost
 from .models import Spec, spec_of
 from .profile import compare_latency
 from .summary import width_table
 
-Color = tuple[int, int, int]
-GRAY: Color = (200, 200, 200)
-DARK: Color = (60, 60, 60)
-BLUE: Color = (31, 119, 180)
-ORANGE: Color = (255, 127, 14)
+DPI = 110
+DENSE_COLOR = "#d9d9d9"
+REMOVED_COLOR = "#d62728"
+REMOVED_DENSE_COLOR = "#f4b6b6"
+STEM_COLOR = "#7f7f7f"
+STAGE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
 
-# 3x5 bitmap glyphs for tick labels (rows top to bottom).
-_FONT = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
-    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "%": "101001010100101",
-    "M": "101111111101101",
+DENSE = "dense"
+SEARCHED = "after search (before finetuning)"
+PRUNED = "pruned (finetuned)"
+_OURS_STYLES = {
+    DENSE: {"color": "#7f7f7f", "marker": "o", "s": 70},
+    SEARCHED: {"color": "#ff7f0e", "marker": "D", "s": 55},
+    PRUNED: {"color": "#1f77b4", "marker": "*", "s": 150},
 }
+_PEER_STYLES = (("#2ca02c", "s"), ("#9467bd", "^"), ("#8c564b", "v"), ("#e377c2", "P"), ("#bcbd22", "X"),
+                ("#17becf", "p"), ("#d62728", "h"))
 
 
-class Canvas:
-    """An RGB uint8 image with the few primitives a bar chart and a scatter plot need."""
+# ---------------------------------------------------------------------------------------------- widths
+@dataclass(frozen=True)
+class WidthBar:
+    """One channel group in the widths figure. ``stage`` 0 is a stem of its own; ``removed`` marks an inner
+    group of a residual block that pruning removes (``kept`` is then 0)."""
 
-    def __init__(self, width: int, height: int) -> None:
-        self.pixels = torch.full((3, height, width), 255, dtype=torch.uint8)
-
-    def rect(self, x0: int, y0: int, x1: int, y1: int, color: Color) -> None:
-        """Fill ``[x0, x1) x [y0, y1)``, clipped to the image."""
-        _, h, w = self.pixels.shape
-        x0, x1, y0, y1 = max(0, x0), min(w, x1), max(0, y0), min(h, y1)
-        if x1 > x0 and y1 > y0:
-            self.pixels[:, y0:y1, x0:x1] = torch.tensor(color, dtype=torch.uint8).view(3, 1, 1)
-
-    def text(self, x: int, y: int, s: str, color: Color = DARK, scale: int = 2) -> None:
-        """Draw ``s`` (digits, '.', '%', 'M') with its top-left corner at ``(x, y)``."""
-        for i, char in enumerate(s):
-            for bit, on in enumerate(_FONT[char]):
-                if on == "1":
-                    row, col = divmod(bit, 3)
-                    cx, cy = x + (4 * i + col) * scale, y + row * scale
-                    self.rect(cx, cy, cx + scale, cy + scale, color)
-
-    def save(self, path: Path) -> Path:
-        write_png(self.pixels, str(path))
-        return path
+    name: str
+    stage: int
+    stream: bool
+    dense: int
+    kept: int
+    removed: bool = False
 
 
-def _text_width(s: str, scale: int = 2) -> int:
-    return (4 * len(s) - 1) * scale
+def layer_bars(layers: Sequence[Mapping[str, Any]]) -> list[WidthBar]:
+    """The bars of :func:`widths_figure` from a pruned model's ``layers`` metadata (``{"name", "kind", "dense",
+    "pruned"}`` per channel group in network order, as the finalize stage records them). The stage is read from
+    the name (``stem`` or ``layer<s>...``); an inner group kept at 0 channels belongs to a removed block."""
+    return [WidthBar(layer["name"], 0 if layer["name"] == "stem" else int(layer["name"].split(".")[0][5:]),
+                     layer["kind"] == "stream", layer["dense"], layer["pruned"],
+                     layer["kind"] == "inner" and layer["pruned"] == 0) for layer in layers]
 
 
-def widths_figure(layers: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Bars per channel group in network order: gray the dense width, over it the kept width
-    (blue for inner layers of blocks, orange for residual-stream widths)."""
-    slot, left, right, top, bottom, height = 10, 44, 10, 12, 12, 200
-    canvas = Canvas(left + slot * len(layers) + right, top + height + bottom)
-    peak = max(layer["dense"] for layer in layers)
-    base = top + height
-    for i, layer in enumerate(layers):
-        x = left + i * slot + 1
-        canvas.rect(x, base - round(height * layer["dense"] / peak), x + slot - 2, base, GRAY)
-        color = ORANGE if layer["kind"] == "stream" else BLUE
-        canvas.rect(x, base - round(height * layer["pruned"] / peak), x + slot - 2, base, color)
-    canvas.rect(left - 2, top, left - 1, base + 1, DARK)
-    canvas.rect(left - 2, base, left + slot * len(layers), base + 1, DARK)
-    canvas.text(left - 6 - _text_width(str(peak)), top - 4, str(peak))
-    canvas.text(left - 6 - _text_width("0"), base - 9, "0")
-    return canvas.save(path)
+def _stage_color(stage: int) -> str:
+    return STEM_COLOR if stage == 0 else STAGE_COLORS[(stage - 1) % len(STAGE_COLORS)]
 
 
-def accuracy_figure(points: Sequence[tuple[float, float, Color]], path: Path) -> Path:
-    """Test accuracy against MACs: one square per ``(macs, accuracy, color)``; ticks label the axis ends
-    (MACs in millions from 0, accuracy in percent)."""
-    points = [p for p in points if math.isfinite(p[1])]
-    left, right, top, bottom, width, height = 64, 16, 12, 28, 300, 200
-    canvas = Canvas(left + width + right, top + height + bottom)
-    x_max = max(p[0] for p in points) * 1.1
-    accs = [p[1] for p in points]
-    y_lo, y_hi = max(0.0, min(accs) - 0.05), min(1.0, max(accs) + 0.05)
-    base = top + height
-    for macs, acc, color in points:
-        x = left + round(width * macs / x_max)
-        y = base - round(height * (acc - y_lo) / max(y_hi - y_lo, 1e-9))
-        canvas.rect(x - 4, y - 4, x + 5, y + 5, color)
-    canvas.rect(left - 2, top, left - 1, base + 1, DARK)
-    canvas.rect(left - 2, base, left + width, base + 1, DARK)
-    hi, lo, x_label = f"{100 * y_hi:.1f}%", f"{100 * y_lo:.1f}%", f"{x_max / 1e6:.1f}M"
-    canvas.text(left - 6 - _text_width(hi), top - 4, hi)
-    canvas.text(left - 6 - _text_width(lo), base - 9, lo)
-    canvas.text(left - 2, base + 6, "0")
-    canvas.text(left + width - _text_width(x_label), base + 6, x_label)
-    return canvas.save(path)
+def _stage_name(stage: int) -> str:
+    return "stem" if stage == 0 else f"layer{stage}"
 
 
+def widths_figure(bars: Sequence[WidthBar], title: str) -> Figure:
+    """Bar chart of kept vs dense width per channel group: a light gray bar the dense width, over it the kept
+    width coloured by stage (residual streams hatched); an inner group of a removed block has a light red dense
+    bar and a red cross on the axis. Stages are split by dashed lines; the legend sits right of the plot."""
+    n = len(bars)
+    fig = Figure(figsize=(min(16.0, max(8.0, 3.0 + 0.2 * n)), 4.8), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(n)
+    ax.bar(x, [b.dense for b in bars], width=0.8, zorder=1,
+           color=[REMOVED_DENSE_COLOR if b.removed else DENSE_COLOR for b in bars])
+    kept = ax.bar(x, [b.kept for b in bars], width=0.56, zorder=2, color=[_stage_color(b.stage) for b in bars],
+                  edgecolor="white", linewidth=0)
+    for patch, bar in zip(kept, bars):
+        if bar.stream:
+            patch.set_hatch("///")
+    if n <= 40:
+        ax.bar_label(kept, labels=["" if b.removed else str(b.kept) for b in bars], fontsize=7, padding=1)
+    removed = [i for i, b in enumerate(bars) if b.removed]
+    ax.scatter(removed, [0] * len(removed), marker="x", s=45, linewidths=2, color=REMOVED_COLOR, zorder=3,
+               clip_on=False)
+    for i in range(1, n):
+        if bars[i].stage != bars[i - 1].stage:
+            ax.axvline(i - 0.5, color="#9e9e9e", linestyle="--", linewidth=0.8, zorder=0)
+    ax.set_xticks(x, [b.name for b in bars], rotation=90, fontsize=7 if n > 24 else 8)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(0, 1.08 * max((b.dense for b in bars), default=1))
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.set_axisbelow(True)
+    ax.set_title(title)
+    ax.set_xlabel("channel group (network order)")
+    ax.set_ylabel("channels")
+
+    handles: list[Any] = [Patch(facecolor=DENSE_COLOR, label="dense width")]
+    handles += [Patch(facecolor=_stage_color(stage), label=f"kept, {_stage_name(stage)}")
+                for stage in sorted({b.stage for b in bars})]
+    handles.append(Patch(facecolor="#9e9e9e", edgecolor="white", hatch="///", linewidth=0,
+                         label="residual stream (hatched)"))
+    if removed:
+        handles.append((Patch(facecolor=REMOVED_DENSE_COLOR),
+                        Line2D([], [], marker="x", markersize=7, markeredgewidth=2, color=REMOVED_COLOR,
+                               linestyle="none")))
+    labels = [h.get_label() for h in handles if not isinstance(h, tuple)] + (["block removed"] if removed else [])
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8,
+               handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)})
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- accuracy
+@dataclass(frozen=True)
+class Point:
+    """A labelled model on the accuracy plots: test accuracy in [0, 1], MACs, and optionally the median latency
+    per batch in ms by batch size. Give latencies only when measured like the report's (same machine, threads and
+    precision); a point without a latency for a batch size is left out of that panel."""
+
+    label: str
+    macs: float
+    test_acc: float
+    latency_ms: Mapping[int, float] = field(default_factory=dict)
+
+
+def _styled(points: Sequence[Point], peers: Sequence[Point]) -> list[tuple[Point, dict[str, Any]]]:
+    """Each point with its marker style: the run's own points filled, by label (dense, searched, pruned); peers
+    hollow, in turn, so peers close to the pruned model stay apart from it and from each other."""
+    styled = [(p, _OURS_STYLES.get(p.label, _OURS_STYLES[PRUNED])) for p in points]
+    for i, peer in enumerate(peers):
+        color, marker = _PEER_STYLES[i % len(_PEER_STYLES)]
+        styled.append((peer, {"facecolors": "none", "edgecolors": color, "marker": marker, "s": 70,
+                              "linewidths": 1.8}))
+    return [(p, style) for p, style in styled if math.isfinite(p.test_acc)]
+
+
+def _figure_legend(fig: Figure) -> None:
+    """One legend right of all panels (centred, clear of a figure title), each label once."""
+    entries: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="outside right center", fontsize=8, scatterpoints=1)
+
+
+def _accuracy_axes(ax: Any, xlabel: str) -> None:
+    """Labels and grid; x from 0 (cost and latency are read against zero) to 8 % past the rightmost point."""
+    ax.margins(y=0.1)
+    if ax.collections:
+        ax.set_xlim(0, 1.08 * ax.dataLim.x1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def accuracy_macs_figure(points: Sequence[Point], peers: Sequence[Point] = (), title: str = "") -> Figure:
+    """Test accuracy (%) against MACs (millions) of ``points`` (this run) and ``peers``."""
+    fig = Figure(figsize=(8.0, 4.5), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for point, style in _styled(points, peers):
+        ax.scatter(point.macs / 1e6, 100 * point.test_acc, label=point.label, zorder=3, **style)
+    _accuracy_axes(ax, "MACs (millions)")
+    ax.set_title(title or "Test accuracy vs MACs")
+    _figure_legend(fig)
+    return fig
+
+
+def accuracy_latency_figure(points: Sequence[Point], batch_sizes: Sequence[int], peers: Sequence[Point] = (),
+                            title: str = "") -> Figure:
+    """Test accuracy (%) against median latency per batch (ms), one panel per batch size, sharing the y axis."""
+    fig = Figure(figsize=(max(8.0, 1.5 + 3.6 * len(batch_sizes)), 4.5), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(batch_sizes), sharey=True, squeeze=False)[0]
+    styled = _styled(points, peers)
+    for ax, bs in zip(axes, batch_sizes):
+        for point, style in styled:
+            if bs in point.latency_ms:
+                ax.scatter(point.latency_ms[bs], 100 * point.test_acc, label=point.label, zorder=3, **style)
+        _accuracy_axes(ax, "median latency per batch (ms)")
+        ax.set_title(f"batch {bs}")
+        if ax is not axes[0]:
+            ax.set_ylabel("")
+    fig.suptitle(title or "Test accuracy vs measured latency")
+    _figure_legend(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically (temp file in the same directory, then rename)."""
+    return atomic_write(path, lambda f: fig.savefig(f, format="png"))
+
+
+# ---------------------------------------------------------------------------------------------- report
 def stage_rows(dense: Spec, pruned: Spec) -> list[dict[str, Any]]:
     """Per stage: stream width and residual blocks kept (the numbers behind :func:`width_table`)."""
     rows = []
@@ -157,12 +251,16 @@ def _markdown(r: dict[str, Any], table: str, config_toml: str) -> str:
         "",
         "![per-layer widths](widths.png)",
         "",
-        "Per channel group in network order: gray the dense width, blue the kept inner width of a block "
-        "(0 when the block is removed), orange the kept residual-stream width.",
+        "Per channel group in network order: the dense width in gray, over it the kept width coloured by stage "
+        "(residual streams hatched); a removed block's inner groups have a light red dense bar and a red cross.",
         "",
         "![accuracy vs MACs](accuracy_macs.png)",
         "",
-        "Test accuracy (y, %) against MACs (x, millions): gray dense, orange after search, blue after finetuning.",
+        "![accuracy vs latency](accuracy_latency.png)",
+        "",
+        "Test accuracy against MACs and against the median latency per batch measured above: the dense model, "
+        "the hard supernet right after the search (MACs only: it is not timed) and the finetuned pruned model"
+        + (f", beside other results: {', '.join(peer['label'] for peer in r['peers'])}." if r["peers"] else "."),
     ]
     if r["exports"]:
         lines += ["", "## Exports", "", *(f"- {fmt}: `{path}`" for fmt, path in r["exports"].items())]
@@ -184,9 +282,11 @@ def write_report(
     batch_sizes: Sequence[int] = (1, 64),
     max_seconds: float = 3.0,
     threads: int | None = None,
+    peers: Sequence[Point] = (),
 ) -> dict[str, Any]:
     """Measure latency, draw the figures and write ``report.md``, then ``report.json`` (last: it marks the
-    report as complete). Returns the report dict."""
+    report as complete). ``peers`` are other results shown on the accuracy plots and listed in the JSON.
+    Returns the report dict."""
     input_size = tuple(pruned_metadata["input_size"])
     latency = compare_latency({"dense": dense, "pruned": pruned}, input_size, batch_sizes, threads=threads,
                               max_seconds=max_seconds)
@@ -208,14 +308,22 @@ def write_report(
         "layers": pruned_metadata["layers"],
         "specs": {"dense": dense_spec, "pruned": pruned_spec},
         "exports": exports,
-        "figures": ["widths.png", "accuracy_macs.png"],
+        "peers": [asdict(peer) for peer in peers],
+        "figures": ["widths.png", "accuracy_macs.png", "accuracy_latency.png"],
         "config": {**config[""], **{section: keys for section, keys in config.items() if section}},
     }
-    widths_figure(report["layers"], out / "widths.png")
-    search_macs = search_summary["final"]["macs"]
-    accuracy_figure([(dense_cost.macs, dense_metrics["test_acc"], GRAY),
-                     (search_macs, search_summary["accuracy"]["test"], ORANGE),
-                     (pruned_cost.macs, pruned_metadata["test_acc"], BLUE)], out / "accuracy_macs.png")
+    save_figure(widths_figure(layer_bars(report["layers"]),
+                              f"Widths per block and stage: {report['model']}, dense vs pruned"), out / "widths.png")
+    ms = {name: {bs: entry["latency"][bs]["median_ms"] for bs in batch_sizes}
+          for name, entry in latency["models"].items()}
+    points = [Point(DENSE, dense_cost.macs, dense_metrics["test_acc"], ms["dense"]),
+              Point(SEARCHED, search_summary["final"]["macs"], search_summary["accuracy"]["test"]),
+              Point(PRUNED, pruned_cost.macs, pruned_metadata["test_acc"], ms["pruned"])]
+    save_figure(accuracy_macs_figure(points, peers, f"Test accuracy vs MACs: {report['model']}"),
+                out / "accuracy_macs.png")
+    save_figure(accuracy_latency_figure(points, batch_sizes, peers,
+                                        f"Test accuracy vs measured latency: {report['model']}, CPU, "
+                                        f"{latency['threads']} threads, fp32"), out / "accuracy_latency.png")
     table = width_table(dense_spec, pruned_spec, dense_cost, pruned_cost)
     atomic_write_text(_markdown(report, table, config_toml), out / "report.md")
     atomic_write_json(report, out / "report.json")

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import inspect
+import io
 from pathlib import Path
 from types import SimpleNamespace
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
+from matplotlib.image import imread
 from tensorboard.backend.event_processing import event_accumulator
 
 from dnas_prune.cli import main
 from dnas_prune.data import CifarData, Split
 from dnas_prune.models import create_model
-from dnas_prune.monitor import MonitorHooks, gate_heatmap, hard_widths, width_chart
+from dnas_prune.monitor import MonitorHooks, gate_heatmap, hard_widths, width_bars, width_chart
 from dnas_prune.search import SearchConfig, search
 from dnas_prune.supernet import Supernet
 from dnas_prune.training import TrainConfig, TrainHooks
@@ -23,6 +28,22 @@ from conftest import read_events
 
 def scalar_values(events: event_accumulator.EventAccumulator, tag: str) -> list[float]:
     return [e.value for e in events.Scalars(tag)]
+
+
+def pixel_size(fig: Figure) -> tuple[int, int]:
+    """(height, width) in pixels a figure renders to."""
+    return round(fig.get_figheight() * fig.dpi), round(fig.get_figwidth() * fig.dpi)
+
+
+def decode(png: bytes) -> np.ndarray:
+    """(height, width, channels) of a PNG."""
+    return imread(io.BytesIO(png), format="png")
+
+
+def rendered(fig: Figure) -> np.ndarray:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return decode(buffer.getvalue())
 
 
 def synthetic_data(seed: int = 0) -> CifarData:
@@ -95,22 +116,55 @@ def test_logged_state_tracks_the_search(logged_search) -> None:
     assert scalar_values(events, "channels/layer3.inner")[-1] == inner
     assert scalar_values(events, "budget/hard_macs_ratio")[-1] == pytest.approx(
         net.hard_cost().macs / net.dense_cost.macs)
-    image = events.Images("gates/heatmap")[-1]
-    assert (image.height, image.width) == tuple(gate_heatmap(net).shape[1:])
+    for tag, draw in (("gates/heatmap", gate_heatmap), ("architecture/widths", width_chart)):
+        event = events.Images(tag)[-1]
+        image = decode(event.encoded_image_string)
+        assert (event.height, event.width) == image.shape[:2] == pixel_size(draw(net))
+        assert len(np.unique(image.reshape(-1, image.shape[2]), axis=0)) > 50  # a drawn figure, not a blank canvas
+    assert plt.get_fignums() == []  # add_figure leaves no figure open in pyplot's registry
 
 
-def test_images_are_uint8_and_mark_closed_blocks() -> None:
+def test_figures_show_gates_and_widths() -> None:
     net = Supernet(create_model("cifar_resnet20", num_classes=10))
     net.set_gate_state({"layer2.1": False, "layer3.stream": torch.arange(64) < 16})
-    heatmap, chart = gate_heatmap(net), width_chart(net)
-    assert heatmap.dtype == chart.dtype == torch.uint8
-    assert heatmap.shape[0] == chart.shape[0] == 3
-    # rows: 3 streams + 9 inner groups of 8 px, 2 stage separators of 2 px
-    assert heatmap.shape[1] == 12 * 8 + 2 * 2
-    red = (chart[0] == 214) & (chart[1] == 39) & (chart[2] == 40)
-    assert red.any(dim=0).sum() == 8  # exactly one closed-block marker, one bar wide
+    rows = net.channel_groups  # every channel group of a resnet20 supernet is gated
+
+    heatmap = gate_heatmap(net)
+    block_ax, ax, colorbar = heatmap.axes
+    assert ax.get_title() and ax.get_xlabel() == "channel index" and block_ax.get_ylabel() == "channel group"
+    assert [t.get_text() for t in block_ax.get_yticklabels()] == rows
+    assert colorbar.get_ylabel() == "P(open)"
+    grid = ax.images[0].get_array()
+    assert grid.shape == (len(rows), 64)
+    assert grid[rows.index("layer3.stream"), :16].min() == 1.0 and grid[rows.index("layer3.stream"), 16:].max() == 0.0
+    assert grid.mask[rows.index("layer1.0.conv1"), 16:].all() and not grid.mask[rows.index("layer1.0.conv1"), :16].any()
+    blocks = block_ax.images[0].get_array()
+    assert blocks[rows.index("layer2.1.conv1"), 0] == 0.0 and blocks[rows.index("layer2.2.conv1"), 0] > 0.5
+    assert blocks.mask[rows.index("layer2.stream"), 0]  # a stream belongs to no block
+
+    chart = width_chart(net)
+    (ax,) = chart.axes
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel() == "channels"
+    assert [t.get_text() for t in ax.get_xticklabels()] == rows
+    bars = width_bars(net)
+    dense_bars, kept_bars = ax.containers[:2]
+    assert [p.get_height() for p in dense_bars] == [net.groups[name].size for name in rows]
+    assert [p.get_height() for p in kept_bars] == [bar.kept for bar in bars]
+    assert [bar.name for bar in bars if bar.removed] == ["layer2.1.conv1"]
+    legend = [t.get_text() for t in chart.legends[0].get_texts()]
+    assert legend == ["dense width", "kept, layer1", "kept, layer2", "kept, layer3", "residual stream (hatched)",
+                      "block removed"]
     widths, alive = hard_widths(net)
     assert not alive["layer2.1"] and widths["layer2.1.conv1"] == 0 and widths["layer3.stream"] == 16
+
+    for fig in (heatmap, chart):
+        assert rendered(fig).shape[:2] == pixel_size(fig)
+    assert 800 <= pixel_size(chart)[1] <= 1800 and 350 <= pixel_size(heatmap)[0] <= 1400
+
+    open_net = Supernet(create_model("cifar_resnet20", num_classes=10))
+    assert "block removed" not in [t.get_text() for t in width_chart(open_net).legends[0].get_texts()]
+    empty = gate_heatmap(Supernet(create_model("cifar_resnet20", num_classes=10), exclude=["*"]))
+    assert [t.get_text() for t in empty.axes[0].texts] == ["no gated channel groups"]
 
 
 class Recorder(TrainHooks):

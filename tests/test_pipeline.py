@@ -3,7 +3,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from dnas_prune.cli import build_parser, main
 from dnas_prune.cli.common import train_config_from
@@ -122,12 +124,16 @@ def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys
     first = capsys.readouterr().out
     assert all(f"[{stage}] done" in first for stage in ("pretrain", "search", "finalize", "finetune", "export", "report"))
     for name in ("pretrain/model.pt", "search/search.json", "pruned.pt", "finetune/pruned.pt", "export/model.onnx",
-                 "report.md", "report.json", "widths.png", "accuracy_macs.png", "config.toml"):
+                 "report.md", "report.json", "widths.png", "accuracy_macs.png", "accuracy_latency.png", "config.toml"):
         assert (out / name).is_file(), name
     for stage in ("pretrain", "search", "finetune"):  # TensorBoard logs, as the single-stage commands write
         assert any((out / stage / "tb").iterdir()), stage
-    assert (out / "widths.png").read_bytes().startswith(b"\x89PNG")
     report = json.loads((out / "report.json").read_text())
+    assert report["figures"] == ["widths.png", "accuracy_macs.png", "accuracy_latency.png"] and report["peers"] == []
+    for name in report["figures"]:  # matplotlib PNGs of a readable size, with more than a few flat colours
+        image = imread(out / name)
+        assert 400 <= image.shape[0] <= 1000 and 800 <= image.shape[1] <= 1800, (name, image.shape)
+        assert len(np.unique(image.reshape(-1, image.shape[2]), axis=0)) > 50, name
     for model in ("dense", "pruned"):
         assert 0 <= report[model]["test_acc"] <= 1 and report[model]["macs"] > 0 and report[model]["params"] > 0
         assert set(report["latency"]["models"][model]["latency"]) == {"1", "2"}
