@@ -23,6 +23,13 @@ torch.set_num_threads(1)
 TINY_CLASSES = ("cat", "dog", "frog")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reads the real CIFAR-10 tree is marked ``real_data``: the fixture is the mark."""
+    for item in items:
+        if "cifar_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
+
+
 @pytest.fixture
 def cifar_root() -> Path:
     """The real CIFAR-10 tree: ``$DNAS_PRUNE_DATA``, else ``../shared/data/cifar10-jpeg`` next to the repo."""

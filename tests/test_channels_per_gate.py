@@ -117,13 +117,13 @@ def test_gate_state_must_keep_channels_that_share_a_gate_together() -> None:
     assert net.gate_state()["layer1.0.conv1"].sum() == 8
 
 
-def test_round_to_must_be_a_multiple_of_the_gate_width(tmp_path: Path) -> None:
+def test_round_to_must_be_a_multiple_of_the_gate_width(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     with pytest.raises(DnasPruneError, match="multiple"):
         SearchConfig(round_to=4, channels_per_gate=8)
-    result = cli("search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--channels-per-gate", "8",
+    result = cli(capsys, "search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--channels-per-gate", "8",
                  "--round-to", "4", "--out", str(tmp_path / "r"))
     assert_one_line_error(result, "--channels-per-gate")
-    result = cli("search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--channels-per-gate", "0",
+    result = cli(capsys, "search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--channels-per-gate", "0",
                  "--out", str(tmp_path / "r"))
     assert_one_line_error(result, "positive")
 

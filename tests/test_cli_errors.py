@@ -1,30 +1,49 @@
-"""Bad input never costs a traceback hunt: one line on stderr and a non-zero exit, from a real process."""
+"""Bad input never costs a traceback hunt: one line on stderr and exit status 2.
+
+The cases call ``dnas_prune.cli.main`` in this process and read the captured stderr (importing torch once, not once
+per case); two smoke tests run ``python -m dnas_prune`` as a real process, to check that the entry point turns
+the same contract into a process exit status.
+"""
 
 from __future__ import annotations
 
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from dnas_prune import create_model, save_pruned
+from dnas_prune.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+# What a user would not see from a real process: Python's default filters hide these when raised in a library.
+HIDDEN_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dnas_prune", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300)
+def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """``dnas-prune ARGS`` in-process: (exit status, stderr). argparse exits through SystemExit, main() returns."""
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+    shown = [str(w.message) for w in caught if not issubclass(w.category, HIDDEN_BY_DEFAULT)]
+    assert not shown, shown  # a warning would be a second stderr line in a real process
+    return code, capsys.readouterr().err
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr and "error" in lines[0]
+def assert_one_line_error(outcome: tuple[int, str], *needles: str) -> None:
+    code, stderr = outcome
+    assert code == 2, (code, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr and lines[0].startswith("dnas-prune") and "error" in lines[0], stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
 
@@ -54,72 +73,101 @@ def files(tmp_path: Path) -> dict[str, Path]:
     return found
 
 
-def test_unknown_model_lists_the_known_ones(tmp_path: Path) -> None:
-    result = cli("search", "--model", "resnet9000", "--target-macs", "0.5", "--out", str(tmp_path / "r"))
-    assert_one_line_error(result, "resnet9000", "cifar_resnet56")
+def test_unknown_model_lists_the_known_ones(capsys, tmp_path: Path) -> None:
+    outcome = cli(capsys, "search", "--model", "resnet9000", "--target-macs", "0.5", "--out", str(tmp_path / "r"))
+    assert_one_line_error(outcome, "resnet9000", "cifar_resnet56")
 
 
 @pytest.mark.parametrize("target", ["0", "1.5", "-0.2"])
-def test_target_outside_the_unit_interval(tmp_path: Path, target: str) -> None:
-    result = cli("search", "--model", "cifar_resnet20", "--target-macs", target, "--out", str(tmp_path / "r"))
-    assert_one_line_error(result, "(0, 1]")
+def test_target_outside_the_unit_interval(capsys, tmp_path: Path, target: str) -> None:
+    outcome = cli(capsys, "search", "--model", "cifar_resnet20", "--target-macs", target, "--out", str(tmp_path / "r"))
+    assert_one_line_error(outcome, "(0, 1]")
 
 
-def test_target_ramp_outside_the_search_is_refused(tmp_path: Path) -> None:
-    result = cli("search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--target-ramp", "1.5",
-                 "--out", str(tmp_path / "r"))
-    assert_one_line_error(result, "[0, 1)")
+def test_target_ramp_outside_the_search_is_refused(capsys, tmp_path: Path) -> None:
+    outcome = cli(capsys, "search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--target-ramp", "1.5",
+                  "--out", str(tmp_path / "r"))
+    assert_one_line_error(outcome, "[0, 1)")
 
 
-def test_negative_crop_padding_is_refused(tmp_path: Path) -> None:
-    result = cli("train", "--model", "cifar_resnet20", "--crop-padding", "-1", "--out", str(tmp_path / "r"))
-    assert_one_line_error(result, "crop_padding", ">= 0")
+def test_negative_crop_padding_is_refused(capsys, tmp_path: Path) -> None:
+    outcome = cli(capsys, "train", "--model", "cifar_resnet20", "--crop-padding", "-1", "--out", str(tmp_path / "r"))
+    assert_one_line_error(outcome, "crop_padding", ">= 0")
 
 
-def test_infeasible_target_states_the_floor(tiny_cifar: Path, tmp_path: Path) -> None:
-    result = cli("search", "--model", "cifar_resnet20", "--data", str(tiny_cifar), "--target-macs", "0.0001",
-                 "--out", str(tmp_path / "r"), "--batch-size", "8", "--val-size", "6")
-    assert_one_line_error(result, "floor")
+def test_infeasible_target_states_the_floor(capsys, tiny_cifar: Path, tmp_path: Path) -> None:
+    outcome = cli(capsys, "search", "--model", "cifar_resnet20", "--data", str(tiny_cifar), "--target-macs", "0.0001",
+                  "--out", str(tmp_path / "r"), "--batch-size", "8", "--val-size", "6")
+    assert_one_line_error(outcome, "floor")
     assert not (tmp_path / "r" / "supernet.pt").exists()
 
 
-def test_conflicting_targets(tmp_path: Path) -> None:
-    result = cli("search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--target-params", "0.5",
-                 "--out", str(tmp_path / "r"))
-    assert_one_line_error(result, "not allowed with")
+def test_conflicting_targets(capsys, tmp_path: Path) -> None:
+    outcome = cli(capsys, "search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--target-params", "0.5",
+                  "--out", str(tmp_path / "r"))
+    assert_one_line_error(outcome, "not allowed with")
 
 
 @pytest.mark.parametrize("layout", ["missing", "wrong"])
-def test_missing_or_malformed_data_dir(tmp_path: Path, layout: str) -> None:
+def test_missing_or_malformed_data_dir(capsys, tmp_path: Path, layout: str) -> None:
     data = tmp_path / "data"
     if layout == "wrong":
         (data / "images").mkdir(parents=True)
-    result = cli("train", "--model", "cifar_resnet20", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "o"))
-    assert_one_line_error(result, str(data.name))
+    outcome = cli(capsys, "train", "--model", "cifar_resnet20", "--data", str(data), "--epochs", "1",
+                  "--out", str(tmp_path / "o"))
+    assert_one_line_error(outcome, str(data.name))
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "foreign", "truncated", "payload", "pruned"])
-def test_finalize_refuses_anything_but_a_search_checkpoint(files: dict[str, Path], tmp_path: Path, kind: str) -> None:
-    result = cli("finalize", str(files[kind]), "-o", str(tmp_path / "out.pt"))
-    assert_one_line_error(result, files[kind].name)
+def test_finalize_refuses_anything_but_a_search_checkpoint(capsys, files: dict[str, Path], tmp_path: Path,
+                                                           kind: str) -> None:
+    outcome = cli(capsys, "finalize", str(files[kind]), "-o", str(tmp_path / "out.pt"))
+    assert_one_line_error(outcome, files[kind].name)
     assert not (tmp_path / "out.pt").exists()
     assert not (tmp_path / "marker").exists()
 
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "payload", "foreign"])
-def test_export_and_pretrained_refuse_bad_files(files: dict[str, Path], tmp_path: Path, kind: str) -> None:
-    assert_one_line_error(cli("export", str(files[kind]), "--format", "onnx", "-o", str(tmp_path / "m.onnx")))
-    result = cli("search", "--model", "cifar_resnet20", "--pretrained", str(files[kind]), "--target-macs", "0.5",
-                 "--out", str(tmp_path / "r"), "--data", str(tmp_path / "no-data"))
-    assert_one_line_error(result)
+def test_export_and_pretrained_refuse_bad_files(capsys, files: dict[str, Path], tiny_cifar: Path, tmp_path: Path,
+                                                kind: str) -> None:
+    assert_one_line_error(cli(capsys, "export", str(files[kind]), "--format", "onnx", "-o", str(tmp_path / "m.onnx")),
+                          files[kind].name)
+    assert not (tmp_path / "m.onnx").exists()
+    # Valid data, so the error can only come from the --pretrained file.
+    outcome = cli(capsys, "search", "--model", "cifar_resnet20", "--pretrained", str(files[kind]), "--target-macs",
+                  "0.5", "--out", str(tmp_path / "r"), "--data", str(tiny_cifar), "--batch-size", "8",
+                  "--val-size", "6")
+    assert_one_line_error(outcome, files[kind].name)
+    assert not (tmp_path / "r" / "supernet.pt").exists()
     assert not (tmp_path / "marker").exists()
 
 
-def test_negative_weight_decay_is_refused(tmp_path: Path) -> None:
-    result = cli("train", "--model", "cifar_resnet20", "--weight-decay", "-1", "--out", str(tmp_path / "r"))
-    assert_one_line_error(result, "weight_decay", ">= 0")
+def test_negative_weight_decay_is_refused(capsys, tmp_path: Path) -> None:
+    outcome = cli(capsys, "train", "--model", "cifar_resnet20", "--weight-decay", "-1", "--out", str(tmp_path / "r"))
+    assert_one_line_error(outcome, "weight_decay", ">= 0")
 
 
-def test_more_clean_epochs_than_epochs_is_refused(tmp_path: Path) -> None:
-    result = cli("train", "--model", "cifar_resnet20", "--epochs", "2", "--clean-epochs", "3", "--out", str(tmp_path / "r"))
-    assert_one_line_error(result, "clean_epochs", "[0, epochs=2]")
+def test_more_clean_epochs_than_epochs_is_refused(capsys, tmp_path: Path) -> None:
+    outcome = cli(capsys, "train", "--model", "cifar_resnet20", "--epochs", "2", "--clean-epochs", "3",
+                  "--out", str(tmp_path / "r"))
+    assert_one_line_error(outcome, "clean_epochs", "[0, epochs=2]")
+
+
+def run_process(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dnas_prune", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+
+
+@pytest.mark.subprocess
+def test_entry_point_help_from_a_real_process() -> None:
+    result = run_process("--help")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith("usage: dnas-prune") and "finalize" in result.stdout
+
+
+@pytest.mark.subprocess
+def test_entry_point_error_from_a_real_process(files: dict[str, Path], tmp_path: Path) -> None:
+    """The in-process contract above, as a shell sees it: status 2, one stderr line, nothing written or run."""
+    result = run_process("finalize", str(files["payload"]), "-o", str(tmp_path / "out.pt"))
+    assert_one_line_error((result.returncode, result.stderr), files["payload"].name)
+    assert not (tmp_path / "out.pt").exists() and not (tmp_path / "marker").exists()

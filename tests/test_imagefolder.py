@@ -4,8 +4,6 @@ batches from DataLoader workers, and a one-line error for a tree of the wrong la
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +34,7 @@ def same(a: list, b: list) -> bool:
     return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
 
 
+@pytest.mark.slow
 def test_run_end_to_end(tiny_imagenet: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     args = ["run", str(CONFIG), "--out", str(out), "--set", f"data.root={tiny_imagenet}"]
@@ -95,15 +94,16 @@ def test_unreadable_image_is_one_line_error(tiny_imagenet: Path, workers: int) -
     assert str(info.value).startswith(f"cannot read image {bad}") and "\n" not in str(info.value)
 
 
-def test_wrong_layout_is_one_line_from_a_real_process(tiny_imagenet: Path, tmp_path: Path) -> None:
+def test_wrong_layout_is_one_line_from_the_cli(tiny_imagenet: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tiny_imagenet / "val").rename(tiny_imagenet / "test")  # a CIFAR-style tree
     with pytest.raises(DataError, match="wrong layout"):
         load_imagefolder(tiny_imagenet)
     for args in (["train", "--model", "resnet18", "--data-kind", "imagefolder", "--data", str(tiny_imagenet),
                   "--out", str(tmp_path / "train")],
                  ["run", str(CONFIG), "--set", f"data.root={tiny_imagenet}", "--out", str(tmp_path / "run")]):
-        result = subprocess.run([sys.executable, "-m", "dnas_prune", *args], capture_output=True, text=True,
-                                cwd=REPO, timeout=300)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        capsys.readouterr()
+        code = main(args)  # in-process; test_cli_errors.py checks that a real process exits the same way
+        stderr = capsys.readouterr().err
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
         assert "wrong layout" in lines[0] and "`<root>/train/<class>/*` + `<root>/val/<class>/*`" in lines[0]

@@ -12,6 +12,7 @@ from dnas_prune.cli.common import train_config_from
 from dnas_prune.errors import DnasPruneError
 from dnas_prune.pipeline import Pipeline, load_config, parse_override, train_config_of
 from dnas_prune.pruned_io import load_pruned_with_metadata
+from dnas_prune.training import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 QUICKSTART = CONFIGS / "quickstart.toml"
@@ -115,7 +116,9 @@ def test_settings_added_later_are_read_as_their_defaults(tmp_path: Path) -> None
         Pipeline(load_config(_write(tmp_path, MINIMAL), ["data.image_size=64"], out=str(out)))._check_run_dir()
 
 
-def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.slow
+def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     args = ["run", str(QUICKSTART), "--out", str(out), "--set", f"data.root={tiny_cifar}"]
     for item in TINY:
@@ -143,9 +146,18 @@ def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys
     markdown = (out / "report.md").read_text()
     assert "| test accuracy |" in markdown and "latency, batch 1" in markdown and "![per-layer widths](widths.png)" in markdown
 
-    start = time.perf_counter()
-    assert main(args) == 0
-    assert time.perf_counter() - start < 5
+    # A finished run does no work again: no data decoded, nothing trained, no output rewritten.
+    def outputs() -> dict[Path, tuple[int, bytes]]:
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file() and p.name != "config.toml"}
+
+    before = outputs()
+    with monkeypatch.context() as patch:
+        def refuse(*_args, **_kwargs):
+            raise AssertionError("a finished run did work again")
+        patch.setattr(Pipeline, "data", refuse)
+        patch.setattr(Trainer, "fit", refuse)
+        assert main(args) == 0
+    assert outputs() == before
     assert "6 of 6 stages skipped" in capsys.readouterr().out
 
     # An interrupted finetune (checkpoint written, output not yet) resumes from its checkpoint.

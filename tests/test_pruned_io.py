@@ -40,6 +40,7 @@ def pruned_file(tmp_path: Path) -> Path:
     return save_pruned(model, tmp_path / "pruned.pt", dataset="cifar10", accuracy=0.5)
 
 
+@pytest.mark.subprocess
 def test_roundtrip_in_fresh_process(tmp_path: Path, pruned_file: Path) -> None:
     model = load_pruned(pruned_file)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))

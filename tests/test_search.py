@@ -53,6 +53,7 @@ class StopAfterFirstEpoch:
         self.inner.on_epoch_start(trainer, epoch)
 
 
+@pytest.mark.slow
 def test_resumed_search_equals_an_uninterrupted_one(synthetic_data, tmp_path: Path) -> None:
     straight, _ = run_search(synthetic_data, tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
@@ -63,11 +64,12 @@ def test_resumed_search_equals_an_uninterrupted_one(synthetic_data, tmp_path: Pa
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [0.5, 0.2])
 def test_cli_search_then_finalize_on_cifar_hits_the_target(cifar_root: Path, tmp_path: Path, target: float) -> None:
     out = tmp_path / "run"
     assert main(["search", "--model", "cifar_resnet20", "--data", str(cifar_root), "--target-macs", str(target),
-                 "--epochs", "2", "--limit-train", "2048", "--val-size", "500", "--out", str(out), "--no-progress",
+                 "--epochs", "1", "--limit-train", "1024", "--val-size", "256", "--out", str(out), "--no-progress",
                  "--memory-format", "contiguous"]) == 0
     events = read_events(out / "tb")
     kinds = events.Tags()
