@@ -1,5 +1,4 @@
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
