@@ -1,7 +1,8 @@
-"""Cost budgets: validating a target, driving the search toward it, and landing on it exactly.
+"""Cost budgets: validating a target, holding the search on it, and landing on it exactly.
 
-- :class:`BudgetController` adds ``lambda * max(0, ratio / target - 1)`` to the loss, with ``lambda`` updated by
-  dual ascent in log space, so pressure grows geometrically while over budget and fades once under it.
+- :func:`solve_offset` finds, before every search step, the one logit offset at which the hard decisions cost
+  what the current target allows: the budget is a constraint met at every step, not a penalty chased by a
+  multiplier (see :mod:`~dnas_prune.pruner` for why).
 - :func:`project_to_budget` turns the search's soft preferences into a hard state whose finalized cost is
   within ``tolerance`` of the target (never above ``target + tolerance``), optionally with channel
   counts rounded to multiples of ``round_to``.
@@ -66,58 +67,75 @@ def check_feasible(net: Supernet, metric: str, target: float, round_to: int | No
         )
 
 
-PENALTIES = ("hinge", "two_sided")
+@torch.no_grad()
+def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0) -> tuple[float, float]:
+    """The one logit offset ``b`` whose hard decisions (``logit + b > 0``) cost as much as ``target`` allows.
 
-
-class BudgetController:
-    """Lagrangian budget term with dual ascent on ``log(lambda)``.
-
-    ``hinge``: ``lambda * max(0, ratio / target - 1)``, no push once under budget. ``two_sided``:
-    ``lambda * |ratio / target - 1|``, which also pushes the cost back up when the gates overshoot (annealing the
-    temperature alone drives undecided gates shut and the cost below target); lambda then grows while the cost
-    is off target by more than 1 % either way.
+    Free gates are ranked by logit; the largest top-k whose hard cost ratio is ``<= target`` stays open, and ``b``
+    sits halfway between the k-th and the (k+1)-th logit (k stops short of a run of tied logits, which open or
+    close together). Cost only grows as gates open, so a binary search over k
+    finds it in ``log2(gates)`` cost evaluations. Pinned gates and ungated groups count as they are. With every
+    gate open (or closed), ``b`` lies ``margin`` beyond the last logit. Returns ``(b, hard cost ratio)``.
     """
+    dense = float(getattr(net.dense_cost, metric))
+    names = net.channel_groups
+    counts = torch.tensor([0.0 if net.groups[n].gated else float(net.groups[n].size) for n in names],
+                          dtype=torch.float64)
+    blocks = torch.tensor([0.0 if b in net.groups else 1.0 for b in net.branch_blocks], dtype=torch.float64)
+    logits, slots, widths, is_block = [], [], [], []
+    for i, name in enumerate(names):
+        if not net.groups[name].gated:
+            continue
+        gate = net.gate(name)
+        per_gate = float(net.channels_per_gate_of(name))
+        forced = gate.forced.cpu()
+        counts[i] += per_gate * float((forced == 1).sum())
+        free = forced < 0
+        logits.append(gate.logits.detach().double().cpu()[free])
+        n = int(free.sum())
+        slots.append(torch.full((n,), i)), widths.append(torch.full((n,), per_gate)), is_block.append(torch.zeros(n, dtype=torch.bool))
+    for b, name in enumerate(net.branch_blocks):
+        if name not in net.groups:
+            continue
+        forced = int(net.gate(name).forced[0])
+        if forced >= 0:
+            blocks[b] = float(forced)
+            continue
+        logits.append(net.gate(name).logits.detach().double().cpu().reshape(1))
+        slots.append(torch.tensor([b])), widths.append(torch.ones(1)), is_block.append(torch.ones(1, dtype=torch.bool))
+    if not logits:
+        macs, params = net.cost_from_counts(counts, blocks)
+        return 0.0, float(macs if metric == "macs" else params) / dense
+    logit = torch.cat(logits)
+    order = torch.argsort(logit, descending=True, stable=True)
+    logit, slot = logit[order], torch.cat(slots)[order]
+    width, block = torch.cat(widths).double()[order], torch.cat(is_block)[order]
 
-    def __init__(self, metric: str, target: float, dense: Cost, lr: float = 0.05, init_lambda: float = 1.0,
-                 min_lambda: float = 1e-3, max_lambda: float = 1e4, penalty: str = "hinge") -> None:
-        check_target(metric, target)
-        if penalty not in PENALTIES:
-            raise BudgetError(f"unknown budget penalty {penalty!r}; use one of {', '.join(PENALTIES)}")
-        self.kind = penalty
-        self.metric = metric
-        self.target = float(target)
-        self.dense = float(getattr(dense, metric))
-        self.lr = lr
-        self.log_lambda = math.log(init_lambda)
-        self.bounds = (math.log(min_lambda), math.log(max_lambda))
-        self.active = False
+    def ratio(k: int) -> float:
+        c, f = counts.clone(), blocks.clone()
+        opened = torch.arange(len(logit)) < k
+        c.index_add_(0, slot[opened & ~block], width[opened & ~block])
+        f[slot[opened & block]] = 1.0
+        macs, params = net.cost_from_counts(c, f)
+        return float(macs if metric == "macs" else params) / dense
 
-    @property
-    def value(self) -> float:
-        return math.exp(self.log_lambda) if self.active else 0.0
-
-    def ratio(self, expected: dict[str, Tensor]) -> Tensor:
-        return expected[self.metric] / self.dense
-
-    def penalty(self, expected: dict[str, Tensor]) -> Tensor:
-        """``lambda * max(0, ratio / target - 1)``: under budget the gates feel no push, so the task loss can
-        reopen the ones that matter at once instead of waiting for lambda to decay."""
-        excess = self.ratio(expected) / self.target - 1.0
-        return self.value * (excess.abs() if self.kind == "two_sided" else torch.relu(excess))
-
-    def update(self, ratio: float) -> None:
-        """One dual-ascent step after each optimizer step (only once the budget is active)."""
-        if self.active:
-            excess = ratio / self.target - 1.0
-            step = self.lr * (abs(excess) - 0.01 if self.kind == "two_sided" else excess)
-            self.log_lambda = min(max(self.log_lambda + step, self.bounds[0]), self.bounds[1])
-
-    def state_dict(self) -> dict:
-        return {"log_lambda": self.log_lambda, "active": self.active}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.log_lambda = float(state["log_lambda"])
-        self.active = bool(state["active"])
+    lo, hi = 0, len(logit)  # invariant: ratio(lo) <= target or lo == 0; ratio(hi + 1) > target
+    if ratio(hi) <= target:
+        lo = hi
+    else:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if ratio(mid) <= target else (lo, mid)
+    k = lo
+    while 0 < k < len(logit) and logit[k - 1] == logit[k]:  # tied gates open or close together
+        k -= 1
+    if k == len(logit):
+        offset = margin - float(logit[-1])
+    elif k == 0:
+        offset = -float(logit[0]) - margin
+    else:
+        offset = -0.5 * float(logit[k - 1] + logit[k])
+    return offset, ratio(k)
 
 
 @torch.no_grad()
@@ -133,7 +151,7 @@ def project_to_budget(
     """
     check_feasible(net, metric, target, round_to)
     dense = float(getattr(net.dense_cost, metric))
-    hard = net._hard_masks()
+    hard = net.hard_masks()
     names = net.channel_groups
     order: dict[int, Tensor] = {}
     scores: dict[int, Tensor] = {}
@@ -185,7 +203,7 @@ def project_to_budget(
                 found.append(((-score, 1.0) if grow else (score, -1.0), "block", b))
         return sorted(found)
 
-    inner_of = [[g for g in row if g < len(names)] for row in net._branch_inner.tolist()]
+    inner_of = [[g for g in row if g < len(names)] for row in net.branch_inner.tolist()]
 
     def moved(kind: str, i: int, grow: bool) -> tuple[list[int], list[float]]:
         w, f = widths.copy(), blocks.copy()

@@ -32,11 +32,16 @@ class Gate(nn.Module, abc.ABC):
         self.logits = nn.Parameter(torch.full((size,), float(init_logit)))
         self.register_buffer("forced", torch.full((size,), -1, dtype=torch.int8))
         self.temperature = 1.0
+        self.offset = 0.0  # one shift of every logit, solved by the budget each step (see budget.solve_offset)
         self.hard = False
 
     @property
     def size(self) -> int:
         return self.logits.numel()
+
+    def shifted(self) -> Tensor:
+        """The logits plus the budget's offset: what every decision and probability is made of."""
+        return self.logits + self.offset
 
     @abc.abstractmethod
     def probability(self) -> Tensor: ...
@@ -86,7 +91,7 @@ class Gate(nn.Module, abc.ABC):
             self.train(was_training)
 
     def score(self) -> Tensor:
-        """How strongly each gate wants to be open; the budget projection keeps the highest.
+        """How strongly each gate wants to be open; the budget keeps the highest.
 
         The logit, not P(open): P(open) is monotone in it for every kind, but at the end of the search
         (temperature 0.05) the sigmoid rounds every logit above 1 to exactly 1.0, which would leave the
@@ -102,16 +107,16 @@ class SigmoidGate(Gate):
     kind = "sigmoid"
 
     def probability(self) -> Tensor:
-        return torch.sigmoid(self.logits / self.temperature)
+        return torch.sigmoid(self.shifted() / self.temperature)
 
     def _sample(self) -> Tensor:
         soft = self.probability()
         if not self.hard:
             return soft
-        return (soft > 0.5).to(soft.dtype) + soft - soft.detach()
+        return self._free_open().to(soft.dtype) + soft - soft.detach()
 
     def _free_open(self) -> Tensor:
-        return self.logits.detach() > 0
+        return self.shifted().detach() > 0
 
 
 class BernoulliGate(Gate):
@@ -120,14 +125,14 @@ class BernoulliGate(Gate):
     kind = "bernoulli"
 
     def probability(self) -> Tensor:
-        return torch.sigmoid(self.logits)
+        return torch.sigmoid(self.shifted())
 
     def _sample(self) -> Tensor:
         p = self.probability()
         return torch.bernoulli(p.detach()) + p - p.detach()
 
     def _free_open(self) -> Tensor:
-        return self.logits.detach() > 0
+        return self.shifted().detach() > 0
 
 
 class HardConcreteGate(Gate):
@@ -142,18 +147,18 @@ class HardConcreteGate(Gate):
     zeta = 1.1
 
     def probability(self) -> Tensor:
-        return torch.sigmoid(self.logits - self.beta * math.log(-self.gamma / self.zeta))
+        return torch.sigmoid(self.shifted() - self.beta * math.log(-self.gamma / self.zeta))
 
     def _stretch(self, s: Tensor) -> Tensor:
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
     def _sample(self) -> Tensor:
         u = torch.rand_like(self.logits).clamp(1e-6, 1.0 - 1e-6)
-        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.logits) / self.beta)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.shifted()) / self.beta)
         return self._stretch(s)
 
     def open_value(self) -> Tensor:
-        return self._stretch(torch.sigmoid(self.logits))
+        return self._stretch(torch.sigmoid(self.shifted()))
 
     def _free_open(self) -> Tensor:
         return self.open_value().detach() > 0

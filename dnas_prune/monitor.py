@@ -29,6 +29,7 @@ from .cost import count_cost
 from .finalize import finalize
 from .models import spec_of
 from .report import WidthBar, widths_figure
+from .pruner import expected_ratios
 from .summary import width_table
 from .supernet import Supernet
 from .training import TrainHooks, Trainer
@@ -164,7 +165,6 @@ class MonitorHooks(TrainHooks):
         self.step = 0  # last global step seen
         self._ce_sum: Tensor | float = 0.0
         self._ce_count = 0
-        self._lambda = 0.0  # budget multiplier the last loss was computed with
         self._interval_start = time.perf_counter()
         self._interval_steps = 0
 
@@ -192,18 +192,17 @@ class MonitorHooks(TrainHooks):
     def _layout(self) -> dict:
         layout = {"accuracy": {
             "accuracy": ["Multiline", ["acc/train", "acc/val", "acc/test"]],
-            "loss": ["Multiline", ["loss/ce", "loss/val"] + (["loss/budget"] if self.searching else [])],
+            "loss": ["Multiline", ["loss/ce", "loss/val"]],
             "throughput (img/s)": ["Multiline", ["throughput/img_per_s"]],
         }}
         if self.searching:
-            metric = self.inner.controller.metric
+            metric = self.inner.config.metric
             layout["budget"] = {
                 "MACs ratio (expected, hard)": ["Multiline", ["budget/expected_macs_ratio", "budget/hard_macs_ratio"]
                                                 + (["budget/target"] if metric == "macs" else [])],
                 "params ratio (expected, hard)": ["Multiline", ["budget/params_ratio", "budget/hard_params_ratio"]
                                                   + (["budget/target"] if metric == "params" else [])],
-                "lambda": ["Multiline", ["budget/lambda"]],
-                "budget loss": ["Multiline", ["loss/budget"]],
+                "logit offset": ["Multiline", ["budget/offset"]],
             }
             layout["gates"] = {
                 "temperature": ["Multiline", ["gates/temperature"]],
@@ -224,10 +223,7 @@ class MonitorHooks(TrainHooks):
         self._interval_start, self._interval_steps = time.perf_counter(), 0
 
     def loss(self, trainer: Trainer, ce: Tensor, logits: Tensor, step: int) -> Tensor:
-        loss = self.inner.loss(trainer, ce, logits, step)
-        if self.searching:
-            self._lambda = self.inner.controller.value
-        return loss
+        return self.inner.loss(trainer, ce, logits, step)
 
     def before_optimizer_step(self, trainer: Trainer) -> None:
         self.inner.before_optimizer_step(trainer)
@@ -278,15 +274,14 @@ class MonitorHooks(TrainHooks):
         w.add_scalar("lr/weights", trainer.optimizer.param_groups[0]["lr"], step)
         if not self.searching:
             return
-        hooks = self.inner
-        controller, expected = hooks.controller, hooks.last_expected
-        w.add_scalar("loss/budget", self._lambda * max(0.0, expected[controller.metric] / controller.target - 1.0), step)
-        w.add_scalar("budget/lambda", self._lambda, step)
-        w.add_scalar("budget/target", controller.target, step)
+        pruner = self.inner.pruner
+        expected = expected_ratios(pruner.net)
+        w.add_scalar("budget/offset", pruner.offset, step)
+        w.add_scalar("budget/target", pruner.target, step)
         w.add_scalar("budget/expected_macs_ratio", expected["macs"], step)
         w.add_scalar("budget/params_ratio", expected["params"], step)
-        w.add_scalar("gates/temperature", hooks.temperature, step)
-        w.add_scalar("lr/gates", hooks.gate_optimizer.param_groups[0]["lr"], step)
+        w.add_scalar("gates/temperature", pruner.temperature, step)
+        w.add_scalar("lr/gates", pruner.gate_optimizer.param_groups[0]["lr"], step)
         self._log_hard_state(step)
 
     def _log_hard_state(self, step: int) -> None:

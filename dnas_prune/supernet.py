@@ -128,7 +128,7 @@ class Supernet(nn.Module):
         self._gate_key: dict[str, str] = {}
         # {gate key: gate index of every channel}, only for groups whose gates span several channels
         self.channel_map = nn.Module()
-        importance = self._channel_importance() if channels_per_gate > 1 else {}
+        importance = self.channel_importance() if channels_per_gate > 1 else {}
         for info in self.groups.values():
             if info.gated:
                 key = info.name.replace(".", "_")
@@ -141,6 +141,7 @@ class Supernet(nn.Module):
                     assign[ranking] = torch.arange(info.size) // step
                     self.channel_map.register_buffer(key, assign.to(importance[info.name].device))
         self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("offset", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("hard_forward", torch.tensor(False))
         self._build_cost_table()
 
@@ -195,7 +196,7 @@ class Supernet(nn.Module):
             raise GatingError("model.maxpool: expected nn.MaxPool2d")
 
     @torch.no_grad()
-    def _channel_importance(self) -> dict[str, Tensor]:
+    def channel_importance(self) -> dict[str, Tensor]:
         """{channel group: summed |gamma| of the BNs its gate scales}: how much each channel carries."""
         producers: dict[str, list[nn.Module]] = {self.stem_group: [self.model.bn1]}
         for info in self.blocks:
@@ -275,7 +276,9 @@ class Supernet(nn.Module):
         if model.fc.bias is not None:
             rows.append((0.0, float(classes), one, one, no_block))
         inner = [[gidx[g] for g in info.inner] for info in self.blocks if info.kind != "projection"]
-        self._branch_inner = torch.tensor([i + [one] * (2 - len(i)) for i in inner], dtype=torch.long).reshape(-1, 2)
+        # per residual branch (``branch_blocks`` order): its inner groups' indices in ``channel_groups``, padded
+        # with ``len(channel_groups)`` (a constant width of 1)
+        self.branch_inner = torch.tensor([i + [one] * (2 - len(i)) for i in inner], dtype=torch.long).reshape(-1, 2)
         table = torch.tensor([r[:2] for r in rows], dtype=torch.float64)
         index = torch.tensor([r[2:] for r in rows], dtype=torch.long)
         self._macs_coef, self._params_coef = table[:, 0], table[:, 1]
@@ -310,17 +313,22 @@ class Supernet(nn.Module):
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         return self.model.parameters()
 
-    def set_schedule(self, temperature: float | None = None, hard: bool | None = None) -> None:
-        """Anneal the sigmoid temperature / switch to a hard straight-through forward."""
+    def set_schedule(self, temperature: float | None = None, hard: bool | None = None,
+                     offset: float | None = None) -> None:
+        """Anneal the sigmoid temperature / switch to a hard straight-through forward / shift every logit by
+        the budget's ``offset`` (decisions are ``logit + offset > 0``)."""
         if temperature is not None:
             self.temperature.fill_(float(temperature))
         if hard is not None:
             self.hard_forward.fill_(bool(hard))
+        if offset is not None:
+            self.offset.fill_(float(offset))
+        self._sync_schedule()
 
     def _sync_schedule(self) -> None:
-        temperature, hard = float(self.temperature), bool(self.hard_forward)
+        temperature, hard, offset = float(self.temperature), bool(self.hard_forward), float(self.offset)
         for gate in self.gates.values():
-            gate.temperature, gate.hard = temperature, hard
+            gate.temperature, gate.hard, gate.offset = temperature, hard, offset
 
     def gate_values(self) -> dict[str, Tensor]:
         """The value each gated group multiplies in, in the current mode (sampled in training)."""
@@ -337,13 +345,16 @@ class Supernet(nn.Module):
         return {name: self._per_channel(name, self.gates[key].expected_open().detach())
                 for name, key in self._gate_key.items()}
 
-    def _hard_masks(self) -> dict[str, Tensor]:
+    def hard_masks(self) -> dict[str, Tensor]:
+        """{gated group: bool per channel (per block for a block gate)}: the raw eval decisions of the gates.
+        :meth:`gate_state` is the same with blocks that finalization removes marked closed."""
+        self._sync_schedule()
         return {name: self._per_channel(name, self.gates[key].hard_open()) for name, key in self._gate_key.items()}
 
     def block_open(self, masks: dict[str, Tensor] | None = None) -> dict[str, bool]:
         """Whether each non-projection block survives finalization: its gate is open and no inner
         group is entirely closed (an all-closed inner group would leave only a constant, so it counts as closed)."""
-        masks = self._hard_masks() if masks is None else masks
+        masks = self.hard_masks() if masks is None else masks
         result = {}
         for info in self.blocks:
             if info.kind == "projection":
@@ -354,7 +365,7 @@ class Supernet(nn.Module):
 
     def gate_state(self) -> dict[str, Tensor]:
         """{group: bool tensor, True = open}; a block counts as closed when finalization would remove it."""
-        masks = self._hard_masks()
+        masks = self.hard_masks()
         alive = self.block_open(masks)
         state = {}
         for name, mask in masks.items():
@@ -398,7 +409,7 @@ class Supernet(nn.Module):
         factors (in ``branch_blocks`` order: P(open), or 0/1). Differentiable in both."""
         widths = torch.cat([counts.to(torch.float64), counts.new_ones(1, dtype=torch.float64)])
         # A branch whose inner group is empty leaves only a constant: finalization removes the block.
-        alive = (widths[self._branch_inner] > 0).all(dim=1).to(torch.float64)
+        alive = (widths[self.branch_inner] > 0).all(dim=1).to(torch.float64)
         factors = torch.cat([blocks.to(torch.float64) * alive, blocks.new_ones(1, dtype=torch.float64)])
         term = widths[self._in_idx] * widths[self._out_idx] * factors[self._blk_idx]
         return (term * self._macs_coef).sum(), (term * self._params_coef).sum()
@@ -410,7 +421,7 @@ class Supernet(nn.Module):
             one = self.group_sizes.new_tensor(1.0)
             blocks = [probs[n].reshape(()) if n in probs else one for n in self.branch_blocks]
         else:
-            masks = self._hard_masks()
+            masks = self.hard_masks()
             counts = [masks[n].sum() if n in masks else torch.tensor(self.groups[n].size) for n in self.channel_groups]
             alive = self.block_open(masks)
             blocks = [torch.tensor(float(alive[n])) for n in self.branch_blocks]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnas_prune import BudgetController, SearchConfig, Supernet, count_cost, create_model, finalize, project_to_budget
+from dnas_prune import Pruner, Supernet, count_cost, create_model, finalize, project_to_budget, solve_offset
 from dnas_prune.budget import check_feasible, cost_floor
 from dnas_prune.errors import BudgetError
-from dnas_prune.search import SearchHooks
 
 
 def searched_like(name: str = "cifar_resnet20", seed: int = 0, gate: str = "sigmoid") -> Supernet:
@@ -73,49 +72,36 @@ def test_targets_outside_the_range_or_below_the_floor_are_refused() -> None:
     assert cost_floor(net, "macs", round_to=8) > floor
 
 
-def test_controller_raises_pressure_over_budget_and_relaxes_under_it() -> None:
+@pytest.mark.parametrize("target", [0.9, 0.5, 0.2])
+def test_offset_puts_the_hard_cost_just_under_the_target(target: float) -> None:
+    """The hard decisions at the solved offset cost at most the target, and opening the next-ranked gate would
+    cost more: the offset is the budget met exactly, not approached."""
     net = searched_like()
-    controller = BudgetController("macs", 0.5, net.dense_cost, lr=0.1)
-    controller.active = True
-    start = controller.value
-    for _ in range(10):
-        controller.update(0.9)
-    assert controller.value > start
-    high = controller.value
-    for _ in range(10):
-        controller.update(0.3)
-    assert controller.value < high
-    net.train()
-    penalty = controller.penalty(net.expected_cost())
-    penalty.backward()
-    assert all(g.logits.grad is not None for g in net.gates.values())
+    offset, ratio = solve_offset(net, "macs", target)
+    net.set_schedule(offset=offset)
+    hard = net.hard_cost().macs / net.dense_cost.macs
+    assert hard == pytest.approx(ratio) and hard <= target
+    closed = sorted(((float(g.logits.detach()[i]) + offset, name, i) for name in net.groups if net.groups[name].gated
+                     for g in [net.gate(name)] for i in range(g.size) if not g.hard_open()[i]), reverse=True)
+    _, name, i = closed[0]
+    state = {n: m.clone() for n, m in net.hard_masks().items()}
+    state[name][i] = True
+    net.set_gate_state(state)
+    assert net.hard_cost().macs / net.dense_cost.macs > target
 
 
-def test_two_sided_penalty_pushes_the_cost_back_up_when_the_gates_overshoot() -> None:
-    net = searched_like().train()
-    for kind, pushes_up in (("hinge", False), ("two_sided", True)):
-        controller = BudgetController("macs", 0.95, net.dense_cost, lr=0.1, penalty=kind)
-        controller.active = True
-        net.zero_grad()
-        expected = net.expected_cost()
-        assert float(expected["macs"].detach()) / net.dense_cost.macs < 0.9  # under budget
-        penalty = controller.penalty(expected)
-        if not pushes_up:
-            assert float(penalty.detach()) == 0.0
-            continue
-        penalty.backward()
-        grads = torch.cat([g.logits.grad for g in net.gates.values()])
-        assert bool((grads <= 0).all()) and bool((grads < 0).any())  # descent opens gates
-        start = controller.value
-        for _ in range(10):
-            controller.update(0.5)  # far under target: pressure grows
-        assert controller.value > start
-        grown = controller.value
-        for _ in range(10):
-            controller.update(0.951)  # within 1 %: pressure relaxes
-        assert controller.value < grown
-    with pytest.raises(BudgetError, match="two_sided"):
-        BudgetController("macs", 0.5, net.dense_cost, penalty="quadratic")
+def test_offset_respects_pins_ties_and_the_extremes() -> None:
+    net = Supernet(create_model("cifar_resnet20"))  # every logit equal: one run of ties
+    offset, ratio = solve_offset(net, "macs", 0.5)
+    net.set_schedule(offset=offset)
+    assert net.hard_cost().macs / net.dense_cost.macs == pytest.approx(ratio)  # ties open or close together
+    assert ratio == pytest.approx(cost_floor(net, "macs"), abs=0.05) or ratio <= 0.5
+    offset, ratio = solve_offset(net, "macs", 1.0)
+    assert ratio == pytest.approx(1.0)
+    net.set_gate_state({"layer1.0.conv1": torch.zeros(16, dtype=torch.bool)})
+    offset, ratio = solve_offset(net, "macs", 1.0)
+    net.set_schedule(offset=offset)
+    assert ratio < 1.0 and not bool(net.hard_masks()["layer1.0.conv1"].any())  # a pinned gate stays as pinned
 
 
 def test_projection_climbs_back_when_the_search_closed_almost_everything() -> None:
@@ -142,18 +128,21 @@ def test_projection_regrows_ungated_blocks_whose_inner_channels_all_closed() -> 
 
 
 def test_ramped_budget_descends_from_dense_to_the_target_then_holds() -> None:
-    """With target_ramp the controller demands the dense cost when the budget switches on, then a cubic descent
-    that reaches the target after the ramp and stays there; without it the target applies at once."""
-    net = Supernet(create_model("cifar_resnet20"))
-    hooks = SearchHooks(net, SearchConfig(target=0.3, warmup=0.1, target_ramp=0.5), total_steps=100)
-    targets = []
-    for step in range(10, 100):
-        hooks.schedule(step)
-        targets.append(hooks.controller.target)
-    assert targets[0] == pytest.approx(1.0)
+    """After warm-up the target descends along a cubic from the dense cost, reaches the target when the ramp
+    ends and stays there; the hard cost follows it at every step. Without a ramp the target applies at once."""
+    model = create_model("cifar_resnet20")
+    pruner = Pruner(model, total_steps=100, target_macs=0.3, warmup=0.1, target_ramp=0.5)
+    targets, hard = [], []
+    for _ in range(100):
+        targets.append(pruner.target)
+        hard.append(pruner.hard_ratio)
+        pruner.step()
+    assert targets[:11] == [1.0] * 11
     assert all(a >= b for a, b in zip(targets, targets[1:]))
-    assert targets[50] == pytest.approx(0.3) and targets[-1] == pytest.approx(0.3)  # step 60 = warm-up + ramp
-    assert targets[25] > 0.3 + (1.0 - 0.3) * 0.1  # cubic: still an eighth of the way up half-way through the ramp
-    instant = SearchHooks(net, SearchConfig(target=0.3, warmup=0.1), total_steps=100)
-    instant.schedule(10)
-    assert instant.controller.target == pytest.approx(0.3)
+    assert targets[60] == pytest.approx(0.3) and targets[-1] == pytest.approx(0.3)  # step 60 = warm-up + ramp
+    assert targets[35] > 0.3 + (1.0 - 0.3) * 0.1  # cubic: still an eighth of the way up half-way through the ramp
+    assert all(h <= t + 1e-9 and h >= 0.85 * t for h, t in zip(hard[10:], targets[10:]))
+    instant = Pruner(model, total_steps=100, target_macs=0.3, warmup=0.1, target_ramp=0.0)
+    for _ in range(10):
+        instant.step()
+    assert instant.target == pytest.approx(0.3)

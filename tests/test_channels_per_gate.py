@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from dnas_prune import SearchConfig, Supernet, count_cost, create_model, finalize, load_supernet, project_to_budget
+from dnas_prune import Pruner, SearchConfig, Supernet, count_cost, create_model, finalize, load_supernet, project_to_budget
 from dnas_prune.errors import DnasPruneError
 from dnas_prune.models import build_model, spec_of
-from dnas_prune.search import SearchHooks
 
 from test_cli_errors import assert_one_line_error, cli
 from test_finalize import adversarial_states, check_exact, perturb
@@ -130,11 +129,12 @@ def test_round_to_must_be_a_multiple_of_the_gate_width(capsys: pytest.CaptureFix
 
 def test_cost_normalization_pushes_every_gate_equally_per_unit_of_cost() -> None:
     """A gate over K channels costs K channels: dividing by that leaves the same push on every gate."""
-    net = Supernet(create_model("cifar_resnet20"), channels_per_gate=4)
-    hooks = SearchHooks(net, SearchConfig(target=0.3, channels_per_gate=4), total_steps=100)
-    hooks.schedule(50)
-    hooks.controller.penalty(net.expected_cost()).backward()
-    hooks.divide_gradients_by_cost()
+    pruner = Pruner(create_model("cifar_resnet20"), total_steps=100, target_macs=0.3, channels_per_gate=4,
+                    prior_spread=0.0)  # equal logits: equal sigmoid slopes
+    net = pruner.net
+    net.train()
+    net.expected_cost()["macs"].backward()
+    pruner.normalize_gate_gradients()
     normalized = torch.cat([g.logits.grad for g in net.gates.values()])
     assert bool((normalized > 0).all())
     torch.testing.assert_close(normalized, normalized[:1].expand_as(normalized), rtol=1e-5, atol=0)
@@ -142,8 +142,7 @@ def test_cost_normalization_pushes_every_gate_equally_per_unit_of_cost() -> None
 
 def test_search_with_gates_over_channels_lands_on_the_budget_and_reloads(synthetic_data, tmp_path: Path) -> None:
     model = with_random_gammas(create_model("cifar_resnet20", num_classes=synthetic_data.num_classes))
-    net, summary = run_search(synthetic_data, tmp_path, model=model, channels_per_gate=8, block_gates=False,
-                              target_ramp=0.5)
+    net, summary = run_search(synthetic_data, tmp_path, model=model, channels_per_gate=8)
     assert_shuffled(net)
     assert 0.49 <= summary["final"]["macs_ratio"] <= 0.51
     reloaded = load_supernet(tmp_path / "supernet.pt")  # built from a fresh model: its map comes from the file

@@ -74,7 +74,7 @@ def logged_search(tmp_path_factory: pytest.TempPathFactory):
     train = TrainConfig(epochs=2, batch_size=64, progress=False, memory_format="contiguous")
     # Strong gate pressure (lr, lower initial logits) so 16 steps visibly move the cost toward the target; streams
     # gated too, so every kind of group is logged.
-    config = SearchConfig(target=0.5, gate_lr=0.3, budget_lr=0.5, init_logit=2.0, recalibrate_batches=2,
+    config = SearchConfig(target=0.5, gate_lr=0.3, init_logit=2.0, recalibrate_batches=2, block_gates=True,
                           gate_streams=True)
     net, summary = search(create_model("cifar_resnet20", num_classes=10), synthetic_data(), train, config, out,
                           wrap_hooks=monitor.wrap)
@@ -86,8 +86,8 @@ def logged_search(tmp_path_factory: pytest.TempPathFactory):
 def test_search_logs_every_kind(logged_search) -> None:
     net, events, out = logged_search
     tags = events.Tags()
-    scalars = {"loss/ce", "loss/budget", "budget/expected_macs_ratio", "budget/hard_macs_ratio", "budget/params_ratio",
-               "budget/lambda", "gates/temperature", "lr/weights", "lr/gates", "acc/train", "acc/val",
+    scalars = {"loss/ce", "budget/expected_macs_ratio", "budget/hard_macs_ratio", "budget/params_ratio",
+               "budget/offset", "budget/target", "gates/temperature", "lr/weights", "lr/gates", "acc/train", "acc/val",
                "blocks/open", "channels/layer1.stream", "channels/layer2.stream", "channels/layer2.inner",
                "throughput/img_per_s"}
     assert scalars <= set(tags["scalars"])
@@ -107,7 +107,9 @@ def test_logged_state_tracks_the_search(logged_search) -> None:
     net, events, _ = logged_search
     expected = scalar_values(events, "budget/expected_macs_ratio")
     assert expected[-1] < expected[0]
-    assert scalar_values(events, "budget/lambda")[0] == 0.0  # warm-up: no budget pressure yet
+    targets, hard = scalar_values(events, "budget/target"), scalar_values(events, "budget/hard_macs_ratio")
+    assert all(a >= b for a, b in zip(targets, targets[1:])) and targets[-1] == pytest.approx(0.5)
+    assert all(0.85 * t <= h <= t + 1e-6 for t, h in zip(targets, hard[:len(targets)]))
     assert scalar_values(events, "blocks/open")[-1] == sum(net.block_open().values())
     state = net.gate_state()
     assert scalar_values(events, "channels/layer2.stream")[-1] == int(state["layer2.stream"].sum())
@@ -248,7 +250,7 @@ def test_cli_train_logs_unless_disabled(tiny_cifar: Path, tmp_path: Path) -> Non
     assert main(["train", "--out", str(tmp_path / "logged"), *common]) == 0
     tags = read_events(tmp_path / "logged" / "tb").Tags()
     assert {"loss/ce", "lr/weights", "throughput/img_per_s", "acc/train", "acc/val", "acc/test"} <= set(tags["scalars"])
-    assert "budget/lambda" not in tags["scalars"] and not tags["images"]
+    assert "budget/offset" not in tags["scalars"] and not tags["images"]
     assert list((tmp_path / "logged" / "tb" / "hparams").glob("events.out.tfevents.*"))
     assert main(["train", "--out", str(tmp_path / "quiet"), "--no-tensorboard", *common]) == 0
     assert (tmp_path / "quiet" / "model.pt").is_file() and not (tmp_path / "quiet" / "tb").exists()

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..budget import PENALTIES, check_target
+from ..budget import check_target
 from ..errors import DnasPruneError
 from ..gate_optimizer import GATE_OPTIMIZERS
 from ..gates import GATE_KINDS
 from ..models import MODEL_NAMES, check_model_name, create_model
 from ..monitor import MonitorHooks
-from ..search import DEFAULT_GATE, SearchConfig, load_pretrained, search
+from ..search import SearchConfig, load_pretrained, search
 from ..training import TrainConfig, init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
@@ -31,27 +31,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     target.add_argument("--target-params", type=float, help="parameter budget as a fraction of the dense model, in (0, 1]")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--pretrained", help="dense checkpoint: a `dnas-prune train` model.pt or a torchvision state_dict")
-    p.add_argument("--gate", choices=GATE_KINDS, default=DEFAULT_GATE, help="gate kind (default: %(default)s)")
+    p.add_argument("--gate", choices=GATE_KINDS, default=SEARCH_DEFAULTS.gate, help="gate kind (default: %(default)s)")
     p.add_argument("--gate-optimizer", choices=GATE_OPTIMIZERS, default=SEARCH_DEFAULTS.gate_optimizer,
                    help="optimizer of the gate logits (default: %(default)s)")
-    p.add_argument("--budget-penalty", choices=PENALTIES, default=SEARCH_DEFAULTS.budget_penalty,
-                   help="hinge: push only while over budget; two_sided: also pull back up when under (default: %(default)s)")
     p.add_argument("--no-cost-normalization", dest="cost_normalized", action="store_false",
                    help="do not divide each gate's gradient by its marginal cost (an ablation)")
     p.add_argument("--gate-lr", type=float, help="lr of the gates (default: scaled to the search length)")
     p.add_argument("--warmup", type=float, default=SEARCH_DEFAULTS.warmup,
-                   help="fraction of the search before budget pressure starts (default: %(default)s)")
+                   help="fraction of the search before the budget starts to descend (default: %(default)s)")
     p.add_argument("--target-ramp", type=float, default=SEARCH_DEFAULTS.target_ramp,
-                   help="fraction of the search over which the budget descends from the dense cost to the target "
-                        "(default: %(default)s, the target applies at once; see README)")
+                   help="fraction of the search over which the budget descends from the dense cost to the target; "
+                        "the hard cost follows it at every step (default: %(default)s)")
+    p.add_argument("--prior-spread", type=float, default=SEARCH_DEFAULTS.prior_spread,
+                   help="gates start ranked by |BN gamma| within each group, logits init +- this "
+                        "(default: %(default)s)")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
     p.add_argument("--channels-per-gate", type=int, default=SEARCH_DEFAULTS.channels_per_gate,
                    help="one gate per K channels, so every searched width is a multiple of K (8 or 16 keep pruned "
                         "layers on fast CPU kernels; default: %(default)s)")
     p.add_argument("--gate-streams", action="store_true",
                    help="also gate the residual streams (default: keep them whole; see README)")
-    p.add_argument("--no-block-gates", dest="block_gates", action="store_false",
-                   help="gate only channels: a block goes only when all its inner channels close (see README)")
+    p.add_argument("--block-gates", action="store_true",
+                   help="also a gate per residual block (default: a block goes when all its inner channels close)")
     p.add_argument("--exclude", nargs="*", default=[], help="gate groups kept open (glob patterns, e.g. 'layer1.*')")
     add_training_args(p, DEFAULTS)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
@@ -64,8 +65,8 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
     if args.round_to is not None and args.round_to < 1:
         raise DnasPruneError(f"--round-to must be a positive integer, got {args.round_to}")
     return SearchConfig(metric=metric, target=target, gate=args.gate, gate_optimizer=args.gate_optimizer,
-                        cost_normalized=args.cost_normalized, budget_penalty=args.budget_penalty,
-                        gate_lr=args.gate_lr, warmup=args.warmup, target_ramp=args.target_ramp,
+                        cost_normalized=args.cost_normalized, gate_lr=args.gate_lr, warmup=args.warmup,
+                        target_ramp=args.target_ramp, prior_spread=args.prior_spread,
                         round_to=args.round_to, channels_per_gate=args.channels_per_gate, exclude=list(args.exclude),
                         gate_streams=args.gate_streams, block_gates=args.block_gates)
 

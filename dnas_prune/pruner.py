@@ -1,0 +1,291 @@
+"""The Pruner: gates, schedule, budget and gate optimizer, for any training loop.
+
+::
+
+    pruner = Pruner(model, input_size=(3, 32, 32), target_macs=0.2, total_steps=len(loader) * epochs)
+    for x, y in loader:
+        loss = criterion(pruner.net(x), y)
+        loss.backward(); optimizer.step(); pruner.step(); optimizer.zero_grad()
+    small = pruner.finalize(calibration_batches)
+
+How the search steers itself to the budget. Every step, before the forward, :func:`~dnas_prune.budget.solve_offset`
+shifts all gate logits by one offset so that the hard decisions (``logit + offset > 0``) cost exactly what the
+current target allows, and the forward is hard with a straight-through gradient from the first step. So:
+
+- the hard cost follows the target at every step by construction; nothing can overshoot below it, and the
+  network trained is the one eval, finalization and the user get;
+- the target descends from the dense cost to the final budget along a cubic ramp (steep first, flat on
+  arrival, as in gradual magnitude pruning), so the weights adapt while units leave a few at a time;
+- the logits only rank units: their gradient, divided by each unit's marginal cost, is the first-order gain of
+  keeping a unit per unit of cost, so the threshold drops units in knapsack order. A closed unit still gets a
+  gradient (its BN output is computed, then multiplied by 0) and comes back when reopening it helps more than
+  the weakest open unit;
+- ties at the start are broken by a small prior, each channel's rank by |BN gamma| within its group: the
+  search starts where uniform L1 pruning would, and moves away from it only where the gradients say so.
+
+What was replaced, and why: a Lagrangian penalty ``lambda * max(0, cost / target - 1)`` with ``lambda`` raised by
+dual ascent (hinge or two-sided) and soft sigmoid gates until a late hard phase. ``lambda`` grows while the cost is
+far above target and the gates then close far below it; once under budget nothing pulls them back, and the
+annealed temperature pushes every negative logit further down. From a parent trained elsewhere the default
+20 % search fell to 2 % of MACs with one block open and stayed at chance while the soft network trained on,
+and the projection then chose the architecture from tied logits. A ramped target only delayed it. Solving the
+multiplier exactly each step (the offset is that multiplier, in logit units) removes the lag that caused it.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, ContextManager, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .budget import check_feasible, project_to_budget, solve_offset
+from .errors import DnasPruneError
+from .finalize import finalize as finalize_net
+from .gate_optimizer import make_gate_optimizer
+from .supernet import Supernet
+
+STREAM_GROUPS = ("stem", "*.stream")  # patterns naming every residual-stream group
+BLOCK_GROUPS = ("layer*.[0-9]", "layer*.[0-9][0-9]")  # patterns naming every block gate (layerS.B, B < 100)
+
+
+@dataclass
+class SearchConfig:
+    """Every knob of the search, with its one default (the CLI flags and TOML keys are derived from these)."""
+
+    metric: str = "macs"
+    target: float = 0.5
+    gate: str = "sigmoid"
+    gate_optimizer: str = "shared_adam"
+    cost_normalized: bool = True  # divide each gate's gradient by its marginal cost
+    gate_lr: float | None = None  # None: scaled to the search length
+    warmup: float = 0.1  # fraction of the search before the target starts to descend
+    target_ramp: float = 0.5  # fraction of the search over which the target descends from dense to the budget
+    final_temperature: float = 0.05  # the straight-through window narrows to this, freezing decisions late
+    init_logit: float = 3.0
+    prior_spread: float = 1.0  # logits start at init_logit +- this, by |BN gamma| rank within each group
+    round_to: int | None = None
+    channels_per_gate: int = 1  # one gate per K channels: every searched width is a multiple of K
+    exclude: list[str] = field(default_factory=list)
+    gate_streams: bool = False  # also gate the residual streams (stem, projections and every branch's last BN)
+    block_gates: bool = False  # True: a gate per residual block too; False: a block goes when its channels do
+    recalibrate_batches: int = 20
+
+    def excluded_groups(self) -> list[str]:
+        """The exclude patterns the supernet gets: the user's, plus the streams unless ``gate_streams``, plus the
+        block gates unless ``block_gates``. A closed stream channel is missing from every block of its stage, so
+        streams stay whole by default; blocks still go, when the search closes all of a block's inner channels."""
+        streams = [] if self.gate_streams else list(STREAM_GROUPS)
+        return list(self.exclude) + streams + ([] if self.block_gates else list(BLOCK_GROUPS))
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.warmup < 1.0:
+            raise DnasPruneError(f"warmup (--warmup) must be a fraction of the search in [0, 1), got {self.warmup}")
+        if not 0.0 <= self.target_ramp <= 1.0 - self.warmup:
+            raise DnasPruneError(f"target_ramp (--target-ramp) must be a fraction of the search in [0, "
+                                 f"{1.0 - self.warmup:g}] (1 - warmup), got {self.target_ramp}")
+        if isinstance(self.channels_per_gate, bool) or not isinstance(self.channels_per_gate, int) \
+                or self.channels_per_gate < 1:
+            raise DnasPruneError(f"channels_per_gate (--channels-per-gate) must be a positive integer, "
+                                 f"got {self.channels_per_gate!r}")
+        if self.round_to is not None and self.round_to % self.channels_per_gate:
+            raise DnasPruneError(f"round_to (--round-to) {self.round_to} is not a multiple of channels_per_gate "
+                                 f"(--channels-per-gate) {self.channels_per_gate}; widths move by whole gates")
+        if self.prior_spread < 0:
+            raise DnasPruneError(f"prior_spread must be >= 0, got {self.prior_spread}")
+
+
+def ramped_target(target: float, elapsed: float, ramp: float) -> float:
+    """The budget ``elapsed`` (a fraction of the whole search, counted from the end of warm-up) into a ramp of
+    length ``ramp``: a cubic descent from the dense cost to ``target``, steep first, flat on arrival."""
+    if elapsed < 0.0:
+        return 1.0
+    if ramp <= 0.0 or elapsed >= ramp:
+        return target
+    return target + (1.0 - target) * (1.0 - elapsed / ramp) ** 3
+
+
+@torch.no_grad()
+def refit_bn(net: nn.Module, batches: Iterable[Any], autocast: Callable[[], ContextManager] = nullcontext) -> int:
+    """Re-estimate every BN's running statistics for the network ``net`` computes in eval mode (a supernet's
+    pinned hard state or a plain model) from ``batches`` (tensors or ``(x, y)`` pairs); returns how many were used.
+    The statistics the search kept followed a network that changed under them."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    was_training = net.training
+    net.train()
+    gates = net.gates.values() if isinstance(net, Supernet) else ()
+    for gate in gates:
+        gate.train(False)  # hard decisions, no sampling
+    used = 0
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        with autocast():
+            net(x)
+        used += 1
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    net.train(was_training)
+    return used
+
+
+class Pruner:
+    """Wraps ``model`` in a :class:`~dnas_prune.supernet.Supernet` and steers its gates to the budget.
+
+    Call :meth:`step` once per training step, after ``loss.backward()``: it updates the gates (their gradients
+    divided by marginal cost) and sets the schedule of the next step (target, offset, temperature). Give the
+    weights' optimizer ``model.parameters()`` as usual: the gates live on :attr:`net`, not in ``model``.
+    Afterwards :meth:`finalize` lands within ±1 % of the target and returns the plain pruned model.
+
+    Readable state: :attr:`net`, :attr:`target` (the current, ramped target), :attr:`hard_ratio` (the cost ratio
+    of the current hard decisions), :attr:`trace` (``(step, target, hard ratio)`` every few steps) and
+    :attr:`max_deviation` (the largest ``|hard / target - 1|`` since warm-up).
+    """
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32), *, total_steps: int,
+                 target_macs: float | None = None, target_params: float | None = None,
+                 config: SearchConfig | None = None, **overrides: Any) -> None:
+        config = config or SearchConfig()
+        if target_macs is not None and target_params is not None:
+            raise DnasPruneError("pass one of target_macs and target_params, not both")
+        if target_macs is not None or target_params is not None:
+            metric, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+            overrides = {"metric": metric, "target": target, **overrides}
+        self.config = replace(config, **overrides)
+        cfg = self.config
+        if isinstance(model, Supernet):
+            self.net = model
+        else:
+            self.net = Supernet(model, input_size, gate=cfg.gate, exclude=cfg.excluded_groups(),
+                                init_logit=cfg.init_logit, channels_per_gate=cfg.channels_per_gate)
+            self._set_prior()
+        check_feasible(self.net, cfg.metric, cfg.target, cfg.round_to)
+        self.net.budget = {"metric": cfg.metric, "target": cfg.target}
+        self.total_steps = max(1, int(total_steps))
+        # Scaled to the search length: a consistently pushed gate crosses its prior's range and the initial
+        # logit within a quarter of the budgeted steps, for 40 steps or 4000.
+        budgeted = max(1.0, self.total_steps * (1.0 - cfg.warmup))
+        self.gate_lr = cfg.gate_lr or min(0.5, max(0.005, cfg.init_logit / (0.25 * budgeted)))
+        self.gate_optimizer = make_gate_optimizer(cfg.gate_optimizer, self.net.gate_parameters(), self.gate_lr)
+        self.steps_done = 0
+        self.trace_every = max(1, self.total_steps // 200)
+        self.trace: list[tuple[int, float, float]] = []
+        self.max_deviation = 0.0
+        self.net.train()
+        self._prepare()
+
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> None:
+        """After ``loss.backward()``: update the gates and set up the next step."""
+        if self.config.cost_normalized:
+            self.normalize_gate_gradients()
+        self.gate_optimizer.step()
+        self.gate_optimizer.zero_grad(set_to_none=True)
+        self.steps_done += 1
+        self._prepare()
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.steps_done / self.total_steps)
+
+    def _prepare(self) -> None:
+        """Target, temperature and offset for step ``steps_done``: a pure function of the step and the logits,
+        so a resumed search replays exactly."""
+        cfg = self.config
+        elapsed = self.progress - cfg.warmup
+        self.target = ramped_target(cfg.target, elapsed, cfg.target_ramp)
+        budgeted = min(1.0, max(0.0, elapsed / max(1e-9, 1.0 - cfg.warmup)))
+        self.temperature = cfg.final_temperature ** budgeted
+        offset, self.hard_ratio = solve_offset(self.net, cfg.metric, self.target, margin=self.temperature)
+        self.net.set_schedule(temperature=self.temperature, hard=True, offset=offset)
+        self.offset = offset
+        if elapsed >= 0:
+            self.max_deviation = max(self.max_deviation, abs(self.hard_ratio / self.target - 1.0))
+        due = self.steps_done % self.trace_every == 0 or self.steps_done == self.total_steps
+        if due and not (self.trace and self.trace[-1][0] == self.steps_done):  # a resume prepares its step again
+            self.trace.append((self.steps_done, self.target, self.hard_ratio))
+
+    @torch.no_grad()
+    def normalize_gate_gradients(self) -> None:
+        """Scale each gate's gradient by (mean marginal cost) / (its marginal cost): the task loss's gradient then
+        ranks gates by importance per unit of cost, the order in which a knapsack would drop them."""
+        costs = self.net.marginal_costs(self.config.metric)
+        sizes = {name: self.net.gate(name).size for name in costs}
+        mean = sum(costs[n] * sizes[n] for n in costs) / max(1, sum(sizes.values()))
+        floor = 1e-2 * mean  # a group whose every consumer is closed costs ~0; its gradient is ~0 too
+        for name, cost in costs.items():
+            grad = self.net.gate(name).logits.grad
+            if grad is not None and mean > 0:
+                grad.mul_(mean / max(cost, floor))
+
+    @torch.no_grad()
+    def _set_prior(self) -> None:
+        """Logits at ``init_logit`` plus ``prior_spread`` times each gate's |BN gamma| rank within its group,
+        from -1 (weakest) to +1; block gates start at the top."""
+        spread = self.config.prior_spread
+        importance = self.net.channel_importance()
+        for name, info in self.net.groups.items():
+            if not info.gated:
+                continue
+            gate = self.net.gate(name)
+            if info.kind == "block" or gate.size < 2:
+                gate.logits.fill_(self.net.init_logit + spread)
+                continue
+            assign = self.net.channel_assignment(name).to(importance[name].device)
+            per_gate = torch.zeros(gate.size, dtype=torch.float64, device=assign.device).index_add_(
+                0, assign, importance[name])
+            rank = torch.empty(gate.size, dtype=torch.float64)
+            rank[torch.argsort(per_gate.cpu(), stable=True)] = torch.linspace(-1.0, 1.0, gate.size, dtype=torch.float64)
+            gate.logits.copy_((self.net.init_logit + spread * rank).to(gate.logits))
+
+    # ------------------------------------------------------------------ the end
+    def project(self) -> dict[str, float]:
+        """Pin a hard state within ±1 % of the target; returns the cost ratio before and after."""
+        cfg = self.config
+        dense = float(getattr(self.net.dense_cost, cfg.metric))
+        before = float(getattr(self.net.hard_cost(), cfg.metric)) / dense
+        after = float(getattr(project_to_budget(self.net, cfg.metric, cfg.target, cfg.round_to), cfg.metric)) / dense
+        return {"before": before, "after": after, "moved": after - before}
+
+    def finalize(self, calibration_batches: Iterable[Any] | None = None,
+                 autocast: Callable[[], ContextManager] = nullcontext) -> nn.Module:
+        """Project onto the budget, refit BN statistics on ``calibration_batches`` (training images, as tensors or
+        ``(x, y)`` pairs; recommended), and return the plain pruned model. The supernet is left pinned."""
+        self.projection = self.project()
+        if calibration_batches is not None:
+            refit_bn(self.net, calibration_batches, autocast)
+        self.net.eval()
+        return finalize_net(self.net)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """The gate optimizer and the step count; the gates, offset and temperature are in ``net.state_dict()``."""
+        return {"gate_optimizer": self.gate_optimizer.state_dict(), "steps_done": self.steps_done,
+                "trace": list(self.trace), "max_deviation": self.max_deviation}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gate_optimizer.load_state_dict(state["gate_optimizer"])
+        self.steps_done = int(state["steps_done"])
+        self.trace = [tuple(t) for t in state["trace"]]
+        self.max_deviation = float(state["max_deviation"])
+        self._prepare()
+
+    def summary(self) -> dict[str, Any]:
+        """What search.json records of the steering."""
+        return {"max_rel_deviation_after_warmup": self.max_deviation, "trace_every": self.trace_every,
+                "trace": [{"step": s, "target": t, "hard_ratio": h} for s, t, h in self.trace]}
+
+
+def expected_ratios(net: Supernet) -> dict[str, float]:
+    """The cost ratios expected under the gate probabilities (what a soft relaxation would pay)."""
+    with torch.no_grad():
+        expected = net.expected_cost()
+    return {"macs": float(expected["macs"]) / net.dense_cost.macs,
+            "params": float(expected["params"]) / net.dense_cost.params}
+
+
