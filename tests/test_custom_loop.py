@@ -1,0 +1,141 @@
+"""experiments/examples/custom_loop.py: its plain loop makes the decisions ``dnas_prune.search`` makes, and the
+script writes a pruned file on the budget."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dnas_prune import Pruner, SearchConfig, TrainConfig, create_model, load_pruned_with_metadata, search
+from dnas_prune.training import TrainHooks
+
+from conftest import REPO, make_synthetic
+
+SCRIPT = REPO / "experiments" / "examples" / "custom_loop.py"
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("custom_loop", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class RecordSteps:
+    """Around the search hooks: appends the gate state after every ``pruner.step()`` to ``states``."""
+
+    def __init__(self, inner: TrainHooks, states: list) -> None:
+        self.inner, self.states = inner, states
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def after_step(self, trainer, step: int, metrics: dict) -> None:
+        self.inner.after_step(trainer, step, metrics)
+        self.states.append(decisions(self.inner.net))
+
+
+def decisions(net) -> dict[str, list[bool]]:
+    return {name: mask.tolist() for name, mask in net.gate_state().items()}
+
+
+@pytest.mark.slow
+def test_plain_loop_makes_the_decisions_search_makes(tmp_path: Path) -> None:
+    """The example's ``train()`` loop and ``dnas_prune.search`` on the same model, seed, batches and schedule take
+    the same gate decisions at every step, before projection, and end with the same network.
+
+    Matched by hand, as a user of the plain loop would write it (nothing below comes from Trainer):
+    - batches: ``data.train.batches(64, train=True, seed=0, epoch=e)`` for each epoch e (random crop + flip, the
+      Trainer's defaults), 4 per epoch, 3 epochs; the BN refit draws the first ``recalibrate_batches`` batches of
+      epoch 10 000, as ``search`` does;
+    - optimizer: SGD(lr 0.05, momentum 0.9, nesterov), weight decay 5e-4 on conv/linear weights (ndim > 1) and none
+      on BN parameters and biases, gates left out (the Pruner steps them);
+    - schedule: per-step cosine from the peak lr to 0 without warm-up (``warmup_epochs=0``);
+    - loss: cross-entropy with label smoothing 0.1; fp32 (``precision="fp32"``), NCHW, no EMA, no distillation.
+    Not matched, because it cannot change what is learned: the BN running statistics ``search`` refits before each
+    epoch's evaluation (training normalizes by batch statistics); both end with the same refit before comparing.
+    """
+    data = make_synthetic(n_train=256, n_eval=64)
+    epochs, batch_size, lr = 3, 64, 0.05
+    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, nesterov=True,
+                               weight_decay=5e-4, label_smoothing=0.1, schedule="cosine", warmup_epochs=0.0,
+                               precision="fp32", memory_format="contiguous", progress=False, seed=0)
+    search_config = SearchConfig(target=0.5, recalibrate_batches=2)
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=data.num_classes)
+    mine = copy.deepcopy(model)
+
+    by_search: list[dict[str, list[bool]]] = []
+    searched, summary = search(model, data, train_config, search_config, tmp_path,
+                               wrap_hooks=lambda inner: RecordSteps(inner, by_search))
+
+    steps_per_epoch = len(data.train) // batch_size
+    total = epochs * steps_per_epoch
+    pruner = Pruner(mine, (3, 32, 32), total_steps=total, config=search_config)
+    weights = [p for p in mine.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD([{"params": [p for p in weights if p.ndim > 1], "weight_decay": 5e-4},
+                                 {"params": [p for p in weights if p.ndim <= 1], "weight_decay": 0.0}],
+                                lr=lr, momentum=0.9, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * (s / total))))
+    mine_states = []
+
+    def batches():
+        for epoch in range(epochs):
+            for x, y in data.train.batches(batch_size, train=True, seed=0, epoch=epoch, flip="random", crop_padding=4):
+                yield x, y
+                mine_states.append(decisions(pruner.net))  # resumed after the step: the state pruner.step() left
+
+    load_example().train(pruner, batches(), optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=0.1))
+
+    assert len(by_search) == len(mine_states) == total
+    first_change = next((i for i, s in enumerate(by_search) if s != by_search[0]), None)
+    assert first_change is not None, "the gates never moved: the comparison would prove nothing"
+    for step, (theirs, ours) in enumerate(zip(by_search, mine_states), start=1):
+        assert ours == theirs, f"after step {step}, decisions differ in {[n for n in ours if ours[n] != theirs[n]]}"
+    before = pruner.net.hard_cost().macs / pruner.net.dense_cost.macs
+    assert before == pytest.approx(summary["before_projection"]["macs_ratio"])
+
+    calibration = itertools.islice(data.train.batches(batch_size, train=True, seed=0, epoch=10_000),
+                                   search_config.recalibrate_batches)
+    small = pruner.finalize(calibration)
+    assert decisions(pruner.net) == decisions(searched)  # the same projection
+    for name, ours in pruner.net.state_dict().items():
+        torch.testing.assert_close(ours, searched.state_dict()[name], rtol=0, atol=1e-5, msg=name)
+    x = next(iter(data.test.batches(16, train=False)))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), searched.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_example_script_writes_a_pruned_file_on_the_target(tiny_cifar: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pruned.pt"
+    code = load_example().main(["--data", str(tiny_cifar), "--target-macs", "0.5", "--steps", "6", "--out", str(out),
+                                "--weights", "none", "--batch-size", "12", "--workers", "0"])
+    assert code == 0
+    model, meta = load_pruned_with_metadata(out)
+    assert abs(meta["macs"] / meta["dense_macs"] / 0.5 - 1) <= 0.01
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "MACs" in printed
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--data", "{missing}"], ["missing", "train"]),
+    (["--data", "{tree}", "--target-macs", "1.5"], ["--target-macs", "1.5"]),
+    (["--data", "{tree}", "--target-macs", "0.001", "--weights", "none"], ["0.001", "floor"]),
+])
+def test_example_script_refuses_bad_input_in_one_line(tiny_cifar: Path, tmp_path: Path, capsys, args, words) -> None:
+    args = [a.format(missing=tmp_path / "missing", tree=tiny_cifar) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        load_example().main([*args, "--out", str(tmp_path / "p.pt"), "--workers", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("custom_loop: error:"), err
+    assert all(word in err for word in words), err
+    assert not (tmp_path / "p.pt").exists()
