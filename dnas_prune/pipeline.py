@@ -38,7 +38,7 @@ from .errors import DnasPruneError
 from .export import FORMATS, SUFFIXES, ExportError, export
 from .finalize import finalize
 from .finetune import finetune_pruned
-from .models import create_model, spec_of
+from .models import available_weights, create_model, spec_of
 from .monitor import MonitorHooks, log_text
 from .profile import latency_progress
 from .pruned_io import load_pruned_with_metadata, save_pruned
@@ -69,7 +69,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
              "workers": None},  # image_size and workers: imagefolder only
     "model": {"name": None},
     # None: epochs // CLEAN_EPOCHS_PER, as `dnas-prune train`
-    "pretrain": {**_train_keys(TRAIN_DEFAULTS), "clean_epochs": None, "checkpoint": None,
+    "pretrain": {**_train_keys(TRAIN_DEFAULTS), "clean_epochs": None, "checkpoint": None, "weights": None,
                  "zero_init_residual": False},
     "search": {**_train_keys(SEARCH_DEFAULTS, without=("ema_decay",)), "target_macs": None, "target_params": None, **_SEARCH_KEYS},
     "finalize": {"round_to": None},
@@ -78,7 +78,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "report": {"batch_sizes": [1, 64], "max_seconds": 3.0, "threads": None},
 }
 # The types of keys whose default is None.
-_OPTIONAL_TYPES = {"out": str, "root": str, "limit_train": int, "name": str, "checkpoint": str, "target_macs": float,
+_OPTIONAL_TYPES = {"out": str, "root": str, "limit_train": int, "name": str, "checkpoint": str, "weights": str,
+                   "target_macs": float,
                    "target_params": float, "round_to": int, "threads": int, "gate_lr": float,
                    "workers": int, "clean_epochs": int}
 _FILE_PATHS = (("data", "root"), ("pretrain", "checkpoint"))
@@ -189,6 +190,13 @@ def _validate(config: Config) -> None:
     if config[""]["device"] not in ("cpu", "cuda"):
         raise DnasPruneError(f"device must be cpu or cuda, got {config['']['device']!r}")
     search_config_of(config)
+    parent = config["pretrain"]
+    if parent["weights"] is not None and parent["checkpoint"] is not None:
+        raise DnasPruneError("[pretrain] takes weights or checkpoint, not both")
+    if parent["weights"] is not None and parent["weights"] not in available_weights(config["model"]["name"]):
+        shipped = available_weights(config["model"]["name"]) or "none"
+        raise DnasPruneError(f"pretrain.weights: no {parent['weights']!r} weights are shipped for "
+                             f"{config['model']['name']} (shipped: {shipped})")
     for stage in ("pretrain", "search", "finetune"):
         train_config_of(config, stage)
     for section in ("search", "finalize"):
@@ -339,10 +347,11 @@ class Pipeline:
         metadata = {"command": "run", "model": name, "data": root, "limit_train": self.config["data"]["limit_train"],
                     "val_size": self.config["data"]["val_size"]}
         seed_everything(top["seed"])
-        if cfg["checkpoint"] is not None:
-            model = load_pretrained(cfg["checkpoint"], name, data.num_classes)
+        if cfg["checkpoint"] is not None or cfg["weights"] is not None:
+            source = cfg["checkpoint"] or cfg["weights"]
+            model = load_pretrained(source, name, data.num_classes)
             trainer = Trainer(model, data, train_config, out, metadata=metadata)
-            metrics = {"test_acc": trainer.evaluate(data.test)["acc"], "source": cfg["checkpoint"]}
+            metrics = {"test_acc": trainer.evaluate(data.test)["acc"], "source": source}
             if len(data.val):
                 metrics["val_acc"] = trainer.evaluate(data.val)["acc"]
         else:
@@ -491,7 +500,7 @@ class RunClock:
 
     def _epochs(self, stage: str) -> int:
         config = self.pipeline.config
-        if stage == "pretrain" and config["pretrain"]["checkpoint"] is not None:
+        if stage == "pretrain" and (config["pretrain"]["checkpoint"] or config["pretrain"]["weights"]) is not None:
             return 0
         return config[stage]["epochs"] if stage in ("pretrain", "search", "finetune") else 0
 

@@ -34,9 +34,10 @@ multiplier exactly each step (the offset is that multiplier, in logit units) rem
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -122,9 +123,10 @@ def refit_bn(net: nn.Module, batches: Iterable[Any], autocast: Callable[[], Cont
     gates = net.gates.values() if isinstance(net, Supernet) else ()
     for gate in gates:
         gate.train(False)  # hard decisions, no sampling
+    device = next(net.parameters()).device
     used = 0
     for batch in batches:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
         with autocast():
             net(x)
         used += 1
@@ -188,6 +190,11 @@ class Pruner:
         self.gate_optimizer.zero_grad(set_to_none=True)
         self.steps_done += 1
         self._prepare()
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """What the weights' optimizer should take: the model's parameters, never the gate logits, which the
+        Pruner's own optimizer updates (the same as ``model.parameters()`` of the wrapped model)."""
+        return self.net.weight_parameters()
 
     @property
     def progress(self) -> float:
@@ -256,6 +263,10 @@ class Pruner:
                  autocast: Callable[[], ContextManager] = nullcontext) -> nn.Module:
         """Project onto the budget, refit BN statistics on ``calibration_batches`` (training images, as tensors or
         ``(x, y)`` pairs; recommended), and return the plain pruned model. The supernet is left pinned."""
+        if self.steps_done < self.total_steps:
+            warnings.warn(f"finalize after {self.steps_done} of total_steps={self.total_steps} steps: the target had "
+                          f"only descended to {self.target:.3f}, and the projection makes the rest of the jump to "
+                          f"{self.config.target:g} untrained; pass the real number of steps", stacklevel=2)
         self.projection = self.project()
         if calibration_batches is not None:
             refit_bn(self.net, calibration_batches, autocast)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .data import TrainingData
 from .errors import CheckpointError, DnasPruneError
-from .models import build_model, create_model
+from .models import available_weights, build_model, create_model
 from .pruner import Pruner, SearchConfig, expected_ratios, refit_bn
 from .supernet import Supernet
 from .checkpoint import atomic_write_json, safe_load
@@ -71,8 +71,10 @@ class SearchHooks(TrainHooks):
 
 
 def load_pretrained(path: str | Path, model_name: str | None, num_classes: int) -> nn.Module:
-    """A dense model from a ``dnas-prune train`` output (``model.pt`` or ``train.pt``) or a plain
-    torchvision-style state_dict (then ``model_name`` says which architecture)."""
+    """A dense model from a ``dnas-prune train`` output (``model.pt`` or ``train.pt``), a plain torchvision-style
+    state_dict (then ``model_name`` says which architecture), or the tag of shipped weights such as ``cifar10``."""
+    if not Path(path).exists() and model_name is not None and str(path) in available_weights(model_name):
+        return create_model(model_name, num_classes=num_classes, weights=str(path))
     state = safe_load(path, "a dnas_prune model or a state_dict")
     if isinstance(state, dict) and "spec" in state and "state_dict" in state:
         model, weights = build_model(state["spec"]), state["state_dict"]

@@ -14,7 +14,7 @@ from dnas_prune.pruned_io import load_pruned_with_metadata
 from dnas_prune.training import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
-QUICKSTART = CONFIGS / "quickstart.toml"
+QUICKSTART = CONFIGS / "from_scratch.toml"  # the pretrain stage included
 # Every training stage: one epoch of batch 8 on the tiny tree (30 train images after a val split of 6).
 TINY = [
     "data.val_size=6", "data.limit_train=1024", "progress=false", "export.formats=['onnx']",

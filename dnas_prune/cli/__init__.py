@@ -25,8 +25,8 @@ the whole recipe from one TOML file:
   dnas-prune run experiments/configs/quickstart.toml
 
 step by step:
-  dnas-prune train --model cifar_resnet20 --out runs/dense
-  dnas-prune search --model cifar_resnet20 --pretrained runs/dense/model.pt --target-macs 0.5 --out runs/search
+  dnas-prune search --model cifar_resnet20 --pretrained cifar10 --target-macs 0.5 --out runs/search
+  (or train your own parent: dnas-prune train --model cifar_resnet20 --out runs/dense; --pretrained runs/dense/model.pt)
   dnas-prune finalize runs/search/supernet.pt -o runs/pruned.pt
   dnas-prune finetune runs/pruned.pt --out runs/finetune
   dnas-prune export runs/finetune/pruned.pt --format onnx

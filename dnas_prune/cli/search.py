@@ -30,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     target.add_argument("--target-macs", type=float, help="MACs budget as a fraction of the dense model, in (0, 1]")
     target.add_argument("--target-params", type=float, help="parameter budget as a fraction of the dense model, in (0, 1]")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--pretrained", help="dense checkpoint: a `dnas-prune train` model.pt or a torchvision state_dict")
+    p.add_argument("--pretrained", help="dense parent: 'cifar10' (the shipped pretrained weights of --model), a `dnas-prune train` model.pt "
+                        "or a torchvision state_dict")
     p.add_argument("--gate", choices=GATE_KINDS, default=SEARCH_DEFAULTS.gate, help="gate kind (default: %(default)s)")
     p.add_argument("--gate-optimizer", choices=GATE_OPTIMIZERS, default=SEARCH_DEFAULTS.gate_optimizer,
                    help="optimizer of the gate logits (default: %(default)s)")

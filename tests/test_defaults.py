@@ -1,0 +1,38 @@
+"""One source of defaults per knob: every CLI flag's default is its config field's default."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+
+from dnas_prune.cli import build_parser
+from dnas_prune.cli import finetune as finetune_cli
+from dnas_prune.cli import search as search_cli
+from dnas_prune.cli import train as train_cli
+from dnas_prune.cli.common import train_config_from
+from dnas_prune.pipeline import SCHEMA
+from dnas_prune.pruner import SearchConfig
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+def test_search_flags_default_to_the_search_config() -> None:
+    args = parse("search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--out", "x")
+    assert search_cli.search_config_from(args) == SearchConfig(metric="macs", target=0.5)
+    assert train_config_from(args) == search_cli.DEFAULTS
+
+
+def test_train_and_finetune_flags_default_to_their_recipes() -> None:
+    args = parse("train", "--model", "cifar_resnet20")
+    expected = asdict(train_cli.DEFAULTS) | {"clean_epochs": train_cli.DEFAULTS.epochs // train_cli.CLEAN_EPOCHS_PER}
+    assert asdict(train_config_from(args)) == expected
+    args = parse("finetune", "pruned.pt", "--out", "x")
+    assert train_config_from(args) == finetune_cli.DEFAULTS
+
+
+def test_every_search_field_is_a_toml_key_with_the_same_default() -> None:
+    defaults = SearchConfig()
+    for f in fields(SearchConfig):
+        if f.name not in ("metric", "target"):
+            assert SCHEMA["search"][f.name] == getattr(defaults, f.name), f.name

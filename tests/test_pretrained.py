@@ -1,0 +1,79 @@
+"""Shipped pretrained parents: they load like torchvision weights, are what their metadata says, and classify."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnas_prune import DnasPruneError, create_model
+from dnas_prune.data import CIFAR10_MEAN, CIFAR10_STD, Split, load_dataset
+from dnas_prune.models import available_weights, weights_info
+from dnas_prune.models import pretrained
+from dnas_prune.pipeline import load_config
+from dnas_prune.search import load_pretrained
+
+SHIPPED = [key.split(".", 1) for key in pretrained._index()]
+
+
+def test_cifar_resnet20_is_shipped_small_and_as_recorded() -> None:
+    assert available_weights("cifar_resnet20") == ["cifar10"]
+    total = 0
+    for name, tag in SHIPPED:
+        info = weights_info(name, tag)
+        data = (pretrained.WEIGHTS_DIR / info["file"]).read_bytes()
+        total += len(data)
+        assert hashlib.sha256(data).hexdigest() == info["sha256"]
+        assert info["normalization"] == {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}
+        assert info["recipe"]["epochs"] > 0 and info["command"].startswith("dnas-prune train")
+        assert info["machine"]["cpu_flags"]  # the ISA is part of the record
+    assert total <= 6_000_000
+
+
+@pytest.mark.parametrize("name,tag", SHIPPED)
+def test_shipped_parent_classifies_2000_test_images(cifar_root: Path, name: str, tag: str) -> None:
+    """Every fifth test image (all ten classes), normalized as the training data was."""
+    info = weights_info(name, tag)
+    model = create_model(name, weights=tag).eval()
+    data, _ = load_dataset("cifar", cifar_root, val_size=0, limit_train=64, seed=0)
+    test = data.test
+    subset = Split(test.images[::5].contiguous(), test.labels[::5].contiguous())
+    correct = 0
+    with torch.no_grad():
+        for x, y in subset.batches(500, train=False):
+            correct += int((model(x).argmax(1) == y).sum())
+    accuracy = correct / len(subset)
+    assert len(subset) == 2000
+    assert accuracy >= info["test_acc"] - 0.02
+    assert accuracy >= 0.85
+
+
+def test_corrupt_or_unknown_weights_are_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DnasPruneError, match="shipped: cifar_resnet20") as info:
+        create_model("cifar_resnet56", weights="cifar10")
+    assert "\n" not in str(info.value)
+    with pytest.raises(DnasPruneError, match="weights must be one of"):
+        create_model("cifar_resnet20", weights=123)
+    with pytest.raises(DnasPruneError, match="10 classes"):
+        create_model("cifar_resnet20", num_classes=3, weights="cifar10")
+    entry = dict(weights_info("cifar_resnet20", "cifar10"), sha256="0" * 64)
+    monkeypatch.setattr(pretrained, "_index", lambda: {"cifar_resnet20.cifar10": entry})
+    with pytest.raises(DnasPruneError, match="corrupt"):
+        create_model("cifar_resnet20", weights="cifar10")
+
+
+def test_pretrained_cifar10_names_the_shipped_parent_in_cli_and_toml(tmp_path: Path) -> None:
+    """``--pretrained cifar10`` and ``pretrain.weights = "cifar10"`` both mean the shipped weights; a tag that is
+    not shipped fails before any data is read."""
+    shipped = create_model("cifar_resnet20", weights="cifar10")
+    loaded = load_pretrained("cifar10", "cifar_resnet20", 10)
+    for a, b in zip(shipped.state_dict().values(), loaded.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nname = "cifar_resnet20"\n[pretrain]\nweights = "cifar10"\n[search]\ntarget_macs = 0.5\n')
+    assert load_config(config)["pretrain"]["weights"] == "cifar10"
+    config.write_text('[model]\nname = "cifar_resnet56"\n[pretrain]\nweights = "cifar10"\n[search]\ntarget_macs = 0.5\n')
+    with pytest.raises(DnasPruneError, match="pretrain.weights"):
+        load_config(config)
