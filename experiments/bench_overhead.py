@@ -3,9 +3,11 @@
 Three steps on cifar_resnet56, batch 256, bf16 autocast, channels_last, random data (as the trainer runs):
 
 - ``plain``: forward, cross-entropy, backward, SGD step of the dense model;
-- ``gated``: the same through a :class:`Supernet` with :class:`SearchHooks` (expected cost, budget penalty,
-  gate Adam step, dual update), schedule fixed mid-search (budget active, soft gates);
-- ``monitored``: the gated step wrapped in :class:`MonitorHooks` at its default frequencies.
+- ``gated``: the same through the :class:`Pruner`'s supernet, then ``pruner.step()`` (cost-normalized gate
+  gradients, gate optimizer step, the next step's offset solved onto the ramped target), mid-search (target
+  descending, hard straight-through gates);
+- ``monitored``: the gated step through :class:`SearchHooks` wrapped in :class:`MonitorHooks` at its default
+  frequencies (the hooks call ``pruner.step()`` in ``after_step``).
 
 Repeats are interleaved (plain, gated, monitored, plain, ...) so machine noise hits all three alike. The
 monitored step is timed on non-logging steps; the logging events (scalar step, histogram step, epoch end with
@@ -36,14 +38,14 @@ from torch import nn
 
 from dnas_prune.models import create_model
 from dnas_prune.monitor import HISTOGRAM_EVERY, SCALAR_EVERY, MonitorHooks
-from dnas_prune.search import SearchConfig, SearchHooks
-from dnas_prune.supernet import Supernet
+from dnas_prune.pruner import Pruner
+from dnas_prune.search import SearchHooks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL, BATCH, TRAIN_IMAGES = "cifar_resnet56", 256, 45_000
 STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 TOTAL_STEPS = 10 * STEPS_PER_EPOCH  # the search default: 10 epochs
-MID_STEP = TOTAL_STEPS // 2 + 1  # budget active, soft gates; never a logging step (not a multiple of 20 or 175)
+MID_STEP = TOTAL_STEPS // 2 + 1  # target descending (ramp 0.1 to 0.6); never a logging step (not a multiple of 20, 175)
 
 
 def cpu_model() -> str:
@@ -71,6 +73,18 @@ def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     optimizer.step()
 
 
+def pruner_step(pruner: Pruner, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One search step as any training loop writes it: forward, backward, optimizer.step(), pruner.step()."""
+    pruner.steps_done = MID_STEP - 1  # every timed step at the same point of the schedule
+    with autocast():
+        logits = pruner.net(x)
+        ce = nn.functional.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    ce.backward()
+    optimizer.step()
+    pruner.step()
+
+
 def hooked_step(trainer: SimpleNamespace, hooks, x: torch.Tensor, y: torch.Tensor, step: int) -> None:
     """One step in the Trainer's order of hook calls."""
     with autocast():
@@ -82,18 +96,26 @@ def hooked_step(trainer: SimpleNamespace, hooks, x: torch.Tensor, y: torch.Tenso
     hooks.before_optimizer_step(trainer)
     trainer.optimizer.step()
     trainer.global_step = step
+    trainer.pruner.steps_done = step - 1  # the stand-in trainer carries the pruner: every timed step at one point
     hooks.after_step(trainer, step, {"loss": ce.detach(), "lr": trainer.optimizer.param_groups[0]["lr"]})
 
 
-def search_setup(seed: int) -> tuple[SimpleNamespace, SearchHooks]:
+def search_setup(seed: int) -> tuple[Pruner, torch.optim.Optimizer]:
+    """A Pruner (default search, 10 epochs) at ``MID_STEP`` and the SGD of its model's weights."""
     torch.manual_seed(seed)
-    net = Supernet(create_model(MODEL)).to(memory_format=torch.channels_last).train()
-    hooks = SearchHooks(net, SearchConfig(), TOTAL_STEPS)
-    excluded = {id(p) for p in hooks.excluded_parameters()}
-    optimizer = sgd([p for p in net.parameters() if id(p) not in excluded])
-    trainer = SimpleNamespace(model=net, optimizer=optimizer, is_main=True, global_step=0,
+    model = create_model(MODEL)
+    pruner = Pruner(model, (3, 32, 32), total_steps=TOTAL_STEPS)
+    pruner.net.to(memory_format=torch.channels_last).train()
+    pruner.load_state_dict({**pruner.state_dict(), "steps_done": MID_STEP - 1})
+    return pruner, sgd(model.parameters())
+
+
+def monitored_setup(seed: int) -> tuple[SimpleNamespace, SearchHooks]:
+    """The same as the Trainer would drive it: SearchHooks around a fresh Pruner, and a stand-in trainer."""
+    pruner, optimizer = search_setup(seed)
+    trainer = SimpleNamespace(model=pruner.net, optimizer=optimizer, pruner=pruner, is_main=True, global_step=0,
                               steps_per_epoch=STEPS_PER_EPOCH, epoch=0, config=SimpleNamespace(batch_size=BATCH))
-    return trainer, hooks
+    return trainer, SearchHooks(pruner)
 
 
 def timed(fn: Callable[[], None]) -> float:
@@ -119,15 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     plain = create_model(MODEL).to(memory_format=torch.channels_last).train()
     plain_opt = sgd(plain.parameters())
-    gated_trainer, gated_hooks = search_setup(args.seed)
-    mon_trainer, mon_inner = search_setup(args.seed)
+    gated, gated_opt = search_setup(args.seed)
+    mon_trainer, mon_inner = monitored_setup(args.seed)
     log_dir = Path(tempfile.mkdtemp(prefix="bench_overhead_tb_"))
     monitor = MonitorHooks(mon_inner, log_dir)
     monitor.on_epoch_start(mon_trainer, 0)
 
     variants = {
         "plain": lambda: plain_step(plain, plain_opt, x, y),
-        "gated": lambda: hooked_step(gated_trainer, gated_hooks, x, y, MID_STEP),
+        "gated": lambda: pruner_step(gated, gated_opt, x, y),
         "monitored": lambda: hooked_step(mon_trainer, monitor, x, y, MID_STEP),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}

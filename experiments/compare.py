@@ -7,7 +7,10 @@ prunes, then finetunes F epochs. Each (method, target) row, finished or failed, 
 and skipped on a rerun (delete its file to redo it; an interrupted row resumes from its checkpoints); the
 table (with missing rows marked "not run") is rewritten after every row.
 
-    python experiments/compare.py --dense /work/runs/r20_dense/model.pt --targets 0.5 0.2 \
+An "ours" method is a set of :class:`~dnas_prune.SearchConfig` overrides (the same knobs as the
+``dnas-prune search`` flags) run through :func:`dnas_prune.search`; ``ours`` is the defaults.
+
+    python experiments/compare.py --parent cifar10 --model cifar_resnet20 --targets 0.5 0.2 \
         --search-epochs 3 --finetune-epochs 5 --methods ours tp_magnitude uniform_l1
 """
 
@@ -22,7 +25,7 @@ import shlex
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,8 @@ from dnas_prune.finetune import finetune_pruned
 from dnas_prune.models import create_model, spec_of
 from dnas_prune.profile import compare_latency
 from dnas_prune.pruned_io import load_pruned_with_metadata, save_pruned
-from dnas_prune.search import SearchConfig, load_pretrained, load_supernet, search
-from dnas_prune.supernet import Supernet
+from dnas_prune.pruner import SearchConfig
+from dnas_prune.search import load_pretrained, load_supernet, search
 from dnas_prune.training import Trainer, TrainConfig, TrainHooks
 from peers import as_plain, bisect_ratio, machine, make_tp_pruner, tp_prune_to_macs, uniform_l1
 
@@ -47,61 +50,43 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True)
 class Method:
+    name: str
     label: str
-    kind: str  # "ours" | "tp" | "uniform"
-    gate: str = "sigmoid"
-    gates: str = "block_inner"  # ours: "block_inner" | "block" (block gates only) | "inner" (inner channels only)
-    gate_streams: bool = SearchConfig.gate_streams
-    gate_optimizer: str = SearchConfig.gate_optimizer
-    cost_normalized: bool = SearchConfig.cost_normalized
-    budget_penalty: str = SearchConfig.budget_penalty
-    round_to: int | None = SearchConfig.round_to
-    channels_per_gate: int = SearchConfig.channels_per_gate
-    target_ramp: float = SearchConfig.target_ramp
+    kind: str  # "ours" | "tp_magnitude" | "tp_slimming" | "uniform"
+    search: dict[str, Any] = field(default_factory=dict)  # ours: SearchConfig overrides (target comes per row)
     search_epochs: int | None = None  # ours: overrides --search-epochs (the finetune gets the rest of the epochs)
-    tp_method: str = ""
+
+    def search_config(self, target: float) -> SearchConfig:
+        return SearchConfig(**{"target": target, **self.search})
 
 
-METHODS = {
-    "ours": Method("dnas_prune (sigmoid, block + inner-channel gates, streams whole)", "ours"),
-    "ours_block_only": Method("dnas_prune, block gates only", "ours", gates="block"),
-    "ours_inner_only": Method("dnas_prune, inner-channel gates only", "ours", gates="inner"),
-    "ours_bernoulli": Method("dnas_prune, bernoulli gates", "ours", gate="bernoulli"),
-    "ours_hard_concrete": Method("dnas_prune, hard-concrete gates", "ours", gate="hard_concrete"),
-    "ours_two_sided": Method("dnas_prune, two-sided budget penalty", "ours", budget_penalty="two_sided"),
-    "ours_adam": Method("dnas_prune, per-parameter Adam on the gates", "ours", gate_optimizer="adam"),
-    "ours_unnormalized": Method("dnas_prune, gate gradients not divided by cost", "ours", cost_normalized=False),
-    "ours_round8": Method("dnas_prune, kept widths rounded to multiples of 8", "ours", round_to=8),
-    "ours_ramp": Method("dnas_prune, budget ramped down over half the search", "ours", target_ramp=0.5),
-    "ours_ramp_round8": Method("dnas_prune, ramped budget, widths rounded to multiples of 8", "ours",
-                               target_ramp=0.5, round_to=8),
-    "ours_ramp_inner_only": Method("dnas_prune, ramped budget, inner-channel gates only", "ours", target_ramp=0.5,
-                                   gates="inner"),
-    "ours_ramp_inner_only_round8": Method("dnas_prune, ramped budget, inner-channel gates only, widths rounded to "
-                                          "multiples of 8", "ours", target_ramp=0.5, gates="inner", round_to=8),
-    "ours_g8": Method("dnas_prune, one gate per 8 channels (searched widths are multiples of 8)", "ours",
-                      channels_per_gate=8),
-    "ours_ramp_inner_only_g8": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 8 "
-                                      "channels", "ours", target_ramp=0.5, gates="inner", channels_per_gate=8),
-    "ours_ramp_inner_only_g8_1search": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 8 "
-                                              "channels, one search epoch (the finetune gets the rest)", "ours",
-                                              target_ramp=0.5, gates="inner", channels_per_gate=8, search_epochs=1),
-    "ours_ramp_inner_only_g4_1search": Method("dnas_prune, ramped budget, inner-channel gates only, one gate per 4 "
-                                              "channels, one search epoch (the finetune gets the rest)", "ours",
-                                              target_ramp=0.5, gates="inner", channels_per_gate=4, search_epochs=1),
-    "ours_ramp_1search": Method("dnas_prune, ramped budget, one search epoch (the finetune gets the rest)", "ours",
-                                target_ramp=0.5, search_epochs=1),
-    "ours_streams": Method("dnas_prune, residual streams gated too", "ours", gate_streams=True),
-    "ours_streams_two_sided": Method("dnas_prune, streams gated, two-sided budget penalty", "ours", gate_streams=True,
-                                     budget_penalty="two_sided"),
-    "ours_streams_adam": Method("dnas_prune, streams gated, per-parameter Adam on the gates", "ours",
-                                gate_streams=True, gate_optimizer="adam"),
-    "ours_streams_unnormalized": Method("dnas_prune, streams gated, gate gradients not divided by cost", "ours",
-                                        gate_streams=True, cost_normalized=False),
-    "tp_magnitude": Method("Torch-Pruning, group L2 magnitude", "tp", tp_method="magnitude"),
-    "tp_slimming": Method("Torch-Pruning, BN-scale slimming + sparse training", "tp", tp_method="slimming"),
-    "uniform_l1": Method("uniform L1-norm filter pruning", "uniform"),
-}
+def _methods(*methods: Method) -> dict[str, Method]:
+    return {m.name: m for m in methods}
+
+
+# Rows named in results from before the Pruner (e5a8561) ran the Lagrangian search: compare_summary.py keeps them
+# apart by the report's "search" field, and a name reused here (ours, ours_g8, ...) means the search of today.
+METHODS = _methods(
+    Method("ours", "dnas_prune defaults (sigmoid channel gates, streams whole, a block goes with its channels)",
+           "ours"),
+    Method("ours_block_gates", "dnas_prune, a gate per residual block too (--block-gates)", "ours",
+           {"block_gates": True}),
+    Method("ours_g8", "dnas_prune, one gate per 8 channels (--channels-per-gate 8)", "ours", {"channels_per_gate": 8}),
+    Method("ours_g8_1search", "dnas_prune, one gate per 8 channels, one search epoch (the finetune gets the rest)",
+           "ours", {"channels_per_gate": 8}, search_epochs=1),
+    Method("ours_round8", "dnas_prune, kept widths rounded to multiples of 8 (--round-to 8)", "ours", {"round_to": 8}),
+    Method("ours_unnormalized", "dnas_prune, gate gradients not divided by cost (--no-cost-normalization)", "ours",
+           {"cost_normalized": False}),
+    Method("ours_streams", "dnas_prune, residual streams gated too (--gate-streams)", "ours", {"gate_streams": True}),
+    Method("ours_adam", "dnas_prune, per-parameter Adam on the gates (--gate-optimizer adam)", "ours",
+           {"gate_optimizer": "adam"}),
+    Method("ours_bernoulli", "dnas_prune, bernoulli gates (--gate bernoulli)", "ours", {"gate": "bernoulli"}),
+    Method("ours_hard_concrete", "dnas_prune, hard-concrete gates (--gate hard_concrete)", "ours",
+           {"gate": "hard_concrete"}),
+    Method("tp_magnitude", "Torch-Pruning, group L2 magnitude", "tp_magnitude"),
+    Method("tp_slimming", "Torch-Pruning, BN-scale slimming + sparse training", "tp_slimming"),
+    Method("uniform_l1", "uniform L1-norm filter pruning", "uniform"),
+)
 
 
 class SlimmingHooks(TrainHooks):
@@ -126,11 +111,19 @@ def teacher_of(dense: nn.Module, args: argparse.Namespace) -> nn.Module | None:
     return copy.deepcopy(dense) if args.distill_weight > 0 else None
 
 
-def exclude_patterns(dense: nn.Module, gates: str, input_size: tuple[int, ...]) -> list[str]:
-    """SearchConfig.exclude for an ablation: the block or inner groups that stay ungated (streams: gate_streams)."""
-    dropped = {"block_inner": (), "block": ("inner",), "inner": ("block",)}[gates]
-    groups = Supernet(copy.deepcopy(dense), input_size).groups
-    return [name for name, info in groups.items() if info.kind in dropped]
+SHIPPED = "cifar10"  # --parent cifar10: the pretrained weights shipped with dnas_prune
+
+
+def load_parent(parent: str, model_name: str, num_classes: int) -> tuple[nn.Module, str]:
+    """The dense parent (a model file, or the shipped weights for ``--parent cifar10``) and the id the report keeps
+    it by: the sha256 of its file, or of the shipped weights' tensors."""
+    if parent == SHIPPED:
+        model = create_model(model_name, num_classes=num_classes, weights=SHIPPED)
+        digest = hashlib.sha256()
+        for tensor in model.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return model, f"{SHIPPED} weights {digest.hexdigest()[:12]}"
+    return load_pretrained(parent, model_name, num_classes), hashlib.sha256(Path(parent).read_bytes()).hexdigest()[:12]
 
 
 def evaluate(model: nn.Module, data: CifarData, seed: int, work: Path) -> dict[str, float]:
@@ -151,44 +144,36 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
     target_macs = int(target * dense_macs)
     if method.kind == "ours":
         search_epochs = method.search_epochs or args.search_epochs
-        exclude = exclude_patterns(dense, method.gates, input_size)
+        config = method.search_config(target)
         if (row_dir / "search" / "search.json").is_file():
             net = load_supernet(row_dir / "search" / "supernet.pt")
             summary = json.loads((row_dir / "search" / "search.json").read_text())
         else:
             net, summary = search(copy.deepcopy(dense), data, recipe(search_epochs, args.seed, args.distill_weight),
-                                  SearchConfig(target=target, gate=method.gate, gate_optimizer=method.gate_optimizer,
-                                               cost_normalized=method.cost_normalized,
-                                               budget_penalty=method.budget_penalty, exclude=exclude,
-                                               gate_streams=method.gate_streams, round_to=method.round_to,
-                                               channels_per_gate=method.channels_per_gate,
-                                               target_ramp=method.target_ramp),
-                                  row_dir / "search",
-                                  resume=True, input_size=input_size)
+                                  config, row_dir / "search", resume=True, input_size=input_size)
         model = finalize(net.eval())
-        info = {"exclude": exclude, "gate": method.gate, "gate_optimizer": method.gate_optimizer,
-                "cost_normalized": method.cost_normalized, "budget_penalty": method.budget_penalty,
-                "gate_streams": method.gate_streams, "round_to": method.round_to,
-                "channels_per_gate": method.channels_per_gate, "target_ramp": method.target_ramp,
-                "blocks_open": summary["gates"]["blocks_open"],
-                "blocks_total": summary["gates"]["blocks_total"],
+        info = {"overrides": dict(method.search), "search": asdict(config),
+                "blocks_open": summary["gates"]["blocks_open"], "blocks_total": summary["gates"]["blocks_total"],
+                "max_rel_deviation_after_warmup": summary["steering"]["max_rel_deviation_after_warmup"],
+                "projection_moved": summary["projection"]["moved"],
                 "pre_finetune_test_acc": summary["accuracy"]["test"]}
         return model, info, search_epochs
     if method.kind == "uniform":
         model, _, info = bisect_ratio(lambda r: uniform_l1(dense, r), target_macs, input_size)
         return model, {**info, **_pre(model, data, args.seed, row_dir)}, 0
+    tp_method = method.kind.removeprefix("tp_")
     model = copy.deepcopy(dense)
-    pruner = make_tp_pruner(model, input_size, method.tp_method)
+    pruner = make_tp_pruner(model, input_size, tp_method)
     before = 0
     extra: dict[str, Any] = {}
-    if method.tp_method == "slimming":
+    if tp_method == "slimming":
         trainer = Trainer(model, data, recipe(args.search_epochs, args.seed, args.distill_weight), row_dir / "sparse",
                           hooks=SlimmingHooks(pruner, args.slimming_reg), checkpoint_name="sparse.pt",
                           teacher=teacher_of(dense, args))
         trainer.fit(resume=trainer.checkpoint_path.is_file())
         model.to(memory_format=torch.contiguous_format)
         before, extra = args.search_epochs, {"reg": args.slimming_reg}
-    info = tp_prune_to_macs(model, pruner, target_macs, input_size, method.tp_method)
+    info = tp_prune_to_macs(model, pruner, target_macs, input_size, tp_method)
     model = as_plain(model)
     return model, {**info, **extra, **_pre(model, data, args.seed, row_dir)}, before
 
@@ -318,6 +303,8 @@ def _notes(row: dict) -> str:
     parts = [f"{epochs['before_finetune']}+{epochs['finetune']} ep"]
     if "blocks_open" in info:
         parts.append(f"{info['blocks_open']}/{info['blocks_total']} blocks")
+    if "max_rel_deviation_after_warmup" in info:
+        parts.append(f"hard cost within {100 * info['max_rel_deviation_after_warmup']:.1f} % of the ramp")
     if "ratio" in info:
         parts.append(f"inner ratio {info['ratio']:.3f}")
     if "steps" in info:
@@ -338,8 +325,8 @@ def write_report(args: argparse.Namespace, rows: dict[str, dict], dense: nn.Modu
                                  "latency": latency}
     report = {
         "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "threads": threads, "model": args.model, "dense_path": str(args.dense),
-        "parent": hashlib.sha256(args.dense.read_bytes()).hexdigest()[:12], "series": args.series,
+        "machine": machine(), "threads": threads, "model": args.model, "dense_path": args.parent,
+        "parent": args.parent_id, "series": args.series, "search": "pruner",
         "data": args.data, "train_images": len(data.train),
         "val_images": len(data.val), "test_images": len(data.test), "seed": args.seed, "seeds": [args.seed],
         "search_epochs": args.search_epochs, "finetune_epochs": args.finetune_epochs,
@@ -354,9 +341,13 @@ def write_report(args: argparse.Namespace, rows: dict[str, dict], dense: nn.Modu
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dense", type=Path, default=Path("/work/runs/r20_dense/model.pt"),
-                        help="a `dnas-prune train` model.pt")
-    parser.add_argument("--model", default="cifar_resnet20", help="architecture (for a plain state_dict)")
+    parser.add_argument("--parent", "--dense", dest="parent", default=SHIPPED,
+                        help="the dense model every method starts from: a `dnas-prune train` model.pt (or a "
+                        f"state_dict of --model), or `{SHIPPED}` for the pretrained weights shipped with dnas_prune "
+                        "(default: %(default)s)")
+    parser.add_argument("--model", default="cifar_resnet20",
+                        help="the parent's architecture (checked against a model file; names a state_dict's or the "
+                        "shipped weights'; default: %(default)s)")
     parser.add_argument("--data", default=None, help="CIFAR-10 root (default: $DNAS_PRUNE_DATA)")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.2], help="MACs fractions of dense")
     parser.add_argument("--search-epochs", type=int, default=3)
@@ -388,9 +379,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args.data = str(resolve_data_root(args.data, download=False))
     data = load_cifar10(args.data, limit_train=args.limit_train, seed=args.seed)
-    dense = load_pretrained(args.dense, args.model, data.num_classes).eval()
+    dense, args.parent_id = load_parent(args.parent, args.model, data.num_classes)
+    dense.eval()
     if spec_of(dense) != spec_of(create_model(args.model, num_classes=data.num_classes)):
-        parser.error(f"{args.dense} is not a dense {args.model}: pass --model with its architecture")
+        parser.error(f"{args.parent} is not a dense {args.model}: pass --model with its architecture")
     input_size = tuple(data.train.images.shape[1:])
     rows_dir = args.out_dir / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)

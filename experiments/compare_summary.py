@@ -21,7 +21,8 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("tp_magnitude", "tp_slimming", "uniform_l1")
 OURS = "ours"
-# The default search; the same with kept widths rounded to multiples of 8 after it, or searched in whole gates of 8
+# Reports from before the Pruner (e5a8561, no "search" field) ran the Lagrangian search; their goals are checked for
+# these variants, named as compare.py named them then. The default search; the same with kept widths rounded to multiples of 8 after it, or searched in whole gates of 8
 # channels (--channels-per-gate 8); and the ramped budget without block gates (--target-ramp 0.5 --no-block-gates),
 # unrounded, rounded after the search and searched in gates of 8 channels.
 OURS_VARIANTS = ("ours", "ours_round8", "ours_g8", "ours_ramp_inner_only", "ours_ramp_inner_only_round8",
@@ -38,6 +39,18 @@ def load_reports(results: Path) -> list[dict[str, Any]]:
     return reports
 
 
+def search_of(report: dict[str, Any]) -> str:
+    """Which search a report's "ours" rows ran: "pruner" (written since e5a8561) or "lagrangian" (before)."""
+    return report.get("search", "lagrangian")
+
+
+def variants_of(model: dict[str, Any], rows: dict[str, Any]) -> list[str]:
+    """The "ours" methods whose goals a table lists: the old fixed set, or every ours row the table has."""
+    if model.get("search", "lagrangian") == "lagrangian":
+        return list(OURS_VARIANTS)
+    return [OURS] + sorted(m for m in rows if m.startswith(OURS + "_"))
+
+
 def parent_of(report: dict[str, Any]) -> str:
     """Which dense parent a report pruned: the hash of its model file (older reports: its dense test accuracy)."""
     return report.get("parent") or f"test acc {report['dense']['test_acc']:.4f}"
@@ -46,13 +59,17 @@ def parent_of(report: dict[str, Any]) -> str:
 def collect(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """"model, parent P" -> target -> method -> {"acc": {seed: acc}, "macs_ratio", "params", "speedup_bs64", "file"}.
 
-    Rows are only merged across seeds of the same dense parent and series: a retrained parent, or runs that
-    ``compare.py --series`` names apart, start a table of their own.
+    Rows are only merged across seeds of the same dense parent, series and search: a retrained parent, runs that
+    ``compare.py --series`` names apart, or runs of the Pruner next to the Lagrangian search's, start a table of
+    their own.
     """
     models: dict[str, Any] = {}
     for report in reports:
         key = f"{report['model']}, parent {parent_of(report)}" + (f", {report['series']}" if report.get("series") else "")
-        model = models.setdefault(key, {"dense": {}, "targets": {}, "files": []})
+        search = search_of(report)  # recorded for new reports only: the old tables' compare.json stays as it was
+        key += "" if search == "lagrangian" else f", {search} search"
+        model = models.setdefault(key, {"dense": {}, "targets": {}, "files": [],
+                                        **({} if search == "lagrangian" else {"search": search})})
         model["files"].append({"file": report["file"], "seed": report["seed"], "command": report["command"],
                                "epochs": f"{report['search_epochs']}+{report['finetune_epochs']}",
                                "date": report["date"]})
@@ -72,10 +89,10 @@ def collect(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return models
 
 
-def goals(target: str, rows: dict[str, Any]) -> list[str]:
-    """The issue's goals for one table, for the default search and its rounded variant."""
+def goals(target: str, rows: dict[str, Any], variants: list[str]) -> list[str]:
+    """The issue's goals for one table, for each of the search's ``variants``."""
     lines = []
-    for variant in OURS_VARIANTS:
+    for variant in variants:
         lines += [f"{variant}: {line}" for line in _goals(target, rows, variant)]
     return lines
 
@@ -140,7 +157,7 @@ def markdown(models: dict[str, Any]) -> str:
                              f"{r['params'] / 1e6:.4f} | {speedup} |")
             failed = model.get("failed", {}).get(target, {})
             lines += [""] + [f"- {m} failed: {error}" for m, error in sorted(failed.items()) if m not in rows]
-            lines += [f"- {g}" for g in goals(target, rows)] + [""]
+            lines += [f"- {g}" for g in goals(target, rows, variants_of(model, rows))] + [""]
     return "\n".join(lines)
 
 
