@@ -438,8 +438,20 @@ class Pipeline:
                 if lat.get("warning"):
                     self.log(f"warning: {name} latency at batch {bs}: {lat['warning']}")
         d, p = report["dense"], report["pruned"]
-        self.log(f"dense {d['test_acc']:.4f} test acc, {d['macs'] / 1e6:.2f}M MACs -> pruned {p['test_acc']:.4f}, "
-                 f"{p['macs'] / 1e6:.2f}M MACs ({p['macs_ratio']:.1%}); wrote {self.out / 'report.md'}")
+        timed = report["latency"]["models"]
+        speed = ", ".join(f"{timed['dense']['latency'][bs]['median_ms'] / lat['median_ms']:.2f}x at batch {bs}"
+                          for bs, lat in timed["pruned"]["latency"].items())
+        exports = ", ".join(str(path) for _, path in self.export_paths() if path.is_file())
+        self.log("\n".join([
+            "summary:",
+            f"  test accuracy  dense {d['test_acc']:.2%} -> pruned {p['test_acc']:.2%} "
+            f"({100 * (p['test_acc'] - d['test_acc']):+.2f} points)",
+            f"  MACs           {d['macs'] / 1e6:.2f} M -> {p['macs'] / 1e6:.2f} M ({p['macs_ratio']:.1%} of dense)",
+            f"  params         {d['params'] / 1e3:.1f} k -> {p['params'] / 1e3:.1f} k ({p['params_ratio']:.1%})",
+            f"  speed-up       {speed} (median latency, measured side by side here)",
+            f"  files          {self.finetuned_path} (pruned model), {exports or 'no exports'}, "
+            f"{self.out / 'report.md'} (report, figures beside it)",
+        ]))
 
     # ----------------------------------------------------------------- driver
     def outputs(self) -> dict[str, list[Path]]:

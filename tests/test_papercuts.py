@@ -219,9 +219,10 @@ def test_report_records_the_resolved_data_root_and_no_cifar_image_size(
 
     def fake_report(out, **kwargs):
         captured.update(kwargs)
-        return {"latency": {"models": {"dense": {"latency": {1: {"warning": None}}},
-                                       "pruned": {"latency": {1: {"warning": noisy}}}}},
-                "dense": {"test_acc": 0.9, "macs": 4e7}, "pruned": {"test_acc": 0.88, "macs": 2e7, "macs_ratio": 0.5}}
+        return {"latency": {"models": {"dense": {"latency": {1: {"warning": None, "median_ms": 3.0}}},
+                                       "pruned": {"latency": {1: {"warning": noisy, "median_ms": 2.0}}}}},
+                "dense": {"test_acc": 0.9, "macs": 4e7, "params": 2e5},
+                "pruned": {"test_acc": 0.88, "macs": 2e7, "macs_ratio": 0.5, "params": 1e5, "params_ratio": 0.5}}
 
     monkeypatch.setattr("dnas_prune.pipeline.write_report", fake_report)
     pipeline.report()
@@ -230,6 +231,9 @@ def test_report_records_the_resolved_data_root_and_no_cifar_image_size(
     assert f'root = "{data_dir}"' in captured["config_toml"]
     assert f"warning: pruned latency at batch 1: {noisy}" in lines
     assert not any("warning: dense" in line for line in lines)
+    summary = lines[-1]  # the run ends with what a user wants to know, and where the files are
+    assert "dense 90.00% -> pruned 88.00% (-2.00 points)" in summary and "1.50x at batch 1" in summary
+    assert "params" in summary and "report.md" in summary
 
 
 def test_finetuned_file_names_the_data_when_none_was_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
