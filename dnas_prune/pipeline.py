@@ -29,10 +29,6 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .budget import check_target
 from .cost import count_cost
-from .cli.common import seed_everything
-from .cli.finetune import DEFAULTS as FINETUNE_DEFAULTS
-from .cli.search import DEFAULTS as SEARCH_DEFAULTS
-from .cli.train import CLEAN_EPOCHS_PER, DEFAULTS as TRAIN_DEFAULTS
 from .data import DATA_KINDS, IMAGE_SIZE, TrainingData, load_dataset, resolve_data_root
 from .errors import DnasPruneError
 from .export import FORMATS, SUFFIXES, ExportError, export
@@ -42,6 +38,8 @@ from .models import available_weights, create_model, spec_of
 from .monitor import MonitorHooks, log_text
 from .profile import latency_progress
 from .pruned_io import load_pruned_with_metadata, save_pruned
+from .recipes import (CLEAN_EPOCHS_PER, FINETUNE_RECIPE as FINETUNE_DEFAULTS, SEARCH_RECIPE as SEARCH_DEFAULTS,
+                      TRAIN_RECIPE as TRAIN_DEFAULTS, seed_everything)
 from .report import write_report
 from .search import SearchConfig, load_pretrained, load_supernet, search
 from .summary import width_table

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .budget import check_feasible, project_to_budget, solve_offset
 from .errors import DnasPruneError

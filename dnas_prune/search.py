@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .data import TrainingData
 from .errors import CheckpointError, DnasPruneError

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnas_prune.cli.common import seed_everything
+from dnas_prune.recipes import seed_everything
 from dnas_prune.cost import count_cost
 from dnas_prune.data import CifarData, load_cifar10, resolve_data_root
 from dnas_prune.finalize import finalize

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from dnas_prune import SearchConfig, search
 from dnas_prune.checkpoint import atomic_write_json, atomic_write_text
-from dnas_prune.cli.search import DEFAULTS as SEARCH_TRAIN_DEFAULTS
+from dnas_prune.recipes import SEARCH_RECIPE as SEARCH_TRAIN_DEFAULTS
 from dnas_prune.data import load_dataset
 from dnas_prune.search import load_pretrained
 from dnas_prune.training import Trainer
@@ -87,7 +87,7 @@ def figure(rows: list[dict], model: str, path: Path) -> None:
 
 
 def render(result: dict) -> str:
-    lines = [f"# Search stability: the hard cost follows the target, no collapse\n",
+    lines = ["# Search stability: the hard cost follows the target, no collapse\n",
              f"Command: `{result['command']}`  ",
              f"Machine: {result['machine']['cpu']} ({', '.join(result['machine']['cpu_flags'])}), "
              f"{result['machine']['logical_cpus']} logical CPUs, torch {result['machine']['torch']}; "

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import random
 
-import numpy as np
-import torch
 
 from ..data import DATA_KINDS, FLIP_MODES, IMAGE_SIZE, IMAGEFOLDER_LAYOUT, TrainingData, load_dataset
 from ..profile import MEMORY_FORMAT_CHOICES, memory_format_name
+from ..recipes import seed_everything  # noqa: F401  (re-exported for the commands)
 from ..training import PRECISIONS, TrainConfig
 
 
@@ -86,10 +84,6 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def load_data(args: argparse.Namespace) -> tuple[TrainingData, str]:

@@ -10,10 +10,11 @@ from ..errors import DnasPruneError
 from ..finetune import finetune_pruned
 from ..pruned_io import load_pruned_with_metadata
 from ..search import load_pretrained
-from ..training import TrainConfig, init_distributed
+from ..recipes import FINETUNE_RECIPE
+from ..training import init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
-DEFAULTS = TrainConfig(epochs=10, lr=0.05, schedule="cosine", warmup_epochs=0.5)
+DEFAULTS = FINETUNE_RECIPE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -16,10 +16,11 @@ from ..gates import GATE_KINDS
 from ..models import MODEL_NAMES, check_model_name, create_model
 from ..monitor import MonitorHooks
 from ..search import SearchConfig, load_pretrained, search
-from ..training import TrainConfig, init_distributed
+from ..recipes import SEARCH_RECIPE
+from ..training import init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
-DEFAULTS = TrainConfig(epochs=10, lr=0.05, schedule="cosine", warmup_epochs=0.0)
+DEFAULTS = SEARCH_RECIPE
 SEARCH_DEFAULTS = SearchConfig()
 
 

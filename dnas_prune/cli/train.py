@@ -9,16 +9,11 @@ from pathlib import Path
 from ..models import MODEL_NAMES, check_model_name, create_model
 from ..monitor import MonitorHooks
 from ..pruned_io import save_pruned
-from ..training import TrainConfig, Trainer, init_distributed
+from ..recipes import CLEAN_EPOCHS_PER, TRAIN_RECIPE, TRAIN_VAL_SIZE
+from ..training import Trainer, init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
-# The 30-epoch CIFAR recipe measured best here (experiments/results/train_cifar_resnet20_full.md, _fp32.md, _wd.md):
-# batch 128, peak lr 0.2, no label smoothing, weight decay 2.5e-4, all 50k training images, and the last epoch in
-# every 15 (2 of 30) on un-augmented images. Dense training decides nothing on a validation split, so by default
-# it holds none out.
-DEFAULTS = TrainConfig(batch_size=128, lr=0.2, warmup_epochs=2.0, label_smoothing=0.0, weight_decay=2.5e-4)
-DEFAULT_VAL_SIZE = 0
-CLEAN_EPOCHS_PER = 15
+DEFAULTS, DEFAULT_VAL_SIZE = TRAIN_RECIPE, TRAIN_VAL_SIZE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
