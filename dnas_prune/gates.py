@@ -101,8 +101,9 @@ class Gate(nn.Module, abc.ABC):
 
 
 class SigmoidGate(Gate):
-    """``sigmoid(logit / T)`` with T annealed during the search; late in the search the forward is
-    hard (0/1) with a straight-through gradient, so training sees exactly what eval will compute."""
+    """``sigmoid((logit + offset) / T)``. Under the Pruner the forward is hard (0/1) with a straight-through
+    gradient through this sigmoid, so training sees exactly what eval computes; T narrows the window of logits
+    that still get a gradient as the search settles."""
 
     kind = "sigmoid"
 

@@ -27,9 +27,11 @@ What was replaced, and why: a Lagrangian penalty ``lambda * max(0, cost / target
 dual ascent (hinge or two-sided) and soft sigmoid gates until a late hard phase. ``lambda`` grows while the cost is
 far above target and the gates then close far below it; once under budget nothing pulls them back, and the
 annealed temperature pushes every negative logit further down. From a parent trained elsewhere the default
-20 % search fell to 2 % of MACs with one block open and stayed at chance while the soft network trained on,
-and the projection then chose the architecture from tied logits. A ramped target only delayed it. Solving the
-multiplier exactly each step (the offset is that multiplier, in logit units) removes the lag that caused it.
+search fell far below its target with one block open and stayed at chance while the soft network trained on
+(issue 25), and the projection then chose the architecture from tied logits. A ramped target only delayed it.
+Solving the multiplier exactly each step (the offset is that multiplier, in logit units) removes the lag that
+caused it; a two-sided band or a controller with a bounded step could only narrow that lag, so they were not
+built. What the offset gives is measured in experiments/results/search_stability.md.
 """
 
 from __future__ import annotations
