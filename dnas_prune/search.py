@@ -29,14 +29,19 @@ __all__ = ["SearchConfig", "SearchHooks", "search", "load_supernet", "load_pretr
 class SearchHooks(TrainHooks):
     """Calls the :class:`~dnas_prune.pruner.Pruner` from the training loop and reports its state each epoch.
 
-    Readable state for monitoring: ``pruner``, ``net`` and ``last_expected`` (expected cost ratios, floats).
+    Readable state for monitoring: ``pruner`` (and its ``net`` and ``config``).
     """
 
     def __init__(self, pruner: Pruner) -> None:
         self.pruner = pruner
-        self.net = pruner.net
-        self.config = pruner.config
-        self.last_expected: dict[str, float] = {}
+
+    @property
+    def net(self) -> Supernet:
+        return self.pruner.net
+
+    @property
+    def config(self) -> SearchConfig:
+        return self.pruner.config
 
     def excluded_parameters(self) -> list[nn.Parameter]:
         return list(self.net.gate_parameters())
@@ -52,11 +57,10 @@ class SearchHooks(TrainHooks):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
         hard = self.net.hard_cost()
-        self.last_expected = expected_ratios(self.net)
         metrics.update(
             hard_macs_ratio=hard.macs / self.net.dense_cost.macs,
             hard_params_ratio=hard.params / self.net.dense_cost.params,
-            expected_ratio=self.last_expected[self.config.metric],
+            expected_ratio=expected_ratios(self.net)[self.config.metric],
             target_ratio=self.pruner.target,
             offset=self.pruner.offset,
             temperature=self.pruner.temperature,

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from dnas_prune import SearchConfig, search
 from dnas_prune.checkpoint import atomic_write_json, atomic_write_text
 from dnas_prune.recipes import SEARCH_RECIPE as SEARCH_TRAIN_DEFAULTS
+from dnas_prune.report import save_figure
 from dnas_prune.data import load_dataset
 from dnas_prune.search import load_pretrained
 from dnas_prune.training import Trainer
@@ -81,9 +82,7 @@ def figure(rows: list[dict], model: str, path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def render(result: dict) -> str:

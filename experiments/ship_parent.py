@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dnas_prune import create_model, load_pruned_with_metadata
-from dnas_prune.checkpoint import atomic_write_json, atomic_write_text, safe_load
+from dnas_prune.checkpoint import atomic_write, atomic_write_json, atomic_write_text, safe_load
 from dnas_prune.data import load_dataset
 from dnas_prune.models import spec_of
 from dnas_prune.models.pretrained import INDEX, WEIGHTS_DIR, weights_key
@@ -64,8 +64,7 @@ def main() -> int:
     torch.save(half, buffer)
     blob = buffer.getvalue()
     file = f"{name}_{args.tag}.pt"
-    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    (WEIGHTS_DIR / file).write_bytes(blob)
+    atomic_write(WEIGHTS_DIR / file, lambda f: f.write(blob))
     index = json.loads(INDEX.read_text()) if INDEX.is_file() else {}
     entry = {
         "file": file, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob), "storage": "float16",
