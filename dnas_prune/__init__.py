@@ -1,21 +1,28 @@
 """dnas_prune: differentiable block + channel pruning of ResNets under an exact MACs/params budget.
 
-The pipeline, bottom to top: models -> gates/supernet -> cost/budget -> pruner/search -> finalize -> export.
+Layered as the pipeline, each part importing only those below: ``models/`` (ResNets, spec, exact cost),
+``device/`` (precision, memory format, latency timing), ``io/`` and ``train/``, ``search/`` (gates, supernet, cost,
+budget, Pruner), ``finalize``, ``report/``, ``stages`` (one function per stage), ``pipeline`` and ``cli/``.
+``dnas_prune.search`` is the search stage's function; reach the subpackage's modules with ``from dnas_prune.search.X
+import Y``.
 """
 
-from .budget import cost_floor, project_to_budget, solve_offset
-from .cost import Cost, count_cost
+from .device.timing import compare_latency, measure_latency
 from .errors import BudgetError, CheckpointError, DataError, DnasPruneError, GatingError
-from .export import export
-from .finalize import finalize, fold_gate_into_bn
-from .gate_optimizer import SharedScaleAdam
+from .finalize import finalize
+from .io.export import export
+from .io.pruned import load_pruned, load_pruned_with_metadata, save_pruned
 from .models import MODEL_NAMES, build_model, create_model, spec_of
-from .pruned_io import load_pruned, load_pruned_with_metadata, save_pruned
-from .profile import compare_latency, measure_latency, profile_model
-from .pruner import Pruner, SearchConfig, refit_bn
-from .search import load_supernet, search
-from .supernet import Supernet
-from .training import TrainConfig, Trainer
+from .models.cost import Cost, count_cost
+from .report.profile import profile_model
+from .search.budget import cost_floor, project_to_budget, solve_offset
+from .search.fold import fold_gate_into_bn
+from .search.gate_optimizer import SharedScaleAdam
+from .search.hooks import load_supernet
+from .search.pruner import Pruner, SearchConfig, refit_bn
+from .search.supernet import Supernet
+from .stages import search
+from .train.loop import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 

@@ -27,26 +27,31 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from .budget import check_target
-from .cost import count_cost
-from .data import DATA_KINDS, IMAGE_SIZE, TrainingData, load_dataset, resolve_data_root
+from .search.budget import check_target
+from .models.cost import count_cost
+from .train.data import DATA_KINDS, TrainingData, load_dataset
+from .train.imagefolder import IMAGE_SIZE
+from .train.cifar import resolve_data_root
 from .errors import DnasPruneError
-from .export import FORMATS, SUFFIXES, ExportError, export
+from .io.export import FORMATS, SUFFIXES, ExportError, export
 from .finalize import finalize
-from .finetune import finetune_pruned
+from .stages import finetune_pruned
 from .models import available_weights, create_model, spec_of
-from .monitor import MonitorHooks, log_text
-from .profile import latency_progress
-from .pruned_io import load_pruned_with_metadata, save_pruned
-from .recipes import (CLEAN_EPOCHS_PER, FINETUNE_RECIPE as FINETUNE_DEFAULTS, SEARCH_RECIPE as SEARCH_DEFAULTS,
+from .report.monitor import MonitorHooks, log_text
+from .device.timing import latency_progress
+from .io.pruned import load_pruned_with_metadata, save_pruned
+from .train.recipes import (CLEAN_EPOCHS_PER, FINETUNE_RECIPE as FINETUNE_DEFAULTS, SEARCH_RECIPE as SEARCH_DEFAULTS,
                       TRAIN_RECIPE as TRAIN_DEFAULTS, seed_everything)
-from .report import write_report
-from .search import SearchConfig, load_pretrained, load_supernet, search
-from .summary import width_table
-from .supernet import Supernet
-from .checkpoint import atomic_write_text
-from .progress import format_duration
-from .training import TrainConfig, Trainer, epoch_note
+from .report.report import write_report
+from .search.hooks import load_supernet
+from .search.pruner import SearchConfig
+from .io.pruned import load_pretrained
+from .stages import search
+from .report.summary import width_table
+from .search.supernet import Supernet
+from .io.checkpoint import atomic_write_text
+from .train.progress import format_duration
+from .train.loop import TrainConfig, Trainer, epoch_note
 
 _TOP_LEVEL_TRAIN = ("device", "seed", "progress")  # TrainConfig fields set once for every training stage
 

@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from dnas_prune.models import create_model
-from dnas_prune.monitor import HISTOGRAM_EVERY, SCALAR_EVERY, MonitorHooks
-from dnas_prune.pruner import Pruner
-from dnas_prune.search import SearchHooks
+from dnas_prune.report.monitor import HISTOGRAM_EVERY, SCALAR_EVERY, MonitorHooks
+from dnas_prune.search.pruner import Pruner
+from dnas_prune.search.hooks import SearchHooks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL, BATCH, TRAIN_IMAGES = "cifar_resnet56", 256, 45_000

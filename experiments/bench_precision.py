@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dnas_prune.models import create_model
-from dnas_prune.training import resolve_precision
+from dnas_prune.device.policy import resolve_precision
 from peers import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"

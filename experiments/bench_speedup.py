@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnas_prune.cost import count_cost
+from dnas_prune.models.cost import count_cost
 from dnas_prune.errors import CheckpointError
 from dnas_prune.models import MODEL_NAMES, CifarResNet, create_model
-from dnas_prune.profile import compare_latency
-from dnas_prune.pruned_io import FORMAT, load_pruned_with_metadata
-from dnas_prune.checkpoint import safe_load
+from dnas_prune.device.timing import compare_latency
+from dnas_prune.io.pruned import FORMAT, load_pruned_with_metadata
+from dnas_prune.io.checkpoint import safe_load
 from peers import machine, torch_pruning_baseline
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dnas_prune.data import CifarData, Split
+from dnas_prune.train.cifar import CifarData, Split
 from dnas_prune.models import create_model
-from dnas_prune.training import TrainConfig, Trainer
+from dnas_prune.train.loop import TrainConfig, Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

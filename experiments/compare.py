@@ -32,17 +32,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnas_prune.recipes import seed_everything
-from dnas_prune.cost import count_cost
-from dnas_prune.data import CifarData, load_cifar10, resolve_data_root
+from dnas_prune.train.recipes import seed_everything
+from dnas_prune.models.cost import count_cost
+from dnas_prune.train.cifar import CifarData, load_cifar10, resolve_data_root
 from dnas_prune.finalize import finalize
-from dnas_prune.finetune import finetune_pruned
+from dnas_prune.stages import finetune_pruned
 from dnas_prune.models import create_model, spec_of
-from dnas_prune.profile import compare_latency
-from dnas_prune.pruned_io import load_pruned_with_metadata, save_pruned
-from dnas_prune.pruner import SearchConfig
-from dnas_prune.search import load_pretrained, load_supernet, search
-from dnas_prune.training import Trainer, TrainConfig, TrainHooks
+from dnas_prune.device.timing import compare_latency
+from dnas_prune.io.pruned import load_pruned_with_metadata, save_pruned
+from dnas_prune.search.pruner import SearchConfig
+from dnas_prune.search.hooks import load_supernet
+from dnas_prune.io.pruned import load_pretrained
+from dnas_prune.stages import search
+from dnas_prune.train.loop import Trainer, TrainConfig, TrainHooks
 from peers import as_plain, bisect_ratio, machine, make_tp_pruner, tp_prune_to_macs, uniform_l1
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from dnas_prune.data import load_cifar10, resolve_data_root
-from dnas_prune.search import load_pretrained
+from dnas_prune.train.cifar import load_cifar10, resolve_data_root
+from dnas_prune.io.pruned import load_pretrained
 from peers import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"

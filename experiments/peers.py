@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dnas_prune.cost import count_cost
+from dnas_prune.models.cost import count_cost
 from dnas_prune.models import build_model, spec_of
 
 MACS_TOLERANCE = 0.01

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from dnas_prune.checkpoint import atomic_write_json, atomic_write_text
+from dnas_prune.io.checkpoint import atomic_write_json, atomic_write_text
 
 from peers import machine
 

@@ -22,12 +22,12 @@ import torch
 from matplotlib.figure import Figure
 
 from dnas_prune import SearchConfig, search
-from dnas_prune.checkpoint import atomic_write_json, atomic_write_text
-from dnas_prune.recipes import SEARCH_RECIPE as SEARCH_TRAIN_DEFAULTS
-from dnas_prune.report import save_figure
-from dnas_prune.data import load_dataset
-from dnas_prune.search import load_pretrained
-from dnas_prune.training import Trainer
+from dnas_prune.io.checkpoint import atomic_write_json, atomic_write_text
+from dnas_prune.train.recipes import SEARCH_RECIPE as SEARCH_TRAIN_DEFAULTS
+from dnas_prune.report.report import save_figure
+from dnas_prune.train.data import load_dataset
+from dnas_prune.io.pruned import load_pretrained
+from dnas_prune.train.loop import Trainer
 
 from peers import machine
 

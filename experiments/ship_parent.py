@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from dnas_prune import create_model, load_pruned_with_metadata
-from dnas_prune.checkpoint import atomic_write, atomic_write_json, atomic_write_text, safe_load
-from dnas_prune.data import load_dataset
+from dnas_prune.io.checkpoint import atomic_write, atomic_write_json, atomic_write_text, safe_load
+from dnas_prune.train.data import load_dataset
 from dnas_prune.models import spec_of
 from dnas_prune.models.pretrained import INDEX, WEIGHTS_DIR, weights_key
 

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torchvision.io import encode_jpeg
 
-from dnas_prune.data import CifarData, Split
+from dnas_prune.train.cifar import CifarData, Split
 from dnas_prune.models import cifar_resnet
-from dnas_prune.training import TrainConfig, TrainHooks
+from dnas_prune.train.loop import TrainConfig, TrainHooks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def tiny_imagenet(tmp_path: Path) -> Path:
 
 def make_synthetic(n_train: int = 256, n_eval: int = 64, classes: int = 4, seed: int = 0):
     """A learnable toy CIFAR: each class has its own mean colour under uniform noise."""
-    from dnas_prune.data import CifarData, Split
+    from dnas_prune.train.cifar import CifarData, Split
 
     generator = torch.Generator().manual_seed(seed)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dnas_prune import Pruner, Supernet, count_cost, create_model, finalize, project_to_budget, solve_offset
-from dnas_prune.budget import check_feasible, cost_floor
+from dnas_prune.search.budget import check_feasible, cost_floor
 from dnas_prune.errors import BudgetError
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dnas_prune import Pruner, SearchConfig, TrainConfig, create_model, load_pruned_with_metadata, search
-from dnas_prune.training import TrainHooks
+from dnas_prune.train.loop import TrainHooks
 
 from conftest import REPO, make_synthetic
 

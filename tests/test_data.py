@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnas_prune.data import CIFAR10_MEAN, CIFAR10_STD, BatchStream, Split, load_cifar10, resolve_data_root
+from dnas_prune.train.cifar import CIFAR10_MEAN, CIFAR10_STD, BatchStream, Split, load_cifar10, resolve_data_root
 from dnas_prune.errors import DataError
 
 from conftest import write_tree

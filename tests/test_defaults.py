@@ -10,7 +10,7 @@ from dnas_prune.cli import search as search_cli
 from dnas_prune.cli import train as train_cli
 from dnas_prune.cli.common import train_config_from
 from dnas_prune.pipeline import SCHEMA
-from dnas_prune.pruner import SearchConfig
+from dnas_prune.search.pruner import SearchConfig
 
 
 def parse(*argv: str):

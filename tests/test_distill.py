@@ -14,10 +14,10 @@ from torch import nn
 
 from dnas_prune import SearchConfig, TrainConfig, create_model, save_pruned, search
 from dnas_prune.cli import main
-from dnas_prune.distill import distillation_loss
+from dnas_prune.train.distill import distillation_loss
 from dnas_prune.errors import DnasPruneError
 from dnas_prune.models import cifar_resnet
-from dnas_prune.training import Trainer
+from dnas_prune.train.loop import Trainer
 
 from conftest import make_synthetic
 
@@ -77,7 +77,7 @@ def test_search_distills_from_a_frozen_copy_of_the_dense_model(tmp_path: Path, m
             super().__init__(*args, **kwargs)
             seen["teacher"] = self.teacher
 
-    monkeypatch.setattr(importlib.import_module("dnas_prune.search"), "Trainer", Spy)  # the package exports a search()
+    monkeypatch.setattr(importlib.import_module("dnas_prune.stages"), "Trainer", Spy)
     data = make_synthetic(n_train=128, n_eval=32)
     torch.manual_seed(0)
     dense = create_model("cifar_resnet20", num_classes=data.num_classes)

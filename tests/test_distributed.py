@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnas_prune.checkpoint import safe_load
+from dnas_prune.io.checkpoint import safe_load
 from dnas_prune.cli import main
 
 from conftest import write_tree

@@ -6,12 +6,12 @@ import torch
 
 from dnas_prune.cli import main
 from dnas_prune.errors import DnasPruneError
-from dnas_prune.export import ExportError, export, verify_export
+from dnas_prune.io.export import ExportError, export, verify_export
 from dnas_prune.models import build_model
-from dnas_prune.pruned_io import save_pruned
+from dnas_prune.io.pruned import save_pruned
 
 # the package re-exports the export() function under the module's name, so fetch the module itself
-export_module = importlib.import_module("dnas_prune.export")
+export_module = importlib.import_module("dnas_prune.io.export")
 
 SPEC = {
     "format": 1, "family": "cifar", "block": "basic", "num_classes": 10, "stem": 8,

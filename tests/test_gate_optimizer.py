@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dnas_prune.errors import DnasPruneError
-from dnas_prune.gate_optimizer import SharedScaleAdam, make_gate_optimizer
+from dnas_prune.search.gate_optimizer import SharedScaleAdam, make_gate_optimizer
 
 
 def test_steps_stay_proportional_to_gradients_unlike_per_parameter_adam() -> None:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dnas_prune.cli import main
-from dnas_prune.data import load_imagefolder
+from dnas_prune.train.imagefolder import load_imagefolder
 from dnas_prune.errors import DataError
-from dnas_prune.pruned_io import load_pruned_with_metadata
+from dnas_prune.io.pruned import load_pruned_with_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "configs" / "resnet50_imagefolder.toml"

@@ -16,12 +16,13 @@ from matplotlib.image import imread
 from tensorboard.backend.event_processing import event_accumulator
 
 from dnas_prune.cli import main
-from dnas_prune.data import CifarData, Split
+from dnas_prune.train.cifar import CifarData, Split
 from dnas_prune.models import create_model
-from dnas_prune.monitor import MonitorHooks, gate_heatmap, hard_widths, width_bars, width_chart
-from dnas_prune.search import SearchConfig, search
-from dnas_prune.supernet import Supernet
-from dnas_prune.training import TrainConfig, TrainHooks
+from dnas_prune.report.monitor import MonitorHooks, gate_heatmap, hard_widths, width_bars, width_chart
+from dnas_prune.search.pruner import SearchConfig
+from dnas_prune.stages import search
+from dnas_prune.search.supernet import Supernet
+from dnas_prune.train.loop import TrainConfig, TrainHooks
 
 from conftest import read_events
 

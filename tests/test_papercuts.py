@@ -17,16 +17,17 @@ import torch
 
 from conftest import tiny_data, tiny_model, tiny_train_config
 from dnas_prune import create_model
-from dnas_prune import profile as profile_module
-from dnas_prune import progress as progress_module
-from dnas_prune.checkpoint import atomic_torch_save
+from dnas_prune.device import timing as timing_module
+from dnas_prune.train import progress as progress_module
+from dnas_prune.io.checkpoint import atomic_torch_save
 from dnas_prune.cli import COMMANDS, build_parser, main
 from dnas_prune.errors import DnasPruneError
-from dnas_prune.export import export
+from dnas_prune.io.export import export
 from dnas_prune.pipeline import Pipeline, RunClock, load_config, to_toml, train_config_of
-from dnas_prune.profile import MEMORY_FORMAT_CHOICES, compare_latency, measure_latency
-from dnas_prune.progress import Progress
-from dnas_prune.training import TrainConfig, Trainer
+from dnas_prune.device.timing import compare_latency, measure_latency
+from dnas_prune.device.policy import MEMORY_FORMAT_CHOICES
+from dnas_prune.train.progress import Progress
+from dnas_prune.train.loop import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = '[model]\nname = "cifar_resnet20"\n[search]\ntarget_macs = 0.5\n'
@@ -249,7 +250,7 @@ def test_image_size_is_kept_for_imagefolder_data_only(tmp_path: Path) -> None:
 
 
 def test_noisy_latency_carries_a_warning() -> None:
-    runner = profile_module._Runner(torch.nn.Identity(), (3, 4, 4), 1, "nchw", torch.float32)
+    runner = timing_module._Runner(torch.nn.Identity(), (3, 4, 4), 1, "nchw", torch.float32)
     runner.times = [0.001] * 8 + [0.05] * 2  # p90 = 50 ms, median = 1 ms
     summary = runner.summary()
     assert summary["p90_ms"] / summary["median_ms"] > 40
@@ -261,7 +262,7 @@ def test_noisy_latency_carries_a_warning() -> None:
 def test_profile_prints_the_warning(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Timings are replaced by a fixed sequence (one forward in five takes 50x as long): no clock involved."""
     durations = itertools.cycle([0.001, 0.001, 0.001, 0.001, 0.05])
-    monkeypatch.setattr(profile_module._Runner, "once", lambda self: next(durations))
+    monkeypatch.setattr(timing_module._Runner, "once", lambda self: next(durations))
     assert main(["profile", "cifar_resnet20", "--batch-sizes", "1", "--repeats", "20", "--memory-format", "nchw"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^warning: batch 1: p90 is [\d.]+x the median: the machine was busy", out, re.MULTILINE), out

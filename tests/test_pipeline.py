@@ -10,8 +10,8 @@ from dnas_prune.cli import build_parser, main
 from dnas_prune.cli.common import train_config_from
 from dnas_prune.errors import DnasPruneError
 from dnas_prune.pipeline import Pipeline, load_config, parse_override, train_config_of
-from dnas_prune.pruned_io import load_pruned_with_metadata
-from dnas_prune.training import Trainer
+from dnas_prune.io.pruned import load_pruned_with_metadata
+from dnas_prune.train.loop import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 QUICKSTART = CONFIGS / "from_scratch.toml"  # the pretrain stage included

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from dnas_prune import DnasPruneError, create_model
-from dnas_prune.data import CIFAR10_MEAN, CIFAR10_STD, Split, load_dataset
+from dnas_prune.train.data import load_dataset
+from dnas_prune.train.cifar import CIFAR10_MEAN, CIFAR10_STD, Split
 from dnas_prune.models import available_weights, weights_info
 from dnas_prune.models import pretrained
 from dnas_prune.pipeline import load_config
-from dnas_prune.search import load_pretrained
+from dnas_prune.io.pruned import load_pretrained
 
 SHIPPED = [key.split(".", 1) for key in pretrained._index()]
 

@@ -5,8 +5,9 @@ import torch
 
 from dnas_prune.cli import main
 from dnas_prune.models import build_model
-from dnas_prune.profile import compare_latency, measure_latency, profile_model
-from dnas_prune.pruned_io import save_pruned
+from dnas_prune.device.timing import compare_latency, measure_latency
+from dnas_prune.report.profile import profile_model
+from dnas_prune.io.pruned import save_pruned
 
 SPEC = {
     "format": 1, "family": "cifar", "block": "basic", "num_classes": 10, "stem": 4,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnas_prune.cost import count_cost
+from dnas_prune.models.cost import count_cost
 from dnas_prune.errors import CheckpointError
 from dnas_prune.models import build_model, create_model, spec_of
-from dnas_prune.pruned_io import load_pruned, load_pruned_with_metadata, save_pruned
+from dnas_prune.io.pruned import load_pruned, load_pruned_with_metadata, save_pruned
 
 PRUNED_SPEC = {
     "format": 1, "family": "cifar", "block": "basic", "num_classes": 10, "stem": 8,
@@ -49,7 +49,7 @@ def test_roundtrip_in_fresh_process(tmp_path: Path, pruned_file: Path) -> None:
     script = textwrap.dedent(
         f"""
         import torch
-        from dnas_prune.pruned_io import load_pruned
+        from dnas_prune.io.pruned import load_pruned
         model = load_pruned({str(pruned_file)!r})
         assert not model.training
         with torch.no_grad():

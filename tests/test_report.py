@@ -14,9 +14,9 @@ from matplotlib.image import imread
 from dnas_prune.finalize import finalize
 from dnas_prune.models import create_model
 from dnas_prune.pipeline import layer_widths
-from dnas_prune.report import (DENSE, PRUNED, SEARCHED, Point, accuracy_latency_figure, accuracy_macs_figure,
+from dnas_prune.report.report import (DENSE, PRUNED, SEARCHED, Point, accuracy_latency_figure, accuracy_macs_figure,
                                 layer_bars, widths_figure, write_report)
-from dnas_prune.supernet import Supernet
+from dnas_prune.search.supernet import Supernet
 
 PEERS = [Point("tp_magnitude", 21e6, 0.80, {2: 0.9}), Point("uniform_l1", 20e6, 0.78)]
 

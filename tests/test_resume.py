@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnas_prune.checkpoint import atomic_torch_save, safe_load
+from dnas_prune.io.checkpoint import atomic_torch_save, safe_load
 from dnas_prune.cli import main
 from dnas_prune.cli import search as search_command
 

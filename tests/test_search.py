@@ -10,7 +10,7 @@ import torch
 
 from dnas_prune import SearchConfig, TrainConfig, count_cost, create_model, finalize, load_pruned, load_supernet, search
 from dnas_prune.cli import main
-from dnas_prune.training import TrainHooks
+from dnas_prune.train.loop import TrainHooks
 
 from conftest import make_synthetic, read_events
 
@@ -144,7 +144,7 @@ class RecordEvalStatistics:
     def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
         import copy
 
-        from dnas_prune.search import recalibrate_bn
+        from dnas_prune.search.hooks import recalibrate_bn
 
         def stats(net) -> dict[str, torch.Tensor]:
             return {k: v.clone() for k, v in net.model.state_dict().items() if k.endswith(("running_mean", "running_var"))}

@@ -8,7 +8,7 @@ from torch import nn
 
 from dnas_prune import MODEL_NAMES, Supernet, count_cost, create_model, finalize
 from dnas_prune.errors import GatingError
-from dnas_prune.gates import GATE_KINDS
+from dnas_prune.search.gates import GATE_KINDS
 from dnas_prune.models import is_cifar_model
 
 

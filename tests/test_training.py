@@ -12,10 +12,10 @@ from dnas_prune.cli import build_parser, main
 from dnas_prune.cli.common import train_config_from
 from dnas_prune.errors import CheckpointError, DnasPruneError, TrainingDiverged
 from dnas_prune.models import cifar_resnet
-from dnas_prune.checkpoint import atomic_torch_save, safe_load
-from dnas_prune import training
-from dnas_prune.training import Trainer, TrainHooks
-from dnas_prune.pruned_io import load_pruned_with_metadata
+from dnas_prune.io.checkpoint import atomic_torch_save, safe_load
+from dnas_prune.device import policy
+from dnas_prune.train.loop import Trainer, TrainHooks
+from dnas_prune.io.pruned import load_pruned_with_metadata
 
 from conftest import Interrupt, tiny_data, tiny_model, tiny_train_config
 
@@ -205,14 +205,14 @@ def test_train_command_trains_the_last_epoch_in_15_on_clean_images_unless_told()
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path, monkeypatch, native_bf16):
-    monkeypatch.setattr(training, "_cpu_runs_bf16", lambda: native_bf16)
+    monkeypatch.setattr(policy, "cpu_runs_bf16", lambda: native_bf16)
     trainer = Trainer(tiny_model(), tiny_data(), tiny_train_config(precision="auto", epochs=1), tmp_path)
     assert trainer.precision == ("bf16" if native_bf16 else "fp32")
     assert trainer.autocast().fast_dtype == torch.bfloat16 and trainer.autocast()._enabled == native_bf16
     assert Trainer(tiny_model(), tiny_data(), tiny_train_config(precision="fp32"), tmp_path / "f").precision == "fp32"
     trainer.fit()
     assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == trainer.precision
-    monkeypatch.setattr(training, "_cpu_runs_bf16", lambda: not native_bf16)  # resumed elsewhere: the run's own
+    monkeypatch.setattr(policy, "cpu_runs_bf16", lambda: not native_bf16)  # resumed elsewhere: the run's own
     resumed = Trainer(tiny_model(), tiny_data(), tiny_train_config(precision="auto", epochs=1), tmp_path)
     resumed.load_checkpoint(trainer.checkpoint_path)
     assert resumed.precision == trainer.precision
@@ -220,8 +220,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path, mo
 
 def test_cpu_training_keeps_narrow_strided_1x1_convs_out_of_channels_last(tmp_path):
     narrow = cifar_resnet(8, num_classes=3, widths=(4, 8, 8))  # layer2's projection: 1x1, stride 2, 4 inputs
-    assert training.channels_last_unsafe_convs(narrow) == ["layer2.0.downsample.0", "layer3.0.downsample.0"]
-    assert training.channels_last_unsafe_convs(cifar_resnet(8, num_classes=3, widths=(16, 32, 64))) == []
+    assert policy.channels_last_unsafe_convs(narrow) == ["layer2.0.downsample.0", "layer3.0.downsample.0"]
+    assert policy.channels_last_unsafe_convs(cifar_resnet(8, num_classes=3, widths=(16, 32, 64))) == []
     trainer = Trainer(narrow, tiny_data(), tiny_train_config(memory_format="auto", epochs=1), tmp_path)
     trainer.fit()
     assert trainer.channels_last is False

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 
 
-from ..data import DATA_KINDS, FLIP_MODES, IMAGE_SIZE, IMAGEFOLDER_LAYOUT, TrainingData, load_dataset
-from ..profile import MEMORY_FORMAT_CHOICES, memory_format_name
-from ..recipes import seed_everything  # noqa: F401  (re-exported for the commands)
-from ..training import PRECISIONS, TrainConfig
+from ..train.data import DATA_KINDS, TrainingData, load_dataset
+from ..train.cifar import FLIP_MODES
+from ..train.imagefolder import IMAGE_SIZE, IMAGEFOLDER_LAYOUT
+from ..device.policy import MEMORY_FORMAT_CHOICES, memory_format_name
+from ..train.recipes import seed_everything  # noqa: F401  (re-exported for the commands)
+from ..train.loop import TrainConfig
+from ..device.policy import PRECISIONS
 
 
 def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_size: int = 5000,

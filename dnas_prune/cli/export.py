@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..export import FORMATS, SUFFIXES, export, verify_export
+from ..io.export import FORMATS, SUFFIXES, export, verify_export
 from ..models import spec_of
-from ..pruned_io import default_input_size, load_pruned_with_metadata
+from ..io.pruned import default_input_size, load_pruned_with_metadata
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

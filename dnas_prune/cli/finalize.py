@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cost import count_cost
+from ..models.cost import count_cost
 from ..errors import DnasPruneError
 from ..finalize import finalize
 from ..models import spec_of
-from ..monitor import log_text
-from ..pruned_io import save_pruned
-from ..search import load_supernet
-from ..summary import width_table
+from ..report.monitor import log_text
+from ..io.pruned import save_pruned
+from ..search.hooks import load_supernet
+from ..report.summary import width_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

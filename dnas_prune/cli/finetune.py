@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..monitor import MonitorHooks
+from ..report.monitor import MonitorHooks
 from ..errors import DnasPruneError
-from ..finetune import finetune_pruned
-from ..pruned_io import load_pruned_with_metadata
-from ..search import load_pretrained
-from ..recipes import FINETUNE_RECIPE
-from ..training import init_distributed
+from ..stages import finetune_pruned
+from ..io.pruned import load_pruned_with_metadata
+from ..io.pruned import load_pretrained
+from ..train.recipes import FINETUNE_RECIPE
+from ..device.policy import init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
 DEFAULTS = FINETUNE_RECIPE

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from ..errors import DnasPruneError
 from ..models import MODEL_NAMES, create_model, is_cifar_model, spec_of
-from ..profile import MEMORY_FORMAT_CHOICES, memory_format_name, profile_model
-from ..pruned_io import default_input_size, load_pruned_with_metadata
+from ..device.policy import MEMORY_FORMAT_CHOICES, memory_format_name
+from ..report.profile import profile_model
+from ..io.pruned import default_input_size, load_pruned_with_metadata
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

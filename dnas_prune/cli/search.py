@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..budget import check_target
+from ..search.budget import check_target
 from ..errors import DnasPruneError
-from ..gate_optimizer import GATE_OPTIMIZERS
-from ..gates import GATE_KINDS
+from ..search.gate_optimizer import GATE_OPTIMIZERS
+from ..search.gates import GATE_KINDS
 from ..models import MODEL_NAMES, check_model_name, create_model
-from ..monitor import MonitorHooks
-from ..search import SearchConfig, load_pretrained, search
-from ..recipes import SEARCH_RECIPE
-from ..training import init_distributed
+from ..report.monitor import MonitorHooks
+from ..search.pruner import SearchConfig
+from ..io.pruned import load_pretrained
+from ..stages import search
+from ..train.recipes import SEARCH_RECIPE
+from ..device.policy import init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
 DEFAULTS = SEARCH_RECIPE

@@ -7,10 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..models import MODEL_NAMES, check_model_name, create_model
-from ..monitor import MonitorHooks
-from ..pruned_io import save_pruned
-from ..recipes import CLEAN_EPOCHS_PER, TRAIN_RECIPE, TRAIN_VAL_SIZE
-from ..training import Trainer, init_distributed
+from ..report.monitor import MonitorHooks
+from ..io.pruned import save_pruned
+from ..train.recipes import CLEAN_EPOCHS_PER, TRAIN_RECIPE, TRAIN_VAL_SIZE
+from ..train.loop import Trainer
+from ..device.policy import init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
 DEFAULTS, DEFAULT_VAL_SIZE = TRAIN_RECIPE, TRAIN_VAL_SIZE

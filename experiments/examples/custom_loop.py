@@ -15,7 +15,7 @@ from torch import nn
 from torchvision import datasets, transforms
 
 from dnas_prune import DnasPruneError, Pruner, count_cost, create_model, save_pruned
-from dnas_prune.data import CIFAR10_MEAN, CIFAR10_STD
+from dnas_prune.train.cifar import CIFAR10_MEAN, CIFAR10_STD
 
 
 def forever(loader):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_output
-from .errors import DnasPruneError
+from ..errors import DnasPruneError
 
 FORMATS = ("torchscript", "onnx", "pt2")
 SUFFIXES = {"torchscript": ".torchscript", "onnx": ".onnx", "pt2": ".pt2"}

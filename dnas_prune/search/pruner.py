@@ -8,7 +8,7 @@
         loss.backward(); optimizer.step(); pruner.step(); optimizer.zero_grad()
     small = pruner.finalize(calibration_batches)
 
-How the search steers itself to the budget. Every step, before the forward, :func:`~dnas_prune.budget.solve_offset`
+How the search steers itself to the budget. Every step, before the forward, :func:`~dnas_prune.search.budget.solve_offset`
 shifts all gate logits by one offset so that the hard decisions (``logit + offset > 0``) cost exactly what the
 current target allows, and the forward is hard with a straight-through gradient from the first step. So:
 
@@ -44,9 +44,9 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator
 import torch
 from torch import nn
 
+from ..errors import DnasPruneError
 from .budget import check_feasible, project_to_budget, solve_offset
-from .errors import DnasPruneError
-from .finalize import finalize as finalize_net
+from .fold import fold
 from .gate_optimizer import make_gate_optimizer
 from .supernet import Supernet
 
@@ -139,7 +139,7 @@ def refit_bn(net: nn.Module, batches: Iterable[Any], autocast: Callable[[], Cont
 
 
 class Pruner:
-    """Wraps ``model`` in a :class:`~dnas_prune.supernet.Supernet` and steers its gates to the budget.
+    """Wraps ``model`` in a :class:`~dnas_prune.search.supernet.Supernet` and steers its gates to the budget.
 
     Call :meth:`step` once per training step, after ``loss.backward()``: it updates the gates (their gradients
     divided by marginal cost) and sets the schedule of the next step (target, offset, temperature). Give the
@@ -273,7 +273,7 @@ class Pruner:
         if calibration_batches is not None:
             refit_bn(self.net, calibration_batches, autocast)
         self.net.eval()
-        return finalize_net(self.net)
+        return fold(self.net)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

@@ -19,7 +19,7 @@ from typing import IO, Any, Callable, Iterator
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 
 def _umask_mode() -> int:

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-from .training import TrainConfig
+from .loop import TrainConfig
 
 # The 30-epoch CIFAR recipe measured best here: batch 128, peak lr 0.2, no label smoothing, weight decay 2.5e-4,
 # all training images (dense training decides nothing on a validation split), and the last epoch in every

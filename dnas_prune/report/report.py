@@ -1,6 +1,6 @@
 """The run report: dense vs pruned accuracy, cost, latency and widths as ``report.md``/``report.json`` + PNGs.
 
-Latency of both models is measured side by side in the same process (:func:`~dnas_prune.profile.compare_latency`),
+Latency of both models is measured side by side in the same process (:func:`~dnas_prune.device.timing.compare_latency`),
 so machine load affects both alike. Figures use matplotlib's object API (a ``Figure`` rendered by the Agg canvas),
 not pyplot: no display and no global figure registry are involved, so there is nothing to close and a figure
 drawn in a training loop is garbage-collected once dropped. :func:`widths_figure` is shared with the TensorBoard monitor,
@@ -22,10 +22,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from torch import nn
 
-from .checkpoint import atomic_write, atomic_write_json, atomic_write_text
-from .cost import Cost
-from .models import Spec, spec_of
-from .profile import compare_latency
+from ..io.checkpoint import atomic_write, atomic_write_json, atomic_write_text
+from ..models.cost import Cost
+from ..models import Spec, spec_of
+from ..device.timing import compare_latency
 from .summary import width_table
 
 DPI = 110

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from .cost import Cost, count_cost
-from .errors import DnasPruneError, GatingError
+from ..models.cost import Cost, count_cost
+from ..errors import DnasPruneError, GatingError
 from .gates import Gate, make_gate
-from .models import CifarResNet, build_model, spec_of
-from .models.spec import Spec, SpecError, block_kind
+from ..models import CifarResNet, build_model, spec_of
+from ..models.spec import Spec, SpecError, block_kind
 
 
 @dataclass

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .errors import DnasPruneError
+from ..errors import DnasPruneError
 
 GATE_KINDS = ("sigmoid", "bernoulli", "hard_concrete")
 

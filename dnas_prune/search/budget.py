@@ -2,7 +2,7 @@
 
 - :func:`solve_offset` finds, before every search step, the one logit offset at which the hard decisions cost
   what the current target allows: the budget is a constraint met at every step, not a penalty chased by a
-  multiplier (see :mod:`~dnas_prune.pruner` for why).
+  multiplier (see :mod:`~dnas_prune.search.pruner` for why).
 - :func:`project_to_budget` turns the search's soft preferences into a hard state whose finalized cost is
   within ``tolerance`` of the target (never above ``target + tolerance``), optionally with channel
   counts rounded to multiples of ``round_to``.
@@ -15,8 +15,8 @@ import math
 import torch
 from torch import Tensor
 
-from .cost import Cost
-from .errors import BudgetError
+from ..models.cost import Cost
+from ..errors import BudgetError
 from .supernet import Supernet
 
 METRICS = ("macs", "params")

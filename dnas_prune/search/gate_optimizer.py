@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from .errors import DnasPruneError
+from ..errors import DnasPruneError
 
 GATE_OPTIMIZERS = ("shared_adam", "adam")
 

@@ -18,20 +18,12 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .cost import count_cost
-from .errors import DnasPruneError
+from ..errors import DnasPruneError
+from ..models.cost import count_cost
+from .policy import MEMORY_FORMAT_CHOICES, MEMORY_FORMATS, memory_format_name, using_threads
 
-# One vocabulary for every command (train/search/finetune/run/profile): "nchw" is torch's contiguous format.
-MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-MEMORY_FORMAT_CHOICES = ("auto", *MEMORY_FORMATS)
-MEMORY_FORMAT_ALIASES = {"contiguous": "nchw"}  # the name training used before; still accepted
 # p90 over median above this: the timings were disturbed (other work on the machine) and the median is unreliable.
 NOISY_RATIO = 1.5
-
-
-def memory_format_name(name: str) -> str:
-    """The canonical name of a memory format (``"contiguous"`` -> ``"nchw"``); other names are returned as given."""
-    return MEMORY_FORMAT_ALIASES.get(name, name)
 
 
 def noise_warning(median_ms: float, p90_ms: float) -> str | None:
@@ -55,17 +47,6 @@ def latency_progress(log: Callable[[str], None]) -> Iterator[None]:
         yield
     finally:
         _PROGRESS.reset(token)
-
-
-@contextmanager
-def _threads(threads: int | None) -> Iterator[int]:
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous)
 
 
 class _Runner:
@@ -169,15 +150,6 @@ def measure_latency(
     )["models"]["model"]["latency"][batch_size]
 
 
-def profile_model(
-    model: nn.Module, input_size: Sequence[int] = (3, 32, 32), batch_sizes: Sequence[int] = (1, 64), **kw: Any
-) -> dict[str, Any]:
-    """MACs, params and latency per batch size (``kw`` goes to :func:`measure_latency`)."""
-    cost = count_cost(model, input_size)
-    latency = {bs: measure_latency(model, input_size, bs, **kw) for bs in batch_sizes}
-    return {"macs": cost.macs, "params": cost.params, "input_size": list(input_size), "latency": latency}
-
-
 def compare_latency(
     models: dict[str, nn.Module],
     input_size: Sequence[int] = (3, 32, 32),
@@ -216,7 +188,7 @@ def compare_latency(
         for name in names:
             cost = count_cost(models[name], input_size)
             result["models"][name].update(macs=cost.macs, params=cost.params)
-    with _threads(threads) as used_threads, torch.inference_mode():
+    with using_threads(threads) as used_threads, torch.inference_mode():
         result["threads"] = used_threads
         log = _PROGRESS.get()
         for i, bs in enumerate(batch_sizes):

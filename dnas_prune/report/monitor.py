@@ -1,6 +1,6 @@
 """TensorBoard monitoring of train, search and finetune runs, attached from the outside.
 
-:class:`MonitorHooks` wraps the hooks a :class:`~dnas_prune.training.Trainer` runs with, passes every call
+:class:`MonitorHooks` wraps the hooks a :class:`~dnas_prune.train.loop.Trainer` runs with, passes every call
 through unchanged and logs around it, so the training and search code never depend on this module. It
 writes to ``RUN_DIR/tb`` on rank 0 only. Logging is paced to stay well under 2 % of step time: scalars
 every ``scalar_every`` steps (the loss is summed on-device in between, so there is one host sync per
@@ -25,14 +25,14 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
-from .cost import count_cost
-from .finalize import finalize
-from .models import spec_of
+from ..models.cost import count_cost
+from ..finalize import finalize
+from ..models import spec_of
 from .report import WidthBar, widths_figure
-from .pruner import expected_ratios
+from ..search.pruner import expected_ratios
 from .summary import width_table
-from .supernet import Supernet
-from .training import TrainHooks, Trainer
+from ..search.supernet import Supernet
+from ..train.loop import TrainHooks, Trainer
 
 SCALAR_EVERY = 20
 HISTOGRAM_EVERY = 200
@@ -74,7 +74,7 @@ def architecture_table(net: Supernet) -> str:
 
 # ---------------------------------------------------------------------------------------------- figures
 def width_bars(net: Supernet) -> list[WidthBar]:
-    """The current hard widths (:func:`hard_widths`) as bars of :func:`~dnas_prune.report.widths_figure`."""
+    """The current hard widths (:func:`hard_widths`) as bars of :func:`~dnas_prune.report.report.widths_figure`."""
     widths, alive = hard_widths(net)
     owner = {group: info.name for info in net.blocks for group in info.inner}
     return [WidthBar(name, net.groups[name].stage, net.groups[name].kind == "stream", net.groups[name].size,
@@ -150,7 +150,7 @@ def flatten_config(**sections: Any) -> dict[str, bool | int | float | str]:
 class MonitorHooks(TrainHooks):
     """Delegates every hook to ``inner`` and logs to TensorBoard around it (rank 0 only).
 
-    A search is recognised by ``inner`` having a ``net`` (the :class:`~dnas_prune.search.SearchHooks`);
+    A search is recognised by ``inner`` having a ``net`` (the :class:`~dnas_prune.search.hooks.SearchHooks`);
     then budget, gate and width panels are logged too. Call :meth:`close` when the run is over.
     """
 
@@ -312,7 +312,7 @@ class MonitorHooks(TrainHooks):
 
     # ------------------------------------------------------------------ end of run
     def log_search_summary(self, summary: dict) -> None:
-        """After :func:`~dnas_prune.search.search`: the projected state one step past training (scalars,
+        """After :func:`~dnas_prune.stages.search`: the projected state one step past training (scalars,
         histograms, images), the architecture table it finalizes to, and config + final metrics as hparams."""
         if not self.searching or self._open(None) is None:
             return

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .cost import Cost
-from .models import Spec
+from ..models.cost import Cost
+from ..models import Spec
 
 
 def _inner(blocks: list[dict]) -> str:

@@ -1,6 +1,7 @@
 """The training loop shared by dense training, the supernet search and finetuning.
 
-One :class:`Trainer` owns the optimizer, schedule, precision, memory format, checkpoints and metrics;
+One :class:`Trainer` owns the optimizer, schedule, checkpoints and metrics, and runs under the machine's policy
+(precision, memory format: :mod:`dnas_prune.device.policy`);
 search and finetune customize it through :class:`TrainHooks` instead of copying the loop. A checkpoint
 holds everything needed to resume bit-for-bit (on CPU) and loads with ``weights_only=True``.
 """
@@ -26,29 +27,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import atomic_torch_save, atomic_write_json, safe_load
+from ..device.policy import (MEMORY_FORMAT_CHOICES, PRECISIONS, autocast, choose_memory_format, memory_format_name,
+                             resolve_precision)
+from ..errors import CheckpointError, DnasPruneError, TrainingDiverged
+from ..io.checkpoint import atomic_torch_save, atomic_write_json, safe_load
+from .data import Batches, DataSplit, TrainingData
+from .cifar import FLIP_MODES
 from .distill import distillation_loss
-from .data import FLIP_MODES, Batches, DataSplit, TrainingData
-from .errors import CheckpointError, DnasPruneError, TrainingDiverged
-from .profile import MEMORY_FORMAT_CHOICES, memory_format_name
 from .progress import Progress
 
 CHECKPOINT_FORMAT = 1
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the process group torchrun describes in the environment; ``(rank, world_size)``, else ``(0, 1)``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 @dataclass
@@ -101,28 +89,6 @@ class TrainConfig:
                                  f"{self.distill_weight}, {self.distill_temperature}")
 
 
-def _cpu_runs_bf16() -> bool:
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision ``"auto"`` stands for: bf16 autocast on a GPU with bf16 and on a CPU whose oneDNN has bf16
-    kernels (AVX-512/AMX); fp32 elsewhere, because emulated bf16 on an AVX2-only CPU trains ~10x slower than fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_runs_bf16() else "fp32"
-
-
-def channels_last_unsafe_convs(model: nn.Module) -> list[str]:
-    """The 1x1 convs with stride > 1 and fewer than 16 input channels. oneDNN's CPU weight-gradient kernel for them
-    writes past its buffer in channels_last (oneDNN issue 6035: heap corruption with one thread, wrong gradients
-    with more; reproduced here on an AVX2 CPU with 2-7 input channels), so CPU training keeps such models in NCHW."""
-    return [name for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 16]
-
-
 def weight_average(model: nn.Module, decay: float) -> AveragedModel:
     """An exponential moving average of ``model`` with per-step ``decay``, over its BN running statistics too, so the
     average is a model that evaluates as it stands. Its first update copies the weights."""
@@ -172,7 +138,6 @@ class TrainHooks:
         pass
 
 
-_FORMAT_CACHE: dict[tuple, str] = {}
 PROGRESS_EVERY = 0.25  # without a terminal, a progress line at every quarter of an epoch
 # Called after each epoch on the main rank; its text is appended to the epoch's line (e.g. the whole run's ETA).
 _EPOCH_NOTE: ContextVar[Callable[["Trainer", dict], str] | None] = ContextVar("dnas_prune_epoch_note", default=None)
@@ -283,47 +248,13 @@ class Trainer:
                 {"params": no_decay, "weight_decay": 0.0}]
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        return autocast(self.device, self.precision)
 
     def _choose_memory_format(self) -> bool:
-        """channels_last or not: as configured, or by timing forward+backward on a copy of the model."""
-        unsafe = channels_last_unsafe_convs(self.model) if self.device.type == "cpu" else []
-        if unsafe and self.config.memory_format == "channels_last":
-            raise DnasPruneError(f"channels_last on the CPU miscomputes the weight gradient of {unsafe[0]} (a strided "
-                                 "1x1 conv with under 16 input channels, oneDNN issue 6035); use --memory-format "
-                                 "auto or nchw")
-        if unsafe:
-            return False
-        if self.config.memory_format != "auto":
-            return self.config.memory_format == "channels_last"
+        """channels_last or not, the same choice on every rank (see :func:`~dnas_prune.device.policy.choose_memory_format`)."""
         local = min(64, self.config.batch_size // self.world_size)  # enough to rank the formats, cheap for big models
-        shape = self.data.train.input_size
-        key = (type(self.model).__name__, tuple(tuple(p.shape) for p in self.model.parameters()), local, shape,
-               str(self.device), self.precision)
-        if key not in _FORMAT_CACHE:
-            probe = copy.deepcopy(self.model).train()
-            x = torch.randn((local, *shape), generator=torch.Generator().manual_seed(0)).to(self.device)
-            timings = {False: math.inf, True: math.inf}
-            for channels_last in (False, True) * 4:  # interleaved, best of 4: robust to warm-up steps and noise
-                fmt = torch.channels_last if channels_last else torch.contiguous_format
-                probe.to(memory_format=fmt)
-                xs = x.contiguous(memory_format=fmt)
-                start = time.perf_counter()
-                with torch.enable_grad():  # evaluate() may be the first caller, inside no_grad
-                    with self.autocast():
-                        out = probe(xs)
-                    out.float().sum().backward()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                timings[channels_last] = min(timings[channels_last], time.perf_counter() - start)
-            _FORMAT_CACHE[key] = "channels_last" if timings[True] < timings[False] else "nchw"
-            if self.is_main:
-                print(f"memory format: {_FORMAT_CACHE[key]} (one step: NCHW {timings[False]:.3f}s, "
-                      f"channels_last {timings[True]:.3f}s)", flush=True)
-        choice = torch.tensor([int(_FORMAT_CACHE[key] == "channels_last")], device=self.device)
-        if self.world_size > 1:  # timings differ per rank; all ranks follow rank 0
-            dist.broadcast(choice, 0)
-        return bool(choice.item())
+        return choose_memory_format(self.model, self.data.train.input_size, self.config.memory_format, local,
+                                    self.device, self.precision, announce=self.is_main)
 
     def _batches(self, split: DataSplit, train: bool, epoch: int = 0, batch_size: int | None = None) -> Batches:
         cfg = self.config

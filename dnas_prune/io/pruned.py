@@ -1,4 +1,4 @@
-"""Pruned-model files: an architecture spec plus a state_dict, never pickled code.
+"""Model files: an architecture spec plus a state_dict, never pickled code (pruned and dense models alike).
 
 A file is ``{"format": "dnas_prune.pruned", "version": 1, "spec": ..., "state_dict": ..., "metadata": ...}``
 saved with ``torch.save``. Loading uses ``torch.load(weights_only=True)`` and rebuilds the network from the
@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cost import count_cost
-from .errors import CheckpointError
-from .models import build_model, spec_of
-from .models.spec import SpecError
+from ..errors import CheckpointError
+from ..models import available_weights, build_model, create_model, spec_of
+from ..models.cost import count_cost
+from ..models.spec import SpecError
 from .checkpoint import atomic_torch_save, safe_load
 
 FORMAT = "dnas_prune.pruned"
@@ -134,3 +134,30 @@ def load_pruned_with_metadata(
 def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
     """The model (eval mode) of a file written by :func:`save_pruned`."""
     return load_pruned_with_metadata(path, map_location)[0]
+
+
+def load_pretrained(path: str | Path, model_name: str | None, num_classes: int) -> nn.Module:
+    """A dense model from a ``dnas-prune train`` output (``model.pt`` or ``train.pt``), a plain torchvision-style
+    state_dict (then ``model_name`` says which architecture), or the tag of shipped weights such as ``cifar10``."""
+    if not Path(path).exists() and model_name is not None and str(path) in available_weights(model_name):
+        return create_model(model_name, num_classes=num_classes, weights=str(path))
+    state = safe_load(path, "a dnas_prune model or a state_dict")
+    if isinstance(state, dict) and "spec" in state and "state_dict" in state:
+        model, weights = build_model(state["spec"]), state["state_dict"]
+    elif isinstance(state, dict) and state.get("kind") == "dnas_prune.trainer":
+        spec = state.get("metadata", {}).get("spec")
+        if spec is None:
+            raise CheckpointError(f"{path} is a trainer checkpoint without a model spec; pass its model.pt instead")
+        model, weights = build_model(spec), state["model"]
+    elif isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        if model_name is None:
+            raise CheckpointError(f"{path} is a plain state_dict; also pass --model to say which architecture it is")
+        model, weights = create_model(model_name, num_classes=num_classes), state
+    else:
+        raise CheckpointError(f"{path} is neither a dnas_prune model file nor a state_dict")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(f"{path} does not fit the model: {lines[min(1, len(lines) - 1)]}") from None
+    return model

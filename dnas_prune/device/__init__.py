@@ -1,0 +1,5 @@
+"""What this machine runs fast, asked by the search, training and the reports alike.
+
+``policy``: precision, memory format, threads and the process group; ``timing``: latency measured so that
+pruned-vs-dense comparisons are fair.
+"""

@@ -1,0 +1,105 @@
+"""The search inside the shared training loop: the :class:`~dnas_prune.search.pruner.Pruner` as training hooks.
+
+:class:`SearchHooks` plugs a Pruner into :class:`~dnas_prune.train.loop.Trainer` (checkpoints, resume, DDP,
+evaluation); :func:`recalibrate_bn` refits BN statistics for the hard network on a fixed stream of training
+batches, and :func:`load_supernet` reads back the ``supernet.pt`` the search stage
+(:func:`dnas_prune.stages.search`) writes. How the search steers itself to the budget is told in
+:mod:`~dnas_prune.search.pruner`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..io.checkpoint import safe_load
+from ..train.data import TrainingData
+from ..train.loop import Trainer, TrainHooks
+from .pruner import Pruner, SearchConfig, expected_ratios, refit_bn
+from .supernet import Supernet
+
+
+class SearchHooks(TrainHooks):
+    """Calls the :class:`~dnas_prune.search.pruner.Pruner` from the training loop and reports its state each epoch.
+
+    Readable state for monitoring: ``pruner`` (and its ``net`` and ``config``).
+    """
+
+    def __init__(self, pruner: Pruner) -> None:
+        self.pruner = pruner
+
+    @property
+    def net(self) -> Supernet:
+        return self.pruner.net
+
+    @property
+    def config(self) -> SearchConfig:
+        return self.pruner.config
+
+    def excluded_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.gate_parameters())
+
+    def after_step(self, trainer: Trainer, step: int, metrics: dict) -> None:
+        self.pruner.step()
+
+    def before_evaluate(self, trainer: Trainer, epoch: int) -> None:
+        """Eval mode computes the hard network with running BN statistics that followed a changing network: refit
+        them first. Training normalizes by batch statistics, so this changes what is logged, not what is learned."""
+        recalibrate_bn(self.net, trainer.data, self.config.recalibrate_batches, trainer.config.batch_size,
+                       trainer.config.seed, bool(trainer.channels_last), trainer.device, trainer.autocast)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
+        hard = self.net.hard_cost()
+        metrics.update(
+            hard_macs_ratio=hard.macs / self.net.dense_cost.macs,
+            hard_params_ratio=hard.params / self.net.dense_cost.params,
+            expected_ratio=expected_ratios(self.net)[self.config.metric],
+            target_ratio=self.pruner.target,
+            offset=self.pruner.offset,
+            temperature=self.pruner.temperature,
+            blocks_open=sum(self.net.block_open().values()),
+        )
+
+    def state_dict(self) -> dict:
+        return {"pruner": self.pruner.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pruner.load_state_dict(state["pruner"])
+
+
+def recalibrate_bn(net: Supernet, data: TrainingData, batches: int, batch_size: int, seed: int,
+                   channels_last: bool, device: torch.device, autocast) -> None:
+    """Refit BN statistics for the pinned hard network on ``batches`` training batches (a fixed stream)."""
+    if batches <= 0:
+        return
+    stream = data.train.batches(batch_size, train=True, seed=seed, epoch=10_000, device=device,
+                                channels_last=channels_last)
+    refit_bn(net, (x for i, (x, _) in zip(range(batches), stream)), autocast)
+    net.eval()
+
+
+def gate_summary(net: Supernet) -> dict[str, Any]:
+    """Per-group open counts and block decisions: what search.json and the reports show."""
+    state = net.gate_state()
+    groups = {name: {"kind": net.groups[name].kind, "open": int(mask.sum()), "size": net.groups[name].size}
+              for name, mask in state.items()}
+    alive = net.block_open()
+    return {"groups": groups, "blocks_open": sum(alive.values()), "blocks_total": len(alive)}
+
+
+def load_supernet(path: str | Path) -> Supernet:
+    """Rebuild the supernet saved by :func:`search` (weights, gates and pinned state)."""
+    state = safe_load(path, "a dnas_prune search checkpoint (RUN_DIR/supernet.pt)")
+    meta = state.get("metadata", {}) if isinstance(state, dict) else {}
+    if not isinstance(meta, dict) or meta.get("kind") != "dnas_prune.search" or "model" not in state:
+        kind = state.get("kind") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a search checkpoint (found {kind or 'an unknown file'}); "
+                              "pass the supernet.pt written by `dnas-prune search`")
+    try:
+        return Supernet.from_config(meta["supernet"], state["model"]).eval()
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: supernet config and weights do not match ({str(exc).splitlines()[0]})") from None
