@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from ..models.cost import Cost, count_cost
 from ..errors import DnasPruneError, GatingError
-from .gates import Gate, make_gate
 from ..models import CifarResNet, build_model, spec_of
+from ..models.cost import Cost, count_cost
 from ..models.spec import Spec, SpecError, block_kind
+from .cost import CostTable
+from .gates import Gate, make_gate
 
 
 @dataclass
@@ -143,7 +144,14 @@ class Supernet(nn.Module):
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("offset", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("hard_forward", torch.tensor(False))
-        self._build_cost_table()
+        self.channel_groups = [n for n, g in self.groups.items() if g.kind != "block"]
+        self.branch_blocks = [info.name for info in self.blocks if info.kind != "projection"]
+        self.group_sizes = torch.tensor([self.groups[n].size for n in self.channel_groups], dtype=torch.float64)
+        self.cost_table = CostTable(model, self.input_size, self.blocks, self.channel_groups, self.branch_blocks,
+                                    self.stem_group, self.final_group)
+        # per residual branch (``branch_blocks`` order): its inner groups' indices in ``channel_groups``, padded with
+        # ``len(channel_groups)`` (a constant width of 1)
+        self.branch_inner = self.cost_table.branch_inner
 
     # ----------------------------------------------------------------- structure
     def _add_group(self, name: str, kind: str, size: int, stage: int) -> str:
@@ -218,73 +226,6 @@ class Supernet(nn.Module):
         return importance
 
     # ----------------------------------------------------------------- cost table
-    def _build_cost_table(self) -> None:
-        """Every conv/BN/fc as ``coef * width(in) * width(out) * block``, so cost is 5 tensor ops."""
-        hw: dict[int, int] = {}
-        hooks = [
-            m.register_forward_hook(lambda mod, i, o: hw.__setitem__(id(mod), o.shape[-1] * o.shape[-2]))
-            for m in self.model.modules()
-            if isinstance(m, nn.Conv2d)
-        ]
-        was_training = self.model.training
-        try:
-            with torch.no_grad():
-                self.model.eval()
-                param = next(self.model.parameters())
-                self.model(torch.zeros(1, *self.input_size, device=param.device, dtype=param.dtype))
-        finally:
-            for h in hooks:
-                h.remove()
-            self.model.train(was_training)
-        self.channel_groups = [n for n, g in self.groups.items() if g.kind != "block"]
-        self.branch_blocks = [info.name for info in self.blocks if info.kind != "projection"]
-        gidx = {n: i for i, n in enumerate(self.channel_groups)}
-        one = len(self.channel_groups)
-        bidx = {n: i for i, n in enumerate(self.branch_blocks)}
-        no_block = len(self.branch_blocks)
-        rows: list[tuple[float, float, int, int, int]] = []
-
-        def width(spec: str | int) -> tuple[int, float]:
-            return (one, float(spec)) if isinstance(spec, int) else (gidx[spec], 1.0)
-
-        def conv(module: nn.Conv2d, cin: str | int, cout: str | int, block: str | None) -> None:
-            (i, ci), (o, co) = width(cin), width(cout)
-            k = module.kernel_size[0] * module.kernel_size[1]
-            rows.append((k * hw[id(module)] * ci * co, k * ci * co, i, o, bidx.get(block, no_block)))
-
-        def bn(cout: str, block: str | None) -> None:
-            rows.append((0.0, 2.0, one, gidx[cout], bidx.get(block, no_block)))
-
-        model = self.model
-        conv(model.conv1, model.conv1.in_channels, self.stem_group, None)
-        bn(self.stem_group, None)
-        for info in self.blocks:
-            b = info.module
-            if b.downsample is not None:
-                conv(b.downsample[0], info.in_group, info.out_group, None)
-                bn(info.out_group, None)
-            if info.kind == "projection":
-                continue
-            chain = [info.in_group, *info.inner, info.out_group]
-            convs = ["conv1", "conv2"] if info.kind == "basic" else ["conv1", "conv2", "conv3"]
-            for c, (cin, cout) in enumerate(zip(chain[:-1], chain[1:])):
-                conv(getattr(b, convs[c]), cin, cout, info.name)
-                bn(cout, info.name)
-        classes = model.fc.out_features
-        f, _ = width(self.final_group)
-        rows.append((float(classes), float(classes), f, one, no_block))
-        if model.fc.bias is not None:
-            rows.append((0.0, float(classes), one, one, no_block))
-        inner = [[gidx[g] for g in info.inner] for info in self.blocks if info.kind != "projection"]
-        # per residual branch (``branch_blocks`` order): its inner groups' indices in ``channel_groups``, padded
-        # with ``len(channel_groups)`` (a constant width of 1)
-        self.branch_inner = torch.tensor([i + [one] * (2 - len(i)) for i in inner], dtype=torch.long).reshape(-1, 2)
-        table = torch.tensor([r[:2] for r in rows], dtype=torch.float64)
-        index = torch.tensor([r[2:] for r in rows], dtype=torch.long)
-        self._macs_coef, self._params_coef = table[:, 0], table[:, 1]
-        self._in_idx, self._out_idx, self._blk_idx = index[:, 0], index[:, 1], index[:, 2]
-        self.group_sizes = torch.tensor([self.groups[n].size for n in self.channel_groups], dtype=torch.float64)
-
     # ----------------------------------------------------------------- gates
     def gate(self, name: str) -> Gate:
         return self.gates[self._gate_key[name]]
@@ -406,13 +347,8 @@ class Supernet(nn.Module):
     # ----------------------------------------------------------------- cost
     def cost_from_counts(self, counts: Tensor, blocks: Tensor) -> tuple[Tensor, Tensor]:
         """MACs and params for given channel-group widths (in ``channel_groups`` order) and residual-branch
-        factors (in ``branch_blocks`` order: P(open), or 0/1). Differentiable in both."""
-        widths = torch.cat([counts.to(torch.float64), counts.new_ones(1, dtype=torch.float64)])
-        # A branch whose inner group is empty leaves only a constant: finalization removes the block.
-        alive = (widths[self.branch_inner] > 0).all(dim=1).to(torch.float64)
-        factors = torch.cat([blocks.to(torch.float64) * alive, blocks.new_ones(1, dtype=torch.float64)])
-        term = widths[self._in_idx] * widths[self._out_idx] * factors[self._blk_idx]
-        return (term * self._macs_coef).sum(), (term * self._params_coef).sum()
+        factors (in ``branch_blocks`` order: P(open), or 0/1). Differentiable in both (see :class:`CostTable`)."""
+        return self.cost_table(counts, blocks)
 
     def counts_and_blocks(self, hard: bool) -> tuple[Tensor, Tensor]:
         if not hard:
