@@ -17,41 +17,30 @@ import difflib
 import json
 import os
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from . import stages
+from .errors import DnasPruneError
+from .io.checkpoint import atomic_write_text
+from .io.export import FORMATS, SUFFIXES
+from .io.pruned import load_pretrained, load_pruned_with_metadata
+from .models import available_weights, create_model
 from .search.budget import check_target
-from .models.cost import count_cost
+from .search.pruner import SearchConfig
+from .train.cifar import resolve_data_root
 from .train.data import DATA_KINDS, TrainingData, load_dataset
 from .train.imagefolder import IMAGE_SIZE
-from .train.cifar import resolve_data_root
-from .errors import DnasPruneError
-from .io.export import FORMATS, SUFFIXES, ExportError, export
-from .finalize import finalize
-from .stages import finetune_pruned
-from .models import available_weights, create_model, spec_of
-from .report.monitor import MonitorHooks, log_text
-from .device.timing import latency_progress
-from .io.pruned import load_pruned_with_metadata, save_pruned
-from .train.recipes import (CLEAN_EPOCHS_PER, FINETUNE_RECIPE as FINETUNE_DEFAULTS, SEARCH_RECIPE as SEARCH_DEFAULTS,
-                      TRAIN_RECIPE as TRAIN_DEFAULTS, seed_everything)
-from .report.report import write_report
-from .search.hooks import load_supernet
-from .search.pruner import SearchConfig
-from .io.pruned import load_pretrained
-from .stages import search
-from .report.summary import width_table
-from .search.supernet import Supernet
-from .io.checkpoint import atomic_write_text
-from .train.progress import format_duration
 from .train.loop import TrainConfig, Trainer, epoch_note
+from .train.progress import format_duration
+from .train.recipes import (CLEAN_EPOCHS_PER, FINETUNE_RECIPE as FINETUNE_DEFAULTS, SEARCH_RECIPE as SEARCH_DEFAULTS,
+                            TRAIN_RECIPE as TRAIN_DEFAULTS, seed_everything)
 
 _TOP_LEVEL_TRAIN = ("device", "seed", "progress")  # TrainConfig fields set once for every training stage
 
@@ -253,19 +242,6 @@ def to_toml(config: Config) -> str:
     return "\n".join(parts) + "\n"
 
 
-def layer_widths(net: Supernet) -> list[dict[str, Any]]:
-    """Dense and kept width of every channel group in network order; a removed block's inner groups keep 0."""
-    state = net.gate_state()
-    alive = net.block_open()
-    dead_inner = {g for info in net.blocks if info.kind != "projection" and not alive[info.name] for g in info.inner}
-    rows = []
-    for name in net.channel_groups:
-        size = net.groups[name].size
-        kept = 0 if name in dead_inner else int(state[name].sum()) if name in state else size
-        rows.append({"name": name, "kind": net.groups[name].kind, "dense": size, "pruned": kept})
-    return rows
-
-
 class Pipeline:
     """One run directory and its config; :meth:`run` executes the stages that have no output yet."""
 
@@ -323,23 +299,6 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(text, saved_path)
 
-    @contextmanager
-    def monitor(self, log_dir: Path) -> Iterator[MonitorHooks | None]:
-        """TensorBoard hooks for one training stage (as the train/search/finetune commands write), or None."""
-        monitor = MonitorHooks(log_dir=log_dir) if self.config[""]["tensorboard"] else None
-        try:
-            yield monitor
-        finally:
-            if monitor:
-                monitor.close()
-
-    def _fit(self, trainer: Trainer, monitor: MonitorHooks | None, hparams: dict[str, Any]) -> dict:
-        """Train (resuming from the stage's checkpoint if there is one) and log the run's hparams."""
-        metrics = trainer.fit(resume=trainer.checkpoint_path.is_file())
-        if monitor:
-            monitor.log_training_hparams(trainer.config, hparams, metrics)
-        return metrics
-
     # ----------------------------------------------------------------- stages
     def pretrain(self) -> None:
         cfg, top = self.config["pretrain"], self.config[""]
@@ -350,47 +309,28 @@ class Pipeline:
         metadata = {"command": "run", "model": name, "data": root, "limit_train": self.config["data"]["limit_train"],
                     "val_size": self.config["data"]["val_size"]}
         seed_everything(top["seed"])
-        if cfg["checkpoint"] is not None or cfg["weights"] is not None:
-            source = cfg["checkpoint"] or cfg["weights"]
+        source = cfg["checkpoint"] or cfg["weights"]
+        if source is not None:
             model = load_pretrained(source, name, data.num_classes)
-            trainer = Trainer(model, data, train_config, out, metadata=metadata)
-            metrics = {"test_acc": trainer.evaluate(data.test)["acc"], "source": source}
-            if len(data.val):
-                metrics["val_acc"] = trainer.evaluate(data.val)["acc"]
+            metrics = stages.adopt(model, data, train_config, out, source=source, metadata=metadata)
         else:
-            with self.monitor(out / "tb") as monitor:
-                model = create_model(name, num_classes=data.num_classes, zero_init_residual=cfg["zero_init_residual"])
-                trainer = Trainer(model, data, train_config, out, hooks=monitor, metadata=metadata)
-                metrics = self._fit(trainer, monitor, {"model": name})
-        save_pruned(trainer.final_model.eval(), self.dense_path, kind="dense", input_size=list(data.train.input_size),
-                    metrics=metrics, config=asdict(train_config))
+            model = create_model(name, num_classes=data.num_classes, zero_init_residual=cfg["zero_init_residual"])
+            _, metrics = stages.train(model, data, train_config, out, metadata=metadata,
+                                      resume=(out / "train.pt").is_file(), tensorboard=top["tensorboard"],
+                                      hparams={"model": name})
         self.log(f"dense test accuracy {metrics['test_acc']:.4f}")
 
     def search(self) -> None:
         data, _ = self.data()
         model = load_pretrained(self.dense_path, None, data.num_classes)
         seed_everything(self.config[""]["seed"])
-        with self.monitor(self.search_dir / "tb") as monitor:
-            _, summary = search(model, data, train_config_of(self.config, "search"), search_config_of(self.config),
-                                self.search_dir, resume=True, wrap_hooks=monitor.wrap if monitor else None)
-            if monitor:
-                monitor.log_search_summary(summary)
-        final = summary["final"]
-        self.log(f"searched: {final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
-                 f"{summary['gates']['blocks_open']}/{summary['gates']['blocks_total']} blocks; "
-                 f"test accuracy before finetuning {summary['accuracy']['test']:.4f}")
+        _, summary = stages.search(model, data, train_config_of(self.config, "search"), search_config_of(self.config),
+                                   self.search_dir, resume=True, tensorboard=self.config[""]["tensorboard"])
+        self.log(f"searched: {stages.search_line(summary)}")
 
     def finalize(self) -> None:
-        net = load_supernet(self.search_dir / "supernet.pt")
-        dense_spec = spec_of(net.model)
-        model = finalize(net, round_to=self.config["finalize"]["round_to"])
-        if self.config[""]["tensorboard"]:
-            table = width_table(dense_spec, spec_of(model), net.dense_cost, count_cost(model, net.input_size))
-            log_text(self.search_dir / "tb", "architecture/finalized", table)
-        summary = json.loads((self.search_dir / "search.json").read_text())
-        save_pruned(model, self.pruned_path, input_size=list(net.input_size), dense_macs=net.dense_cost.macs,
-                    dense_params=net.dense_cost.params, search_accuracy=summary["accuracy"]["test"],
-                    layers=layer_widths(net))
+        stages.finalize(self.search_dir / "supernet.pt", self.pruned_path, round_to=self.config["finalize"]["round_to"],
+                        tensorboard=self.config[""]["tensorboard"])
 
     def finetune(self) -> None:
         data, root = self.data()
@@ -398,63 +338,32 @@ class Pipeline:
         train_config = train_config_of(self.config, "finetune")
         teacher = (load_pretrained(self.dense_path, None, data.num_classes) if train_config.distill_weight > 0
                    else None)
-        with self.monitor(self.finetuned_path.parent / "tb") as monitor:
-            trainer, metrics = finetune_pruned(self.pruned_path, data, train_config, self.finetuned_path.parent,
-                                               data_root=root, hooks=monitor, resume=True, teacher=teacher)
-            if monitor:
-                monitor.log_training_hparams(train_config, {"source": str(self.pruned_path)}, metrics)
+        _, metrics = stages.finetune(self.pruned_path, data, train_config, self.finetuned_path.parent, data_root=root,
+                                     resume=True, teacher=teacher, tensorboard=self.config[""]["tensorboard"])
         self.log(f"finetuned test accuracy {metrics['test_acc']:.4f}")
 
     def export_paths(self) -> list[tuple[str, Path]]:
         return [(f, self.out / "export" / f"model{SUFFIXES[f]}") for f in self.config["export"]["formats"]]
 
     def export(self) -> None:
-        model, metadata = load_pruned_with_metadata(self.finetuned_path)
+        check = self.config["export"]["check"]
         for fmt, path in self.export_paths():
             if path.is_file():
                 continue
-            self.log(f"exporting {fmt} to {path}" + (" and checking it against the model" if self.config["export"]["check"] else ""))
-            try:
-                export(model, path, fmt, tuple(metadata["input_size"]), check=self.config["export"]["check"])
-            except ExportError:
-                path.unlink(missing_ok=True)  # a file that failed its check must not count as done
-                raise
+            self.log(f"exporting {fmt} to {path}" + (" and checking it against the model" if check else ""))
+            stages.export(self.finetuned_path, path, fmt, check=check)
             self.log(f"exported {fmt}")
 
     def report(self) -> None:
-        dense, dense_file = load_pruned_with_metadata(self.dense_path)
-        pruned, metadata = load_pruned_with_metadata(self.finetuned_path)
-        summary = json.loads((self.search_dir / "search.json").read_text())
+        _, metadata = load_pruned_with_metadata(self.finetuned_path)
         r = self.config["report"]
         # The report records the data the run used, also when $DNAS_PRUNE_DATA or the cache supplied it.
         shown = applicable(self.config)
         shown["data"]["root"] = self._data_root(metadata)
-        with latency_progress(self.log):
-            report = write_report(
-                self.out, dense=dense, dense_metrics=dense_file["metrics"], pruned=pruned, pruned_metadata=metadata,
-                search_summary=summary, config=shown, config_toml=to_toml(shown),
-                exports={f: str(p) for f, p in self.export_paths() if p.is_file()},
-                batch_sizes=r["batch_sizes"], max_seconds=r["max_seconds"], threads=r["threads"],
-            )
-        for name, entry in report["latency"]["models"].items():
-            for bs, lat in entry["latency"].items():
-                if lat.get("warning"):
-                    self.log(f"warning: {name} latency at batch {bs}: {lat['warning']}")
-        d, p = report["dense"], report["pruned"]
-        timed = report["latency"]["models"]
-        speed = ", ".join(f"{timed['dense']['latency'][bs]['median_ms'] / lat['median_ms']:.2f}x at batch {bs}"
-                          for bs, lat in timed["pruned"]["latency"].items())
-        exports = ", ".join(str(path) for _, path in self.export_paths() if path.is_file())
-        self.log("\n".join([
-            "summary:",
-            f"  test accuracy  dense {d['test_acc']:.2%} -> pruned {p['test_acc']:.2%} "
-            f"({100 * (p['test_acc'] - d['test_acc']):+.2f} points)",
-            f"  MACs           {d['macs'] / 1e6:.2f} M -> {p['macs'] / 1e6:.2f} M ({p['macs_ratio']:.1%} of dense)",
-            f"  params         {d['params'] / 1e3:.1f} k -> {p['params'] / 1e3:.1f} k ({p['params_ratio']:.1%})",
-            f"  speed-up       {speed} (median latency, measured side by side here)",
-            f"  files          {self.finetuned_path} (pruned model), {exports or 'no exports'}, "
-            f"{self.out / 'report.md'} (report, figures beside it)",
-        ]))
+        stages.report(self.out, dense_path=self.dense_path, pruned_path=self.finetuned_path,
+                      search_summary=json.loads((self.search_dir / "search.json").read_text()), config=shown,
+                      config_toml=to_toml(shown), exports={f: str(p) for f, p in self.export_paths() if p.is_file()},
+                      batch_sizes=r["batch_sizes"], max_seconds=r["max_seconds"], threads=r["threads"], log=self.log)
 
     # ----------------------------------------------------------------- driver
     def outputs(self) -> dict[str, list[Path]]:

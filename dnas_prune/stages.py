@@ -1,45 +1,87 @@
-"""The stages of a pruning run, each written once: the CLI commands, the TOML pipeline and the experiments call
-these functions instead of writing their own stage bodies."""
+"""The stages of a pruning run, each written once: train, search, finalize, finetune, export and report.
+
+The CLI commands, the TOML pipeline and the experiments call these functions rather than writing their own stage
+bodies, so a stage writes the same files (and the same metadata in them) whichever way it is run. Each stage
+reads and writes files in a run directory; TensorBoard logs go to ``OUT/tb`` when asked for.
+"""
 
 from __future__ import annotations
 
 import copy
+import json
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Sequence
 
 from torch import nn
 
+from .device.timing import latency_progress
 from .errors import DnasPruneError
+from .finalize import finalize as fold_decisions
 from .io.checkpoint import atomic_write_json
-from .io.pruned import load_pruned_with_metadata, save_pruned
-from .search.hooks import SearchHooks, gate_summary, recalibrate_bn
+from .io.export import ExportError, export as export_model, verify_export
+from .io.pruned import default_input_size, load_pruned_with_metadata, save_pruned
+from .models import spec_of
+from .models.cost import count_cost
+from .report.monitor import MonitorHooks, log_text
+from .report.report import write_report
+from .report.summary import layer_widths, width_table
+from .search.hooks import SearchHooks, gate_summary, load_supernet, recalibrate_bn
 from .search.pruner import Pruner, SearchConfig
 from .search.supernet import Supernet
 from .train.data import TrainingData
 from .train.loop import TrainConfig, Trainer, TrainHooks
 
 
-def finetune_pruned(pruned_path: str | Path, data: TrainingData, config: TrainConfig, out_dir: str | Path, *,
-                    data_root: str, hooks: TrainHooks | None = None, resume: bool = False,
-                    teacher: nn.Module | None = None) -> tuple[Trainer, dict]:
-    """Train the model in ``pruned_path``; writes ``out_dir/finetune.pt`` (resumable) and ``out_dir/pruned.pt``
-    (the same metadata plus the new accuracies). Returns the trainer and its final metrics.
+@contextmanager
+def _monitor(out: Path, enabled: bool) -> Iterator[MonitorHooks | None]:
+    """TensorBoard logging to ``out/tb`` for one training stage, or None."""
+    monitor = MonitorHooks(log_dir=out / "tb") if enabled else None
+    try:
+        yield monitor
+    finally:
+        if monitor:
+            monitor.close()
 
-    ``teacher`` (usually the dense parent) is distilled from when ``config.distill_weight > 0``."""
-    model, metadata = load_pruned_with_metadata(pruned_path)
+
+# ---------------------------------------------------------------------------------------------- dense
+def train(model: nn.Module, data: TrainingData, config: TrainConfig, out_dir: str | Path, *,
+          metadata: dict[str, Any] | None = None, resume: bool = False, tensorboard: bool = False,
+          hparams: dict[str, Any] | None = None) -> tuple[Trainer, dict]:
+    """Train a dense model; writes ``OUT/train.pt`` (resumable, every epoch) and ``OUT/model.pt``. Returns the
+    trainer and the final metrics. ``resume`` continues from ``OUT/train.pt``, which must exist."""
     out = Path(out_dir)
-    trainer = Trainer(model.train(), data, config, out, hooks=hooks, checkpoint_name="finetune.pt",
-                      metadata={"kind": "dnas_prune.finetune", "source": str(pruned_path)}, teacher=teacher)
-    metrics = trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
+    with _monitor(out, tensorboard) as monitor:
+        trainer = Trainer(model, data, config, out, hooks=monitor, metadata=metadata)
+        metrics = trainer.fit(resume=resume)
+        if monitor:
+            monitor.log_training_hparams(config, hparams or {}, metrics)
     if trainer.is_main:
-        keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
-        save_pruned(trainer.final_model.eval(), out / "pruned.pt",
-                    **{**keep, "dataset": data_root, "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
-                       "finetune_epochs": config.epochs})
+        _save_dense(trainer, data, config, metrics, out)
     return trainer, metrics
 
 
+def adopt(model: nn.Module, data: TrainingData, config: TrainConfig, out_dir: str | Path, *, source: str,
+          metadata: dict[str, Any] | None = None) -> dict:
+    """The dense stage for a parent trained elsewhere: evaluate it and write ``OUT/model.pt`` as :func:`train`
+    does. Returns its metrics."""
+    out = Path(out_dir)
+    trainer = Trainer(model, data, config, out, metadata=metadata)
+    metrics = {"test_acc": trainer.evaluate(data.test)["acc"], "source": source}
+    if len(data.val):
+        metrics["val_acc"] = trainer.evaluate(data.val)["acc"]
+    if trainer.is_main:
+        _save_dense(trainer, data, config, metrics, out)
+    return metrics
+
+
+def _save_dense(trainer: Trainer, data: TrainingData, config: TrainConfig, metrics: dict, out: Path) -> None:
+    save_pruned(trainer.final_model.eval(), out / "model.pt", kind="dense", input_size=list(data.train.input_size),
+                metrics=metrics, config=asdict(config))
+
+
+# ---------------------------------------------------------------------------------------------- search
 def search(
     model: nn.Module,
     data: TrainingData,
@@ -49,12 +91,14 @@ def search(
     resume: bool = False,
     input_size: tuple[int, int, int] | None = None,
     wrap_hooks: Callable[[TrainHooks], TrainHooks] | None = None,
+    tensorboard: bool = False,
 ) -> tuple[Supernet, dict]:
-    """Run the whole search; returns the projected supernet and the summary written to ``search.json``.
+    """Search ``model`` under the budget; writes ``OUT/supernet.pt`` (resumable, every epoch) and
+    ``OUT/search.json``, and returns the projected supernet and that summary.
 
-    ``wrap_hooks`` lets the caller put an observer (e.g. TensorBoard monitoring) around the search hooks
-    without this module knowing about it. With ``train_config.distill_weight > 0`` the supernet also learns from
-    the dense model it starts from (a frozen copy), as the finetune does.
+    ``wrap_hooks`` lets the caller put an observer around the search hooks; ``tensorboard`` logs to ``OUT/tb``.
+    With ``train_config.distill_weight > 0`` the supernet also learns from the dense model it starts from (a
+    frozen copy), as the finetune does.
     """
     if train_config.ema_decay > 0:
         raise DnasPruneError(f"ema_decay {train_config.ema_decay} applies to dense training and finetuning, not the "
@@ -66,10 +110,35 @@ def search(
     pruner = Pruner(model, input_size, total_steps=steps, config=search_config)
     net = pruner.net
     hooks = SearchHooks(pruner)
+    hooks = wrap_hooks(hooks) if wrap_hooks else hooks
     metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config)}
-    trainer = Trainer(net, data, train_config, out, hooks=wrap_hooks(hooks) if wrap_hooks else hooks,
-                      checkpoint_name="supernet.pt", metadata=metadata, teacher=teacher)
-    trainer.fit(resume=resume and (out / "supernet.pt").is_file())
+    with _monitor(out, tensorboard) as monitor:
+        trainer = Trainer(net, data, train_config, out, hooks=monitor.wrap(hooks) if monitor else hooks,
+                          checkpoint_name="supernet.pt", metadata=metadata, teacher=teacher)
+        trainer.fit(resume=resume and (out / "supernet.pt").is_file())
+        summary = _land(trainer, pruner, data, train_config, search_config)
+        if monitor:
+            monitor.log_search_summary(summary)
+    if trainer.is_main:
+        trainer.metadata["supernet"] = net.config()
+        trainer.metadata["summary"] = {k: summary[k] for k in ("final", "accuracy")}
+        trainer.save_checkpoint()
+        atomic_write_json(summary, out / "search.json")
+    return net, summary
+
+
+def search_line(summary: dict) -> str:
+    """The search's result in one line."""
+    final = summary["final"]
+    return (f"{final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
+            f"{summary['gates']['blocks_open']}/{summary['gates']['blocks_total']} blocks; "
+            f"hard-supernet test acc {summary['accuracy']['test']:.4f}")
+
+
+def _land(trainer: Trainer, pruner: Pruner, data: TrainingData, train_config: TrainConfig,
+          search_config: SearchConfig) -> dict[str, Any]:
+    """After the search's training: project onto the budget, refit BN, evaluate; the summary of search.json."""
+    net = pruner.net
     before = net.hard_cost()
     projection = pruner.project()
     final = net.hard_cost()
@@ -78,7 +147,7 @@ def search(
     val = trainer.evaluate(data.val) if len(data.val) else {"acc": float("nan")}
     test = trainer.evaluate(data.test)
     dense = net.dense_cost
-    summary = {
+    return {
         "target": {"metric": search_config.metric, "ratio": search_config.target},
         "dense": {"macs": dense.macs, "params": dense.params},
         "before_projection": {"macs_ratio": before.macs / dense.macs, "params_ratio": before.params / dense.params},
@@ -91,9 +160,103 @@ def search(
         "config": {"train": asdict(train_config), "search": asdict(search_config)},
         "history": trainer.history,
     }
+
+
+# ---------------------------------------------------------------------------------------------- finalize
+def finalize(checkpoint: str | Path, output: str | Path, *, round_to: int | None = None,
+             tensorboard: bool = False) -> tuple[nn.Module, str]:
+    """The plain pruned model of a search checkpoint (``RUN_DIR/supernet.pt``), written to ``output`` with its
+    dense cost, the search's accuracy and the kept width of every layer. Returns the model and the Markdown
+    table of dense vs pruned widths (also logged next to the search's TensorBoard logs with ``tensorboard``)."""
+    checkpoint = Path(checkpoint)
+    if round_to is not None and round_to < 1:
+        raise DnasPruneError(f"--round-to must be a positive integer, got {round_to}")
+    net = load_supernet(checkpoint)
+    model = fold_decisions(net, round_to=round_to)
+    summary_path = checkpoint.with_name("search.json")
+    accuracy = json.loads(summary_path.read_text()).get("accuracy", {}) if summary_path.is_file() else {}
+    save_pruned(model, output, input_size=list(net.input_size), dense_macs=net.dense_cost.macs,
+                dense_params=net.dense_cost.params, search_accuracy=accuracy.get("test"), layers=layer_widths(net))
+    table = width_table(spec_of(net.model), spec_of(model), net.dense_cost, count_cost(model, net.input_size))
+    if tensorboard:
+        log_text(checkpoint.parent / "tb", "architecture/finalized", table)
+    return model, table
+
+
+# ---------------------------------------------------------------------------------------------- finetune
+def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, out_dir: str | Path, *,
+             data_root: str, resume: bool = False, teacher: nn.Module | None = None, tensorboard: bool = False,
+             hooks: TrainHooks | None = None) -> tuple[Trainer, dict]:
+    """Train the model in ``pruned_path`` further; writes ``OUT/finetune.pt`` (resumable) and ``OUT/pruned.pt``
+    (the same metadata plus the new accuracies). Returns the trainer and its final metrics.
+
+    ``teacher`` (usually the dense parent) is distilled from when ``config.distill_weight > 0``."""
+    model, metadata = load_pruned_with_metadata(pruned_path)
+    out = Path(out_dir)
+    with _monitor(out, tensorboard) as monitor:
+        inner = monitor.wrap(hooks or TrainHooks()) if monitor else hooks
+        trainer = Trainer(model.train(), data, config, out, hooks=inner, checkpoint_name="finetune.pt",
+                          metadata={"kind": "dnas_prune.finetune", "source": str(pruned_path)}, teacher=teacher)
+        metrics = trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
+        if monitor:
+            monitor.log_training_hparams(config, {"source": str(pruned_path)}, metrics)
     if trainer.is_main:
-        trainer.metadata["supernet"] = net.config()
-        trainer.metadata["summary"] = {k: summary[k] for k in ("final", "accuracy")}
-        trainer.save_checkpoint()
-        atomic_write_json(summary, out / "search.json")
-    return net, summary
+        keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
+        save_pruned(trainer.final_model.eval(), out / "pruned.pt",
+                    **{**keep, "dataset": data_root, "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
+                       "finetune_epochs": config.epochs})
+    return trainer, metrics
+
+
+# ---------------------------------------------------------------------------------------------- export
+def export(pruned_path: str | Path, output: str | Path, fmt: str, *, input_size: Sequence[int] | None = None,
+           batch_size: int = 1, dynamic_batch: bool = True, check: bool = True) -> tuple[Path, dict | None]:
+    """Export the model in ``pruned_path`` (at the input size stored in the file unless given); with ``check``,
+    run the export against the model on a batch it was not traced with, and delete it if they differ. Returns
+    the path and the check's result (None without ``check``)."""
+    model, metadata = load_pruned_with_metadata(pruned_path)
+    input_size = tuple(input_size or metadata.get("input_size") or default_input_size(spec_of(model)))
+    path = export_model(model, output, fmt, input_size, batch_size, dynamic_batch=dynamic_batch, check=False)
+    if not check:
+        return path, None
+    try:
+        return path, verify_export(path, model, fmt, input_size, batch_size + 1 if dynamic_batch else batch_size)
+    except ExportError:
+        path.unlink(missing_ok=True)  # a file that failed its check must not count as done
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- report
+def report(out_dir: str | Path, *, dense_path: str | Path, pruned_path: str | Path, search_summary: dict,
+           config: dict[str, Any], config_toml: str, exports: dict[str, str], batch_sizes: Sequence[int] = (1, 64),
+           max_seconds: float = 3.0, threads: int | None = None,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Dense vs pruned accuracy, cost and latency (measured side by side here) with figures: writes
+    ``OUT/report.md`` and ``OUT/report.json``, logs noisy timings and a short summary, and returns the report."""
+    dense, dense_file = load_pruned_with_metadata(dense_path)
+    pruned, metadata = load_pruned_with_metadata(pruned_path)
+    with latency_progress(log):
+        result = write_report(
+            Path(out_dir), dense=dense, dense_metrics=dense_file["metrics"], pruned=pruned, pruned_metadata=metadata,
+            search_summary=search_summary, config=config, config_toml=config_toml, exports=exports,
+            batch_sizes=batch_sizes, max_seconds=max_seconds, threads=threads,
+        )
+    for name, entry in result["latency"]["models"].items():
+        for bs, lat in entry["latency"].items():
+            if lat.get("warning"):
+                log(f"warning: {name} latency at batch {bs}: {lat['warning']}")
+    d, p = result["dense"], result["pruned"]
+    timed = result["latency"]["models"]
+    speed = ", ".join(f"{timed['dense']['latency'][bs]['median_ms'] / lat['median_ms']:.2f}x at batch {bs}"
+                      for bs, lat in timed["pruned"]["latency"].items())
+    log("\n".join([
+        "summary:",
+        f"  test accuracy  dense {d['test_acc']:.2%} -> pruned {p['test_acc']:.2%} "
+        f"({100 * (p['test_acc'] - d['test_acc']):+.2f} points)",
+        f"  MACs           {d['macs'] / 1e6:.2f} M -> {p['macs'] / 1e6:.2f} M ({p['macs_ratio']:.1%} of dense)",
+        f"  params         {d['params'] / 1e3:.1f} k -> {p['params'] / 1e3:.1f} k ({p['params_ratio']:.1%})",
+        f"  speed-up       {speed} (median latency, measured side by side here)",
+        f"  files          {pruned_path} (pruned model), {', '.join(exports.values()) or 'no exports'}, "
+        f"{Path(out_dir) / 'report.md'} (report, figures beside it)",
+    ]))
+    return result

@@ -36,7 +36,7 @@ from dnas_prune.train.recipes import seed_everything
 from dnas_prune.models.cost import count_cost
 from dnas_prune.train.cifar import CifarData, load_cifar10, resolve_data_root
 from dnas_prune.finalize import finalize
-from dnas_prune.stages import finetune_pruned
+from dnas_prune.stages import finetune
 from dnas_prune.models import create_model, spec_of
 from dnas_prune.device.timing import compare_latency
 from dnas_prune.io.pruned import load_pruned_with_metadata, save_pruned
@@ -199,9 +199,8 @@ def run_row(name: str, target: float, dense: nn.Module, data: CifarData, args: a
         save_pruned(model, pruned_path, input_size=list(input_size), info=info, epochs_before_finetune=before)
     finetune_epochs = args.search_epochs + args.finetune_epochs - before
     seed_everything(args.seed)
-    trainer, metrics = finetune_pruned(pruned_path, data, recipe(finetune_epochs, args.seed, args.distill_weight),
-                                       row_dir / "finetune", data_root=args.data, resume=True,
-                                       teacher=teacher_of(dense, args))
+    trainer, metrics = finetune(pruned_path, data, recipe(finetune_epochs, args.seed, args.distill_weight),
+                                row_dir / "finetune", data_root=args.data, resume=True, teacher=teacher_of(dense, args))
     cost, dense_cost = count_cost(trainer.model.eval(), input_size), count_cost(dense, input_size)
     return {
         "method": name, "label": METHODS[name].label, "target_macs": target, "status": "done",

@@ -213,8 +213,9 @@ def test_report_records_the_resolved_data_root_and_no_cifar_image_size(
     pipeline = Pipeline(config, log=lines.append)
     pipeline.search_dir.mkdir(parents=True)
     (pipeline.search_dir / "search.json").write_text("{}")
-    monkeypatch.setattr("dnas_prune.pipeline.load_pruned_with_metadata",
-                        lambda path: (torch.nn.Identity(), {"metrics": {}, "input_size": [3, 32, 32]}))
+    for module in ("pipeline", "stages"):
+        monkeypatch.setattr(f"dnas_prune.{module}.load_pruned_with_metadata",
+                            lambda path: (torch.nn.Identity(), {"metrics": {}, "input_size": [3, 32, 32]}))
     captured = {}
     noisy = "p90 is 50.0x the median: the machine was busy while timing, so this latency is unreliable"
 
@@ -225,7 +226,7 @@ def test_report_records_the_resolved_data_root_and_no_cifar_image_size(
                 "dense": {"test_acc": 0.9, "macs": 4e7, "params": 2e5},
                 "pruned": {"test_acc": 0.88, "macs": 2e7, "macs_ratio": 0.5, "params": 1e5, "params_ratio": 0.5}}
 
-    monkeypatch.setattr("dnas_prune.pipeline.write_report", fake_report)
+    monkeypatch.setattr("dnas_prune.stages.write_report", fake_report)
     pipeline.report()
     assert captured["config"]["data"]["root"] == str(data_dir)
     assert captured["config"]["data"]["image_size"] is None and "image_size" not in captured["config_toml"]

@@ -13,7 +13,7 @@ from matplotlib.image import imread
 
 from dnas_prune.finalize import finalize
 from dnas_prune.models import create_model
-from dnas_prune.pipeline import layer_widths
+from dnas_prune.report.summary import layer_widths
 from dnas_prune.report.report import (DENSE, PRUNED, SEARCHED, Point, accuracy_latency_figure, accuracy_macs_figure,
                                 layer_bars, widths_figure, write_report)
 from dnas_prune.search.supernet import Supernet

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io.export import FORMATS, SUFFIXES, export, verify_export
-from ..models import spec_of
-from ..io.pruned import default_input_size, load_pruned_with_metadata
+from .. import stages
+from ..io.export import FORMATS, SUFFIXES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,16 +23,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    model, metadata = load_pruned_with_metadata(args.pruned)
-    input_size = tuple(args.input_size or metadata.get("input_size") or default_input_size(spec_of(model)))
     output = args.output or args.pruned.with_suffix(SUFFIXES[args.format])
-    dynamic = not args.static_batch
-    path = export(model, output, args.format, input_size, args.batch_size, dynamic_batch=dynamic, check=False)
+    path, result = stages.export(args.pruned, output, args.format, input_size=args.input_size,
+                                 batch_size=args.batch_size, dynamic_batch=not args.static_batch,
+                                 check=not args.no_check)
     print(f"exported {args.format} to {path}")
-    if args.no_check:
+    if result is None:
         print("check: skipped")
         return 0
-    result = verify_export(path, model, args.format, input_size, args.batch_size + 1 if dynamic else args.batch_size)
     print(
         f"check: passed at batch {result['batch_size']} "
         f"(max abs diff {result['max_abs_diff']:.2e} <= tolerance {result['tolerance']:.2e})"

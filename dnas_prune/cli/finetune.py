@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..report.monitor import MonitorHooks
-from ..errors import DnasPruneError
-from ..stages import finetune_pruned
-from ..io.pruned import load_pruned_with_metadata
-from ..io.pruned import load_pretrained
-from ..train.recipes import FINETUNE_RECIPE
+from .. import stages
 from ..device.policy import init_distributed
+from ..errors import DnasPruneError
+from ..io.pruned import load_pretrained, load_pruned_with_metadata
+from ..train.recipes import FINETUNE_RECIPE
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
 DEFAULTS = FINETUNE_RECIPE
@@ -38,15 +36,8 @@ def run(args: argparse.Namespace) -> int:
     teacher = load_pretrained(args.teacher, None, data.num_classes) if args.teacher else None
     seed_everything(args.seed)
     out = Path(args.out)
-    monitor = None if args.no_tensorboard else MonitorHooks(log_dir=out / "tb")
-    try:
-        trainer, metrics = finetune_pruned(args.pruned, data, config, out, data_root=root, hooks=monitor,
-                                           resume=args.resume, teacher=teacher)
-        if monitor:
-            monitor.log_training_hparams(config, {"source": str(args.pruned)}, metrics)
-    finally:
-        if monitor:
-            monitor.close()
+    trainer, metrics = stages.finetune(args.pruned, data, config, out, data_root=root, resume=args.resume,
+                                       teacher=teacher, tensorboard=not args.no_tensorboard)
     if trainer.is_main:
         print(f"finetuned test accuracy {metrics['test_acc']:.4f}; wrote {out / 'pruned.pt'}")
     return 0

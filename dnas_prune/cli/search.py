@@ -9,21 +9,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..search.budget import check_target
+from .. import stages
+from ..device.policy import init_distributed
 from ..errors import DnasPruneError
+from ..io.pruned import load_pretrained
+from ..models import MODEL_NAMES, check_model_name, create_model
+from ..search.budget import check_target
 from ..search.gate_optimizer import GATE_OPTIMIZERS
 from ..search.gates import GATE_KINDS
-from ..models import MODEL_NAMES, check_model_name, create_model
-from ..report.monitor import MonitorHooks
 from ..search.pruner import SearchConfig
-from ..io.pruned import load_pretrained
-from ..stages import search
 from ..train.recipes import SEARCH_RECIPE
-from ..device.policy import init_distributed
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
 DEFAULTS = SEARCH_RECIPE
 SEARCH_DEFAULTS = SearchConfig()
+_SCHEDULE_FLAGS = {
+    "warmup": "fraction of the search before the budget starts to descend",
+    "target_ramp": "fraction of the search over which the budget descends from the dense cost to the target; the "
+                   "hard cost follows it at every step",
+    "prior_spread": "gates start ranked by |BN gamma| within each group, logits init +- this",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,14 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-cost-normalization", dest="cost_normalized", action="store_false",
                    help="do not divide each gate's gradient by its marginal cost (an ablation)")
     p.add_argument("--gate-lr", type=float, help="lr of the gates (default: scaled to the search length)")
-    p.add_argument("--warmup", type=float, default=SEARCH_DEFAULTS.warmup,
-                   help="fraction of the search before the budget starts to descend (default: %(default)s)")
-    p.add_argument("--target-ramp", type=float, default=SEARCH_DEFAULTS.target_ramp,
-                   help="fraction of the search over which the budget descends from the dense cost to the target; "
-                        "the hard cost follows it at every step (default: %(default)s)")
-    p.add_argument("--prior-spread", type=float, default=SEARCH_DEFAULTS.prior_spread,
-                   help="gates start ranked by |BN gamma| within each group, logits init +- this "
-                        "(default: %(default)s)")
+    for field, text in _SCHEDULE_FLAGS.items():  # each flag's default is its SearchConfig field's
+        p.add_argument(f"--{field.replace('_', '-')}", type=float, default=getattr(SEARCH_DEFAULTS, field),
+                       help=f"{text} (default: %(default)s)")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
     p.add_argument("--channels-per-gate", type=int, default=SEARCH_DEFAULTS.channels_per_gate,
                    help="one gate per K channels, so every searched width is a multiple of K (8 or 16 keep pruned "
@@ -90,17 +90,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = create_model(args.model, num_classes=data.num_classes)
     out = Path(args.out)
-    monitor = None if args.no_tensorboard else MonitorHooks(log_dir=out / "tb")
-    try:
-        net, summary = search(model, data, train_config, search_config, out, resume=args.resume,
-                              wrap_hooks=monitor.wrap if monitor else None)
-        if monitor:
-            monitor.log_search_summary(summary)
-    finally:
-        if monitor:
-            monitor.close()
-    final = summary["final"]
-    print(f"search done: {final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
-          f"{summary['gates']['blocks_open']}/{summary['gates']['blocks_total']} blocks; "
-          f"hard-supernet test acc {summary['accuracy']['test']:.4f}; wrote {out / 'supernet.pt'}")
+    _, summary = stages.search(model, data, train_config, search_config, out, resume=args.resume,
+                               tensorboard=not args.no_tensorboard)
+    print(f"search done: {stages.search_line(summary)}; wrote {out / 'supernet.pt'}")
     return 0

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
-from ..models import MODEL_NAMES, check_model_name, create_model
-from ..report.monitor import MonitorHooks
-from ..io.pruned import save_pruned
-from ..train.recipes import CLEAN_EPOCHS_PER, TRAIN_RECIPE, TRAIN_VAL_SIZE
-from ..train.loop import Trainer
+from .. import stages
 from ..device.policy import init_distributed
+from ..models import MODEL_NAMES, check_model_name, create_model
+from ..train.recipes import CLEAN_EPOCHS_PER, TRAIN_RECIPE, TRAIN_VAL_SIZE
 from .common import add_training_args, load_data, seed_everything, train_config_from
 
 DEFAULTS, DEFAULT_VAL_SIZE = TRAIN_RECIPE, TRAIN_VAL_SIZE
@@ -38,17 +35,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     metadata = {"command": "train", "model": args.model, "data": root, "limit_train": args.limit_train,
                 "val_size": args.val_size, "zero_init_residual": args.zero_init_residual}
-    monitor = None if args.no_tensorboard else MonitorHooks(log_dir=out / "tb")
-    trainer = Trainer(model, data, config, out, hooks=monitor, metadata=metadata)
-    try:
-        metrics = trainer.fit(resume=args.resume)
-        if monitor:
-            monitor.log_training_hparams(config, {"model": args.model}, metrics)
-    finally:
-        if monitor:
-            monitor.close()
+    _, metrics = stages.train(model, data, config, out, metadata=metadata, resume=args.resume,
+                              tensorboard=not args.no_tensorboard, hparams={"model": args.model})
     if rank == 0:
-        save_pruned(trainer.final_model.eval(), out / "model.pt", kind="dense", input_size=list(data.train.input_size),
-                    metrics=metrics, config=asdict(config))
         print(f"test accuracy {metrics['test_acc']:.4f}; wrote {out / 'model.pt'}")
     return 0

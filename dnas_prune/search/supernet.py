@@ -26,7 +26,7 @@ from torchvision.models import resnet as tv
 from ..errors import DnasPruneError, GatingError
 from ..models import CifarResNet, build_model, spec_of
 from ..models.cost import Cost, count_cost
-from ..models.spec import Spec, SpecError, block_kind
+from ..models.spec import SpecError, block_kind
 from .cost import CostTable
 from .gates import Gate, make_gate
 

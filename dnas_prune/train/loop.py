@@ -8,8 +8,6 @@ holds everything needed to resume bit-for-bit (on CPU) and loads with ``weights_
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import os
 import random
@@ -19,7 +17,7 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
