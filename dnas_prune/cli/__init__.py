@@ -13,7 +13,7 @@ from typing import NoReturn, Sequence
 
 from ..errors import DnasPruneError
 
-COMMANDS = ("train", "search", "finalize", "finetune", "export", "profile", "run")
+COMMANDS = ("train", "search", "finalize", "finetune", "export", "profile", "latency_table", "run")
 
 DESCRIPTION = """\
 Prune a ResNet by differentiable architecture search: train the dense model, search which channels and

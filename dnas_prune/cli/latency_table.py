@@ -1,0 +1,44 @@
+"""``dnas-prune latency-table``: build (or load from the cache) the per-layer latency table of a model on this
+device, the latency model a ``--target-latency`` search prunes against, and print its summary."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..device.policy import MEMORY_FORMAT_CHOICES, PRECISIONS, memory_format_name
+from ..models import MODEL_NAMES
+from ..search.latency import DEFAULT_CHANNEL_STEP, latency_table
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("latency-table", help="measure (or load) the per-layer latency table of a model",
+                              description=__doc__)
+    p.add_argument("--model", required=True, help=f"registry model ({', '.join(MODEL_NAMES)})")
+    p.add_argument("--batch-size", type=int, required=True, help="batch size the latency is for")
+    p.add_argument("--image-size", type=int,
+                   help="side of the square input (default: 32 for CIFAR models, 224 for ImageNet models)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads, fixed while measuring (default: torch's "
+                                               "current setting)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="dtype of the timed forwards; auto: bf16 where the hardware runs it natively (default: "
+                        "%(default)s, as profile and the run report time)")
+    p.add_argument("--memory-format", type=memory_format_name, choices=MEMORY_FORMAT_CHOICES, default="auto",
+                   help="auto: the faster layout for the dense model, chosen once when the table is built "
+                        "(default: %(default)s)")
+    p.add_argument("--channel-step", type=int, default=DEFAULT_CHANNEL_STEP,
+                   help="grid spacing of the widths; use the search's --channels-per-gate when it is above 1 "
+                        "(default: %(default)s)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda timing (synchronize around each forward) is untested (default: %(default)s)")
+    p.add_argument("--rebuild", action="store_true", help="measure again even if the table is cached")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while measuring")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    input_size = None if args.image_size is None else (3, args.image_size, args.image_size)
+    table = latency_table(args.model, args.batch_size, input_size=input_size, threads=args.threads,
+                          precision=args.precision, memory_format=args.memory_format, device=args.device,
+                          channel_step=args.channel_step, rebuild=args.rebuild, progress=not args.no_progress)
+    print(table.summary())
+    return 0
