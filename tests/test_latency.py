@@ -1,0 +1,232 @@
+"""The latency model (dnas_prune.search.latency): interpolation, gradients, the supernet term mapping, the cache
+and the ``latency-table`` command. Tables here are synthetic or measured on a tiny model with a tiny grid: nothing
+asserts a wall-clock time."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dnas_prune.search import latency
+from dnas_prune.cli import main
+from dnas_prune.models import build_model, create_model, spec_of, validate_spec
+from dnas_prune.search.fold import fold
+from dnas_prune.search.latency import (LatencyTable, LayerTable, Timing, grid_axis, latency_table, plan_layers,
+                                       random_spec, spec_uses, table_settings)
+from dnas_prune.search.supernet import Supernet
+
+from test_cli_errors import assert_one_line_error, cli
+
+TINY = {
+    "format": 1, "family": "cifar", "block": "basic", "num_classes": 3, "stem": 4,
+    "stages": [{"width": 4, "stride": 1, "blocks": [{"inner": [4], "downsample": False}]},
+               {"width": 8, "stride": 2, "blocks": [{"inner": [8], "downsample": True}]}],
+}
+FAST = Timing(cell_warmup=1, cell_repeats=3, cell_seconds=0.01, model_warmup=1, model_repeats=3, model_seconds=0.05)
+
+
+def synthetic_table(spec: dict, input_size, channel_step: int = 8, points: int = 5, constant: float = 0.1,
+                    scale: float = 1.2, **settings) -> LatencyTable:
+    """A table whose cells follow a known, non-bilinear function of the widths (no timing)."""
+    plan = plan_layers(spec_uses(spec, input_size), channel_step, points)
+    layers = {key: LayerTable(e["unit"], e["in"], e["out"],
+                              [[0.01 + 1e-4 * i ** 0.9 * o for o in e["out"]] for i in e["in"]], e["uses"])
+              for key, e in plan.items()}
+    base = {"model": "spec", "spec": spec, "input_size": list(input_size), "batch_size": 1, "threads": 1,
+            "dtype": "fp32", "memory_format": "nchw", "device": "cpu:test", "torch": torch.__version__,
+            "channel_step": channel_step, "points": points}
+    return LatencyTable({**base, **settings}, layers, constant, scale, {"memory_format": "nchw"})
+
+
+def test_grid_axis_is_dense_at_small_widths_and_ends_at_full() -> None:
+    axis = grid_axis(64, 8, 8)
+    assert axis[0] == 1 and axis[-1] == 64 and len(axis) <= 8
+    assert all(w % 8 == 0 for w in axis[1:])
+    gaps = [b - a for a, b in zip(axis[1:], axis[2:])]
+    assert gaps == sorted(gaps)  # spacing grows with the width
+    assert grid_axis(64, 8, 10) == [1, 8, 16, 24, 32, 40, 48, 56, 64]  # every width a step-8 search reaches
+    assert grid_axis(16, 8, 8) == [1, 4, 8, 12, 16]  # a finer divisor of the step when it leaves few points
+    assert grid_axis(1, 8, 8) == [1]
+
+
+def test_interpolation_exact_at_grid_points_and_monotone_between() -> None:
+    in_axis, out_axis = [1, 4, 8, 16], [1, 8, 32]
+    ms = [[0.1 + 0.01 * i * o + 0.05 * (i == 4) for o in out_axis] for i in in_axis]
+    table = LayerTable({"op": "conv"}, in_axis, out_axis, ms)
+    for a, i in enumerate(in_axis):
+        for b, o in enumerate(out_axis):
+            assert float(table(i, o)) == pytest.approx(ms[a][b], rel=1e-12)
+    for a in range(len(in_axis) - 1):  # along the in axis, between neighbours: a straight line
+        xs = torch.linspace(in_axis[a], in_axis[a + 1], 9, dtype=torch.float64)
+        values = table(xs, torch.full_like(xs, 20.0))
+        steps = values.diff()
+        assert bool((steps >= -1e-12).all()) or bool((steps <= 1e-12).all())
+    ys = torch.linspace(1, 32, 17, dtype=torch.float64)
+    assert bool((table(torch.full_like(ys, 5.0), ys).diff() >= 0).all())
+    assert float(table(100, 100)) == pytest.approx(ms[-1][-1])  # clamped to the grid
+    assert float(table(0.2, 0.5)) == pytest.approx(ms[0][0])
+
+
+def test_gradient_flows_to_widths() -> None:
+    table = LayerTable({"op": "conv"}, [1, 8, 16], [1, 16], [[0.1, 0.2], [0.3, 0.9], [0.5, 1.7]])
+    cin = torch.tensor([3.0, 12.0], dtype=torch.float64, requires_grad=True)
+    cout = torch.tensor([5.0, 9.0], dtype=torch.float64, requires_grad=True)
+    table(cin, cout).sum().backward()
+    assert bool((cin.grad > 0).all()) and bool((cout.grad > 0).all())
+
+
+@pytest.fixture(scope="module")
+def nets() -> dict[str, Supernet]:
+    torch.manual_seed(0)
+    return {"cifar_resnet20": Supernet(create_model("cifar_resnet20"), (3, 32, 32)),
+            "resnet50": Supernet(create_model("resnet50"), (3, 224, 224))}
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "resnet50"])
+def test_term_mapping_covers_every_conv_and_linear_once(nets: dict[str, Supernet], name: str) -> None:
+    net = nets[name]
+    terms = latency.supernet_terms(net)
+    modules = [n for n, m in net.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    mapped = [t.name for t in terms.terms if t.macs_coef > 0]
+    assert sorted(mapped) == sorted(modules) and len(set(mapped)) == len(mapped)
+    # the same widths and branch factors give the Supernet's MACs: every term reads the right group and block
+    g = torch.Generator().manual_seed(1)
+    counts = net.group_sizes * torch.rand(len(net.group_sizes), generator=g, dtype=torch.float64)
+    counts[3] = 0.0  # an empty group: a branch that reads it is dead, in both
+    blocks = torch.rand(len(net.branch_blocks), generator=g, dtype=torch.float64)
+    assert float(terms.macs(counts, blocks)) == pytest.approx(float(net.cost_from_counts(counts, blocks)[0]), rel=1e-12)
+    table = synthetic_table(spec_of(net.model), net.input_size)
+    assert table.for_supernet(net).dense_ms() == pytest.approx(table.predict_ms(spec_of(net.model)), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "resnet50"])
+def test_spec_units_cover_every_conv_and_linear_once(name: str) -> None:
+    """The same for finalized specs: the dense one and shrunk ones with removed blocks and projection-only blocks."""
+    dense = spec_of(create_model(name))
+    rng = random.Random(3)
+    for spec in [dense] + [random_spec(dense, rng, 8, keep=0.3, remove=0.6) for _ in range(3)]:
+        model = build_model(spec, device="meta")
+        modules = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        uses = [u.name for u in spec_uses(spec, (3, 32, 32) if spec["family"] == "cifar" else (3, 224, 224))
+                if u.macs_coef > 0]
+        assert sorted(uses) == sorted(modules) and len(set(uses)) == len(uses)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "resnet50"])
+def test_supernet_latency_is_the_finalized_models(nets: dict[str, Supernet], name: str) -> None:
+    """Hard gate decisions (with a branch emptied, so blocks go) predict what the folded model's spec predicts."""
+    net = nets[name]
+    g = torch.Generator().manual_seed(2)
+    state = {}
+    for group, info in net.groups.items():
+        if info.gated and info.kind == "block":
+            state[group] = bool(torch.rand(1, generator=g) < 0.7)
+        elif info.gated:
+            mask = torch.rand(info.size, generator=g) < 0.6
+            mask[0] = True
+            state[group] = mask
+    state["layer2.0.conv1"] = torch.zeros(net.groups["layer2.0.conv1"].size, dtype=torch.bool)  # projection left
+    state["layer1.1.conv1"] = torch.zeros(net.groups["layer1.1.conv1"].size, dtype=torch.bool)  # identity: removed
+    net.set_gate_state(state)
+    try:
+        net.eval()
+        spec = spec_of(fold(net))
+        table = synthetic_table(spec_of(net.model), net.input_size)
+        assert spec["stages"][1]["blocks"][0]["inner"] is None
+        assert table.for_supernet(net).hard_ms() == pytest.approx(table.predict_ms(spec), rel=1e-12)
+    finally:
+        net.release_gates()
+        net.train()
+
+
+def test_expected_latency_backpropagates_to_gates(nets: dict[str, Supernet]) -> None:
+    net = nets["cifar_resnet20"]
+    net.train()
+    lat = synthetic_table(spec_of(net.model), net.input_size).for_supernet(net)
+    for gate in net.gates.values():
+        gate.logits.grad = None
+    ms = lat.expected_ms()
+    ms.backward()
+    grads = [gate.logits.grad for gate in net.gates.values()]
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+    assert any(bool((g != 0).any()) for g in grads)
+    marginal = lat.marginal_ms()
+    assert set(marginal) == set(net._gate_key) and all(v >= 0 for v in marginal.values())
+
+
+def test_random_specs_are_valid_and_on_the_step() -> None:
+    dense = spec_of(create_model("resnet50"))
+    rng = random.Random(0)
+    for _ in range(5):
+        spec = validate_spec(random_spec(dense, rng, 16))
+        widths = [spec["stem"]] + [s["width"] for s in spec["stages"]]
+        widths += [w for s in spec["stages"] for b in s["blocks"] for w in (b["inner"] or [])]
+        assert all(w % 16 == 0 for w in widths)
+
+
+def test_fit_recovers_constant_and_scale() -> None:
+    points = [{"table_sum_ms": s, "measured_ms": 0.3 + 1.5 * s} for s in (1.0, 2.0, 4.0)]
+    assert latency._fit(points) == pytest.approx((0.3, 1.5))
+    falling = [{"table_sum_ms": s, "measured_ms": 5.0 - s} for s in (1.0, 2.0)]
+    assert latency._fit(falling) == pytest.approx((2.0, 1.0))  # no negative scale: a constant offset instead
+
+
+def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = dict(input_size=(3, 8, 8), threads=1, memory_format="nchw", channel_step=4, points=2, progress=False,
+              directory=tmp_path, timing=FAST)
+    built = latency_table(TINY, 1, **kw)
+    path = built.path
+    assert path is not None and path.parent == tmp_path and path.is_file()
+    assert all(bool((t.ms > 0).all()) for t in built.layers.values()) and len(built.info["fit"]) == 5
+    assert set(built.layers) == {u.key for u in spec_uses(TINY, (3, 8, 8))}
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("rebuilt a cached table")
+
+    monkeypatch.setattr(latency, "build_table", no_build)
+    loaded = latency_table(TINY, 1, **kw)
+    assert loaded.to_dict() == built.to_dict()
+    smaller = random_spec(TINY, random.Random(0), 4, keep=0.5)
+    assert loaded.predict_ms(smaller) == built.predict_ms(smaller)
+    assert latency.cache_path(table_settings(TINY, 2, input_size=(3, 8, 8), threads=1, memory_format="nchw",
+                                             channel_step=4, points=2), tmp_path) != path
+    monkeypatch.undo()
+    path.write_text("{not json")  # a damaged entry is measured again, not trusted
+    assert latency_table(TINY, 1, **kw).to_dict()["layers"].keys() == built.to_dict()["layers"].keys()
+    assert json.loads(path.read_text())["format"] == latency.TABLE_FORMAT
+
+
+def test_predict_refuses_another_family() -> None:
+    table = synthetic_table(TINY, (3, 8, 8))
+    with pytest.raises(latency.DnasPruneError, match="layer shapes"):
+        table.predict_ms(spec_of(create_model("cifar_resnet20")))
+
+
+def test_cli_prints_a_cached_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DNAS_PRUNE_CACHE", str(tmp_path))
+    settings = table_settings("cifar_resnet20", 4, threads=1, memory_format="nchw")
+    table = synthetic_table(settings["spec"], (3, 32, 32))
+    table.settings = settings
+    table.save(latency.cache_path(settings))
+    args = ["latency-table", "--model", "cifar_resnet20", "--batch-size", "4", "--threads", "1",
+            "--memory-format", "nchw", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "avgpool+fc/8x8" in out and "constant: +0.1000 ms" in out and str(tmp_path) in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "nope", "--batch-size", "1"], "unknown model 'nope'"),
+    (["--model", "cifar_resnet20", "--batch-size", "0"], "batch size must be a positive integer, got 0"),
+    (["--model", "cifar_resnet20", "--batch-size", "1", "--threads", "-1"], "threads"),
+    (["--model", "cifar_resnet20", "--batch-size", "1", "--channel-step", "0"], "channel step"),
+    (["--model", "cifar_resnet20", "--batch-size", "1", "--memory-format", "nhwc"], "--memory-format"),
+])
+def test_cli_bad_input_is_one_line(capsys: pytest.CaptureFixture[str], args: list[str], needle: str) -> None:
+    assert_one_line_error(cli(capsys, "latency-table", *args), needle)
