@@ -1,30 +1,44 @@
-"""Finalization: the stage that turns a searched supernet into the plain, smaller model it describes.
+"""Finalization: the plain, smaller model a searched supernet describes.
 
 The search's hard decisions are folded into the weights (:func:`~dnas_prune.search.fold.fold`); with
 ``round_to`` every channel count is first made a multiple of ``round_to`` by re-projecting the decisions onto
-the supernet's budget, since hardware runs such widths faster.
+the supernet's budget, since hardware runs such widths faster. Finalizing never changes the supernet, so one
+search can be finalized several ways (rounded or not) and keeps computing what it computed.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
-from .search.budget import project_to_budget
+from .search.budget import budget_state
 from .search.fold import fold
 from .search.supernet import Supernet
 
 
 @torch.no_grad()
 def finalize(net: Supernet, round_to: int | None = None) -> nn.Module:
-    """The plain pruned model (eval mode) computing exactly what ``net.eval()`` computes.
+    """The plain pruned model (eval mode) computing exactly what ``net.eval()`` computes; ``net`` is not changed.
 
-    With ``round_to`` the gate state is first re-projected onto the supernet's budget (or, without one,
-    onto its current cost) with every channel count a multiple of ``round_to``.
+    With ``round_to`` the model is that of the gate state re-projected onto the supernet's budget (or, without
+    one, onto its current cost) with every channel count a multiple of ``round_to`` (see :func:`final_decisions`).
     """
-    if round_to:
-        metric, target = ("macs", net.hard_cost().macs / net.dense_cost.macs)
-        if net.budget:
-            metric, target = net.budget["metric"], net.budget["target"]
-        project_to_budget(net, metric, target, round_to=round_to)
-    return fold(net)
+    with final_decisions(net, round_to):
+        return fold(net)
+
+
+@contextmanager
+def final_decisions(net: Supernet, round_to: int | None = None) -> Iterator[Supernet]:
+    """Within this block ``net`` holds the decisions :func:`finalize` folds: its own, or with ``round_to`` those
+    re-projected onto its budget with every width a multiple of ``round_to``. Afterwards it is as before."""
+    if not round_to:
+        yield net
+        return
+    metric, target = ("macs", net.hard_cost().macs / net.dense_cost.macs)
+    if net.budget:
+        metric, target = net.budget["metric"], net.budget["target"]
+    with net.pinned(budget_state(net, metric, target, round_to=round_to)):
+        yield net

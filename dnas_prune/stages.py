@@ -18,7 +18,7 @@ from torch import nn
 
 from .device.timing import latency_progress
 from .errors import DnasPruneError
-from .finalize import finalize as fold_decisions
+from .finalize import final_decisions, finalize as finalize_net
 from .io.checkpoint import atomic_write_json
 from .io.export import ExportError, export as export_model, verify_export
 from .io.pruned import default_input_size, load_pruned_with_metadata, save_pruned
@@ -172,11 +172,12 @@ def finalize(checkpoint: str | Path, output: str | Path, *, round_to: int | None
     if round_to is not None and round_to < 1:
         raise DnasPruneError(f"--round-to must be a positive integer, got {round_to}")
     net = load_supernet(checkpoint)
-    model = fold_decisions(net, round_to=round_to)
+    with final_decisions(net, round_to):
+        model, layers = finalize_net(net), layer_widths(net)
     summary_path = checkpoint.with_name("search.json")
     accuracy = json.loads(summary_path.read_text()).get("accuracy", {}) if summary_path.is_file() else {}
     save_pruned(model, output, input_size=list(net.input_size), dense_macs=net.dense_cost.macs,
-                dense_params=net.dense_cost.params, search_accuracy=accuracy.get("test"), layers=layer_widths(net))
+                dense_params=net.dense_cost.params, search_accuracy=accuracy.get("test"), layers=layers)
     table = width_table(spec_of(net.model), spec_of(model), net.dense_cost, count_cost(model, net.input_size))
     if tensorboard:
         log_text(checkpoint.parent / "tb", "architecture/finalized", table)

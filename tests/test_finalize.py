@@ -120,3 +120,22 @@ def test_finalized_model_is_trainable_and_on_its_own() -> None:
     model = finalize(net)
     assert all(p.requires_grad for p in model.parameters())
     assert not any(p is q for p in model.parameters() for q in net.parameters())
+
+
+
+def test_finalize_with_round_to_leaves_the_supernet_as_it_was() -> None:
+    """Rounding re-projects the decisions for the model it returns, not on the supernet it was given."""
+    net = Supernet(create_model("cifar_resnet20"), (3, 32, 32), exclude=("stem", "*.stream"))
+    perturb(net, seed=3)
+    net.set_gate_state({"layer1.0.conv1": torch.arange(16) < 5})  # a pin that rounding must not leave changed
+    net.budget = {"metric": "macs", "target": 0.5}
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    masks = net.hard_masks()
+    model = finalize(net, round_to=8)
+    widths = [m.out_channels for name, m in model.named_modules() if name.endswith(("conv1", "conv2"))]
+    assert all(w % 8 == 0 for w in widths), widths  # the model is the rounded one
+    after = net.state_dict()
+    assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
+    again = net.hard_masks()
+    assert again.keys() == masks.keys() and all(torch.equal(again[k], masks[k]) for k in masks)
+    assert int(again["layer1.0.conv1"].sum()) == 5  # the pin is still there

@@ -3,9 +3,9 @@
 - :func:`solve_offset` finds, before every search step, the one logit offset at which the hard decisions cost
   what the current target allows: the budget is a constraint met at every step, not a penalty chased by a
   multiplier (see :mod:`~dnas_prune.search.pruner` for why).
-- :func:`project_to_budget` turns the search's soft preferences into a hard state whose finalized cost is
+- :func:`budget_state` turns the search's soft preferences into a hard state whose finalized cost is
   within ``tolerance`` of the target (never above ``target + tolerance``), optionally with channel
-  counts rounded to multiples of ``round_to``.
+  counts rounded to multiples of ``round_to``; :func:`project_to_budget` pins it.
 """
 
 from __future__ import annotations
@@ -142,7 +142,18 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
 def project_to_budget(
     net: Supernet, metric: str, target: float, round_to: int | None = None, tolerance: float = 0.01
 ) -> Cost:
-    """Pin a hard gate state whose cost ratio lies in ``[target - tolerance, target + tolerance]``.
+    """Pin the hard gate state of :func:`budget_state` (cost ratio within ``tolerance`` of ``target``); returns
+    the cost it pins."""
+    net.set_gate_state(budget_state(net, metric, target, round_to, tolerance))
+    return net.hard_cost()
+
+
+@torch.no_grad()
+def budget_state(
+    net: Supernet, metric: str, target: float, round_to: int | None = None, tolerance: float = 0.01
+) -> dict[str, Tensor]:
+    """A hard gate state (as :meth:`~dnas_prune.search.supernet.Supernet.set_gate_state` takes) whose cost ratio
+    lies in ``[target - tolerance, target + tolerance]``; ``net`` is left as it is.
 
     Starts from the current hard decisions. While over budget it closes the lowest-scored unit (a step of
     ``round_to`` channels of a group, or of one gate's channels, or a whole block); then it reopens the
@@ -252,5 +263,4 @@ def project_to_budget(
         state[names[i]] = mask
     for b in block_score:
         state[net.branch_blocks[b]] = torch.tensor([blocks[b] > 0])
-    net.set_gate_state(state)
-    return net.hard_cost()
+    return state

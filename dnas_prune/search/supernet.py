@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -337,6 +338,19 @@ class Supernet(nn.Module):
                 raise DnasPruneError(f"gate state for {name!r} has {value.numel()} entries, expected {size} "
                                      f"(one per channel) or {gate.size} (one per gate)")
             gate.forced.copy_(value.to(torch.int8))
+
+    @contextmanager
+    def pinned(self, state: dict[str, Tensor | bool]) -> Iterator["Supernet"]:
+        """Within this block the named groups are pinned to ``state`` (as :meth:`set_gate_state` does); afterwards
+        every gate is pinned, or free, exactly as before. For reading a decision without making it."""
+        saved = {key: gate.forced.clone() for key, gate in self.gates.items()}
+        try:
+            self.set_gate_state(state)
+            yield self
+        finally:
+            with torch.no_grad():
+                for key, forced in saved.items():
+                    self.gates[key].forced.copy_(forced)
 
     @torch.no_grad()
     def release_gates(self) -> None:
