@@ -13,7 +13,7 @@ from typing import NoReturn, Sequence
 
 from ..errors import DnasPruneError
 
-COMMANDS = ("train", "search", "finalize", "finetune", "export", "profile", "latency_table", "run")
+COMMANDS = ("train", "search", "finalize", "finetune", "export", "profile", "latency-table", "run")
 
 DESCRIPTION = """\
 Prune a ResNet by differentiable architecture search: train the dense model, search which channels and
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"{__name__}.{name}")
+        module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
         command = module.add_parser(sub)
         command.set_defaults(_run=module.run)
     return parser
