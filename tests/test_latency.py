@@ -221,6 +221,20 @@ def test_cli_prints_a_cached_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "avgpool+fc/8x8" in out and "constant: +0.1000 ms" in out and str(tmp_path) in out
 
 
+@pytest.mark.parametrize("name, canonical", [("auto", "auto"), ("nchw", "nchw"), ("channels_last", "channels_last"),
+                                             ("contiguous", "nchw")])
+def test_cli_takes_the_memory_format_names_of_every_command(name: str, canonical: str) -> None:
+    from dnas_prune.cli import build_parser
+    from dnas_prune.device.policy import MEMORY_FORMAT_CHOICES
+
+    parser = build_parser()
+    args = parser.parse_args(["latency-table", "--model", "cifar_resnet20", "--batch-size", "1",
+                              "--memory-format", name])
+    assert args.memory_format == canonical
+    sub = next(a for a in parser._actions if a.dest == "command").choices["latency-table"]
+    assert next(a for a in sub._actions if "--memory-format" in a.option_strings).choices == MEMORY_FORMAT_CHOICES
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--model", "nope", "--batch-size", "1"], "unknown model 'nope'"),
     (["--model", "cifar_resnet20", "--batch-size", "0"], "batch size must be a positive integer, got 0"),
