@@ -268,6 +268,10 @@ class Pipeline:
             self.log(f"data: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test images")
         return self._data
 
+    def train_images(self) -> int | None:
+        """How many training images the run uses, once the data is loaded (else None: nothing is loaded for it)."""
+        return len(self._data[0].train) if self._data is not None else None
+
     def _data_root(self, finetuned_metadata: dict[str, Any]) -> str | None:
         """The data root the run resolved: the loaded one, else the one the finetuned model file records, else
         ``data.root`` / ``$DNAS_PRUNE_DATA`` / the download cache, resolved as :func:`load_dataset` does."""
@@ -418,10 +422,6 @@ class RunClock:
         self.latest: float | None = None
         self.epochs_done = 0
 
-    def _train_images(self) -> int | None:
-        data = self.pipeline._data
-        return len(data[0].train) if data is not None else None
-
     def _epochs(self, stage: str) -> int:
         config = self.pipeline.config
         if stage == "pretrain" and (config["pretrain"]["checkpoint"] or config["pretrain"]["weights"]) is not None:
@@ -439,7 +439,7 @@ class RunClock:
 
     def left(self) -> float | None:
         """Seconds left in the run, or None before any epoch has been measured."""
-        images = self._train_images()
+        images = self.pipeline.train_images()
         if self.latest is None or images is None:
             return None
         total = 0.0
@@ -455,7 +455,7 @@ class RunClock:
         return f"~{format_duration(left)} left in the run (at {1 / self.latest:.0f} img/s measured so far)"
 
     def plan(self, stage: str) -> str:
-        images, epochs = self._train_images(), self._epochs(stage)
+        images, epochs = self.pipeline.train_images(), self._epochs(stage)
         if not epochs:
             return ""
         return f": {epochs} epochs" + (f" x {images} images" if images else "")

@@ -51,7 +51,7 @@ def test_projection_keeps_the_highest_logits_even_where_the_sigmoid_saturates() 
     assert all(bool((p == 1.0).all()) for p in net.gate_probabilities().values())
     project_to_budget(net, "macs", 0.5)
     shrunk = 0
-    for name, mask in net.gate_state().items():
+    for name, mask in net.decisions().masks.items():
         if net.groups[name].kind != "block" and 0 < mask.sum() < mask.numel():
             logits = net.gate(name).logits.detach()
             assert logits[mask].min() > logits[~mask].max(), name
@@ -84,7 +84,7 @@ def test_offset_puts_the_hard_cost_just_under_the_target(target: float) -> None:
     closed = sorted(((float(g.logits.detach()[i]) + offset, name, i) for name in net.groups if net.groups[name].gated
                      for g in [net.gate(name)] for i in range(g.size) if not g.hard_open()[i]), reverse=True)
     _, name, i = closed[0]
-    state = {n: m.clone() for n, m in net.hard_masks().items()}
+    state = {n: m.clone() for n, m in net.decisions().masks.items()}
     state[name][i] = True
     net.set_gate_state(state)
     assert net.hard_cost().macs / net.dense_cost.macs > target
@@ -101,16 +101,16 @@ def test_offset_respects_pins_ties_and_the_extremes() -> None:
     net.set_gate_state({"layer1.0.conv1": torch.zeros(16, dtype=torch.bool)})
     offset, ratio = solve_offset(net, "macs", 1.0)
     net.set_schedule(offset=offset)
-    assert ratio < 1.0 and not bool(net.hard_masks()["layer1.0.conv1"].any())  # a pinned gate stays as pinned
+    assert ratio < 1.0 and not bool(net.decisions().masks["layer1.0.conv1"].any())  # a pinned gate stays as pinned
 
 
 def test_projection_climbs_back_when_the_search_closed_almost_everything() -> None:
     net = searched_like(seed=4)
     with torch.no_grad():
-        for name, gate in zip(net._gate_key, net.gates.values()):
+        for name, gate in zip(net.gated_groups, net.gates.values()):
             if net.groups[name].kind != "stream":
                 gate.logits.fill_(-4.0)  # every block and inner channel closed
-    assert sum(net.block_open().values()) == 0
+    assert net.decisions().blocks_kept == 0
     project_to_budget(net, "macs", 0.6)
     ratio = count_cost(finalize(net)).macs / net.dense_cost.macs
     assert 0.59 <= ratio <= 0.61
@@ -119,9 +119,9 @@ def test_projection_climbs_back_when_the_search_closed_almost_everything() -> No
 def test_projection_regrows_ungated_blocks_whose_inner_channels_all_closed() -> None:
     net = Supernet(create_model("cifar_resnet20"), exclude=["layer?.?"]).eval()  # channel gates only
     with torch.no_grad():
-        for name, gate in zip(net._gate_key, net.gates.values()):
+        for name, gate in zip(net.gated_groups, net.gates.values()):
             gate.logits.fill_(-4.0 if net.groups[name].kind == "inner" else 4.0)
-    assert sum(net.block_open().values()) == 0
+    assert net.decisions().blocks_kept == 0
     project_to_budget(net, "macs", 0.2)
     ratio = count_cost(finalize(net)).macs / net.dense_cost.macs
     assert 0.19 <= ratio <= 0.21

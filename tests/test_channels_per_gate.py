@@ -31,7 +31,7 @@ def assert_shuffled(net: Supernet) -> None:
     """At least one group's gates hold channels out of index order: the channel map is really used."""
     assert any(not torch.equal(net.channel_assignment(name), torch.arange(net.groups[name].size)
                                // net.channels_per_gate_of(name))
-               for name in net._gate_key if net.groups[name].kind != "block")
+               for name in net.gated_groups if net.groups[name].kind != "block")
 
 
 def gated_widths(model: nn.Module, net: Supernet) -> list[int]:
@@ -62,7 +62,7 @@ def test_closing_a_gate_removes_exactly_its_channels() -> None:
     net = Supernet(dense, channels_per_gate=8)
     net.set_gate_state({"layer1.0.conv1": torch.tensor([True, False])})
     kept = torch.argsort(dense.layer1[0].bn1.weight.detach().abs(), descending=True)[:8].sort().values
-    assert torch.equal(torch.nonzero(net.gate_state()["layer1.0.conv1"]).flatten(), kept)
+    assert torch.equal(torch.nonzero(net.decisions().masks["layer1.0.conv1"]).flatten(), kept)
     values = net.eval_gate_values()["layer1.0.conv1"]
     assert bool((values[kept] == 1).all()) and int((values == 0).sum()) == 8
     model = finalize(net.eval())
@@ -113,7 +113,7 @@ def test_gate_state_must_keep_channels_that_share_a_gate_together() -> None:
     with pytest.raises(DnasPruneError, match="share a gate"):
         net.set_gate_state({"layer1.0.conv1": split})
     net.set_gate_state({"layer1.0.conv1": torch.tensor([True, False])})  # one value per gate
-    assert net.gate_state()["layer1.0.conv1"].sum() == 8
+    assert net.decisions().widths["layer1.0.conv1"] == 8
 
 
 def test_round_to_must_be_a_multiple_of_the_gate_width(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_search_with_gates_over_channels_lands_on_the_budget_and_reloads(synthet
     assert 0.49 <= summary["final"]["macs_ratio"] <= 0.51
     reloaded = load_supernet(tmp_path / "supernet.pt")  # built from a fresh model: its map comes from the file
     assert reloaded.channels_per_gate == 8
-    for name in net._gate_key:
+    for name in net.gated_groups:
         torch.testing.assert_close(reloaded.channel_assignment(name), net.channel_assignment(name))
     model = finalize(reloaded)
     assert all(w % 8 == 0 for w in gated_widths(model, reloaded))

@@ -43,7 +43,8 @@ class RecordSteps:
 
 
 def decisions(net) -> dict[str, list[bool]]:
-    return {name: mask.tolist() for name, mask in net.gate_state().items()}
+    decided = net.decisions()
+    return {**{name: mask.tolist() for name, mask in decided.masks.items()}, **decided.blocks}
 
 
 @pytest.mark.slow

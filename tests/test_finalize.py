@@ -41,10 +41,10 @@ def adversarial_states(net: Supernet) -> dict[str, dict]:
     blocks = [i for i in net.blocks if i.stage == last and i.kind != "projection"]
     states = {
         "random": {},
-        "all_open": {name: True for name in net._gate_key},
+        "all_open": {name: True for name in net.gated_groups},
         "stage_closed_but_first": {b.name: j == 0 for j, b in enumerate(blocks)},
         "stream_width_1": {name: torch.arange(net.groups[name].size) == 0
-                           for name in net._gate_key if net.groups[name].kind == "stream"},
+                           for name in net.gated_groups if net.groups[name].kind == "stream"},
         "inner_groups_closed": {b.inner[0]: False for b in net.blocks if b.inner and b.stage != last},
         "first_blocks_closed": {b.name: False for b in net.blocks if b.name.endswith(".0") and b.kind != "projection"},
     }
@@ -88,14 +88,14 @@ def test_finalized_equals_hard_supernet_when_some_group_kinds_stay_ungated(name:
     perturb(net, seed=5)
     for state in adversarial_states(net).values():
         net.release_gates()
-        net.set_gate_state({group: value for group, value in state.items() if group in net._gate_key})
+        net.set_gate_state({group: value for group, value in state.items() if group in net.gated_groups})
         check_exact(net, size)
 
 
 def test_closed_blocks_are_removed_and_projection_blocks_keep_only_the_projection() -> None:
     net = Supernet(create_model("cifar_resnet20"))
     perturb(net, 5)
-    net.set_gate_state({name: True for name in net._gate_key})
+    net.set_gate_state({name: True for name in net.gated_groups})
     net.set_gate_state({"layer1.1": False, "layer2.0": False, "layer3.2.conv1": False})
     model = check_exact(net, (3, 32, 32))
     assert len(model.layer1) == 2 and len(model.layer3) == 2
@@ -130,12 +130,12 @@ def test_finalize_with_round_to_leaves_the_supernet_as_it_was() -> None:
     net.set_gate_state({"layer1.0.conv1": torch.arange(16) < 5})  # a pin that rounding must not leave changed
     net.budget = {"metric": "macs", "target": 0.5}
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    masks = net.hard_masks()
+    masks = net.decisions().masks
     model = finalize(net, round_to=8)
     widths = [m.out_channels for name, m in model.named_modules() if name.endswith(("conv1", "conv2"))]
     assert all(w % 8 == 0 for w in widths), widths  # the model is the rounded one
     after = net.state_dict()
     assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
-    again = net.hard_masks()
+    again = net.decisions().masks
     assert again.keys() == masks.keys() and all(torch.equal(again[k], masks[k]) for k in masks)
     assert int(again["layer1.0.conv1"].sum()) == 5  # the pin is still there

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from dnas_prune.cli import main
 from dnas_prune.train.cifar import CifarData, Split
 from dnas_prune.models import create_model
-from dnas_prune.report.monitor import MonitorHooks, gate_heatmap, hard_widths, width_bars, width_chart
+from dnas_prune.report.monitor import MonitorHooks, gate_heatmap, width_bars, width_chart
 from dnas_prune.search.pruner import SearchConfig
 from dnas_prune.stages import search
 from dnas_prune.search.supernet import Supernet
@@ -111,11 +111,10 @@ def test_logged_state_tracks_the_search(logged_search) -> None:
     targets, hard = scalar_values(events, "budget/target"), scalar_values(events, "budget/hard_macs_ratio")
     assert all(a >= b for a, b in zip(targets, targets[1:])) and targets[-1] == pytest.approx(0.5)
     assert all(0.85 * t <= h <= t + 1e-6 for t, h in zip(targets, hard[:len(targets)]))
-    assert scalar_values(events, "blocks/open")[-1] == sum(net.block_open().values())
-    state = net.gate_state()
-    assert scalar_values(events, "channels/layer2.stream")[-1] == int(state["layer2.stream"].sum())
-    widths, alive = hard_widths(net)
-    inner = sum(widths[g] for info in net.blocks if info.stage == 3 for g in info.inner)
+    decided = net.decisions()
+    assert scalar_values(events, "blocks/open")[-1] == decided.blocks_kept
+    assert scalar_values(events, "channels/layer2.stream")[-1] == int(decided.masks["layer2.stream"].sum())
+    inner = sum(decided.widths[g] for info in net.blocks if info.stage == 3 for g in info.inner)
     assert scalar_values(events, "channels/layer3.inner")[-1] == inner
     assert scalar_values(events, "budget/hard_macs_ratio")[-1] == pytest.approx(
         net.hard_cost().macs / net.dense_cost.macs)
@@ -157,8 +156,9 @@ def test_figures_show_gates_and_widths() -> None:
     legend = [t.get_text() for t in chart.legends[0].get_texts()]
     assert legend == ["dense width", "kept, layer1", "kept, layer2", "kept, layer3", "residual stream (hatched)",
                       "block removed"]
-    widths, alive = hard_widths(net)
-    assert not alive["layer2.1"] and widths["layer2.1.conv1"] == 0 and widths["layer3.stream"] == 16
+    decided = net.decisions()
+    assert not decided.blocks["layer2.1"] and decided.widths["layer2.1.conv1"] == 0
+    assert decided.widths["layer3.stream"] == 16
 
     for fig in (heatmap, chart):
         assert rendered(fig).shape[:2] == pixel_size(fig)

@@ -9,7 +9,7 @@ from torch import nn
 from dnas_prune import MODEL_NAMES, Supernet, count_cost, create_model, finalize
 from dnas_prune.errors import GatingError
 from dnas_prune.search.gates import GATE_KINDS
-from dnas_prune.models import is_cifar_model
+from dnas_prune.models import is_cifar_model, spec_of
 
 
 def input_size(name: str) -> tuple[int, int, int]:
@@ -92,15 +92,33 @@ def test_wrapping_shares_weights_and_all_open_output_equals_the_model() -> None:
     torch.testing.assert_close(net(x), expected)
 
 
+@pytest.mark.parametrize("name, seed", [("cifar_resnet20", 1), ("cifar_resnet56", 2), ("resnet50", 3)])
+def test_decided_widths_are_the_widths_of_the_finalized_model(name: str, seed: int) -> None:
+    """Decisions.widths is where pruned widths are computed: the finalized model has exactly those."""
+    net = Supernet(create_model(name), input_size(name))
+    randomize_gates(net, seed)
+    decided = net.decisions()
+    spec = spec_of(finalize(net))
+    assert spec["stem"] == decided.widths[net.stem_group]
+    for s, stage in enumerate(spec["stages"], start=1):
+        assert stage["width"] == decided.widths[net.stage_streams[s - 1]]
+        kept = [[decided.widths[g] for g in info.inner] for info in net.blocks
+                if info.stage == s and info.kind != "projection" and decided.blocks[info.name]]
+        assert [b["inner"] for b in stage["blocks"] if b["inner"] is not None] == kept
+    assert decided.blocks_kept == sum(1 for st in spec["stages"] for b in st["blocks"] if b["inner"] is not None)
+    assert 0 < decided.blocks_kept < len(decided.blocks)  # the random state removed some branches, not all
+
+
 def test_exclude_keeps_groups_open_and_gate_state_round_trips() -> None:
     net = Supernet(create_model("cifar_resnet20"), exclude=["layer1.*"]).eval()
-    assert not any(name.startswith("layer1") for name in net._gate_key)
-    state = net.gate_state()
-    assert state["layer2.0"].shape == (1,) and state["layer2.stream"].shape == (32,)
+    assert not any(name.startswith("layer1") for name in net.gated_groups)
+    masks = net.decisions().masks
+    assert masks["layer2.0"].shape == (1,) and masks["layer2.stream"].shape == (32,)
     net.set_gate_state({"layer2.1": False, "layer3.stream": torch.arange(64) < 10})
-    state = net.gate_state()
-    assert not state["layer2.1"].item() and int(state["layer3.stream"].sum()) == 10
-    assert not net.block_open()["layer2.1"]
+    decided = net.decisions()
+    assert not decided.masks["layer2.1"].item() and int(decided.masks["layer3.stream"].sum()) == 10
+    assert not decided.blocks["layer2.1"] and decided.widths["layer3.stream"] == 10
+    assert decided.widths["layer2.1.conv1"] == 0 and decided.widths["layer1.0.conv1"] == 16  # removed; ungated
     with pytest.raises(Exception, match="no gate group named"):
         net.set_gate_state({"layer9.stream": True})
 

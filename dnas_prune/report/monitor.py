@@ -12,7 +12,6 @@ live view and the final report read the same way.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -43,21 +42,9 @@ _EPOCH_SCALARS = {"train_acc": "acc/train", "val_acc": "acc/val", "test_acc": "a
 
 
 # ---------------------------------------------------------------------------------------------- gate state
-def hard_widths(net: Supernet) -> tuple[dict[str, int], dict[str, bool]]:
-    """Open channels per channel group as finalization would keep them (inner groups of a removed block
-    count 0; ungated groups their full size), and which residual blocks survive."""
-    state = net.gate_state()
-    alive = net.block_open()
-    owner = {group: info.name for info in net.blocks for group in info.inner}
-    widths = {}
-    for name in net.channel_groups:
-        width = int(state[name].sum()) if name in state else net.groups[name].size
-        widths[name] = 0 if name in owner and not alive[owner[name]] else width
-    return widths, alive
-
-
 def stage_channels(net: Supernet, widths: dict[str, int]) -> dict[str, int]:
-    """``{"layer2.stream": w, "layer2.inner": sum of the stage's open inner channels, ...}`` (and ``stem``)."""
+    """``{"layer2.stream": w, "layer2.inner": sum of the stage's kept inner channels, ...}`` (and ``stem``) from the
+    widths of :meth:`~dnas_prune.search.supernet.Supernet.decisions`."""
     result = {}
     for name in net.channel_groups:
         info = net.groups[name]
@@ -68,17 +55,18 @@ def stage_channels(net: Supernet, widths: dict[str, int]) -> dict[str, int]:
 
 def architecture_table(net: Supernet) -> str:
     """Dense vs finalized widths (Markdown) of the supernet's current hard state; ``net`` is not modified."""
-    pruned = finalize(copy.deepcopy(net))
+    pruned = finalize(net)
     return width_table(spec_of(net.model), spec_of(pruned), net.dense_cost, count_cost(pruned, net.input_size))
 
 
 # ---------------------------------------------------------------------------------------------- figures
 def width_bars(net: Supernet) -> list[WidthBar]:
-    """The current hard widths (:func:`hard_widths`) as bars of :func:`~dnas_prune.report.report.widths_figure`."""
-    widths, alive = hard_widths(net)
+    """The widths finalization would keep now as bars of :func:`~dnas_prune.report.report.widths_figure`."""
+    decided = net.decisions()
     owner = {group: info.name for info in net.blocks for group in info.inner}
     return [WidthBar(name, net.groups[name].stage, net.groups[name].kind == "stream", net.groups[name].size,
-                     widths[name], name in owner and not alive[owner[name]]) for name in net.channel_groups]
+                     decided.widths[name], name in owner and not decided.blocks[owner[name]])
+            for name in net.channel_groups]
 
 
 def width_chart(net: Supernet) -> Figure:
@@ -290,9 +278,9 @@ class MonitorHooks(TrainHooks):
         hard = net.hard_cost()
         w.add_scalar("budget/hard_macs_ratio", hard.macs / net.dense_cost.macs, step)
         w.add_scalar("budget/hard_params_ratio", hard.params / net.dense_cost.params, step)
-        widths, alive = hard_widths(net)
-        w.add_scalar("blocks/open", sum(alive.values()), step)
-        for name, value in stage_channels(net, widths).items():
+        decided = net.decisions()
+        w.add_scalar("blocks/open", decided.blocks_kept, step)
+        for name, value in stage_channels(net, decided.widths).items():
             w.add_scalar(f"channels/{name}", value, step)
 
     def _log_histograms(self, step: int) -> None:

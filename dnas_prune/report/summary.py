@@ -36,12 +36,6 @@ def width_table(dense: Spec, pruned: Spec, dense_cost: Cost | None = None, prune
 
 def layer_widths(net: Supernet) -> list[dict[str, Any]]:
     """Dense and kept width of every channel group in network order; a removed block's inner groups keep 0."""
-    state = net.gate_state()
-    alive = net.block_open()
-    dead_inner = {g for info in net.blocks if info.kind != "projection" and not alive[info.name] for g in info.inner}
-    rows = []
-    for name in net.channel_groups:
-        size = net.groups[name].size
-        kept = 0 if name in dead_inner else int(state[name].sum()) if name in state else size
-        rows.append({"name": name, "kind": net.groups[name].kind, "dense": size, "pruned": kept})
-    return rows
+    widths = net.decisions().widths
+    return [{"name": name, "kind": net.groups[name].kind, "dense": net.groups[name].size, "pruned": widths[name]}
+            for name in net.channel_groups]

@@ -162,7 +162,8 @@ def budget_state(
     """
     check_feasible(net, metric, target, round_to)
     dense = float(getattr(net.dense_cost, metric))
-    hard = net.hard_masks()
+    decided = net.decisions()
+    hard = decided.masks
     names = net.channel_groups
     order: dict[int, Tensor] = {}
     scores: dict[int, Tensor] = {}
@@ -190,7 +191,7 @@ def budget_state(
             w = min(info.size, int(round(w / step)) * step)
         low = _min_width(info.size, info.kind, step)
         widths.append(max(w, low)), steps.append(step), lows.append(low)
-    alive = net.block_open(hard)
+    alive = decided.blocks
     # An ungated block is never switched off here: it lives exactly while its inner groups are non-empty.
     blocks = [float(alive[b]) if b in net.groups else 1.0 for b in net.branch_blocks]
     block_score = {b: float(net.gate(name).score()) for b, name in enumerate(net.branch_blocks) if name in net.groups}

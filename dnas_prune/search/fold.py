@@ -42,11 +42,12 @@ def _put(state: dict[str, Tensor], prefix: str, tensors: dict[str, Tensor]) -> N
 def fold(net: Supernet) -> nn.Module:
     """The plain pruned model (eval mode) computing exactly what ``net.eval()`` computes."""
     values = net.eval_gate_values()
-    alive = net.block_open()
+    decided = net.decisions()
+    alive = decided.blocks
     keeps: dict[str, Tensor] = {}
     for name in net.channel_groups:
-        size = net.groups[name].size
-        keeps[name] = torch.nonzero(values[name] != 0).flatten() if name in values else torch.arange(size)
+        mask = decided.masks.get(name)
+        keeps[name] = torch.nonzero(mask).flatten() if mask is not None else torch.arange(net.groups[name].size)
     keeps = {name: k.to(net.model.conv1.weight.device) for name, k in keeps.items()}
     m = net.model
     state: dict[str, Tensor] = {}

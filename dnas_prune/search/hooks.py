@@ -61,7 +61,7 @@ class SearchHooks(TrainHooks):
             target_ratio=self.pruner.target,
             offset=self.pruner.offset,
             temperature=self.pruner.temperature,
-            blocks_open=sum(self.net.block_open().values()),
+            blocks_open=self.net.decisions().blocks_kept,
         )
 
     def state_dict(self) -> dict:
@@ -83,12 +83,13 @@ def recalibrate_bn(net: Supernet, data: TrainingData, batches: int, batch_size: 
 
 
 def gate_summary(net: Supernet) -> dict[str, Any]:
-    """Per-group open counts and block decisions: what search.json and the reports show."""
-    state = net.gate_state()
-    groups = {name: {"kind": net.groups[name].kind, "open": int(mask.sum()), "size": net.groups[name].size}
-              for name, mask in state.items()}
-    alive = net.block_open()
-    return {"groups": groups, "blocks_open": sum(alive.values()), "blocks_total": len(alive)}
+    """Per gated group what finalization keeps of it (channels, or 1/0 for a block gate) and the kept residual
+    branches: what search.json and the reports show."""
+    decided = net.decisions()
+    groups = {name: {"kind": net.groups[name].kind, "size": net.groups[name].size,
+                     "open": int(decided.blocks[name]) if net.groups[name].kind == "block" else decided.widths[name]}
+              for name in net.gated_groups}
+    return {"groups": groups, "blocks_open": decided.blocks_kept, "blocks_total": len(decided.blocks)}
 
 
 def load_supernet(path: str | Path) -> Supernet:

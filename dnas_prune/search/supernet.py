@@ -55,6 +55,25 @@ class BlockInfo:
     inner: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Decisions:
+    """A supernet's hard decisions (:meth:`Supernet.decisions`), what its eval mode computes and finalization keeps.
+
+    ``masks``: each gated group's own decision, a bool per channel (one value for a block gate), True = open.
+    ``blocks``: each residual branch (``branch_blocks``): kept, i.e. its gate open and no inner group empty.
+    ``widths``: each channel group (``channel_groups``): the channels the finalized model keeps, 0 for the inner
+    groups of a removed branch; the one place pruned widths are computed.
+    """
+
+    masks: dict[str, Tensor]
+    blocks: dict[str, bool]
+    widths: dict[str, int]
+
+    @property
+    def blocks_kept(self) -> int:
+        return sum(self.blocks.values())
+
+
 def gated_bn(bn: nn.Module, x: Tensor, gate: Tensor | None) -> Tensor:
     """``bn(x) * gate`` per channel, computed by scaling BN's affine parameters (no extra activation pass)."""
     if gate is None:
@@ -228,6 +247,11 @@ class Supernet(nn.Module):
 
     # ----------------------------------------------------------------- cost table
     # ----------------------------------------------------------------- gates
+    @property
+    def gated_groups(self) -> list[str]:
+        """The groups that have a gate (channel groups and block gates), in network order."""
+        return list(self._gate_key)
+
     def gate(self, name: str) -> Gate:
         return self.gates[self._gate_key[name]]
 
@@ -235,7 +259,7 @@ class Supernet(nn.Module):
         """The gate index of every channel of a gated channel group (``arange`` when each channel has its own);
         a copy, so a caller cannot regroup the channels by accident."""
         key = self._gate_key[name]
-        assign = self.channel_map._buffers.get(key)
+        assign = getattr(self.channel_map, key, None)
         if assign is None:
             return torch.arange(self.gates[key].size, device=self.gates[key].logits.device)
         return assign.clone()
@@ -245,7 +269,7 @@ class Supernet(nn.Module):
         return self.groups[name].size // self.gate(name).size
 
     def _per_channel(self, name: str, per_gate: Tensor) -> Tensor:
-        assign = self.channel_map._buffers.get(self._gate_key[name])
+        assign = getattr(self.channel_map, self._gate_key[name], None)
         return per_gate if assign is None else per_gate[assign]
 
     def gate_parameters(self) -> Iterator[nn.Parameter]:
@@ -287,16 +311,22 @@ class Supernet(nn.Module):
         return {name: self._per_channel(name, self.gates[key].expected_open().detach())
                 for name, key in self._gate_key.items()}
 
-    def hard_masks(self) -> dict[str, Tensor]:
-        """{gated group: bool per channel (per block for a block gate)}: the raw eval decisions of the gates.
-        :meth:`gate_state` is the same with blocks that finalization removes marked closed."""
+    def decisions(self) -> Decisions:
+        """The hard decisions, as eval mode computes them and finalization keeps them: the one way to read them."""
+        masks = self._masks()
+        blocks = self._blocks_kept(masks)
+        removed = {g for info in self.blocks if info.kind != "projection" and not blocks[info.name] for g in info.inner}
+        widths = {name: 0 if name in removed else int(masks[name].sum()) if name in masks else self.groups[name].size
+                  for name in self.channel_groups}
+        return Decisions(masks, blocks, widths)
+
+    def _masks(self) -> dict[str, Tensor]:
         self._sync_schedule()
         return {name: self._per_channel(name, self.gates[key].hard_open()) for name, key in self._gate_key.items()}
 
-    def block_open(self, masks: dict[str, Tensor] | None = None) -> dict[str, bool]:
-        """Whether each non-projection block survives finalization: its gate is open and no inner
-        group is entirely closed (an all-closed inner group would leave only a constant, so it counts as closed)."""
-        masks = self.hard_masks() if masks is None else masks
+    def _blocks_kept(self, masks: dict[str, Tensor]) -> dict[str, bool]:
+        """Whether each residual branch survives finalization: its gate is open and no inner group is entirely
+        closed (an all-closed inner group would leave only a constant, so it counts as closed)."""
         result = {}
         for info in self.blocks:
             if info.kind == "projection":
@@ -305,19 +335,10 @@ class Supernet(nn.Module):
             result[info.name] = alive and all(g not in masks or bool(masks[g].any()) for g in info.inner)
         return result
 
-    def gate_state(self) -> dict[str, Tensor]:
-        """{group: bool tensor, True = open}; a block counts as closed when finalization would remove it."""
-        masks = self.hard_masks()
-        alive = self.block_open(masks)
-        state = {}
-        for name, mask in masks.items():
-            state[name] = torch.tensor([alive[name]]) if self.groups[name].kind == "block" else mask.clone()
-        return state
-
     @torch.no_grad()
     def set_gate_state(self, state: dict[str, Tensor | bool]) -> None:
         """Pin decisions (True = open) for the named groups; others stay free. A channel group takes one value
-        per channel (as :meth:`gate_state` gives) or one per gate; channels that share a gate must agree."""
+        per channel (as ``decisions().masks`` gives) or one per gate; channels that share a gate must agree."""
         for name, value in state.items():
             if name not in self._gate_key:
                 raise DnasPruneError(f"no gate group named {name!r}; known: {', '.join(self._gate_key)}")
@@ -365,16 +386,18 @@ class Supernet(nn.Module):
         return self.cost_table(counts, blocks)
 
     def counts_and_blocks(self, hard: bool) -> tuple[Tensor, Tensor]:
+        """The inputs of :meth:`cost_from_counts`: expected open channels per channel group and P(open) per residual
+        branch, or with ``hard`` the widths and branches finalization keeps."""
+        self._sync_schedule()
         if not hard:
             probs = {n: self._per_channel(n, self.gates[k].expected_open()) for n, k in self._gate_key.items()}
             counts = [probs[n].sum() if n in probs else self.group_sizes.new_tensor(float(self.groups[n].size)) for n in self.channel_groups]
             one = self.group_sizes.new_tensor(1.0)
             blocks = [probs[n].reshape(()) if n in probs else one for n in self.branch_blocks]
         else:
-            masks = self.hard_masks()
-            counts = [masks[n].sum() if n in masks else torch.tensor(self.groups[n].size) for n in self.channel_groups]
-            alive = self.block_open(masks)
-            blocks = [torch.tensor(float(alive[n])) for n in self.branch_blocks]
+            decided = self.decisions()
+            counts = [torch.tensor(decided.widths[n]) for n in self.channel_groups]
+            blocks = [torch.tensor(float(decided.blocks[n])) for n in self.branch_blocks]
         counts_t = torch.stack([c.to(torch.float64).cpu() for c in counts])
         blocks_t = torch.stack([b.to(torch.float64).cpu() for b in blocks]) if blocks else torch.zeros(0, dtype=torch.float64)
         return counts_t, blocks_t
@@ -443,7 +466,7 @@ class Supernet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         values = self.gate_values()
-        alive = None if self.training else self.block_open()
+        alive = None if self.training else self._blocks_kept(self._masks())
         m = self.model
         x = F.relu(gated_bn(m.bn1, m.conv1(x), values.get(self.stem_group)))
         if self.family == "torchvision":
