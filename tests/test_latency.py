@@ -156,7 +156,7 @@ def test_expected_latency_backpropagates_to_gates(nets: dict[str, Supernet]) -> 
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
     assert any(bool((g != 0).any()) for g in grads)
     marginal = lat.marginal_ms()
-    assert set(marginal) == set(net._gate_key) and all(v >= 0 for v in marginal.values())
+    assert set(marginal) == set(net.gated_groups) and all(v >= 0 for v in marginal.values())
 
 
 def test_random_specs_are_valid_and_on_the_step() -> None:

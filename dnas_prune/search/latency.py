@@ -723,7 +723,6 @@ class SupernetLatency:
     def expected_ms(self) -> Tensor:
         """Expected under the gate probabilities in training mode (differentiable); in eval mode the predicted
         latency of the finalized model."""
-        self.net._sync_schedule()
         counts, blocks = self.net.counts_and_blocks(hard=not self.net.training)
         return self.from_counts(counts, blocks)
 
@@ -749,11 +748,12 @@ class SupernetLatency:
             inputs = (counts, blocks) if blocks.numel() else (counts,)
             grads = torch.autograd.grad(ms, inputs, allow_unused=True)
         per_count = grads[0] if grads[0] is not None else torch.zeros_like(counts)
+        gated = set(net.gated_groups)
         result = {n: float(per_count[i]) * net.channels_per_gate_of(n)
-                  for i, n in enumerate(net.channel_groups) if n in net._gate_key}
+                  for i, n in enumerate(net.channel_groups) if n in gated}
         if blocks.numel():
             per_block = grads[1] if grads[1] is not None else torch.zeros_like(blocks)
-            result.update({n: float(per_block[i]) for i, n in enumerate(net.branch_blocks) if n in net._gate_key})
+            result.update({n: float(per_block[i]) for i, n in enumerate(net.branch_blocks) if n in gated})
         return result
 
 
