@@ -35,27 +35,27 @@ from .train.loop import TrainConfig, Trainer, TrainHooks
 
 
 @contextmanager
-def _monitor(out: Path, enabled: bool) -> Iterator[MonitorHooks | None]:
-    """TensorBoard logging to ``out/tb`` for one training stage, or None."""
-    monitor = MonitorHooks(log_dir=out / "tb") if enabled else None
+def _monitor(out: Path, enabled: bool, pruner: Pruner | None = None) -> Iterator[list[MonitorHooks]]:
+    """TensorBoard logging to ``out/tb`` for one training stage: the callbacks to add (none if not ``enabled``)."""
+    monitors = [MonitorHooks(out / "tb", pruner=pruner)] if enabled else []
     try:
-        yield monitor
+        yield monitors
     finally:
-        if monitor:
+        for monitor in monitors:
             monitor.close()
 
 
 # ---------------------------------------------------------------------------------------------- dense
 def train(model: nn.Module, data: TrainingData, config: TrainConfig, out_dir: str | Path, *,
           metadata: dict[str, Any] | None = None, resume: bool = False, tensorboard: bool = False,
-          hparams: dict[str, Any] | None = None) -> tuple[Trainer, dict]:
+          hparams: dict[str, Any] | None = None, callbacks: Sequence[TrainHooks] = ()) -> tuple[Trainer, dict]:
     """Train a dense model; writes ``OUT/train.pt`` (resumable, every epoch) and ``OUT/model.pt``. Returns the
     trainer and the final metrics. ``resume`` continues from ``OUT/train.pt``, which must exist."""
     out = Path(out_dir)
-    with _monitor(out, tensorboard) as monitor:
-        trainer = Trainer(model, data, config, out, hooks=monitor, metadata=metadata)
+    with _monitor(out, tensorboard) as monitors:
+        trainer = Trainer(model, data, config, out, callbacks=[*callbacks, *monitors], metadata=metadata)
         metrics = trainer.fit(resume=resume)
-        if monitor:
+        for monitor in monitors:
             monitor.log_training_hparams(config, hparams or {}, metrics)
     if trainer.is_main:
         _save_dense(trainer, data, config, metrics, out)
@@ -90,13 +90,14 @@ def search(
     out_dir: str | Path,
     resume: bool = False,
     input_size: tuple[int, int, int] | None = None,
-    wrap_hooks: Callable[[TrainHooks], TrainHooks] | None = None,
+    callbacks: Sequence[TrainHooks] = (),
     tensorboard: bool = False,
 ) -> tuple[Supernet, dict]:
     """Search ``model`` under the budget; writes ``OUT/supernet.pt`` (resumable, every epoch) and
     ``OUT/search.json``, and returns the projected supernet and that summary.
 
-    ``wrap_hooks`` lets the caller put an observer around the search hooks; ``tensorboard`` logs to ``OUT/tb``.
+    ``callbacks`` run after the search's own (which steps the gates), then TensorBoard's with ``tensorboard``
+    (to ``OUT/tb``).
     With ``train_config.distill_weight > 0`` the supernet also learns from the dense model it starts from (a
     frozen copy), as the finetune does.
     """
@@ -109,15 +110,13 @@ def search(
     steps = train_config.epochs * (len(data.train) // train_config.batch_size)
     pruner = Pruner(model, input_size, total_steps=steps, config=search_config)
     net = pruner.net
-    hooks = SearchHooks(pruner)
-    hooks = wrap_hooks(hooks) if wrap_hooks else hooks
     metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config)}
-    with _monitor(out, tensorboard) as monitor:
-        trainer = Trainer(net, data, train_config, out, hooks=monitor.wrap(hooks) if monitor else hooks,
+    with _monitor(out, tensorboard, pruner) as monitors:
+        trainer = Trainer(net, data, train_config, out, callbacks=[SearchHooks(pruner), *callbacks, *monitors],
                           checkpoint_name="supernet.pt", metadata=metadata, teacher=teacher)
         trainer.fit(resume=resume and (out / "supernet.pt").is_file())
         summary = _land(trainer, pruner, data, train_config, search_config)
-        if monitor:
+        for monitor in monitors:
             monitor.log_search_summary(summary)
     if trainer.is_main:
         trainer.metadata["supernet"] = net.config()
@@ -187,19 +186,19 @@ def finalize(checkpoint: str | Path, output: str | Path, *, round_to: int | None
 # ---------------------------------------------------------------------------------------------- finetune
 def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, out_dir: str | Path, *,
              data_root: str, resume: bool = False, teacher: nn.Module | None = None, tensorboard: bool = False,
-             hooks: TrainHooks | None = None) -> tuple[Trainer, dict]:
+             callbacks: Sequence[TrainHooks] = ()) -> tuple[Trainer, dict]:
     """Train the model in ``pruned_path`` further; writes ``OUT/finetune.pt`` (resumable) and ``OUT/pruned.pt``
     (the same metadata plus the new accuracies). Returns the trainer and its final metrics.
 
     ``teacher`` (usually the dense parent) is distilled from when ``config.distill_weight > 0``."""
     model, metadata = load_pruned_with_metadata(pruned_path)
     out = Path(out_dir)
-    with _monitor(out, tensorboard) as monitor:
-        inner = monitor.wrap(hooks or TrainHooks()) if monitor else hooks
-        trainer = Trainer(model.train(), data, config, out, hooks=inner, checkpoint_name="finetune.pt",
-                          metadata={"kind": "dnas_prune.finetune", "source": str(pruned_path)}, teacher=teacher)
+    with _monitor(out, tensorboard) as monitors:
+        trainer = Trainer(model.train(), data, config, out, callbacks=[*callbacks, *monitors],
+                          checkpoint_name="finetune.pt", metadata={"kind": "dnas_prune.finetune",
+                                                                   "source": str(pruned_path)}, teacher=teacher)
         metrics = trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
-        if monitor:
+        for monitor in monitors:
             monitor.log_training_hparams(config, {"source": str(pruned_path)}, metrics)
     if trainer.is_main:
         keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}

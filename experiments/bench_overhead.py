@@ -6,8 +6,8 @@ Three steps on cifar_resnet56, batch 256, bf16 autocast, channels_last, random d
 - ``gated``: the same through the :class:`Pruner`'s supernet, then ``pruner.step()`` (cost-normalized gate
   gradients, gate optimizer step, the next step's offset solved onto the ramped target), mid-search (target
   descending, hard straight-through gates);
-- ``monitored``: the gated step through :class:`SearchHooks` wrapped in :class:`MonitorHooks` at its default
-  frequencies (the hooks call ``pruner.step()`` in ``after_step``).
+- ``monitored``: the gated step through the callbacks :class:`SearchHooks` then :class:`MonitorHooks` at its
+  default frequencies (the search's callback calls ``pruner.step()`` in ``after_step``).
 
 Repeats are interleaved (plain, gated, monitored, plain, ...) so machine noise hits all three alike. The
 monitored step is timed on non-logging steps; the logging events (scalar step, histogram step, epoch end with
@@ -40,6 +40,7 @@ from dnas_prune.models import create_model
 from dnas_prune.report.monitor import HISTOGRAM_EVERY, SCALAR_EVERY, MonitorHooks
 from dnas_prune.search.pruner import Pruner
 from dnas_prune.search.hooks import SearchHooks
+from dnas_prune.train.loop import Callbacks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL, BATCH, TRAIN_IMAGES = "cifar_resnet56", 256, 45_000
@@ -144,13 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     gated, gated_opt = search_setup(args.seed)
     mon_trainer, mon_inner = monitored_setup(args.seed)
     log_dir = Path(tempfile.mkdtemp(prefix="bench_overhead_tb_"))
-    monitor = MonitorHooks(mon_inner, log_dir)
-    monitor.on_epoch_start(mon_trainer, 0)
+    monitor = MonitorHooks(log_dir, pruner=mon_inner.pruner)
+    callbacks = Callbacks([mon_inner, monitor])  # as the Trainer runs them: the search's, then the monitor
+    callbacks.on_epoch_start(mon_trainer, 0)
 
     variants = {
         "plain": lambda: plain_step(plain, plain_opt, x, y),
         "gated": lambda: pruner_step(gated, gated_opt, x, y),
-        "monitored": lambda: hooked_step(mon_trainer, monitor, x, y, MID_STEP),
+        "monitored": lambda: hooked_step(mon_trainer, callbacks, x, y, MID_STEP),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     wall = time.perf_counter()
@@ -166,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {"loss": torch.tensor(2.3), "lr": 0.05}
     scalar_step = SCALAR_EVERY * 7  # a scalar step that is neither a histogram step nor an epoch end
     hist_step = HISTOGRAM_EVERY * 3
-    events = {"after_step (no logging)": lambda: monitor.after_step(mon_trainer, MID_STEP, metrics),
-              "scalar step": lambda: monitor.after_step(mon_trainer, scalar_step, metrics),
-              "histogram step (with scalars)": lambda: monitor.after_step(mon_trainer, hist_step, metrics),
+    events = {"after_step (no logging)": lambda: callbacks.after_step(mon_trainer, MID_STEP, metrics),
+              "scalar step": lambda: callbacks.after_step(mon_trainer, scalar_step, metrics),
+              "histogram step (with scalars)": lambda: callbacks.after_step(mon_trainer, hist_step, metrics),
               "inner on_epoch_end (search, not logging)": lambda: mon_inner.on_epoch_end(mon_trainer, 0, {}),
-              "on_epoch_end (with inner)": lambda: monitor.on_epoch_end(mon_trainer, 0, {"train_acc": 0.5})}
+              "on_epoch_end (with inner)": lambda: callbacks.on_epoch_end(mon_trainer, 0, {"train_acc": 0.5})}
     event_times = {name: statistics.median(timed(fn) for _ in range(7)) for name, fn in events.items()}
     monitor.close()
     wall = time.perf_counter() - wall

@@ -170,7 +170,7 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
     extra: dict[str, Any] = {}
     if tp_method == "slimming":
         trainer = Trainer(model, data, recipe(args.search_epochs, args.seed, args.distill_weight), row_dir / "sparse",
-                          hooks=SlimmingHooks(pruner, args.slimming_reg), checkpoint_name="sparse.pt",
+                          callbacks=[SlimmingHooks(pruner, args.slimming_reg)], checkpoint_name="sparse.pt",
                           teacher=teacher_of(dense, args))
         trainer.fit(resume=trainer.checkpoint_path.is_file())
         model.to(memory_format=torch.contiguous_format)

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(targs.seed)
     model = create_model(targs.model, num_classes=data.num_classes, zero_init_residual=targs.zero_init_residual)
     hooks = Averages(args.decay)
-    trainer = Trainer(model, data, config, targs.out, hooks=hooks,
+    trainer = Trainer(model, data, config, targs.out, callbacks=[hooks],
                       metadata={"command": "train", "model": targs.model, "data": root, "val_size": targs.val_size})
     start = time.perf_counter()
     metrics = trainer.fit(resume=targs.resume)

@@ -77,10 +77,12 @@ def test_offset_puts_the_hard_cost_just_under_the_target(target: float) -> None:
     """The hard decisions at the solved offset cost at most the target, and opening the next-ranked gate would
     cost more: the offset is the budget met exactly, not approached."""
     net = searched_like()
-    offset, ratio = solve_offset(net, "macs", target)
+    offset, ratios = solve_offset(net, "macs", target)
     net.set_schedule(offset=offset)
-    hard = net.hard_cost().macs / net.dense_cost.macs
-    assert hard == pytest.approx(ratio) and hard <= target
+    cost = net.hard_cost()
+    hard = cost.macs / net.dense_cost.macs
+    assert hard == pytest.approx(ratios["macs"]) and hard <= target
+    assert cost.params / net.dense_cost.params == pytest.approx(ratios["params"])  # both metrics, as a monitor logs
     closed = sorted(((float(g.logits.detach()[i]) + offset, name, i) for name in net.groups if net.groups[name].gated
                      for g in [net.gate(name)] for i in range(g.size) if not g.hard_open()[i]), reverse=True)
     _, name, i = closed[0]
@@ -92,16 +94,17 @@ def test_offset_puts_the_hard_cost_just_under_the_target(target: float) -> None:
 
 def test_offset_respects_pins_ties_and_the_extremes() -> None:
     net = Supernet(create_model("cifar_resnet20"))  # every logit equal: one run of ties
-    offset, ratio = solve_offset(net, "macs", 0.5)
+    offset, ratios = solve_offset(net, "macs", 0.5)
+    ratio = ratios["macs"]
     net.set_schedule(offset=offset)
     assert net.hard_cost().macs / net.dense_cost.macs == pytest.approx(ratio)  # ties open or close together
     assert ratio == pytest.approx(cost_floor(net, "macs"), abs=0.05) or ratio <= 0.5
-    offset, ratio = solve_offset(net, "macs", 1.0)
-    assert ratio == pytest.approx(1.0)
+    offset, ratios = solve_offset(net, "macs", 1.0)
+    assert ratios["macs"] == pytest.approx(1.0)
     net.set_gate_state({"layer1.0.conv1": torch.zeros(16, dtype=torch.bool)})
-    offset, ratio = solve_offset(net, "macs", 1.0)
+    offset, ratios = solve_offset(net, "macs", 1.0)
     net.set_schedule(offset=offset)
-    assert ratio < 1.0 and not bool(net.decisions().masks["layer1.0.conv1"].any())  # a pinned gate stays as pinned
+    assert ratios["macs"] < 1.0 and not bool(net.decisions().masks["layer1.0.conv1"].any())  # a pinned gate stays as pinned
 
 
 def test_projection_climbs_back_when_the_search_closed_almost_everything() -> None:

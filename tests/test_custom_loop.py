@@ -28,18 +28,14 @@ def load_example():
     return module
 
 
-class RecordSteps:
-    """Around the search hooks: appends the gate state after every ``pruner.step()`` to ``states``."""
+class RecordSteps(TrainHooks):
+    """After the search's callback: appends the gate state after every ``pruner.step()`` to ``states``."""
 
-    def __init__(self, inner: TrainHooks, states: list) -> None:
-        self.inner, self.states = inner, states
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
+    def __init__(self, states: list) -> None:
+        self.states = states
 
     def after_step(self, trainer, step: int, metrics: dict) -> None:
-        self.inner.after_step(trainer, step, metrics)
-        self.states.append(decisions(self.inner.net))
+        self.states.append(decisions(trainer.model))
 
 
 def decisions(net) -> dict[str, list[bool]]:
@@ -74,8 +70,7 @@ def test_plain_loop_makes_the_decisions_search_makes(tmp_path: Path) -> None:
     mine = copy.deepcopy(model)
 
     by_search: list[dict[str, list[bool]]] = []
-    searched, summary = search(model, data, train_config, search_config, tmp_path,
-                               wrap_hooks=lambda inner: RecordSteps(inner, by_search))
+    searched, summary = search(model, data, train_config, search_config, tmp_path, callbacks=[RecordSteps(by_search)])
 
     steps_per_epoch = len(data.train) // batch_size
     total = epochs * steps_per_epoch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import json
 import io
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +22,7 @@ from dnas_prune.report.monitor import MonitorHooks, gate_heatmap, width_bars, wi
 from dnas_prune.search.pruner import SearchConfig
 from dnas_prune.stages import search
 from dnas_prune.search.supernet import Supernet
-from dnas_prune.train.loop import TrainConfig, TrainHooks
+from dnas_prune.train.loop import Callbacks, TrainConfig
 
 from conftest import read_events
 
@@ -71,14 +71,14 @@ def logged_search(tmp_path_factory: pytest.TempPathFactory):
     """2 epochs x 8 steps of a resnet20 search, scalars every 2 steps and histograms every 4."""
     out = tmp_path_factory.mktemp("search")
     torch.manual_seed(0)
-    monitor = MonitorHooks(log_dir=out / "tb", scalar_every=2, histogram_every=4)
+    monitor = MonitorHooks(out / "tb", scalar_every=2, histogram_every=4)  # finds the search's Pruner
     train = TrainConfig(epochs=2, batch_size=64, progress=False, memory_format="contiguous")
     # Strong gate pressure (lr, lower initial logits) so 16 steps visibly move the cost toward the target; streams
     # gated too, so every kind of group is logged.
     config = SearchConfig(target=0.5, gate_lr=0.3, init_logit=2.0, recalibrate_batches=2, block_gates=True,
                           gate_streams=True)
     net, summary = search(create_model("cifar_resnet20", num_classes=10), synthetic_data(), train, config, out,
-                          wrap_hooks=monitor.wrap)
+                          callbacks=[monitor])
     monitor.log_search_summary(summary)
     monitor.close()
     return net, read_events(out / "tb"), out
@@ -87,7 +87,7 @@ def logged_search(tmp_path_factory: pytest.TempPathFactory):
 def test_search_logs_every_kind(logged_search) -> None:
     net, events, out = logged_search
     tags = events.Tags()
-    scalars = {"loss/ce", "budget/expected_macs_ratio", "budget/hard_macs_ratio", "budget/params_ratio",
+    scalars = {"loss/ce", "budget/expected_ratio", "budget/hard_macs_ratio", "budget/hard_params_ratio",
                "budget/offset", "budget/target", "gates/temperature", "lr/weights", "lr/gates", "acc/train", "acc/val",
                "blocks/open", "channels/layer1.stream", "channels/layer2.stream", "channels/layer2.inner",
                "throughput/img_per_s"}
@@ -106,8 +106,8 @@ def test_search_logs_every_kind(logged_search) -> None:
 
 def test_logged_state_tracks_the_search(logged_search) -> None:
     net, events, _ = logged_search
-    expected = scalar_values(events, "budget/expected_macs_ratio")
-    assert expected[-1] < expected[0]
+    expected = scalar_values(events, "budget/expected_ratio")  # one per epoch
+    assert len(expected) == 2 and expected[-1] < 1.0
     targets, hard = scalar_values(events, "budget/target"), scalar_values(events, "budget/hard_macs_ratio")
     assert all(a >= b for a, b in zip(targets, targets[1:])) and targets[-1] == pytest.approx(0.5)
     assert all(0.85 * t <= h <= t + 1e-6 for t, h in zip(targets, hard[:len(targets)]))
@@ -170,62 +170,28 @@ def test_figures_show_gates_and_widths() -> None:
     assert [t.get_text() for t in empty.axes[0].texts] == ["no gated channel groups"]
 
 
-class Recorder(TrainHooks):
-    """Inner hooks that record each call and return sentinels, to check delegation."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.sentinel = torch.tensor(3.0)
-
-    def excluded_parameters(self):
-        self.calls.append("excluded_parameters")
-        return ["gate"]
-
-    def on_epoch_start(self, trainer, epoch):
-        self.calls.append("on_epoch_start")
-
-    def loss(self, trainer, ce, logits, step):
-        self.calls.append("loss")
-        return self.sentinel
-
-    def before_optimizer_step(self, trainer):
-        self.calls.append("before_optimizer_step")
-
-    def after_step(self, trainer, step, metrics):
-        self.calls.append("after_step")
-
-    def before_evaluate(self, trainer, epoch):
-        self.calls.append("before_evaluate")
-
-    def on_epoch_end(self, trainer, epoch, metrics):
-        self.calls.append("on_epoch_end")
-
-    def state_dict(self):
-        self.calls.append("state_dict")
-        return {"x": 1}
-
-    def load_state_dict(self, state):
-        self.calls.append("load_state_dict")
-
-
-def test_every_hook_is_delegated_and_other_ranks_write_nothing(tmp_path: Path) -> None:
-    hooks = [name for name, _ in inspect.getmembers(TrainHooks, inspect.isfunction) if not name.startswith("_")]
-    inner = Recorder()
-    monitor = MonitorHooks(inner, log_dir=tmp_path / "tb")
-    trainer = SimpleNamespace(is_main=False, global_step=0, steps_per_epoch=4)
-    assert monitor.excluded_parameters() == ["gate"]
+def test_other_ranks_write_nothing(tmp_path: Path) -> None:
+    monitor = MonitorHooks(tmp_path / "tb")
+    trainer = SimpleNamespace(is_main=False, global_step=0, steps_per_epoch=4, callbacks=Callbacks())
     monitor.on_epoch_start(trainer, 0)
-    assert monitor.loss(trainer, torch.tensor(1.0), torch.zeros(1), 0) is inner.sentinel
-    monitor.before_optimizer_step(trainer)
     monitor.after_step(trainer, 1, {"loss": torch.tensor(1.0), "lr": 0.1})
-    monitor.before_evaluate(trainer, 0)
     monitor.on_epoch_end(trainer, 0, {"train_acc": 0.5})
-    assert monitor.state_dict() == {"x": 1}
-    monitor.load_state_dict({"x": 1})
     monitor.log_hparams({"lr": 0.1}, {"acc": 0.5})
     monitor.close()
-    assert sorted(inner.calls) == sorted(hooks)
     assert not (tmp_path / "tb").exists()
+
+
+def test_the_monitor_logs_the_budget_the_search_computed(logged_search) -> None:
+    """Per step the Pruner's own numbers (its trace: target and hard ratio at each step), per epoch the expected
+    ratio the search's callback put into the epoch's metrics."""
+    net, events, out = logged_search
+    summary = json.loads((out / "search.json").read_text())
+    trace = {t["step"]: t for t in summary["steering"]["trace"]}
+    for tag, key in (("budget/target", "target"), ("budget/hard_macs_ratio", "hard_ratio")):
+        logged = {e.step: e.value for e in events.Scalars(tag) if e.step in trace}
+        assert len(logged) >= 8 and all(v == pytest.approx(trace[step][key], rel=1e-6) for step, v in logged.items())
+    history = summary["history"]
+    assert scalar_values(events, "budget/expected_ratio") == pytest.approx([h["expected_ratio"] for h in history])
 
 
 def test_cli_search_and_finalize_write_tensorboard(tiny_cifar: Path, tmp_path: Path) -> None:
@@ -237,7 +203,7 @@ def test_cli_search_and_finalize_write_tensorboard(tiny_cifar: Path, tmp_path: P
                  "--gate-streams", "--out", str(out), *common]) == 0
     assert main(["finalize", str(out / "supernet.pt"), "-o", str(tmp_path / "pruned.pt")]) == 0
     tags = read_events(out / "tb").Tags()
-    assert {"loss/ce", "budget/expected_macs_ratio", "blocks/open", "acc/val"} <= set(tags["scalars"])
+    assert {"loss/ce", "budget/expected_ratio", "blocks/open", "acc/val"} <= set(tags["scalars"])
     assert "gate_prob/layer2.stream" in tags["histograms"]
     assert {"gates/heatmap", "architecture/widths"} <= set(tags["images"])
     assert {"architecture/search/text_summary", "architecture/finalized/text_summary"} <= set(tags["tensors"])

@@ -15,7 +15,8 @@ import torch
 
 from dnas_prune.io.checkpoint import atomic_torch_save, safe_load
 from dnas_prune.cli import main
-from dnas_prune.cli import search as search_command
+from dnas_prune import stages
+from dnas_prune.train.loop import TrainHooks
 
 from conftest import write_tree
 
@@ -25,32 +26,24 @@ STOP_AT = STEPS_PER_EPOCH + 3  # mid-way through epoch 2: its checkpoint is epoc
 TIMING = {"img_per_s", "epoch_time"}
 
 
-def after_each_step(action):
-    """A ``wrap_hooks`` for ``search``: calls ``action(global_step)`` after each step's own hooks ran."""
+class AfterEachStep(TrainHooks):
+    """Calls ``action(global_step)`` after each step, once the search's own callback ran."""
 
-    def wrap(hooks):
-        after_step = hooks.after_step
+    def __init__(self, action) -> None:
+        self.action = action
 
-        def wrapped(trainer, global_step: int, metrics: dict) -> None:
-            after_step(trainer, global_step, metrics)
-            action(global_step)
-
-        hooks.after_step = wrapped
-        return hooks
-
-    return wrap
+    def after_step(self, trainer, global_step: int, metrics: dict) -> None:
+        self.action(global_step)
 
 
 def observe_search(monkeypatch: pytest.MonkeyPatch, action) -> None:
-    """Make ``dnas-prune search`` call ``action(step)`` after every step, around whatever hooks it installs."""
-    real_search = search_command.search
+    """Make ``dnas-prune search`` call ``action(step)`` after every step, besides whatever callbacks it passes."""
+    real_search = stages.search
 
-    def search(*args, wrap_hooks=None, **kwargs):
-        def wrap(hooks):
-            return after_each_step(action)(wrap_hooks(hooks) if wrap_hooks else hooks)
-        return real_search(*args, wrap_hooks=wrap, **kwargs)
+    def search(*args, callbacks=(), **kwargs):
+        return real_search(*args, callbacks=[*callbacks, AfterEachStep(action)], **kwargs)
 
-    monkeypatch.setattr(search_command, "search", search)
+    monkeypatch.setattr(stages, "search", search)
 
 
 def stop_at(step: int):

@@ -17,11 +17,11 @@ from conftest import make_synthetic, read_events
 TRAIN = dict(batch_size=64, lr=0.05, schedule="cosine", warmup_epochs=0.0, progress=False, memory_format="contiguous")
 
 
-def run_search(data, out: Path, epochs: int = 2, wrap=None, resume: bool = False, model=None, **search_kw):
+def run_search(data, out: Path, epochs: int = 2, callbacks=(), resume: bool = False, model=None, **search_kw):
     config = SearchConfig(**{"target": 0.5, "gate_lr": 0.2, "recalibrate_batches": 2, **search_kw})
     torch.manual_seed(0)
     model = model or create_model("cifar_resnet20", num_classes=data.num_classes)
-    return search(model, data, TrainConfig(epochs=epochs, **TRAIN), config, out, resume=resume, wrap_hooks=wrap)
+    return search(model, data, TrainConfig(epochs=epochs, **TRAIN), config, out, resume=resume, callbacks=callbacks)
 
 
 def test_search_tracks_the_target_and_lands_on_the_budget(tmp_path: Path) -> None:
@@ -45,26 +45,18 @@ def test_search_tracks_the_target_and_lands_on_the_budget(tmp_path: Path) -> Non
         torch.testing.assert_close(finalize(reloaded)(x), net(x), rtol=1e-4, atol=1e-4)
 
 
-class StopAfterFirstEpoch:
-    """Wraps the search hooks and aborts when the second epoch starts, like a kill between epochs."""
-
-    def __init__(self, inner: TrainHooks) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
+class StopAfterFirstEpoch(TrainHooks):
+    """Aborts when the second epoch starts, like a kill between epochs."""
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
         if epoch == 1:
             raise KeyboardInterrupt
-        self.inner.on_epoch_start(trainer, epoch)
 
 
-@pytest.mark.slow
 def test_resumed_search_equals_an_uninterrupted_one(synthetic_data, tmp_path: Path) -> None:
     straight, _ = run_search(synthetic_data, tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
-        run_search(synthetic_data, tmp_path / "b", wrap=StopAfterFirstEpoch)
+        run_search(synthetic_data, tmp_path / "b", callbacks=[StopAfterFirstEpoch()])
     resumed, _ = run_search(synthetic_data, tmp_path / "b", resume=True)
     decided = straight.decisions(), resumed.decisions()
     assert decided[0].blocks == decided[1].blocks and decided[0].widths == decided[1].widths
@@ -133,15 +125,12 @@ def test_search_with_block_gates_lands_on_the_budget(synthetic_data, tmp_path: P
     assert 0.49 <= summary["final"]["macs_ratio"] <= 0.51
 
 
-class RecordEvalStatistics:
-    """Wraps the search hooks; at each epoch end (after the evaluation) keeps the BN statistics eval mode used
-    and those the hard network has on the calibration batches."""
+class RecordEvalStatistics(TrainHooks):
+    """At each epoch end (after the evaluation) keeps the BN statistics eval mode used and those the hard network
+    has on the calibration batches."""
 
-    def __init__(self, inner: TrainHooks) -> None:
-        self.inner, self.seen = inner, []
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
+    def __init__(self, calibration_batches: int) -> None:
+        self.calibration_batches, self.seen = calibration_batches, []
 
     def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
         import copy
@@ -151,24 +140,17 @@ class RecordEvalStatistics:
         def stats(net) -> dict[str, torch.Tensor]:
             return {k: v.clone() for k, v in net.model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
 
-        hard = copy.deepcopy(self.inner.net)
-        recalibrate_bn(hard, trainer.data, self.inner.config.recalibrate_batches, trainer.config.batch_size,
+        hard = copy.deepcopy(trainer.model)
+        recalibrate_bn(hard, trainer.data, self.calibration_batches, trainer.config.batch_size,
                        trainer.config.seed, False, trainer.device, trainer.autocast)
-        self.seen.append((stats(self.inner.net), stats(hard)))
-        self.inner.on_epoch_end(trainer, epoch, metrics)
+        self.seen.append((stats(trainer.model), stats(hard)))
 
 
 def test_mid_search_val_accuracy_is_that_of_the_hard_network(synthetic_data, tmp_path: Path) -> None:
     """Eval mode computes the hard network; its BN statistics must be its own, not the soft-gated ones training
     left behind, or TensorBoard shows chance accuracy during the search."""
-    recorder = None
-
-    def wrap(inner: TrainHooks) -> RecordEvalStatistics:
-        nonlocal recorder
-        recorder = RecordEvalStatistics(inner)
-        return recorder
-
-    run_search(synthetic_data, tmp_path, epochs=2, wrap=wrap)
+    recorder = RecordEvalStatistics(calibration_batches=2)  # run_search's recalibrate_batches
+    run_search(synthetic_data, tmp_path, epochs=2, callbacks=[recorder])
     assert len(recorder.seen) == 2
     for used, hard in recorder.seen:
         for name in used:

@@ -64,7 +64,8 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path, precision):
     data = tiny_data()
     full = Trainer(tiny_model(), data, tiny_train_config(precision=precision), tmp_path / "full")
     full.fit()
-    interrupted = Trainer(tiny_model(), data, tiny_train_config(precision=precision), tmp_path / "cut", hooks=Interrupt())
+    interrupted = Trainer(tiny_model(), data, tiny_train_config(precision=precision), tmp_path / "cut",
+                          callbacks=[Interrupt()])
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
     torch.manual_seed(99)  # a different process state before resuming must not matter
@@ -99,7 +100,7 @@ def test_hooks_are_called_and_excluded_parameters_stay_out_of_sgd(tmp_path):
     model = tiny_model()
     model.gate = nn.Parameter(torch.ones(3))
     hooks = Recorder(model.gate)
-    trainer = Trainer(model, tiny_data(), tiny_train_config(weight_decay=0.0), tmp_path, hooks=hooks)
+    trainer = Trainer(model, tiny_data(), tiny_train_config(weight_decay=0.0), tmp_path, callbacks=[hooks])
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     trainer.fit()
     assert hooks.calls == {"on_epoch_start": 2, "loss": 4, "before_optimizer_step": 4, "after_step": 4, "on_epoch_end": 2}
@@ -112,8 +113,57 @@ def test_hooks_are_called_and_excluded_parameters_stay_out_of_sgd(tmp_path):
     other = tiny_model(seed=1)
     other.gate = nn.Parameter(torch.zeros(3))
     fresh = Recorder(other.gate)
-    Trainer(other, tiny_data(), tiny_train_config(), tmp_path, hooks=fresh).load_checkpoint(tmp_path / "train.pt")
+    Trainer(other, tiny_data(), tiny_train_config(), tmp_path, callbacks=[fresh]).load_checkpoint(tmp_path / "train.pt")
     assert fresh.restored == {"calls": hooks.calls}
+
+
+class Logged(TrainHooks):
+    """Appends ``(name, hook)`` to a shared log; its loss adds ``name``'s offset to the loss it is given."""
+
+    def __init__(self, name: str, log: list, offset: float = 0.0, state: dict | None = None) -> None:
+        self.name, self.log, self.offset, self.state, self.loaded = name, log, offset, state or {}, None
+
+    def on_epoch_start(self, trainer, epoch):
+        self.log.append((self.name, "on_epoch_start"))
+
+    def loss(self, trainer, ce, logits, step):
+        self.log.append((self.name, "loss"))
+        return ce + self.offset
+
+    def after_step(self, trainer, step, metrics):
+        self.log.append((self.name, "after_step"))
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        self.log.append((self.name, "on_epoch_end"))
+        metrics.setdefault("seen_by", []).append(self.name)
+
+    def state_dict(self):
+        return dict(self.state)
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+def test_callbacks_compose_in_order(tmp_path):
+    """Each hook runs on every callback in the order given; losses chain; epoch metrics one callback writes are
+    there for the next (how a monitor logs what the search computed); states share one checkpoint dict."""
+    log: list = []
+    first, second = Logged("search", log, 1.0, {"pruner": 1}), Logged("monitor", log, 10.0)
+    trainer = Trainer(tiny_model(), tiny_data(), tiny_train_config(epochs=1), tmp_path, callbacks=[first, second])
+    metrics = trainer.fit()
+    by_hook = [hook for _, hook in log]
+    assert log[:2] == [("search", "on_epoch_start"), ("monitor", "on_epoch_start")]
+    assert [name for name, hook in log if hook == "after_step"] == ["search", "monitor"] * 2
+    assert by_hook.count("loss") == 4 and metrics["seen_by"] == ["search", "monitor"]
+    assert trainer.callbacks.loss(trainer, torch.tensor(0.0), None, 0) == 11.0  # 0 + 1 + 10, in order
+    resumed = [Logged("search", [], state={"pruner": 1}), Logged("monitor", [])]
+    Trainer(tiny_model(), tiny_data(), tiny_train_config(epochs=1), tmp_path, callbacks=resumed).load_checkpoint(
+        tmp_path / "train.pt")
+    assert resumed[0].loaded == resumed[1].loaded == {"pruner": 1}
+    clash = Trainer(tiny_model(), tiny_data(), tiny_train_config(epochs=1), tmp_path / "b",
+                    callbacks=[Logged("a", [], state={"x": 1}), Logged("b", [], state={"x": 2})])
+    with pytest.raises(DnasPruneError, match="'x'"):
+        clash.save_checkpoint()
 
 
 class NanAt(TrainHooks):
@@ -126,9 +176,9 @@ class NanAt(TrainHooks):
 
 def test_nan_loss_raises_naming_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="no checkpoint"):
-        Trainer(tiny_model(), tiny_data(), tiny_train_config(), tmp_path / "a", hooks=NanAt(0)).fit()
+        Trainer(tiny_model(), tiny_data(), tiny_train_config(), tmp_path / "a", callbacks=[NanAt(0)]).fit()
     with pytest.raises(TrainingDiverged, match=str(tmp_path / "b" / "train.pt")):
-        Trainer(tiny_model(), tiny_data(), tiny_train_config(), tmp_path / "b", hooks=NanAt(1)).fit()
+        Trainer(tiny_model(), tiny_data(), tiny_train_config(), tmp_path / "b", callbacks=[NanAt(1)]).fit()
 
 
 def test_train_command_writes_checkpoint_model_and_metrics(tiny_cifar, tmp_path):

@@ -31,7 +31,7 @@ class Snapshots(TrainHooks):
 def test_average_is_the_ema_of_the_weights_after_every_step(tmp_path):
     decay = 0.6
     hooks = Snapshots()
-    trainer = Trainer(tiny_model(), tiny_data(), tiny_train_config(ema_decay=decay), tmp_path, hooks=hooks)
+    trainer = Trainer(tiny_model(), tiny_data(), tiny_train_config(ema_decay=decay), tmp_path, callbacks=[hooks])
     trainer.fit()
     expected = dict(hooks.states[0])  # the first update copies the weights
     for state in hooks.states[1:]:
@@ -58,7 +58,7 @@ def test_resume_with_an_average_equals_an_uninterrupted_run(tmp_path):
     data = tiny_data()
     full = Trainer(tiny_model(), data, tiny_train_config(ema_decay=0.6), tmp_path / "full")
     full.fit()
-    cut = Trainer(tiny_model(), data, tiny_train_config(ema_decay=0.6), tmp_path / "cut", hooks=Interrupt())
+    cut = Trainer(tiny_model(), data, tiny_train_config(ema_decay=0.6), tmp_path / "cut", callbacks=[Interrupt()])
     with pytest.raises(KeyboardInterrupt):
         cut.fit()
     resumed = Trainer(tiny_model(seed=7), data, tiny_train_config(ema_decay=0.6), tmp_path / "cut")

@@ -1,8 +1,9 @@
 """TensorBoard monitoring of train, search and finetune runs, attached from the outside.
 
-:class:`MonitorHooks` wraps the hooks a :class:`~dnas_prune.train.loop.Trainer` runs with, passes every call
-through unchanged and logs around it, so the training and search code never depend on this module. It
-writes to ``RUN_DIR/tb`` on rank 0 only. Logging is paced to stay well under 2 % of step time: scalars
+:class:`MonitorHooks` is one callback of a :class:`~dnas_prune.train.loop.Trainer` among others, so the
+training and search code never depend on this module. It logs what the run computed (the loss, the epoch's
+metrics, and for a search the budget numbers of its :class:`~dnas_prune.search.pruner.Pruner`), never its
+own version of them, and writes to ``RUN_DIR/tb`` on rank 0 only. Logging is paced to stay well under 2 % of step time: scalars
 every ``scalar_every`` steps (the loss is summed on-device in between, so there is one host sync per
 interval), gate histograms every ``histogram_every`` steps, and figures once per epoch. The last step of
 every epoch also logs scalars and histograms, so short runs still show a point per epoch. The figures (gate
@@ -21,14 +22,14 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from ..models.cost import count_cost
 from ..finalize import finalize
 from ..models import spec_of
 from .report import WidthBar, widths_figure
-from ..search.pruner import expected_ratios
+from ..search.pruner import Pruner
 from .summary import width_table
 from ..search.supernet import Supernet
 from ..train.loop import TrainHooks, Trainer
@@ -136,16 +137,17 @@ def flatten_config(**sections: Any) -> dict[str, bool | int | float | str]:
 
 
 class MonitorHooks(TrainHooks):
-    """Delegates every hook to ``inner`` and logs to TensorBoard around it (rank 0 only).
+    """Logs a run to TensorBoard (rank 0 only), as a callback after the others.
 
-    A search is recognised by ``inner`` having a ``net`` (the :class:`~dnas_prune.search.hooks.SearchHooks`);
-    then budget, gate and width panels are logged too. Call :meth:`close` when the run is over.
+    In a search (its ``pruner`` given, or found among the trainer's callbacks) budget, gate and width panels are
+    logged too: the budget from the Pruner's attributes and the search's epoch metrics. Call :meth:`close` when
+    the run is over.
     """
 
-    def __init__(self, inner: TrainHooks | None = None, log_dir: str | Path = "tb", *,
+    def __init__(self, log_dir: str | Path = "tb", *, pruner: Pruner | None = None,
                  scalar_every: int = SCALAR_EVERY, histogram_every: int = HISTOGRAM_EVERY) -> None:
-        self.inner = inner or TrainHooks()
         self.log_dir = Path(log_dir)
+        self.pruner = pruner
         self.scalar_every = max(1, scalar_every)
         self.histogram_every = max(1, histogram_every)
         self.writer: SummaryWriter | None = None
@@ -156,14 +158,9 @@ class MonitorHooks(TrainHooks):
         self._interval_start = time.perf_counter()
         self._interval_steps = 0
 
-    def wrap(self, inner: TrainHooks) -> "MonitorHooks":
-        """Monitor ``inner``; returns self, so ``search(..., wrap_hooks=monitor.wrap)`` works."""
-        self.inner = inner
-        return self
-
     @property
     def searching(self) -> bool:
-        return hasattr(self.inner, "net")
+        return self.pruner is not None
 
     def _open(self, trainer: Trainer | None) -> SummaryWriter | None:
         """The writer, created on first use on rank 0. A resumed run hides the events it will rewrite."""
@@ -184,12 +181,11 @@ class MonitorHooks(TrainHooks):
             "throughput (img/s)": ["Multiline", ["throughput/img_per_s"]],
         }}
         if self.searching:
-            metric = self.inner.config.metric
+            metric = self.pruner.config.metric
             layout["budget"] = {
-                "MACs ratio (expected, hard)": ["Multiline", ["budget/expected_macs_ratio", "budget/hard_macs_ratio"]
-                                                + (["budget/target"] if metric == "macs" else [])],
-                "params ratio (expected, hard)": ["Multiline", ["budget/params_ratio", "budget/hard_params_ratio"]
-                                                  + (["budget/target"] if metric == "params" else [])],
+                f"{metric} ratio (target, hard)": ["Multiline", ["budget/target", f"budget/hard_{metric}_ratio"]],
+                "hard cost ratios": ["Multiline", ["budget/hard_macs_ratio", "budget/hard_params_ratio"]],
+                "expected ratio (per epoch)": ["Multiline", ["budget/expected_ratio"]],
                 "logit offset": ["Multiline", ["budget/offset"]],
             }
             layout["gates"] = {
@@ -201,23 +197,15 @@ class MonitorHooks(TrainHooks):
             }
         return layout
 
-    # ------------------------------------------------------------------ delegated hooks
-    def excluded_parameters(self) -> list[nn.Parameter]:
-        return self.inner.excluded_parameters()
-
+    # ------------------------------------------------------------------ callbacks
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        self.inner.on_epoch_start(trainer, epoch)
+        if self.pruner is None:  # a search's callback among the trainer's (the search stage passes it instead)
+            found = (getattr(c, "pruner", None) for c in trainer.callbacks.callbacks)
+            self.pruner = next((p for p in found if isinstance(p, Pruner)), None)
         self._open(trainer)
         self._interval_start, self._interval_steps = time.perf_counter(), 0
 
-    def loss(self, trainer: Trainer, ce: Tensor, logits: Tensor, step: int) -> Tensor:
-        return self.inner.loss(trainer, ce, logits, step)
-
-    def before_optimizer_step(self, trainer: Trainer) -> None:
-        self.inner.before_optimizer_step(trainer)
-
     def after_step(self, trainer: Trainer, step: int, metrics: dict) -> None:
-        self.inner.after_step(trainer, step, metrics)
         self.step = step
         if self.writer is None:
             return
@@ -230,25 +218,17 @@ class MonitorHooks(TrainHooks):
         if self.searching and (step % self.histogram_every == 0 or epoch_end):
             self._log_histograms(step)
 
-    def before_evaluate(self, trainer: Trainer, epoch: int) -> None:
-        self.inner.before_evaluate(trainer, epoch)
-
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
-        self.inner.on_epoch_end(trainer, epoch, metrics)
         if self.writer is None:
             return
         for key, tag in _EPOCH_SCALARS.items():
             if key in metrics:
                 self.writer.add_scalar(tag, metrics[key], trainer.global_step)
+        if "expected_ratio" in metrics:  # the search's callback put it there, before this one
+            self.writer.add_scalar("budget/expected_ratio", metrics["expected_ratio"], trainer.global_step)
         if self.searching:
             self._log_images(trainer.global_step)
         self.writer.flush()
-
-    def state_dict(self) -> dict:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.inner.load_state_dict(state)
 
     # ------------------------------------------------------------------ logging
     def _log_scalars(self, trainer: Trainer, step: int) -> None:
@@ -262,29 +242,25 @@ class MonitorHooks(TrainHooks):
         w.add_scalar("lr/weights", trainer.optimizer.param_groups[0]["lr"], step)
         if not self.searching:
             return
-        pruner = self.inner.pruner
-        expected = expected_ratios(pruner.net)
+        pruner = self.pruner
         w.add_scalar("budget/offset", pruner.offset, step)
         w.add_scalar("budget/target", pruner.target, step)
-        w.add_scalar("budget/expected_macs_ratio", expected["macs"], step)
-        w.add_scalar("budget/params_ratio", expected["params"], step)
         w.add_scalar("gates/temperature", pruner.temperature, step)
         w.add_scalar("lr/gates", pruner.gate_optimizer.param_groups[0]["lr"], step)
         self._log_hard_state(step)
 
     def _log_hard_state(self, step: int) -> None:
-        """What finalization would keep right now: hard cost ratios, open blocks, open channels per stage."""
-        net, w = self.inner.net, self.writer
-        hard = net.hard_cost()
-        w.add_scalar("budget/hard_macs_ratio", hard.macs / net.dense_cost.macs, step)
-        w.add_scalar("budget/hard_params_ratio", hard.params / net.dense_cost.params, step)
-        decided = net.decisions()
+        """What finalization would keep right now: the Pruner's hard cost ratios, kept blocks and channels."""
+        w = self.writer
+        for metric, ratio in self.pruner.hard_ratios.items():
+            w.add_scalar(f"budget/hard_{metric}_ratio", ratio, step)
+        decided = self.pruner.net.decisions()
         w.add_scalar("blocks/open", decided.blocks_kept, step)
-        for name, value in stage_channels(net, decided.widths).items():
+        for name, value in stage_channels(self.pruner.net, decided.widths).items():
             w.add_scalar(f"channels/{name}", value, step)
 
     def _log_histograms(self, step: int) -> None:
-        net = self.inner.net
+        net = self.pruner.net
         blocks = []
         for name, p in net.gate_probabilities().items():
             if net.groups[name].kind == "block":
@@ -295,8 +271,8 @@ class MonitorHooks(TrainHooks):
             self.writer.add_histogram("gate_prob/blocks", torch.stack(blocks).float().cpu(), step, bins=HISTOGRAM_BINS)
 
     def _log_images(self, step: int) -> None:
-        self.writer.add_figure("gates/heatmap", gate_heatmap(self.inner.net), step)
-        self.writer.add_figure("architecture/widths", width_chart(self.inner.net), step)
+        self.writer.add_figure("gates/heatmap", gate_heatmap(self.pruner.net), step)
+        self.writer.add_figure("architecture/widths", width_chart(self.pruner.net), step)
 
     # ------------------------------------------------------------------ end of run
     def log_search_summary(self, summary: dict) -> None:
@@ -308,7 +284,7 @@ class MonitorHooks(TrainHooks):
         self._log_hard_state(step)
         self._log_histograms(step)
         self._log_images(step)
-        self.writer.add_text("architecture/search", architecture_table(self.inner.net), step)
+        self.writer.add_text("architecture/search", architecture_table(self.pruner.net), step)
         final, accuracy = summary["final"], summary["accuracy"]
         self.log_hparams(
             flatten_config(train=summary["config"]["train"], search=summary["config"]["search"]),

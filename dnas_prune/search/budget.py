@@ -68,16 +68,16 @@ def check_feasible(net: Supernet, metric: str, target: float, round_to: int | No
 
 
 @torch.no_grad()
-def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0) -> tuple[float, float]:
+def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0) -> tuple[float, dict[str, float]]:
     """The one logit offset ``b`` whose hard decisions (``logit + b > 0``) cost as much as ``target`` allows.
 
     Free gates are ranked by logit; the largest top-k whose hard cost ratio is ``<= target`` stays open, and ``b``
     sits halfway between the k-th and the (k+1)-th logit (k stops short of a run of tied logits, which open or
     close together). Cost only grows as gates open, so a binary search over k
     finds it in ``log2(gates)`` cost evaluations. Pinned gates and ungated groups count as they are. With every
-    gate open (or closed), ``b`` lies ``margin`` beyond the last logit. Returns ``(b, hard cost ratio)``.
+    gate open (or closed), ``b`` lies ``margin`` beyond the last logit. Returns ``b`` and the hard cost ratios it
+    gives, ``{"macs": ..., "params": ...}``.
     """
-    dense = float(getattr(net.dense_cost, metric))
     names = net.channel_groups
     counts = torch.tensor([0.0 if net.groups[n].gated else float(net.groups[n].size) for n in names],
                           dtype=torch.float64)
@@ -104,20 +104,21 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
         logits.append(net.gate(name).logits.detach().double().cpu().reshape(1))
         slots.append(torch.tensor([b])), widths.append(torch.ones(1)), is_block.append(torch.ones(1, dtype=torch.bool))
     if not logits:
-        macs, params = net.cost_from_counts(counts, blocks)
-        return 0.0, float(macs if metric == "macs" else params) / dense
+        return 0.0, _ratios(net, counts, blocks)
     logit = torch.cat(logits)
     order = torch.argsort(logit, descending=True, stable=True)
     logit, slot = logit[order], torch.cat(slots)[order]
     width, block = torch.cat(widths).double()[order], torch.cat(is_block)[order]
 
-    def ratio(k: int) -> float:
+    def ratios(k: int) -> dict[str, float]:
         c, f = counts.clone(), blocks.clone()
         opened = torch.arange(len(logit)) < k
         c.index_add_(0, slot[opened & ~block], width[opened & ~block])
         f[slot[opened & block]] = 1.0
-        macs, params = net.cost_from_counts(c, f)
-        return float(macs if metric == "macs" else params) / dense
+        return _ratios(net, c, f)
+
+    def ratio(k: int) -> float:
+        return ratios(k)[metric]
 
     lo, hi = 0, len(logit)  # invariant: ratio(lo) <= target or lo == 0; ratio(hi + 1) > target
     if ratio(hi) <= target:
@@ -135,7 +136,12 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
         offset = -float(logit[0]) - margin
     else:
         offset = -0.5 * float(logit[k - 1] + logit[k])
-    return offset, ratio(k)
+    return offset, ratios(k)
+
+
+def _ratios(net: Supernet, counts: Tensor, blocks: Tensor) -> dict[str, float]:
+    macs, params = net.cost_from_counts(counts, blocks)
+    return {"macs": float(macs) / net.dense_cost.macs, "params": float(params) / net.dense_cost.params}
 
 
 @torch.no_grad()

@@ -24,10 +24,8 @@ from .supernet import Supernet
 
 
 class SearchHooks(TrainHooks):
-    """Calls the :class:`~dnas_prune.search.pruner.Pruner` from the training loop and reports its state each epoch.
-
-    Readable state for monitoring: ``pruner`` (and its ``net`` and ``config``).
-    """
+    """The :class:`~dnas_prune.search.pruner.Pruner` as a callback of the training loop: it steps the gates after
+    every weight step, refits BN before each evaluation, and reports the budget in each epoch's metrics."""
 
     def __init__(self, pruner: Pruner) -> None:
         self.pruner = pruner
@@ -53,10 +51,11 @@ class SearchHooks(TrainHooks):
                        trainer.config.seed, bool(trainer.channels_last), trainer.device, trainer.autocast)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
-        hard = self.net.hard_cost()
+        """The epoch's budget numbers into the epoch's metrics (so into metrics.json, search.json's history and,
+        for a monitor after this callback, TensorBoard)."""
         metrics.update(
-            hard_macs_ratio=hard.macs / self.net.dense_cost.macs,
-            hard_params_ratio=hard.params / self.net.dense_cost.params,
+            hard_macs_ratio=self.pruner.hard_ratios["macs"],
+            hard_params_ratio=self.pruner.hard_ratios["params"],
             expected_ratio=expected_ratios(self.net)[self.config.metric],
             target_ratio=self.pruner.target,
             offset=self.pruner.offset,

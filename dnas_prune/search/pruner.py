@@ -146,9 +146,10 @@ class Pruner:
     weights' optimizer ``model.parameters()`` as usual: the gates live on :attr:`net`, not in ``model``.
     Afterwards :meth:`finalize` lands within ±1 % of the target and returns the plain pruned model.
 
-    Readable state: :attr:`net`, :attr:`target` (the current, ramped target), :attr:`hard_ratio` (the cost ratio
-    of the current hard decisions), :attr:`trace` (``(step, target, hard ratio)`` every few steps) and
-    :attr:`max_deviation` (the largest ``|hard / target - 1|`` since warm-up).
+    Readable state, what the search computes and a monitor logs: :attr:`net`, :attr:`target` (the current, ramped
+    target), :attr:`offset` and :attr:`temperature` (the schedule it set), :attr:`hard_ratio` (the cost ratio of
+    the current hard decisions; :attr:`hard_ratios` for MACs and params alike), :attr:`trace` (``(step, target,
+    hard ratio)`` every few steps) and :attr:`max_deviation` (the largest ``|hard / target - 1|`` since warm-up).
     """
 
     def __init__(self, model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32), *, total_steps: int,
@@ -210,7 +211,8 @@ class Pruner:
         self.target = ramped_target(cfg.target, elapsed, cfg.target_ramp)
         budgeted = min(1.0, max(0.0, elapsed / max(1e-9, 1.0 - cfg.warmup)))
         self.temperature = cfg.final_temperature ** budgeted
-        offset, self.hard_ratio = solve_offset(self.net, cfg.metric, self.target, margin=self.temperature)
+        offset, self.hard_ratios = solve_offset(self.net, cfg.metric, self.target, margin=self.temperature)
+        self.hard_ratio = self.hard_ratios[cfg.metric]
         self.net.set_schedule(temperature=self.temperature, hard=True, offset=offset)
         self.offset = offset
         if elapsed >= 0:
@@ -256,9 +258,11 @@ class Pruner:
     def project(self) -> dict[str, float]:
         """Pin a hard state within ±1 % of the target; returns the cost ratio before and after."""
         cfg = self.config
-        dense = float(getattr(self.net.dense_cost, cfg.metric))
-        before = float(getattr(self.net.hard_cost(), cfg.metric)) / dense
-        after = float(getattr(project_to_budget(self.net, cfg.metric, cfg.target, cfg.round_to), cfg.metric)) / dense
+        dense = self.net.dense_cost
+        before = float(getattr(self.net.hard_cost(), cfg.metric)) / getattr(dense, cfg.metric)
+        cost = project_to_budget(self.net, cfg.metric, cfg.target, cfg.round_to)
+        self.hard_ratios = {"macs": cost.macs / dense.macs, "params": cost.params / dense.params}
+        self.hard_ratio = after = self.hard_ratios[cfg.metric]
         return {"before": before, "after": after, "moved": after - before}
 
     def finalize(self, calibration_batches: Iterable[Any] | None = None,

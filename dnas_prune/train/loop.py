@@ -2,7 +2,7 @@
 
 One :class:`Trainer` owns the optimizer, schedule, checkpoints and metrics, and runs under the machine's policy
 (precision, memory format: :mod:`dnas_prune.device.policy`);
-search and finetune customize it through :class:`TrainHooks` instead of copying the loop. A checkpoint
+search, finetuning and monitoring plug in as :class:`TrainHooks` callbacks instead of copying the loop. A checkpoint
 holds everything needed to resume bit-for-bit (on CPU) and loads with ``weights_only=True``.
 """
 
@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -104,7 +104,8 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 class TrainHooks:
-    """Extension points for search/finetune. Default: no-ops."""
+    """A callback of the training loop: the search, monitoring and tests plug in here instead of copying the loop.
+    Default: no-ops. A :class:`Trainer` takes several, run in the order given (see :class:`Callbacks`)."""
 
     def excluded_parameters(self) -> list[nn.Parameter]:
         """Parameters kept out of the SGD weight groups (e.g. gates with their own optimizer)."""
@@ -134,6 +135,57 @@ class TrainHooks:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class Callbacks(TrainHooks):
+    """Several callbacks as one, each hook called on each in order: so the search's callback has stepped the
+    gates before a monitor after it logs them. ``loss`` is chained (each gets the loss the one before returned);
+    the checkpoint keeps one dict of all their states, so their keys must differ."""
+
+    def __init__(self, callbacks: Sequence[TrainHooks] = ()) -> None:
+        self.callbacks = list(callbacks)
+
+    def excluded_parameters(self) -> list[nn.Parameter]:
+        return [p for callback in self.callbacks for p in callback.excluded_parameters()]
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        for callback in self.callbacks:
+            callback.on_epoch_start(trainer, epoch)
+
+    def loss(self, trainer: "Trainer", ce: Tensor, logits: Tensor, step: int) -> Tensor:
+        for callback in self.callbacks:
+            ce = callback.loss(trainer, ce, logits, step)
+        return ce
+
+    def before_optimizer_step(self, trainer: "Trainer") -> None:
+        for callback in self.callbacks:
+            callback.before_optimizer_step(trainer)
+
+    def after_step(self, trainer: "Trainer", step: int, metrics: dict) -> None:
+        for callback in self.callbacks:
+            callback.after_step(trainer, step, metrics)
+
+    def before_evaluate(self, trainer: "Trainer", epoch: int) -> None:
+        for callback in self.callbacks:
+            callback.before_evaluate(trainer, epoch)
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict) -> None:
+        for callback in self.callbacks:
+            callback.on_epoch_end(trainer, epoch, metrics)
+
+    def state_dict(self) -> dict:
+        state: dict = {}
+        for callback in self.callbacks:
+            own = callback.state_dict()
+            clash = state.keys() & own.keys()
+            if clash:
+                raise DnasPruneError(f"two training callbacks keep state under {sorted(clash)[0]!r}")
+            state.update(own)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for callback in self.callbacks:
+            callback.load_state_dict(state)
 
 
 PROGRESS_EVERY = 0.25  # without a terminal, a progress line at every quarter of an epoch
@@ -185,14 +237,14 @@ class Trainer:
         config: TrainConfig,
         out_dir: str | Path,
         *,
-        hooks: TrainHooks | None = None,
+        callbacks: Sequence[TrainHooks] = (),
         checkpoint_name: str = "train.pt",
         metadata: dict | None = None,
         teacher: nn.Module | None = None,
     ) -> None:
         self.config = config
         self.data = data
-        self.hooks = hooks or TrainHooks()
+        self.callbacks = Callbacks(callbacks)
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / checkpoint_name
         self.metadata = metadata or {}
@@ -237,7 +289,7 @@ class Trainer:
 
     def _param_groups(self) -> list[dict]:
         """Weight decay on conv/linear weights only; BN parameters and biases (ndim <= 1) are not decayed."""
-        excluded = {id(p) for p in self.hooks.excluded_parameters()}
+        excluded = {id(p) for p in self.callbacks.excluded_parameters()}
         decay, no_decay = [], []
         for p in self.model.parameters():
             if p.requires_grad and id(p) not in excluded:
@@ -320,12 +372,12 @@ class Trainer:
                     with torch.no_grad():
                         teacher_logits = self.teacher(x)
                     ce = distillation_loss(logits, teacher_logits, ce, cfg.distill_weight, cfg.distill_temperature)
-            loss = self.hooks.loss(self, ce, logits, self.global_step)
+            loss = self.callbacks.loss(self, ce, logits, self.global_step)
             if not torch.isfinite(loss.detach()).item():
                 self._diverged(loss.item())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.hooks.before_optimizer_step(self)
+            self.callbacks.before_optimizer_step(self)
             self.optimizer.step()
             self.scheduler.step()
             if self.ema is not None:
@@ -335,7 +387,7 @@ class Trainer:
             seen += len(y)
             self.global_step += 1
             step_metrics = {"loss": ce.detach(), "lr": self.scheduler.get_last_lr()[0]}
-            self.hooks.after_step(self, self.global_step, step_metrics)
+            self.callbacks.after_step(self, self.global_step, step_metrics)
             if bar.enabled:  # CPU tensors: reading them costs no device sync
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
@@ -379,12 +431,12 @@ class Trainer:
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         while self.epoch < cfg.epochs:
             epoch = self.epoch
-            self.hooks.on_epoch_start(self, epoch)
+            self.callbacks.on_epoch_start(self, epoch)
             metrics = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             testing = cfg.test_every_epoch or epoch + 1 == cfg.epochs
             eval_start = time.perf_counter()
             if len(self.data.val) or testing:
-                self.hooks.before_evaluate(self, epoch)
+                self.callbacks.before_evaluate(self, epoch)
             if len(self.data.val):
                 val = self.evaluate(self.data.val, desc="val")
                 metrics.update(val_acc=val["acc"], val_loss=val["loss"])
@@ -396,7 +448,7 @@ class Trainer:
                 if self.ema is not None:
                     metrics["raw_test_acc"] = self.evaluate(self.data.test, self.model, desc="test (live weights)")["acc"]
             self.last_eval_time = time.perf_counter() - eval_start  # not in metrics: those must resume bit-for-bit
-            self.hooks.on_epoch_end(self, epoch, metrics)
+            self.callbacks.on_epoch_end(self, epoch, metrics)
             self.epoch = epoch + 1
             self.history.append(metrics)
             if self.is_main:
@@ -424,7 +476,7 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "rng": _rng_state(),
-            "hooks": self.hooks.state_dict(),
+            "hooks": self.callbacks.state_dict(),  # the key of checkpoint format 1
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": asdict(self.config),
             "metadata": self.metadata,
@@ -451,7 +503,7 @@ class Trainer:
                 self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{path} does not match this model/optimizer: {str(exc).splitlines()[0]}") from None
-        self.hooks.load_state_dict(state["hooks"])
+        self.callbacks.load_state_dict(state["hooks"])
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.history = list(state["history"])
         self.channels_last = state["channels_last"]
