@@ -117,6 +117,7 @@ COMMAND_ARGS = {
     "search": ["search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--out", "r"],
     "finetune": ["finetune", "pruned.pt", "--out", "r"],
     "profile": ["profile", "cifar_resnet20"],
+    "latency-table": ["latency-table", "--model", "cifar_resnet20", "--batch-size", "1"],
 }
 
 

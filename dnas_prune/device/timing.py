@@ -128,26 +128,16 @@ def _repeats_within(repeats: int, seconds_per_repeat: float, max_seconds: float)
     return max(3, min(repeats, int(max_seconds / max(seconds_per_repeat, 1e-9))))
 
 
-def measure_latency(
-    model: nn.Module,
-    input_size: Sequence[int] = (3, 32, 32),
-    batch_size: int = 1,
-    *,
-    warmup: int = 10,
-    repeats: int = 50,
-    threads: int | None = None,
-    memory_format: str = "auto",
-    dtype: torch.dtype = torch.float32,
-    max_seconds: float = 3.0,
-) -> dict[str, Any]:
+def measure_latency(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), batch_size: int = 1,
+                    **options: Any) -> dict[str, Any]:
     """Forward latency in milliseconds (median, p10, p90) of one batch, in eval mode without autograd.
 
-    ``repeats`` is reduced so the timed loop takes about ``max_seconds``; ``threads`` is restored after.
+    ``options`` are those of :func:`compare_latency` (``warmup``, ``repeats``, ``threads``, ``memory_format``,
+    ``dtype``, ``max_seconds``), with its defaults: ``repeats`` is reduced so the timed loop takes about
+    ``max_seconds``; ``threads`` is restored after.
     """
-    return compare_latency(
-        {"model": model}, input_size, (batch_size,), warmup=warmup, repeats=repeats, threads=threads,
-        memory_format=memory_format, dtype=dtype, max_seconds=max_seconds, with_cost=False,
-    )["models"]["model"]["latency"][batch_size]
+    result = compare_latency({"model": model}, input_size, (batch_size,), **{**options, "with_cost": False})
+    return result["models"]["model"]["latency"][batch_size]
 
 
 def compare_latency(

@@ -6,12 +6,29 @@ batch (so batches do not depend on the number of processes), and normalize uint8
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Generic, Sequence, TypeVar
 
 import torch
 from torch import Tensor
 
 from ..errors import DataError
+
+S = TypeVar("S")
+
+
+@dataclass
+class Splits(Generic[S]):
+    """Train/val/test splits of one source and its class names (a :class:`~dnas_prune.train.data.TrainingData`)."""
+
+    train: S
+    val: S
+    test: S
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
 
 def holdout(labels: Tensor, num_classes: int, val_size: int, limit_train: int | None,

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import DataError
 from ..io.checkpoint import atomic_torch_save
-from .batching import Normalize, holdout, rank_slices
+from .batching import Normalize, Splits, holdout, rank_slices
 from .progress import Progress
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -89,16 +89,8 @@ class Split:
                            flip=flip, crop_padding=crop_padding)
 
 
-@dataclass
-class CifarData:
-    train: Split
-    val: Split
-    test: Split
-    classes: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+class CifarData(Splits[Split]):
+    """CIFAR-10's splits, held in memory."""
 
 
 def _class_files(split_dir: Path) -> tuple[list[str], list[Path], list[int]]:

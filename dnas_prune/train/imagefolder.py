@@ -7,7 +7,6 @@ so the batches do not depend on the number of workers or ranks.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Iterator, Sequence
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .batching import Normalize, holdout, rank_slices
+from .batching import Normalize, Splits, holdout, rank_slices
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -151,16 +150,8 @@ class ImageFolderSplit:
         return _LoaderBatches(loader, Normalize(self.mean, self.std, device, channels_last))
 
 
-@dataclass
-class ImageFolderData:
-    train: ImageFolderSplit
-    val: ImageFolderSplit
-    test: ImageFolderSplit
-    classes: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+class ImageFolderData(Splits[ImageFolderSplit]):
+    """An ImageFolder tree's splits, streamed from disk."""
 
 
 def _scan(directory: Path) -> tuple[list[str], list[tuple[str, int]]]:
