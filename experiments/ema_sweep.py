@@ -25,7 +25,8 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from dnas_prune.cli import build_parser
-from dnas_prune.cli.common import load_data, seed_everything, train_config_from
+from dnas_prune.cli.common import load_data, train_config_from
+from dnas_prune.train.recipes import seed_everything
 from dnas_prune.models import create_model
 from dnas_prune.train.loop import Trainer, TrainHooks, weight_average
 from peers import machine

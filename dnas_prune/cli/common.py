@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-
-from ..train.data import DATA_KINDS, TrainingData, load_dataset
+from ..device.policy import MEMORY_FORMAT_CHOICES, PRECISIONS, memory_format_name
 from ..train.cifar import FLIP_MODES
+from ..train.data import DATA_KINDS, TrainingData, load_dataset
 from ..train.imagefolder import IMAGE_SIZE, IMAGEFOLDER_LAYOUT
-from ..device.policy import MEMORY_FORMAT_CHOICES, memory_format_name
-from ..train.recipes import seed_everything  # noqa: F401  (re-exported for the commands)
 from ..train.loop import TrainConfig
-from ..device.policy import PRECISIONS
 
 
 def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_size: int = 5000,
@@ -85,8 +82,6 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         memory_format=args.memory_format, seed=args.seed, sync_bn=args.sync_bn,
         test_every_epoch=args.test_every_epoch, progress=not args.no_progress,
     )
-
-
 
 
 def load_data(args: argparse.Namespace) -> tuple[TrainingData, str]:

@@ -9,8 +9,8 @@ from .. import stages
 from ..device.policy import init_distributed
 from ..errors import DnasPruneError
 from ..io.pruned import load_pretrained, load_pruned_with_metadata
-from ..train.recipes import FINETUNE_RECIPE
-from .common import add_training_args, load_data, seed_everything, train_config_from
+from ..train.recipes import FINETUNE_RECIPE, seed_everything
+from .common import add_training_args, load_data, train_config_from
 
 DEFAULTS = FINETUNE_RECIPE
 

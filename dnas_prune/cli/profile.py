@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import DnasPruneError
-from ..models import MODEL_NAMES, create_model, is_cifar_model, spec_of
 from ..device.policy import MEMORY_FORMAT_CHOICES, memory_format_name
-from ..report.profile import profile_model
+from ..errors import DnasPruneError
 from ..io.pruned import default_input_size, load_pruned_with_metadata
+from ..models import MODEL_NAMES, create_model, is_cifar_model, spec_of
+from ..report.profile import profile_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

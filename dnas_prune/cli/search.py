@@ -18,8 +18,8 @@ from ..search.budget import check_target
 from ..search.gate_optimizer import GATE_OPTIMIZERS
 from ..search.gates import GATE_KINDS
 from ..search.pruner import SearchConfig
-from ..train.recipes import SEARCH_RECIPE
-from .common import add_training_args, load_data, seed_everything, train_config_from
+from ..train.recipes import SEARCH_RECIPE, seed_everything
+from .common import add_training_args, load_data, train_config_from
 
 DEFAULTS = SEARCH_RECIPE
 SEARCH_DEFAULTS = SearchConfig()

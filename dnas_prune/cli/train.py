@@ -8,8 +8,8 @@ from pathlib import Path
 from .. import stages
 from ..device.policy import init_distributed
 from ..models import MODEL_NAMES, check_model_name, create_model
-from ..train.recipes import CLEAN_EPOCHS_PER, TRAIN_RECIPE, TRAIN_VAL_SIZE
-from .common import add_training_args, load_data, seed_everything, train_config_from
+from ..train.recipes import CLEAN_EPOCHS_PER, TRAIN_RECIPE, TRAIN_VAL_SIZE, seed_everything
+from .common import add_training_args, load_data, train_config_from
 
 DEFAULTS, DEFAULT_VAL_SIZE = TRAIN_RECIPE, TRAIN_VAL_SIZE
 

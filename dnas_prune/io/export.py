@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import atomic_output
 from ..errors import DnasPruneError
+from .checkpoint import atomic_output
 
 FORMATS = ("torchscript", "onnx", "pt2")
 SUFFIXES = {"torchscript": ".torchscript", "onnx": ".onnx", "pt2": ".pt2"}

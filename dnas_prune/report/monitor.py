@@ -25,14 +25,14 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from ..models.cost import count_cost
 from ..finalize import finalize
 from ..models import spec_of
-from .report import WidthBar, widths_figure
+from ..models.cost import count_cost
 from ..search.pruner import Pruner
-from .summary import width_table
 from ..search.supernet import Supernet
-from ..train.loop import TrainHooks, Trainer
+from ..train.loop import Trainer, TrainHooks
+from .report import WidthBar, widths_figure
+from .summary import width_table
 
 SCALAR_EVERY = 20
 HISTOGRAM_EVERY = 200

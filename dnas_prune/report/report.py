@@ -22,10 +22,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from torch import nn
 
-from ..io.checkpoint import atomic_write, atomic_write_json, atomic_write_text
-from ..models.cost import Cost
-from ..models import Spec, spec_of
 from ..device.timing import compare_latency
+from ..io.checkpoint import atomic_write, atomic_write_json, atomic_write_text
+from ..models import Spec, spec_of
+from ..models.cost import Cost
 from .summary import width_table
 
 DPI = 110

@@ -15,8 +15,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..models.cost import Cost
 from ..errors import BudgetError
+from ..models.cost import Cost
 from .supernet import Supernet
 
 METRICS = ("macs", "params")

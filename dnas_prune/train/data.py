@@ -1,11 +1,11 @@
 """Training data behind one interface: a split knows its size, its input size and how to batch one epoch.
 
 CIFAR-10 is held in memory: per-sample PIL transforms through a ``DataLoader`` cost more CPU than training a
-small ResNet, so the CIFAR path decodes once (cached on disk), keeps the dataset as one uint8 tensor and
-crops/flips whole batches with vectorized indexing (:class:`Split`, :class:`BatchStream`). ImageNet-style trees
-are too big for memory and are decoded per sample by ``DataLoader`` workers (:class:`ImageFolderSplit`).
-Either way all randomness comes from ``(seed, epoch)`` and each rank takes its slice of every global batch, so
-batches are reproducible and do not depend on the number of processes.
+small ResNet, so :mod:`~dnas_prune.train.cifar` decodes once (cached on disk), keeps the dataset as one uint8
+tensor and crops/flips whole batches with vectorized indexing. ImageNet-style trees are too big for memory and
+:mod:`~dnas_prune.train.imagefolder` decodes them per sample in ``DataLoader`` workers. Either way all randomness
+comes from ``(seed, epoch)`` and each rank takes its slice of every global batch (:mod:`~dnas_prune.train.batching`),
+so batches are reproducible and do not depend on the number of processes. :func:`load_dataset` picks the source.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .cifar import resolve_data_root, load_cifar10
+from .cifar import load_cifar10, resolve_data_root
 from .imagefolder import IMAGE_SIZE, IMAGEFOLDER_LAYOUT, load_imagefolder
 
 DATA_KINDS = ("cifar", "imagefolder")

@@ -1,9 +1,9 @@
 """The training loop shared by dense training, the supernet search and finetuning.
 
 One :class:`Trainer` owns the optimizer, schedule, checkpoints and metrics, and runs under the machine's policy
-(precision, memory format: :mod:`dnas_prune.device.policy`);
-search, finetuning and monitoring plug in as :class:`TrainHooks` callbacks instead of copying the loop. A checkpoint
-holds everything needed to resume bit-for-bit (on CPU) and loads with ``weights_only=True``.
+(precision, memory format: :mod:`dnas_prune.device.policy`). The search, monitoring and tests plug in as
+:class:`TrainHooks` callbacks instead of copying the loop. A checkpoint holds everything needed to resume
+bit-for-bit (on CPU) and loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from ..device.policy import (MEMORY_FORMAT_CHOICES, PRECISIONS, autocast, choose
                              resolve_precision)
 from ..errors import CheckpointError, DnasPruneError, TrainingDiverged
 from ..io.checkpoint import atomic_torch_save, atomic_write_json, safe_load
-from .data import Batches, DataSplit, TrainingData
 from .cifar import FLIP_MODES
+from .data import Batches, DataSplit, TrainingData
 from .distill import distillation_loss
 from .progress import Progress
 
