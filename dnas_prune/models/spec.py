@@ -66,14 +66,18 @@ def _block_stride(block: nn.Module, kind: str) -> int:
     return block.conv1.stride[0]
 
 
+def family_of(model: nn.Module) -> str:
+    """``"cifar"`` or ``"torchvision"``: the two ResNet families every layer of dnas_prune reads."""
+    if isinstance(model, CifarResNet):
+        return "cifar"
+    if isinstance(model, tv.ResNet):
+        return "torchvision"
+    raise SpecError(f"model of type {type(model).__name__} is not a CIFAR or torchvision ResNet")
+
+
 def spec_of(model: nn.Module) -> Spec:
     """Read the architecture spec of a CIFAR ResNet or a torchvision ``ResNet`` instance."""
-    if isinstance(model, CifarResNet):
-        family = "cifar"
-    elif isinstance(model, tv.ResNet):
-        family = "torchvision"
-    else:
-        raise SpecError(f"model of type {type(model).__name__} is not a CIFAR or torchvision ResNet")
+    family = family_of(model)
     block_type = None
     stages = []
     for s, layer in enumerate(_stage_modules(model), start=1):

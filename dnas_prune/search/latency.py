@@ -66,7 +66,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet as tv
 
 from ..device.policy import (MEMORY_FORMAT_CHOICES, MEMORY_FORMATS, PRECISIONS, memory_format_name,
                              resolve_precision, using_threads)
@@ -74,8 +73,8 @@ from ..device.timing import measure_latency, noise_warning
 from ..errors import DnasPruneError
 from ..io.checkpoint import atomic_write_json
 from ..io.pruned import default_input_size
-from ..models import MODEL_NAMES, CifarResNet, build_model, create_model, spec_of, validate_spec
-from ..models.spec import Spec, block_kind
+from ..models import MODEL_NAMES, build_model, create_model, spec_of, validate_spec
+from ..models.spec import Spec, block_kind, family_of
 from ..train.progress import Progress
 
 if TYPE_CHECKING:
@@ -171,12 +170,7 @@ def _conv_unit(conv: nn.Module, hw: Sequence[int], relu: bool, maxpool: nn.Modul
 
 def layer_uses(model: nn.Module, input_size: Sequence[int]) -> list[LayerUse]:
     """Every unit a CIFAR or torchvision ResNet runs, in forward order (works on ``meta`` models)."""
-    if isinstance(model, CifarResNet):
-        family = "cifar"
-    elif isinstance(model, tv.ResNet):
-        family = "torchvision"
-    else:
-        raise DnasPruneError(f"{type(model).__name__} is not a CIFAR or torchvision ResNet")
+    family = family_of(model)
     uses: list[LayerUse] = []
 
     def add(name: str, unit: dict, cin: int, cout: int, src: str, dst: str, block: str | None, macs: int) -> None:
