@@ -76,6 +76,8 @@ METHODS = _methods(
     Method("ours_g8", "dnas_prune, one gate per 8 channels (--channels-per-gate 8)", "ours", {"channels_per_gate": 8}),
     Method("ours_g8_1search", "dnas_prune, one gate per 8 channels, one search epoch (the finetune gets the rest)",
            "ours", {"channels_per_gate": 8}, search_epochs=1),
+    Method("ours_1search", "dnas_prune defaults, one search epoch (the finetune gets the rest)", "ours", {},
+           search_epochs=1),
     Method("ours_round8", "dnas_prune, kept widths rounded to multiples of 8 (--round-to 8)", "ours", {"round_to": 8}),
     Method("ours_unnormalized", "dnas_prune, gate gradients not divided by cost (--no-cost-normalization)", "ours",
            {"cost_normalized": False}),
