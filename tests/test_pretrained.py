@@ -54,7 +54,7 @@ def test_shipped_parent_classifies_2000_test_images(cifar_root: Path, name: str,
 
 def test_corrupt_or_unknown_weights_are_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DnasPruneError, match="shipped: cifar_resnet20") as info:
-        create_model("cifar_resnet56", weights="cifar10")
+        create_model("cifar_resnet110", weights="cifar10")
     assert "\n" not in str(info.value)
     with pytest.raises(DnasPruneError, match="weights must be one of"):
         create_model("cifar_resnet20", weights=123)
@@ -76,6 +76,6 @@ def test_pretrained_cifar10_names_the_shipped_parent_in_cli_and_toml(tmp_path: P
     config = tmp_path / "c.toml"
     config.write_text('[model]\nname = "cifar_resnet20"\n[pretrain]\nweights = "cifar10"\n[search]\ntarget_macs = 0.5\n')
     assert load_config(config)["pretrain"]["weights"] == "cifar10"
-    config.write_text('[model]\nname = "cifar_resnet56"\n[pretrain]\nweights = "cifar10"\n[search]\ntarget_macs = 0.5\n')
+    config.write_text('[model]\nname = "cifar_resnet110"\n[pretrain]\nweights = "cifar10"\n[search]\ntarget_macs = 0.5\n')
     with pytest.raises(DnasPruneError, match="pretrain.weights"):
         load_config(config)
