@@ -22,6 +22,17 @@ import torch
 from ..errors import CheckpointError
 
 
+def user_cache_home() -> Path:
+    """``dnas_prune`` in the user cache directory (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dnas_prune"
+
+
+def cache_dir() -> Path:
+    """Where derived files are cached (decoded datasets, latency tables): ``$DNAS_PRUNE_CACHE``, else
+    :func:`user_cache_home`."""
+    return Path(os.environ.get("DNAS_PRUNE_CACHE") or user_cache_home())
+
+
 def _umask_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -71,7 +71,7 @@ from ..device.policy import (MEMORY_FORMAT_CHOICES, MEMORY_FORMATS, PRECISIONS, 
                              resolve_precision, using_threads)
 from ..device.timing import measure_latency, noise_warning
 from ..errors import DnasPruneError
-from ..io.checkpoint import atomic_write_json
+from ..io.checkpoint import atomic_write_json, cache_dir
 from ..io.pruned import default_input_size
 from ..models import MODEL_NAMES, build_model, create_model, spec_of, validate_spec
 from ..models.spec import Spec, block_kind, family_of
@@ -765,13 +765,6 @@ def device_name(device: str) -> str:
     return f"cpu:{model}:{torch.backends.cpu.get_cpu_capability()}"
 
 
-def cache_dir() -> Path:
-    """``$DNAS_PRUNE_CACHE/latency``, else ``dnas_prune/latency`` in the user cache directory (``$XDG_CACHE_HOME``,
-    else ``~/.cache``): where the data loader keeps its decoded-data cache."""
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dnas_prune"
-    return Path(os.environ.get("DNAS_PRUNE_CACHE") or home) / "latency"
-
-
 def _resolve_model(model: str | Spec | nn.Module) -> tuple[str, Spec]:
     if isinstance(model, str):
         if model not in MODEL_NAMES:
@@ -824,7 +817,7 @@ def table_settings(model: str | Spec | nn.Module, batch_size: int = 1, *, input_
 
 def cache_path(settings: dict[str, Any], directory: str | os.PathLike | None = None) -> Path:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(directory or cache_dir()) / f"{settings['model']}-bs{settings['batch_size']}-{digest}.json"
+    return Path(directory or cache_dir() / "latency") / f"{settings['model']}-bs{settings['batch_size']}-{digest}.json"
 
 
 def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:

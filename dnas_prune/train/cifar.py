@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from ..io.checkpoint import atomic_torch_save
+from ..io.checkpoint import atomic_torch_save, cache_dir, user_cache_home
 from .batching import Normalize, Splits, holdout, rank_slices
 from .progress import Progress
 
@@ -34,11 +34,6 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _cache_home() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dnas_prune"
-
-
 def resolve_data_root(data: str | os.PathLike | None, download: bool = True) -> Path:
     """``data``, else ``$DNAS_PRUNE_DATA``, else the user cache dir (downloading the official batches there)."""
     chosen = data if data is not None else os.environ.get("DNAS_PRUNE_DATA")
@@ -47,7 +42,7 @@ def resolve_data_root(data: str | os.PathLike | None, download: bool = True) -> 
         if not root.is_dir():
             raise DataError(f"data directory {root} does not exist; expected {LAYOUT} (pass --data or set DNAS_PRUNE_DATA)")
         return root
-    root = _cache_home() / "cifar10"
+    root = user_cache_home() / "cifar10"
     if (root / _OFFICIAL).is_dir():
         return root
     if download:
@@ -173,8 +168,7 @@ def _cache_path(root: Path) -> Path:
                 newest = max([newest] + [os.stat(os.path.join(dirpath, n)).st_mtime_ns for n in names])
             stamp.append(f"{split}:{count}:{newest}")
     key = hashlib.sha256("|".join(stamp).encode()).hexdigest()[:16]
-    cache_dir = Path(os.environ.get("DNAS_PRUNE_CACHE") or _cache_home())
-    return cache_dir / f"cifar10-{key}.pt"
+    return cache_dir() / f"cifar10-{key}.pt"
 
 
 def _read_cached(root: Path) -> dict:
