@@ -57,6 +57,7 @@ class Method:
     kind: str  # "ours" | "tp_magnitude" | "tp_slimming" | "uniform"
     search: dict[str, Any] = field(default_factory=dict)  # ours: SearchConfig overrides (target comes per row)
     search_epochs: int | None = None  # ours: overrides --search-epochs (the finetune gets the rest of the epochs)
+    one_schedule: bool = False  # ours: the finetune continues the search's lr schedule instead of restarting one
 
     def search_config(self, target: float) -> SearchConfig:
         return SearchConfig(**{"target": target, **self.search})
@@ -78,6 +79,12 @@ METHODS = _methods(
            "ours", {"channels_per_gate": 8}, search_epochs=1),
     Method("ours_1search", "dnas_prune defaults, one search epoch (the finetune gets the rest)", "ours", {},
            search_epochs=1),
+    Method("ours_1sched", "dnas_prune defaults, search and finetune under one lr schedule", "ours", {},
+           one_schedule=True),
+    Method("ours_1sched_taylor", "dnas_prune, one lr schedule, gates re-ranked across groups by Taylor saliency per "
+           "cost at warm-up's end (--prior taylor)", "ours", {"prior": "taylor"}, one_schedule=True),
+    Method("ours_1sched_1search", "dnas_prune defaults, one search epoch, search and finetune under one lr schedule",
+           "ours", {}, search_epochs=1, one_schedule=True),
     Method("ours_round8", "dnas_prune, kept widths rounded to multiples of 8 (--round-to 8)", "ours", {"round_to": 8}),
     Method("ours_unnormalized", "dnas_prune, gate gradients not divided by cost (--no-cost-normalization)", "ours",
            {"cost_normalized": False}),
@@ -103,11 +110,13 @@ class SlimmingHooks(TrainHooks):
         self.pruner.regularize(trainer.model, reg=self.reg)
 
 
-def recipe(epochs: int, seed: int, distill_weight: float = 0.0) -> TrainConfig:
+def recipe(epochs: int, seed: int, distill_weight: float = 0.0, span: int = 0, start: int = 0) -> TrainConfig:
     """The one training recipe every method's search, sparse training and finetuning use (``distill_weight > 0``:
-    each of them also distills from the dense parent)."""
+    each of them also distills from the dense parent; ``span``/``start``: this run is ``epochs`` of an lr schedule
+    over ``span`` epochs, starting ``start`` epochs into it)."""
     return TrainConfig(epochs=epochs, lr=0.05, schedule="cosine", warmup_epochs=0.5, batch_size=256,
-                       memory_format="auto", seed=seed, progress=False, distill_weight=distill_weight)
+                       memory_format="auto", seed=seed, progress=False, distill_weight=distill_weight,
+                       schedule_epochs=span, schedule_start=start)
 
 
 def teacher_of(dense: nn.Module, args: argparse.Namespace) -> nn.Module | None:
@@ -153,7 +162,9 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
             net = load_supernet(row_dir / "search" / "supernet.pt")
             summary = json.loads((row_dir / "search" / "search.json").read_text())
         else:
-            net, summary = search(copy.deepcopy(dense), data, recipe(search_epochs, args.seed, args.distill_weight),
+            span = args.search_epochs + args.finetune_epochs if method.one_schedule else 0
+            net, summary = search(copy.deepcopy(dense), data,
+                                  recipe(search_epochs, args.seed, args.distill_weight, span=span),
                                   config, row_dir / "search", resume=True, input_size=input_size)
         model = finalize(net.eval())
         info = {"overrides": dict(method.search), "search": asdict(config),
@@ -201,7 +212,9 @@ def run_row(name: str, target: float, dense: nn.Module, data: CifarData, args: a
         save_pruned(model, pruned_path, input_size=list(input_size), info=info, epochs_before_finetune=before)
     finetune_epochs = args.search_epochs + args.finetune_epochs - before
     seed_everything(args.seed)
-    trainer, metrics = finetune(pruned_path, data, recipe(finetune_epochs, args.seed, args.distill_weight),
+    total = args.search_epochs + args.finetune_epochs
+    schedule = {"span": total, "start": before} if METHODS[name].one_schedule else {}
+    trainer, metrics = finetune(pruned_path, data, recipe(finetune_epochs, args.seed, args.distill_weight, **schedule),
                                 row_dir / "finetune", data_root=args.data, resume=True, teacher=teacher_of(dense, args))
     cost, dense_cost = count_cost(trainer.model.eval(), input_size), count_cost(dense, input_size)
     return {

@@ -52,6 +52,7 @@ from .supernet import Supernet
 
 STREAM_GROUPS = ("stem", "*.stream")  # patterns naming every residual-stream group
 BLOCK_GROUPS = ("layer*.[0-9]", "layer*.[0-9][0-9]")  # patterns naming every block gate (layerS.B, B < 100)
+PRIORS = ("gamma", "taylor")
 
 
 @dataclass
@@ -68,7 +69,8 @@ class SearchConfig:
     target_ramp: float = 0.5  # fraction of the search over which the target descends from dense to the budget
     final_temperature: float = 0.05  # the straight-through window narrows to this, freezing decisions late
     init_logit: float = 3.0
-    prior_spread: float = 1.0  # logits start at init_logit +- this, by |BN gamma| rank within each group
+    prior_spread: float = 1.0  # logits start at init_logit +- this, ranked by the prior
+    prior: str = "gamma"  # "gamma": |BN gamma| rank within each group; "taylor": re-ranked across groups at warm-up's end
     round_to: int | None = None
     channels_per_gate: int = 1  # one gate per K channels: every searched width is a multiple of K
     exclude: list[str] = field(default_factory=list)
@@ -96,6 +98,10 @@ class SearchConfig:
         if self.round_to is not None and self.round_to % self.channels_per_gate:
             raise DnasPruneError(f"round_to (--round-to) {self.round_to} is not a multiple of channels_per_gate "
                                  f"(--channels-per-gate) {self.channels_per_gate}; widths move by whole gates")
+        if self.prior not in PRIORS:
+            raise DnasPruneError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        if self.prior == "taylor" and self.warmup <= 0:
+            raise DnasPruneError("prior 'taylor' ranks gates by the gradients seen during warm-up: set warmup > 0")
         if self.prior_spread < 0:
             raise DnasPruneError(f"prior_spread must be >= 0, got {self.prior_spread}")
 
@@ -181,12 +187,16 @@ class Pruner:
         self.trace_every = max(1, self.total_steps // 200)
         self.trace: list[tuple[int, float, float]] = []
         self.max_deviation = 0.0
+        self.saliency: dict[str, torch.Tensor] = {}  # prior "taylor": summed (dL/dg)^2 per gate over warm-up
+        self.prior_set = cfg.prior != "taylor"
         self.net.train()
         self._prepare()
 
     # ------------------------------------------------------------------ the loop
     def step(self) -> None:
         """After ``loss.backward()``: update the gates and set up the next step."""
+        if self.config.prior == "taylor" and not self.prior_set:
+            self._accumulate_saliency()
         if self.config.cost_normalized:
             self.normalize_gate_gradients()
         self.gate_optimizer.step()
@@ -208,6 +218,8 @@ class Pruner:
         so a resumed search replays exactly."""
         cfg = self.config
         elapsed = self.progress - cfg.warmup
+        if elapsed >= 0 and not self.prior_set:
+            self._set_taylor_prior()
         self.target = ramped_target(cfg.target, elapsed, cfg.target_ramp)
         budgeted = min(1.0, max(0.0, elapsed / max(1e-9, 1.0 - cfg.warmup)))
         self.temperature = cfg.final_temperature ** budgeted
@@ -254,6 +266,44 @@ class Pruner:
             rank[torch.argsort(per_gate.cpu(), stable=True)] = torch.linspace(-1.0, 1.0, gate.size, dtype=torch.float64)
             gate.logits.copy_((self.net.init_logit + spread * rank).to(gate.logits))
 
+    @torch.no_grad()
+    def _accumulate_saliency(self) -> None:
+        """Add each gate's squared gradient with respect to its value (the logit's gradient divided by
+        d P(open) / d logit): the second-order estimate of what closing it would cost the loss."""
+        for name, info in self.net.groups.items():
+            if not info.gated:
+                continue
+            gate = self.net.gate(name)
+            if gate.logits.grad is None:
+                continue
+            with torch.enable_grad():  # autograd.grad returns the slope without touching .grad
+                slope, = torch.autograd.grad(gate.probability().sum(), gate.logits)
+            value_grad = gate.logits.grad.double() / slope.double().clamp_min(1e-6)
+            self.saliency[name] = self.saliency.get(name, 0.0) + value_grad.square()
+
+    @torch.no_grad()
+    def _set_taylor_prior(self) -> None:
+        """At the end of warm-up: restart every channel gate's logit at ``init_logit`` plus ``prior_spread`` times
+        its rank, from -1 to +1, over all groups at once, by saliency per unit of marginal cost. The search then
+        starts from a global knapsack order (as a global Taylor pruning would cut) rather than from the same cut
+        fraction in every group; block gates keep their logits."""
+        self.prior_set = True
+        costs = self.net.marginal_costs(self.config.metric)
+        names = [n for n, info in self.net.groups.items()
+                 if info.gated and info.kind != "block" and n in self.saliency and n in costs]
+        if not names:
+            return
+        scores = torch.cat([self.saliency[n].cpu() / max(costs[n], 1e-12) for n in names])
+        rank = torch.empty_like(scores)
+        rank[torch.argsort(scores, stable=True)] = torch.linspace(-1.0, 1.0, len(scores), dtype=scores.dtype)
+        start = 0
+        for name in names:
+            gate = self.net.gate(name)
+            part = rank[start:start + gate.size]
+            start += gate.size
+            gate.logits.copy_((self.net.init_logit + self.config.prior_spread * part).to(gate.logits))
+        self.saliency = {}
+
     # ------------------------------------------------------------------ the end
     def project(self) -> dict[str, float]:
         """Pin a hard state within ±1 % of the target; returns the cost ratio before and after."""
@@ -283,13 +333,16 @@ class Pruner:
     def state_dict(self) -> dict:
         """The gate optimizer and the step count; the gates, offset and temperature are in ``net.state_dict()``."""
         return {"gate_optimizer": self.gate_optimizer.state_dict(), "steps_done": self.steps_done,
-                "trace": list(self.trace), "max_deviation": self.max_deviation}
+                "trace": list(self.trace), "max_deviation": self.max_deviation,
+                "saliency": {k: v.clone() for k, v in self.saliency.items()}, "prior_set": self.prior_set}
 
     def load_state_dict(self, state: dict) -> None:
         self.gate_optimizer.load_state_dict(state["gate_optimizer"])
         self.steps_done = int(state["steps_done"])
         self.trace = [tuple(t) for t in state["trace"]]
         self.max_deviation = float(state["max_deviation"])
+        self.saliency = dict(state.get("saliency", {}))
+        self.prior_set = bool(state.get("prior_set", self.config.prior != "taylor"))
         self._prepare()
 
     def summary(self) -> dict[str, Any]:

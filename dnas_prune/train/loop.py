@@ -54,6 +54,10 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0: evaluate and return an exponential moving average of the weights, updated every step
     schedule: str = "onecycle"  # "onecycle": linear up, linear down to 0; "cosine": linear warmup, cosine to 0
     warmup_epochs: float = 3.0
+    # One schedule over several runs (a search, then its finetune): the schedule spans ``schedule_epochs`` epochs
+    # (0: this run's ``epochs``) and this run starts ``schedule_start`` epochs into it.
+    schedule_epochs: float = 0.0
+    schedule_start: float = 0.0
     device: str = "cpu"
     precision: str = "auto"  # "bf16" | "fp32" | "auto": bf16 where the hardware runs it natively (resolve_precision)
     memory_format: str = "auto"  # "auto" | "channels_last" | "nchw" ("contiguous" is read as "nchw")
@@ -73,6 +77,10 @@ class TrainConfig:
         for name, value in (("epochs", self.epochs), ("batch size", self.batch_size), ("lr", self.lr)):
             if not value > 0:
                 raise DnasPruneError(f"{name} must be positive, got {value}")
+        span = self.schedule_epochs or self.epochs
+        if self.schedule_epochs < 0 or self.schedule_start < 0 or self.schedule_start + self.epochs > span + 1e-9:
+            raise DnasPruneError(f"this run's epochs must lie inside its lr schedule: schedule_start "
+                                 f"{self.schedule_start} + epochs {self.epochs} > schedule_epochs {span}")
         if self.crop_padding < 0:
             raise DnasPruneError(f"crop_padding must be >= 0, got {self.crop_padding}")
         if not 0 <= self.clean_epochs <= self.epochs:
@@ -93,8 +101,10 @@ def weight_average(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak lr at iteration ``step`` (a module-level function so schedulers pickle cleanly)."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str, start: int = 0) -> float:
+    """Multiplier of the peak lr at iteration ``step`` of a run that begins ``start`` iterations into a schedule of
+    ``total`` (a module-level function so schedulers pickle cleanly)."""
+    step += start
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -270,10 +280,11 @@ class Trainer:
             raise DnasPruneError(f"{len(data.train)} training images do not fill one batch of {config.batch_size}")
         self.optimizer = torch.optim.SGD(self._param_groups(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov)
-        total = config.epochs * self.steps_per_epoch
+        total = round((config.schedule_epochs or config.epochs) * self.steps_per_epoch)
         warmup = min(total, round(config.warmup_epochs * self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, partial(lr_factor, total=total, warmup=warmup, schedule=config.schedule))
+            self.optimizer, partial(lr_factor, total=total, warmup=warmup, schedule=config.schedule,
+                                    start=round(config.schedule_start * self.steps_per_epoch)))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.ema = weight_average(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.epoch = 0  # epochs completed
