@@ -83,6 +83,11 @@ METHODS = _methods(
            one_schedule=True),
     Method("ours_1sched_taylor", "dnas_prune, one lr schedule, gates re-ranked across groups by Taylor saliency per "
            "cost at warm-up's end (--prior taylor)", "ours", {"prior": "taylor"}, one_schedule=True),
+    Method("ours_1sched_taylor_1search", "dnas_prune, one lr schedule, Taylor prior (--prior taylor), one search "
+           "epoch (the finetune gets the rest)", "ours", {"prior": "taylor"}, search_epochs=1, one_schedule=True),
+    Method("ours_1sched_taylor_fixed", "ablation: one lr schedule, Taylor prior, gates frozen after it (gate lr "
+           "1e-6): a gradual global Taylor pruning without the learned gates", "ours",
+           {"prior": "taylor", "gate_lr": 1e-6}, one_schedule=True),
     Method("ours_1sched_1search", "dnas_prune defaults, one search epoch, search and finetune under one lr schedule",
            "ours", {}, search_epochs=1, one_schedule=True),
     Method("ours_round8", "dnas_prune, kept widths rounded to multiples of 8 (--round-to 8)", "ours", {"round_to": 8}),

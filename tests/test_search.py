@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from dnas_prune import SearchConfig, TrainConfig, count_cost, create_model, finalize, load_pruned, load_supernet, search
 from dnas_prune.cli import main
+from dnas_prune.errors import DnasPruneError
 from dnas_prune.train.loop import TrainHooks
 
 from conftest import make_synthetic, read_events
@@ -155,3 +157,62 @@ def test_mid_search_val_accuracy_is_that_of_the_hard_network(synthetic_data, tmp
     for used, hard in recorder.seen:
         for name in used:
             torch.testing.assert_close(used[name], hard[name], msg=name)
+
+
+def _warm_up_taylor(pruner, steps: int, seed: int = 0) -> None:
+    """``steps`` steps that move only the gates (the weights stay as they are)."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
+        torch.nn.functional.cross_entropy(pruner.net(x), y).backward()
+        pruner.step()
+        pruner.net.zero_grad(set_to_none=True)
+
+
+def test_taylor_prior_ranks_all_channel_gates_at_once_by_saliency_per_cost() -> None:
+    from dnas_prune.search.pruner import Pruner
+
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20")
+    with torch.no_grad():
+        model.layer1[0].conv2.weight.zero_()  # layer1.0.conv1's channels now feed nothing: zero saliency
+    pruner = Pruner(model, (3, 32, 32), total_steps=8, target_macs=0.5, prior="taylor", warmup=0.5, prior_spread=1.0)
+    _warm_up_taylor(pruner, 3)
+    assert not pruner.prior_set
+    _warm_up_taylor(pruner, 1)  # the fourth step ends warm-up: the prior is set before the next forward
+    assert pruner.prior_set
+    net = pruner.net
+    names = [n for n, info in net.groups.items() if info.gated and info.kind != "block"]
+    logits = torch.cat([net.gate(n).logits.detach() for n in names])
+    expected = net.init_logit + torch.linspace(-1.0, 1.0, len(logits), dtype=torch.float64)
+    torch.testing.assert_close(logits.sort().values.double(), expected, rtol=0, atol=1e-5)
+    dead = net.gate("layer1.0.conv1").logits.detach()
+    assert dead.max() < logits.sort().values[dead.numel()]  # the useless channels are the weakest of all
+
+
+def test_taylor_prior_resumes_mid_warm_up_exactly() -> None:
+    from dnas_prune.search.pruner import Pruner
+
+    def fresh():
+        torch.manual_seed(0)
+        return Pruner(create_model("cifar_resnet20"), (3, 32, 32), total_steps=8, target_macs=0.5, prior="taylor",
+                      warmup=0.5)
+
+    straight = fresh()
+    _warm_up_taylor(straight, 2, seed=0)
+    state, weights = copy.deepcopy(straight.state_dict()), copy.deepcopy(straight.net.state_dict())
+    _warm_up_taylor(straight, 3, seed=1)
+    resumed = fresh()
+    resumed.net.load_state_dict(weights)
+    resumed.load_state_dict(state)
+    _warm_up_taylor(resumed, 3, seed=1)
+    for name in straight.net.groups:
+        if straight.net.groups[name].gated:
+            torch.testing.assert_close(resumed.net.gate(name).logits, straight.net.gate(name).logits, msg=name)
+
+
+def test_taylor_prior_needs_a_warm_up() -> None:
+    with pytest.raises(DnasPruneError, match="warmup"):
+        SearchConfig(prior="taylor", warmup=0.0)
+    with pytest.raises(DnasPruneError, match="prior must be one of"):
+        SearchConfig(prior="l2")

@@ -14,7 +14,7 @@ from dnas_prune.errors import CheckpointError, DnasPruneError, TrainingDiverged
 from dnas_prune.models import cifar_resnet
 from dnas_prune.io.checkpoint import atomic_torch_save, safe_load
 from dnas_prune.device import policy
-from dnas_prune.train.loop import Trainer, TrainHooks
+from dnas_prune.train.loop import Trainer, TrainConfig, TrainHooks, lr_factor
 from dnas_prune.io.pruned import load_pruned_with_metadata
 
 from conftest import Interrupt, tiny_data, tiny_model, tiny_train_config
@@ -277,3 +277,27 @@ def test_cpu_training_keeps_narrow_strided_1x1_convs_out_of_channels_last(tmp_pa
     assert trainer.channels_last is False
     with pytest.raises(DnasPruneError, match="layer2.0.downsample.0.*--memory-format auto or nchw"):
         Trainer(tiny_model(), tiny_data(), tiny_train_config(memory_format="channels_last"), tmp_path / "cl").fit()
+
+
+def test_a_run_split_in_two_follows_one_schedule(tmp_path):
+    """schedule_epochs/schedule_start: a search of 2 epochs and a finetune of 3 see the lr of one 5-epoch run."""
+    data = tiny_data()
+    base = dict(batch_size=8, lr=0.1, schedule="cosine", warmup_epochs=0.5, progress=False)
+
+    def lrs(config: TrainConfig) -> list[float]:
+        trainer = Trainer(tiny_model(), data, config, tmp_path)
+        seen = []
+        for _ in range(config.epochs * trainer.steps_per_epoch):
+            seen.append(trainer.scheduler.get_last_lr()[0])
+            trainer.optimizer.step()
+            trainer.scheduler.step()
+        return seen
+
+    whole = lrs(TrainConfig(epochs=5, **base))
+    first = lrs(TrainConfig(epochs=2, schedule_epochs=5, **base))
+    second = lrs(TrainConfig(epochs=3, schedule_epochs=5, schedule_start=2, **base))
+    assert first + second == pytest.approx(whole)
+    assert second[0] < 0.1 and second[-1] < second[0]  # no restart at the peak
+    assert lr_factor(0, total=10, warmup=0, schedule="cosine", start=10) == pytest.approx(0.0)
+    with pytest.raises(DnasPruneError, match="inside its lr schedule"):
+        TrainConfig(epochs=4, schedule_epochs=5, schedule_start=2, **base)

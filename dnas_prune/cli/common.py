@@ -41,6 +41,12 @@ def add_training_args(p: argparse.ArgumentParser, defaults: TrainConfig, val_siz
     p.add_argument("--distill-temperature", type=float, default=defaults.distill_temperature,
                    help="softmax temperature of the distillation targets (default: %(default)s)")
     p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs, help="lr warm-up (default: %(default)s)")
+    p.add_argument("--schedule-epochs", type=float, default=defaults.schedule_epochs,
+                   help="the lr schedule spans this many epochs, of which this run is a part, e.g. search 2 + "
+                        "finetune 3 = 5 (default: 0, this run's --epochs)")
+    p.add_argument("--schedule-start", type=float, default=defaults.schedule_start,
+                   help="this run starts this many epochs into --schedule-epochs, e.g. a finetune after a 2-epoch "
+                        "search: 2 (default: %(default)s)")
     p.add_argument("--flip", choices=FLIP_MODES, default=defaults.flip,
                    help="horizontal flips: random per image and epoch, alternate (each image mirrored in every "
                         "other epoch, CIFAR data only) or none (default: %(default)s)")
@@ -75,7 +81,8 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
-        warmup_epochs=args.warmup_epochs, flip=args.flip, crop_padding=args.crop_padding,
+        warmup_epochs=args.warmup_epochs, schedule_epochs=args.schedule_epochs, schedule_start=args.schedule_start,
+        flip=args.flip, crop_padding=args.crop_padding,
         ema_decay=getattr(args, "ema_decay", 0.0),
         clean_epochs=(args.clean_epochs if args.clean_epochs is not None else args.epochs // args.clean_epochs_per),
         device=args.device, precision=args.precision,
