@@ -65,7 +65,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
                  "zero_init_residual": False},
     "search": {**_train_keys(SEARCH_DEFAULTS, without=("ema_decay",)), "target_macs": None, "target_params": None, **_SEARCH_KEYS},
     "finalize": {"round_to": None},
-    "finetune": _train_keys(FINETUNE_DEFAULTS),
+    # true: the finetune continues the search's lr schedule (its peak lr, warm-up and shape) instead of restarting
+    # one, so search + finetune train as one run of search.epochs + finetune.epochs with the architecture settling
+    # early; false: each stage runs its own schedule.
+    "finetune": {**_train_keys(FINETUNE_DEFAULTS), "continue_schedule": True},
     "export": {"formats": ["onnx"], "check": True},
     "report": {"batch_sizes": [1, 64], "max_seconds": 3.0, "threads": None},
 }
@@ -206,6 +209,10 @@ def train_config_of(config: Config, stage: str) -> TrainConfig:
     keys = {k: v for k, v in config[stage].items() if k in _TRAIN_KEYS}
     if keys["clean_epochs"] is None:
         keys["clean_epochs"] = keys["epochs"] // CLEAN_EPOCHS_PER
+    if stage in ("search", "finetune") and config["finetune"]["continue_schedule"]:
+        search, span = config["search"], config["search"]["epochs"] + config["finetune"]["epochs"]
+        keys.update(schedule_epochs=span, schedule_start=0 if stage == "search" else search["epochs"],
+                    lr=search["lr"], schedule=search["schedule"], warmup_epochs=search["warmup_epochs"])
     top = config[""]
     return TrainConfig(**keys, device=top["device"], seed=top["seed"], progress=top["progress"])
 

@@ -63,6 +63,18 @@ def test_pretrain_trains_as_the_train_command_does(tmp_path: Path, epochs: int) 
     assert train_config_of(load_config(_write(tmp_path, MINIMAL), ["pretrain.clean_epochs=0"]), "pretrain").clean_epochs == 0
 
 
+def test_finetune_continues_the_search_lr_schedule_unless_told(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, MINIMAL), ["search.epochs=2", "finetune.epochs=3", "finetune.lr=0.5"])
+    search, finetune = train_config_of(config, "search"), train_config_of(config, "finetune")
+    assert (search.schedule_epochs, search.schedule_start) == (5, 0)
+    assert (finetune.schedule_epochs, finetune.schedule_start, finetune.epochs) == (5, 2, 3)
+    assert finetune.lr == search.lr and finetune.warmup_epochs == search.warmup_epochs
+    apart = load_config(_write(tmp_path, MINIMAL), ["search.epochs=2", "finetune.epochs=3",
+                                                    "finetune.continue_schedule=false", "finetune.lr=0.5"])
+    finetune = train_config_of(apart, "finetune")
+    assert (finetune.schedule_epochs, finetune.schedule_start, finetune.lr) == (0, 0, 0.5)
+
+
 @pytest.mark.parametrize("text, overrides, message", [
     (MINIMAL + "epoch = 1\n", [], "unknown key 'search.epoch'; known keys of [search]: epochs,"),
     (MINIMAL, ["search.epoch=1"], "unknown key 'search.epoch'"),
