@@ -17,7 +17,7 @@ from ..models import MODEL_NAMES, check_model_name, create_model
 from ..search.budget import check_target
 from ..search.gate_optimizer import GATE_OPTIMIZERS
 from ..search.gates import GATE_KINDS
-from ..search.pruner import SearchConfig
+from ..search.pruner import PRIORS, SearchConfig
 from ..train.recipes import SEARCH_RECIPE, seed_everything
 from .common import add_training_args, load_data, train_config_from
 
@@ -27,7 +27,7 @@ _SCHEDULE_FLAGS = {
     "warmup": "fraction of the search before the budget starts to descend",
     "target_ramp": "fraction of the search over which the budget descends from the dense cost to the target; the "
                    "hard cost follows it at every step",
-    "prior_spread": "gates start ranked by |BN gamma| within each group, logits init +- this",
+    "prior_spread": "gates start ranked by the --prior, logits at init +- this",
 }
 
 
@@ -49,6 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     for field, text in _SCHEDULE_FLAGS.items():  # each flag's default is its SearchConfig field's
         p.add_argument(f"--{field.replace('_', '-')}", type=float, default=getattr(SEARCH_DEFAULTS, field),
                        help=f"{text} (default: %(default)s)")
+    p.add_argument("--prior", choices=PRIORS, default=SEARCH_DEFAULTS.prior,
+                   help="how gates are ranked before their gradients move them: taylor = at the end of warm-up, by "
+                        "squared gradient per unit of cost, across all groups at once (as a global pruning "
+                        "criterion); gamma = by |BN gamma| within each group, i.e. starting from a uniform cut "
+                        "(default: %(default)s)")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
     p.add_argument("--channels-per-gate", type=int, default=SEARCH_DEFAULTS.channels_per_gate,
                    help="one gate per K channels, so every searched width is a multiple of K (8 or 16 keep pruned "
@@ -70,7 +75,7 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
         raise DnasPruneError(f"--round-to must be a positive integer, got {args.round_to}")
     return SearchConfig(metric=metric, target=target, gate=args.gate, gate_optimizer=args.gate_optimizer,
                         cost_normalized=args.cost_normalized, gate_lr=args.gate_lr, warmup=args.warmup,
-                        target_ramp=args.target_ramp, prior_spread=args.prior_spread,
+                        target_ramp=args.target_ramp, prior_spread=args.prior_spread, prior=args.prior,
                         round_to=args.round_to, channels_per_gate=args.channels_per_gate, exclude=list(args.exclude),
                         gate_streams=args.gate_streams, block_gates=args.block_gates)
 

@@ -20,8 +20,15 @@ current target allows, and the forward is hard with a straight-through gradient 
   keeping a unit per unit of cost, so the threshold drops units in knapsack order. A closed unit still gets a
   gradient (its BN output is computed, then multiplied by 0) and comes back when reopening it helps more than
   the weakest open unit;
-- ties at the start are broken by a small prior, each channel's rank by |BN gamma| within its group: the
-  search starts where uniform L1 pruning would, and moves away from it only where the gradients say so.
+- where the search starts is set by a prior. By default (``prior="taylor"``) every gate's squared gradient with
+  respect to its value is summed over the warm-up, when the network is still dense; at the end of warm-up all
+  channel gates are ranked at once by that saliency per unit of marginal cost, and the logits restart at
+  ``init_logit`` plus ``prior_spread`` times that global rank. The first cuts then follow a global second-order
+  criterion, as a global Taylor/Fisher pruning would, and the gradients refine it from there. The older prior,
+  ``"gamma"``, ranks channels by |BN gamma| within each group, so the first offset cuts every group at the same
+  fraction (a uniform L1 cut). The mean gradient of a converged parent is near zero for every gate, so the
+  logits alone hardly moved away from that start; its architectures stayed close to uniform. The two are
+  compared in experiments/results/compare.md ("pruner search" rows).
 
 What was replaced, and why: a Lagrangian penalty ``lambda * max(0, cost / target - 1)`` with ``lambda`` raised by
 dual ascent (hinge or two-sided) and soft sigmoid gates until a late hard phase. ``lambda`` grows while the cost is
@@ -70,7 +77,7 @@ class SearchConfig:
     final_temperature: float = 0.05  # the straight-through window narrows to this, freezing decisions late
     init_logit: float = 3.0
     prior_spread: float = 1.0  # logits start at init_logit +- this, ranked by the prior
-    prior: str = "gamma"  # "gamma": |BN gamma| rank within each group; "taylor": re-ranked across groups at warm-up's end
+    prior: str = "taylor"  # "taylor": ranked across groups by saliency per cost at warm-up's end; "gamma": |gamma| rank
     round_to: int | None = None
     channels_per_gate: int = 1  # one gate per K channels: every searched width is a multiple of K
     exclude: list[str] = field(default_factory=list)
@@ -249,7 +256,8 @@ class Pruner:
     @torch.no_grad()
     def _set_prior(self) -> None:
         """Logits at ``init_logit`` plus ``prior_spread`` times each gate's |BN gamma| rank within its group,
-        from -1 (weakest) to +1; block gates start at the top."""
+        from -1 (weakest) to +1; block gates start at the top. The whole prior of ``prior="gamma"``; with
+        ``"taylor"`` only the start of warm-up, which closes nothing, and replaced at its end."""
         spread = self.config.prior_spread
         importance = self.net.channel_importance()
         for name, info in self.net.groups.items():
