@@ -89,9 +89,15 @@ def _label(section: str, key: str) -> str:
     return f"{section}.{key}" if section else key
 
 
-def _get(table: dict[str, Any], section: str, key: str) -> Any:
-    """A key's value; absent means its default (None is not written, and older run dirs lack newer keys)."""
-    return (table.get(section, {}) if section else table).get(key, SCHEMA[section][key])
+# Keys added with a default that changed behaviour: a saved config.toml without them ran the old way.
+_BEFORE_KEY = {("finetune", "continue_schedule"): False, ("search", "prior"): "gamma"}
+
+
+def _get(table: dict[str, Any], section: str, key: str, saved: bool = False) -> Any:
+    """A key's value; absent means its default (None is not written, and older run dirs lack newer keys), or for a
+    ``saved`` run dir's config, what the run did before the key existed."""
+    fallback = _BEFORE_KEY.get((section, key), SCHEMA[section][key]) if saved else SCHEMA[section][key]
+    return (table.get(section, {}) if section else table).get(key, fallback)
 
 
 def _known(section: str) -> str:
@@ -210,11 +216,24 @@ def train_config_of(config: Config, stage: str) -> TrainConfig:
     if keys["clean_epochs"] is None:
         keys["clean_epochs"] = keys["epochs"] // CLEAN_EPOCHS_PER
     if stage in ("search", "finetune") and config["finetune"]["continue_schedule"]:
+        _check_one_schedule(config)
         search, span = config["search"], config["search"]["epochs"] + config["finetune"]["epochs"]
         keys.update(schedule_epochs=span, schedule_start=0 if stage == "search" else search["epochs"],
                     lr=search["lr"], schedule=search["schedule"], warmup_epochs=search["warmup_epochs"])
     top = config[""]
     return TrainConfig(**keys, device=top["device"], seed=top["seed"], progress=top["progress"])
+
+
+def _check_one_schedule(config: Config) -> None:
+    """Under ``finetune.continue_schedule`` the finetune takes the search's lr schedule: refuse settings it would
+    otherwise silently ignore."""
+    ignored = [f"finetune.{k}" for k in ("lr", "schedule", "warmup_epochs", "schedule_epochs", "schedule_start")
+               if config["finetune"][k] != SCHEMA["finetune"][k]]
+    ignored += [f"search.{k}" for k in ("schedule_epochs", "schedule_start") if config["search"][k] != SCHEMA["search"][k]]
+    if ignored:
+        raise DnasPruneError(f"{', '.join(ignored)} would be ignored: the finetune continues the search's lr schedule "
+                             "(search.lr, search.schedule, search.warmup_epochs); set finetune.continue_schedule = "
+                             "false to give the finetune its own")
 
 
 def search_config_of(config: Config) -> SearchConfig:
@@ -303,7 +322,8 @@ class Pipeline:
             saved = tomllib.loads(saved_path.read_text())
             current = tomllib.loads(text)
             differ = [_label(section, key) for section in SCHEMA if section not in _RERUNNABLE for key in SCHEMA[section]
-                      if (section, key) not in _IGNORED and _get(saved, section, key) != _get(current, section, key)]
+                      if (section, key) not in _IGNORED
+                      and _get(saved, section, key, saved=True) != _get(current, section, key)]
             if differ:
                 raise DnasPruneError(f"{self.out} was started with different settings ({', '.join(differ)}); "
                                      "use another --out or restore them")

@@ -8,10 +8,12 @@ and skipped on a rerun (delete its file to redo it; an interrupted row resumes f
 table (with missing rows marked "not run") is rewritten after every row.
 
 An "ours" method is a set of :class:`~dnas_prune.SearchConfig` overrides (the same knobs as the
-``dnas-prune search`` flags) run through :func:`dnas_prune.search`; ``ours`` is the defaults.
+``dnas-prune search`` flags) run through :func:`dnas_prune.search`, with an optional search length and lr schedule
+shared with the finetune. ``ours_1sched_taylor_1search`` is what ``dnas-prune run`` does by default; ``ours`` is
+the search before the Taylor prior (|BN gamma| prior, separate schedules), kept to read older rows.
 
     python experiments/compare.py --parent cifar10 --model cifar_resnet20 --targets 0.5 0.2 \
-        --search-epochs 3 --finetune-epochs 5 --methods ours tp_magnitude uniform_l1
+        --search-epochs 2 --finetune-epochs 3 --methods ours_1sched_taylor_1search tp_magnitude uniform_l1
 """
 
 from __future__ import annotations
@@ -70,26 +72,27 @@ def _methods(*methods: Method) -> dict[str, Method]:
 # Rows named in results from before the Pruner (e5a8561) ran the Lagrangian search: compare_summary.py keeps them
 # apart by the report's "search" field, and a name reused here (ours, ours_g8, ...) means the search of today.
 METHODS = _methods(
-    Method("ours", "dnas_prune defaults (sigmoid channel gates, streams whole, a block goes with its channels)",
-           "ours"),
+    Method("ours", "dnas_prune before the Taylor prior: |BN gamma| prior within groups, search and finetune under "
+           "separate lr schedules", "ours", {"prior": "gamma"}),
     Method("ours_block_gates", "dnas_prune, a gate per residual block too (--block-gates)", "ours",
            {"block_gates": True}),
     Method("ours_g8", "dnas_prune, one gate per 8 channels (--channels-per-gate 8)", "ours", {"channels_per_gate": 8}),
     Method("ours_g8_1search", "dnas_prune, one gate per 8 channels, one search epoch (the finetune gets the rest)",
            "ours", {"channels_per_gate": 8}, search_epochs=1),
-    Method("ours_1search", "dnas_prune defaults, one search epoch (the finetune gets the rest)", "ours", {},
-           search_epochs=1),
-    Method("ours_1sched", "dnas_prune defaults, search and finetune under one lr schedule", "ours", {},
+    Method("ours_1search", "as ours (|BN gamma| prior, separate lr schedules), one search epoch", "ours",
+           {"prior": "gamma"}, search_epochs=1),
+    Method("ours_1sched", "|BN gamma| prior, search and finetune under one lr schedule", "ours", {"prior": "gamma"},
            one_schedule=True),
     Method("ours_1sched_taylor", "dnas_prune, one lr schedule, gates re-ranked across groups by Taylor saliency per "
            "cost at warm-up's end (--prior taylor)", "ours", {"prior": "taylor"}, one_schedule=True),
-    Method("ours_1sched_taylor_1search", "dnas_prune, one lr schedule, Taylor prior (--prior taylor), one search "
-           "epoch (the finetune gets the rest)", "ours", {"prior": "taylor"}, search_epochs=1, one_schedule=True),
+    Method("ours_1sched_taylor_1search", "dnas_prune defaults: Taylor prior, one search epoch, search and finetune "
+           "under one lr schedule (as `dnas-prune run` does)", "ours", {"prior": "taylor"}, search_epochs=1,
+           one_schedule=True),
     Method("ours_1sched_taylor_fixed", "ablation: one lr schedule, Taylor prior, gates frozen after it (gate lr "
            "1e-6): a gradual global Taylor pruning without the learned gates", "ours",
            {"prior": "taylor", "gate_lr": 1e-6}, one_schedule=True),
-    Method("ours_1sched_1search", "dnas_prune defaults, one search epoch, search and finetune under one lr schedule",
-           "ours", {}, search_epochs=1, one_schedule=True),
+    Method("ours_1sched_1search", "|BN gamma| prior, one search epoch, search and finetune under one lr schedule",
+           "ours", {"prior": "gamma"}, search_epochs=1, one_schedule=True),
     Method("ours_round8", "dnas_prune, kept widths rounded to multiples of 8 (--round-to 8)", "ours", {"round_to": 8}),
     Method("ours_unnormalized", "dnas_prune, gate gradients not divided by cost (--no-cost-normalization)", "ours",
            {"cost_normalized": False}),
@@ -97,8 +100,8 @@ METHODS = _methods(
     Method("ours_adam", "dnas_prune, per-parameter Adam on the gates (--gate-optimizer adam)", "ours",
            {"gate_optimizer": "adam"}),
     Method("ours_bernoulli", "dnas_prune, bernoulli gates (--gate bernoulli)", "ours", {"gate": "bernoulli"}),
-    Method("ours_hard_concrete", "dnas_prune, hard-concrete gates (--gate hard_concrete)", "ours",
-           {"gate": "hard_concrete"}),
+    Method("ours_hard_concrete", "dnas_prune, hard-concrete gates (--gate hard_concrete --prior gamma)", "ours",
+           {"gate": "hard_concrete", "prior": "gamma"}),
     Method("tp_magnitude", "Torch-Pruning, group L2 magnitude", "tp_magnitude"),
     Method("tp_slimming", "Torch-Pruning, BN-scale slimming + sparse training", "tp_slimming"),
     Method("uniform_l1", "uniform L1-norm filter pruning", "uniform"),

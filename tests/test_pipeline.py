@@ -64,15 +64,37 @@ def test_pretrain_trains_as_the_train_command_does(tmp_path: Path, epochs: int) 
 
 
 def test_finetune_continues_the_search_lr_schedule_unless_told(tmp_path: Path) -> None:
-    config = load_config(_write(tmp_path, MINIMAL), ["search.epochs=2", "finetune.epochs=3", "finetune.lr=0.5"])
+    config = load_config(_write(tmp_path, MINIMAL), ["search.epochs=2", "finetune.epochs=3", "search.lr=0.2"])
     search, finetune = train_config_of(config, "search"), train_config_of(config, "finetune")
     assert (search.schedule_epochs, search.schedule_start) == (5, 0)
     assert (finetune.schedule_epochs, finetune.schedule_start, finetune.epochs) == (5, 2, 3)
-    assert finetune.lr == search.lr and finetune.warmup_epochs == search.warmup_epochs
+    assert finetune.lr == search.lr == 0.2 and finetune.warmup_epochs == search.warmup_epochs
+    with pytest.raises(DnasPruneError, match=r"finetune.lr would be ignored.*continue_schedule = false"):
+        train_config_of(load_config(_write(tmp_path, MINIMAL), ["finetune.lr=0.5"]), "finetune")
     apart = load_config(_write(tmp_path, MINIMAL), ["search.epochs=2", "finetune.epochs=3",
                                                     "finetune.continue_schedule=false", "finetune.lr=0.5"])
     finetune = train_config_of(apart, "finetune")
     assert (finetune.schedule_epochs, finetune.schedule_start, finetune.lr) == (0, 0, 0.5)
+
+
+def test_a_run_dir_from_before_a_changed_default_keeps_its_old_behaviour(tmp_path: Path) -> None:
+    """A config.toml without finetune.continue_schedule / search.prior ran with separate schedules and the gamma
+    prior: continuing it under the new defaults is refused, not silently switched."""
+    out = tmp_path / "run"
+    Pipeline(load_config(_write(tmp_path, MINIMAL), out=str(out)))._check_run_dir()
+    saved = out / "config.toml"
+    saved.write_text(saved.read_text().replace("continue_schedule = true\n", "").replace('prior = "taylor"\n', ""))
+    with pytest.raises(DnasPruneError, match=r"different settings \(search.prior, finetune.continue_schedule\)"):
+        Pipeline(load_config(_write(tmp_path, MINIMAL), out=str(out)))._check_run_dir()
+    old = ["finetune.continue_schedule=false", "search.prior='gamma'"]
+    Pipeline(load_config(_write(tmp_path, MINIMAL), old, out=str(out)))._check_run_dir()
+
+
+def test_schedule_flags_reach_the_train_config() -> None:
+    args = build_parser().parse_args(["finetune", "pruned.pt", "--out", "x", "--epochs", "3", "--schedule-epochs", "5",
+                                      "--schedule-start", "2"])
+    config = train_config_from(args)
+    assert (config.epochs, config.schedule_epochs, config.schedule_start) == (3, 5, 2)
 
 
 @pytest.mark.parametrize("text, overrides, message", [

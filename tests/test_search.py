@@ -169,25 +169,45 @@ def _warm_up_taylor(pruner, steps: int, seed: int = 0) -> None:
         pruner.net.zero_grad(set_to_none=True)
 
 
-def test_taylor_prior_ranks_all_channel_gates_at_once_by_saliency_per_cost() -> None:
+@pytest.mark.parametrize("extra", [{}, {"channels_per_gate": 8}, {"block_gates": True}, {"gate": "bernoulli"}])
+def test_taylor_prior_ranks_all_channel_gates_at_once_by_saliency_per_cost(extra) -> None:
     from dnas_prune.search.pruner import Pruner
 
     torch.manual_seed(0)
     model = create_model("cifar_resnet20")
     with torch.no_grad():
         model.layer1[0].conv2.weight.zero_()  # layer1.0.conv1's channels now feed nothing: zero saliency
-    pruner = Pruner(model, (3, 32, 32), total_steps=8, target_macs=0.5, prior="taylor", warmup=0.5, prior_spread=1.0)
-    _warm_up_taylor(pruner, 3)
-    assert not pruner.prior_set
-    _warm_up_taylor(pruner, 1)  # the fourth step ends warm-up: the prior is set before the next forward
-    assert pruner.prior_set
+    pruner = Pruner(model, (3, 32, 32), total_steps=8, target_macs=0.5, prior="taylor", warmup=0.5, prior_spread=1.0,
+                    gate_lr=1e-9, **extra)  # the logits stay put during warm-up: the costs below are the prior's
     net = pruner.net
     names = [n for n, info in net.groups.items() if info.gated and info.kind != "block"]
-    logits = torch.cat([net.gate(n).logits.detach() for n in names])
+    blocks = {n: net.gate(n).logits.detach().clone() for n, info in net.groups.items() if info.kind == "block"}
+    # The saliency measured independently: dL/d(gate value) read off each gate's output during warm-up.
+    saliency = {n: torch.zeros(net.gate(n).size, dtype=torch.float64) for n in names}
+    handles = []
+    for n in names:
+        def add(grad, n=n) -> None:
+            saliency[n].add_(grad.double().square())
+
+        def keep(module, inputs, output, add=add):
+            output.register_hook(add)
+        handles.append(net.gate(n).register_forward_hook(keep))
+    _warm_up_taylor(pruner, 3)
+    assert not pruner.prior_set
+    costs = net.marginal_costs("macs")
+    _warm_up_taylor(pruner, 1)  # the fourth step ends warm-up: the prior is set before the next forward
+    for handle in handles:
+        handle.remove()
+    assert pruner.prior_set
+    logits = torch.cat([net.gate(n).logits.detach() for n in names]).double()
     expected = net.init_logit + torch.linspace(-1.0, 1.0, len(logits), dtype=torch.float64)
-    torch.testing.assert_close(logits.sort().values.double(), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits.sort().values, expected, rtol=0, atol=1e-5)
+    scores = torch.cat([saliency[n] / costs[n] for n in names])
+    assert torch.equal(torch.argsort(logits, stable=True), torch.argsort(scores, stable=True))
     dead = net.gate("layer1.0.conv1").logits.detach()
     assert dead.max() < logits.sort().values[dead.numel()]  # the useless channels are the weakest of all
+    for n, before in blocks.items():
+        torch.testing.assert_close(net.gate(n).logits.detach(), before, msg=n)
 
 
 def test_taylor_prior_resumes_mid_warm_up_exactly() -> None:
@@ -216,3 +236,5 @@ def test_taylor_prior_needs_a_warm_up() -> None:
         SearchConfig(prior="taylor", warmup=0.0)
     with pytest.raises(DnasPruneError, match="prior must be one of"):
         SearchConfig(prior="l2")
+    with pytest.raises(DnasPruneError, match="--prior gamma with --gate hard_concrete"):
+        SearchConfig(gate="hard_concrete")

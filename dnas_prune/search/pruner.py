@@ -24,7 +24,8 @@ current target allows, and the forward is hard with a straight-through gradient 
   respect to its value is summed over the warm-up, when the network is still dense; at the end of warm-up all
   channel gates are ranked at once by that saliency per unit of marginal cost, and the logits restart at
   ``init_logit`` plus ``prior_spread`` times that global rank. The first cuts then follow a global second-order
-  criterion, as a global Taylor/Fisher pruning would, and the gradients refine it from there. The older prior,
+  criterion, as a global Taylor/Fisher pruning would, and the gradients refine it from there. (With Bernoulli
+  gates the warm-up network is sampled, not dense.) The older prior,
   ``"gamma"``, ranks channels by |BN gamma| within each group, so the first offset cuts every group at the same
   fraction (a uniform L1 cut). The mean gradient of a converged parent is near zero for every gate, so the
   logits alone hardly moved away from that start; its architectures stayed close to uniform. The two are
@@ -108,7 +109,11 @@ class SearchConfig:
         if self.prior not in PRIORS:
             raise DnasPruneError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
         if self.prior == "taylor" and self.warmup <= 0:
-            raise DnasPruneError("prior 'taylor' ranks gates by the gradients seen during warm-up: set warmup > 0")
+            raise DnasPruneError("prior (--prior) 'taylor' ranks gates by the gradients seen during warm-up: set "
+                                 "warmup (--warmup) > 0, or use --prior gamma")
+        if self.prior == "taylor" and self.gate == "hard_concrete":
+            raise DnasPruneError("prior (--prior) 'taylor' reads each gate's gradient through P(open), which a "
+                                 "hard-concrete gate's sample does not follow: use --prior gamma with --gate hard_concrete")
         if self.prior_spread < 0:
             raise DnasPruneError(f"prior_spread must be >= 0, got {self.prior_spread}")
 
@@ -297,8 +302,12 @@ class Pruner:
         fraction in every group; block gates keep their logits."""
         self.prior_set = True
         costs = self.net.marginal_costs(self.config.metric)
-        names = [n for n, info in self.net.groups.items()
-                 if info.gated and info.kind != "block" and n in self.saliency and n in costs]
+        gated = [n for n, info in self.net.groups.items() if info.gated and info.kind != "block"]
+        names = [n for n in gated if n in self.saliency and n in costs]
+        if len(names) < len(gated):
+            warnings.warn(f"no gate gradient reached {', '.join(sorted(set(gated) - set(names)))} during warm-up "
+                          "(call pruner.step() after loss.backward() and before zero_grad); those gates keep their "
+                          "|BN gamma| prior", stacklevel=3)
         if not names:
             return
         scores = torch.cat([self.saliency[n].cpu() / max(costs[n], 1e-12) for n in names])
@@ -349,7 +358,8 @@ class Pruner:
         self.steps_done = int(state["steps_done"])
         self.trace = [tuple(t) for t in state["trace"]]
         self.max_deviation = float(state["max_deviation"])
-        self.saliency = dict(state.get("saliency", {}))
+        self.saliency = {name: value.to(self.net.gate(name).logits.device)
+                         for name, value in state.get("saliency", {}).items()}
         self.prior_set = bool(state.get("prior_set", self.config.prior != "taylor"))
         self._prepare()
 

@@ -77,10 +77,13 @@ class TrainConfig:
         for name, value in (("epochs", self.epochs), ("batch size", self.batch_size), ("lr", self.lr)):
             if not value > 0:
                 raise DnasPruneError(f"{name} must be positive, got {value}")
-        span = self.schedule_epochs or self.epochs
-        if self.schedule_epochs < 0 or self.schedule_start < 0 or self.schedule_start + self.epochs > span + 1e-9:
-            raise DnasPruneError(f"this run's epochs must lie inside its lr schedule: schedule_start "
-                                 f"{self.schedule_start} + epochs {self.epochs} > schedule_epochs {span}")
+        if self.schedule_epochs < 0 or self.schedule_start < 0:
+            raise DnasPruneError(f"schedule_epochs (--schedule-epochs) and schedule_start (--schedule-start) must be "
+                                 f">= 0, got {self.schedule_epochs} and {self.schedule_start}")
+        if self.schedule_start + self.epochs > (self.schedule_epochs or self.epochs) + 1e-9:
+            raise DnasPruneError(f"this run's epochs must lie inside its lr schedule: schedule_start (--schedule-start) "
+                                 f"{self.schedule_start} + epochs {self.epochs} > {self.schedule_epochs or self.epochs}; "
+                                 "set schedule_epochs (--schedule-epochs) to the whole schedule's length")
         if self.crop_padding < 0:
             raise DnasPruneError(f"crop_padding must be >= 0, got {self.crop_padding}")
         if not 0 <= self.clean_epochs <= self.epochs:
