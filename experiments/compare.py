@@ -88,6 +88,9 @@ METHODS = _methods(
     Method("ours_1sched_taylor_1search", "dnas_prune defaults: Taylor prior, one search epoch, search and finetune "
            "under one lr schedule (as `dnas-prune run` does)", "ours", {"prior": "taylor"}, search_epochs=1,
            one_schedule=True),
+    Method("ours_1sched_taylor_1search_streams", "the defaults (Taylor prior, one search epoch, one lr schedule) with "
+           "the residual streams gated too (--gate-streams)", "ours", {"prior": "taylor", "gate_streams": True},
+           search_epochs=1, one_schedule=True),
     Method("ours_1sched_taylor_fixed", "ablation: one lr schedule, Taylor prior, gates frozen after it (gate lr "
            "1e-6): a gradual global Taylor pruning without the learned gates", "ours",
            {"prior": "taylor", "gate_lr": 1e-6}, one_schedule=True),
