@@ -13,9 +13,10 @@ Writes experiments/results/search_stability.{json,md} and one figure per model (
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -48,7 +49,14 @@ def run_cell(model_name: str, source: str, data, target: float, epochs: int, see
     train = replace(SEARCH_TRAIN_DEFAULTS, epochs=epochs, seed=seed, progress=False)
     config = SearchConfig(target=target)
     start = time.perf_counter()
-    _, summary = search(model, data, train, config, out)
+    if (out / "search.json").is_file():  # a finished cell of an earlier invocation with the same --work
+        summary = json.loads((out / "search.json").read_text())
+        if summary["config"]["search"] != json.loads(json.dumps(asdict(config))):
+            raise SystemExit(f"{out} holds a search with other settings; delete it or use another --work")
+        seconds = sum(h.get("epoch_time", 0.0) for h in summary["history"])
+    else:
+        _, summary = search(model, data, train, config, out)
+        seconds = time.perf_counter() - start
     steering, history = summary["steering"], summary["history"]
     lowest = min(h["val_acc"] for h in history)
     deviation = steering["max_rel_deviation_after_warmup"]
@@ -60,7 +68,7 @@ def run_cell(model_name: str, source: str, data, target: float, epochs: int, see
         "hard_ratio_by_epoch": [h["hard_macs_ratio"] for h in history],
         "acc_before_finetune": summary["accuracy"]["test"], "final_macs_ratio": summary["final"]["macs_ratio"],
         "tracks": deviation <= 0.15 and abs(end) <= 0.05, "no_collapse": lowest >= 0.5 * parent_val,
-        "trace": steering["trace"], "seconds": time.perf_counter() - start,
+        "trace": steering["trace"], "seconds": seconds,
     }
 
 
