@@ -32,7 +32,10 @@ def test_two_process_search_matches_one_process(tmp_path: Path, monkeypatch: pyt
     env = {**os.environ, "DNAS_PRUNE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     args = ["-m", "dnas_prune", "search", "--model", "cifar_resnet20", "--data", str(data), "--target-macs", "0.5",
             "--epochs", "2", "--batch-size", "48", "--val-size", "24", "--precision", "fp32", "--memory-format",
-            "contiguous", "--gate-lr", "0.05", "--no-progress", "--no-tensorboard", "--seed", "1"]
+            "contiguous", "--gate-lr", "0.05", "--no-progress", "--no-tensorboard", "--seed", "1",
+            # The Taylor prior re-ranks all gates at once from gradients that per-rank BN statistics perturb, which
+            # the drift bound below does not cover; the gamma prior keeps this a test of the DDP plumbing.
+            "--prior", "gamma"]
     monkeypatch.setenv("DNAS_PRUNE_CACHE", env["DNAS_PRUNE_CACHE"])  # the 1-process reference runs in this process
     assert main([*args[2:], "--out", str(tmp_path / "one")]) == 0  # (conftest: 1 thread, as OMP_NUM_THREADS=1)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

@@ -22,7 +22,8 @@ TINY = [
     "progress=false", "tensorboard=false", "export.formats=['onnx']", "report.batch_sizes=[1, 2]",
     "report.max_seconds=0.05",
     *(f"{stage}.{key}" for stage in ("pretrain", "search", "finetune")
-      for key in ("epochs=1", "batch_size=8", "memory_format='contiguous'", "warmup_epochs=0.0")),
+      for key in ("epochs=1", "batch_size=8", "memory_format='contiguous'")),
+    "pretrain.warmup_epochs=0.0", "search.warmup_epochs=0.0",  # the finetune continues the search's schedule
 ]
 
 
