@@ -284,7 +284,7 @@ class Pruner:
         """Add each gate's squared gradient with respect to its value (the logit's gradient divided by
         d P(open) / d logit): the second-order estimate of what closing it would cost the loss."""
         for name, info in self.net.groups.items():
-            if not info.gated:
+            if not info.gated or info.kind == "block":  # block gates keep their logits: no saliency needed
                 continue
             gate = self.net.gate(name)
             if gate.logits.grad is None:
