@@ -9,11 +9,11 @@ table (with missing rows marked "not run") is rewritten after every row.
 
 An "ours" method is a set of :class:`~dnas_prune.SearchConfig` overrides (the same knobs as the
 ``dnas-prune search`` flags) run through :func:`dnas_prune.search`, with an optional search length and lr schedule
-shared with the finetune. ``ours_1sched_taylor_1search`` is what ``dnas-prune run`` does by default; ``ours`` is
-the search before the Taylor prior (|BN gamma| prior, separate schedules), kept to read older rows.
+shared with the finetune. ``ours_1sched_taylor_1search_l1order`` is what ``dnas-prune run`` does by default;
+``ours`` is the search before the Taylor prior (|BN gamma| prior, separate schedules), kept to read older rows.
 
     python experiments/compare.py --parent cifar10 --model cifar_resnet20 --targets 0.5 0.2 \
-        --search-epochs 2 --finetune-epochs 3 --methods ours_1sched_taylor_1search tp_magnitude uniform_l1
+        --search-epochs 2 --finetune-epochs 3 --methods ours_1sched_taylor_1search_l1order tp_magnitude uniform_l1
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ class Method:
     one_schedule: bool = False  # ours: the finetune continues the search's lr schedule instead of restarting one
 
     def search_config(self, target: float) -> SearchConfig:
-        return SearchConfig(**{"target": target, **self.search})
+        # Every method named before --channel-order existed ran with each channel's own gate deciding; a method
+        # that wants the filter-norm order says so.
+        return SearchConfig(**{"target": target, "channel_order": "learned", **self.search})
 
 
 def _methods(*methods: Method) -> dict[str, Method]:
@@ -85,11 +87,15 @@ METHODS = _methods(
            one_schedule=True),
     Method("ours_1sched_taylor", "dnas_prune, one lr schedule, gates re-ranked across groups by Taylor saliency per "
            "cost at warm-up's end (--prior taylor)", "ours", {"prior": "taylor"}, one_schedule=True),
-    Method("ours_1sched_taylor_1search", "dnas_prune defaults: Taylor prior, one search epoch, search and finetune "
-           "under one lr schedule (as `dnas-prune run` does)", "ours", {"prior": "taylor"}, search_epochs=1,
+    Method("ours_1sched_taylor_1search", "the defaults before --channel-order l1: Taylor prior, one search epoch, "
+           "search and finetune under one lr schedule, each channel's own gate deciding", "ours", {"prior": "taylor"},
+           search_epochs=1, one_schedule=True),
+    Method("ours_1sched_taylor_1search_l1order", "dnas_prune defaults: Taylor prior, one search epoch, one lr schedule, "
+           "and within each group the channels of largest filter L1 norm stay (--channel-order l1: the gates set how "
+           "many); as `dnas-prune run` does", "ours", {"prior": "taylor", "channel_order": "l1"}, search_epochs=1,
            one_schedule=True),
-    Method("ours_1sched_taylor_1search_streams", "the defaults (Taylor prior, one search epoch, one lr schedule) with "
-           "the residual streams gated too (--gate-streams)", "ours", {"prior": "taylor", "gate_streams": True},
+    Method("ours_1sched_taylor_1search_streams", "as ours_1sched_taylor_1search (Taylor prior, one search epoch, one "
+           "lr schedule) with the residual streams gated too (--gate-streams)", "ours", {"prior": "taylor", "gate_streams": True},
            search_epochs=1, one_schedule=True),
     Method("ours_1sched_taylor_fixed", "ablation: one lr schedule, Taylor prior, gates frozen after it (gate lr "
            "1e-6): a gradual global Taylor pruning without the learned gates", "ours",

@@ -78,15 +78,17 @@ def test_finetune_continues_the_search_lr_schedule_unless_told(tmp_path: Path) -
 
 
 def test_a_run_dir_from_before_a_changed_default_keeps_its_old_behaviour(tmp_path: Path) -> None:
-    """A config.toml without finetune.continue_schedule / search.prior ran with separate schedules and the gamma
-    prior: continuing it under the new defaults is refused, not silently switched."""
+    """A config.toml without finetune.continue_schedule / search.prior / search.channel_order ran with separate
+    schedules, the gamma prior and learned channel order: continuing it under the new defaults is refused, not
+    silently switched."""
     out = tmp_path / "run"
     Pipeline(load_config(_write(tmp_path, MINIMAL), out=str(out)))._check_run_dir()
     saved = out / "config.toml"
-    saved.write_text(saved.read_text().replace("continue_schedule = true\n", "").replace('prior = "taylor"\n', ""))
-    with pytest.raises(DnasPruneError, match=r"different settings \(search.prior, finetune.continue_schedule\)"):
+    saved.write_text(saved.read_text().replace("continue_schedule = true\n", "").replace('prior = "taylor"\n', "")
+                     .replace('channel_order = "l1"\n', ""))
+    with pytest.raises(DnasPruneError, match=r"different settings \(search.prior, search.channel_order, finetune.continue_schedule\)"):
         Pipeline(load_config(_write(tmp_path, MINIMAL), out=str(out)))._check_run_dir()
-    old = ["finetune.continue_schedule=false", "search.prior='gamma'"]
+    old = ["finetune.continue_schedule=false", "search.prior='gamma'", "search.channel_order='learned'"]
     Pipeline(load_config(_write(tmp_path, MINIMAL), old, out=str(out)))._check_run_dir()
 
 

@@ -169,7 +169,8 @@ def _warm_up_taylor(pruner, steps: int, seed: int = 0) -> None:
         pruner.net.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("extra", [{}, {"channels_per_gate": 8}, {"block_gates": True}, {"gate": "bernoulli"}])
+@pytest.mark.parametrize("extra", [{}, {"channels_per_gate": 8}, {"block_gates": True}, {"gate": "bernoulli"},
+                                   {"channel_order": "l1"}, {"channel_order": "l1", "channels_per_gate": 8}])
 def test_taylor_prior_ranks_all_channel_gates_at_once_by_saliency_per_cost(extra) -> None:
     from dnas_prune.search.pruner import Pruner
 
@@ -177,7 +178,8 @@ def test_taylor_prior_ranks_all_channel_gates_at_once_by_saliency_per_cost(extra
     model = create_model("cifar_resnet20")
     with torch.no_grad():
         model.layer1[0].conv2.weight.zero_()  # layer1.0.conv1's channels now feed nothing: zero saliency
-    pruner = Pruner(model, (3, 32, 32), total_steps=8, target_macs=0.5, prior="taylor", warmup=0.5, prior_spread=1.0,
+    extra = {"prior": "taylor", "channel_order": "learned", **extra}
+    pruner = Pruner(model, (3, 32, 32), total_steps=8, target_macs=0.5, warmup=0.5, prior_spread=1.0,
                     gate_lr=1e-9, **extra)  # the logits stay put during warm-up: the costs below are the prior's
     net = pruner.net
     names = [n for n, info in net.groups.items() if info.gated and info.kind != "block"]
@@ -203,7 +205,21 @@ def test_taylor_prior_ranks_all_channel_gates_at_once_by_saliency_per_cost(extra
     expected = net.init_logit + torch.linspace(-1.0, 1.0, len(logits), dtype=torch.float64)
     torch.testing.assert_close(logits.sort().values, expected, rtol=0, atol=1e-5)
     scores = torch.cat([saliency[n] / costs[n] for n in names])
-    assert torch.equal(torch.argsort(logits, stable=True), torch.argsort(scores, stable=True))
+    by_score = torch.empty_like(scores)
+    by_score[torch.argsort(scores, stable=True)] = expected
+    if extra["channel_order"] == "learned":
+        torch.testing.assert_close(logits, by_score, rtol=0, atol=1e-5)
+    else:  # each group keeps the rank positions its saliency won, handed out by its filters' L1 norm
+        start = 0
+        for n in names:
+            gate = net.gate(n)
+            mine, theirs = logits[start:start + gate.size], by_score[start:start + gate.size]
+            start += gate.size
+            torch.testing.assert_close(mine.sort().values, theirs.sort().values, rtol=0, atol=1e-5, msg=n)
+            conv = net.model.get_submodule(n)
+            norms = torch.zeros(gate.size, dtype=torch.float64).index_add_(
+                0, net.channel_assignment(n), conv.weight.detach().abs().flatten(1).sum(1).double())
+            assert torch.equal(torch.argsort(mine, stable=True), torch.argsort(norms, stable=True)), n
     dead = net.gate("layer1.0.conv1").logits.detach()
     assert dead.max() < logits.sort().values[dead.numel()]  # the useless channels are the weakest of all
     for n, before in blocks.items():
@@ -231,10 +247,75 @@ def test_taylor_prior_resumes_mid_warm_up_exactly() -> None:
             torch.testing.assert_close(resumed.net.gate(name).logits, straight.net.gate(name).logits, msg=name)
 
 
+@pytest.mark.parametrize("prior", ["gamma", "taylor"])
+def test_channel_order_l1_keeps_the_filter_norm_order_while_the_gates_set_widths(prior) -> None:
+    """With channel_order "l1" the gates decide how many channels each group keeps and the filters' L1 norms,
+    taken when the prior is set, which: through training of weights and gates, and across a resume."""
+    from dnas_prune.search.pruner import Pruner
+
+    def fresh():
+        torch.manual_seed(0)
+        model = create_model("cifar_resnet20")
+        return Pruner(model, (3, 32, 32), total_steps=12, target_macs=0.4, prior=prior, warmup=0.25, target_ramp=0.5,
+                      channel_order="l1", gate_lr=0.5)
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(10)]
+
+    def train(pruner, batches):
+        optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.5)  # big steps: the filter norms move
+        for x, y in batches:
+            torch.nn.functional.cross_entropy(pruner.net(x), y).backward()
+            optimizer.step()
+            pruner.step()
+            pruner.net.zero_grad(set_to_none=True)
+            yield pruner
+
+    pruner = fresh()
+    net = pruner.net
+    norms_now = {n: net.model.get_submodule(n).weight.detach().abs().flatten(1).sum(1) for n in net.groups
+                 if net.groups[n].kind == "inner"}
+    if prior == "gamma":  # fixed at construction
+        for n, order in pruner.channel_order.items():
+            assert torch.equal(order, torch.argsort(norms_now[n].double(), stable=True)), n
+    else:
+        assert not pruner.channel_order  # fixed at the end of warm-up
+    widths = set()
+    for step, p in enumerate(train(pruner, batches), start=1):
+        if step == 4:  # a resume from here replays steps 5-10 exactly
+            state, weights = copy.deepcopy(p.state_dict()), copy.deepcopy(p.net.state_dict())
+        if not p.prior_set:  # taylor: still in warm-up, the network is dense
+            continue
+        assert len(p.channel_order) == 9, step  # every inner group of ResNet-20
+        for n, order in p.channel_order.items():
+            gate = net.gate(n)
+            held = gate.logits.detach().flatten()[order]
+            assert torch.all(held[1:] >= held[:-1]), (step, n)  # larger filter norm, never a smaller logit
+            open_ = gate.hard_open().flatten().bool()
+            k = int(open_.sum())
+            assert torch.equal(torch.nonzero(open_).flatten().sort().values, order[gate.size - k:].sort().values)
+        widths.add(tuple(int(net.gate(n).hard_open().sum()) for n in p.channel_order))
+    assert len(widths) > 2 and p.hard_ratio < 0.5  # the widths moved with the target
+    now = {n: net.model.get_submodule(n).weight.detach().abs().flatten(1).sum(1) for n in p.channel_order}
+    assert any(not torch.equal(o, torch.argsort(now[n].double(), stable=True)) for n, o in p.channel_order.items())
+    resumed = fresh()
+    resumed.net.load_state_dict(weights)
+    resumed.load_state_dict(state)
+    for _ in train(resumed, batches[4:]):
+        pass
+    for n, order in pruner.channel_order.items():
+        assert torch.equal(resumed.channel_order[n], order), n
+    for n in net.groups:
+        if net.groups[n].gated:
+            torch.testing.assert_close(resumed.net.gate(n).logits, net.gate(n).logits, msg=n)
+
+
 def test_taylor_prior_needs_a_warm_up() -> None:
     with pytest.raises(DnasPruneError, match="warmup"):
         SearchConfig(prior="taylor", warmup=0.0)
     with pytest.raises(DnasPruneError, match="prior must be one of"):
         SearchConfig(prior="l2")
+    with pytest.raises(DnasPruneError, match="channel_order .--channel-order. must be one of l1, learned"):
+        SearchConfig(channel_order="gamma")
     with pytest.raises(DnasPruneError, match="--prior gamma with --gate hard_concrete"):
         SearchConfig(gate="hard_concrete")

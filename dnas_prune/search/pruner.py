@@ -30,6 +30,14 @@ current target allows, and the forward is hard with a straight-through gradient 
   fraction (a uniform L1 cut). The mean gradient of a converged parent is near zero for every gate, so the
   logits alone hardly moved away from that start; its architectures stayed close to uniform. The two are
   compared in experiments/results/compare.md ("pruner search" rows).
+- which channels of a group stay is not the gates' call by default (``channel_order="l1"``): once the prior is
+  set, each group's gates are ordered by the L1 norm of the filters they scale, and after every gate step the
+  group's logits are re-sorted into that order. The gradients still widen or narrow a group (the re-sort keeps
+  each group's set of logits, so the cost and the offset are unchanged), but the channels kept are those of
+  largest filter norm. Why: the searched widths, pruned from the parent by filter norm, finetuned better than the
+  channels the gates had picked at the same widths, whether those started from the parent's weights or the
+  searched ones; so the gradients are trusted with how wide each layer is, not with which of its channels stay.
+  ``"learned"`` lets each channel's gate decide; the two are compared in compare.md.
 
 What was replaced, and why: a Lagrangian penalty ``lambda * max(0, cost / target - 1)`` with ``lambda`` raised by
 dual ascent (hinge or two-sided) and soft sigmoid gates until a late hard phase. ``lambda`` grows while the cost is
@@ -61,6 +69,7 @@ from .supernet import Supernet
 STREAM_GROUPS = ("stem", "*.stream")  # patterns naming every residual-stream group
 BLOCK_GROUPS = ("layer*.[0-9]", "layer*.[0-9][0-9]")  # patterns naming every block gate (layerS.B, B < 100)
 PRIORS = ("gamma", "taylor")
+CHANNEL_ORDERS = ("l1", "learned")
 
 
 @dataclass
@@ -79,6 +88,7 @@ class SearchConfig:
     init_logit: float = 3.0
     prior_spread: float = 1.0  # logits start at init_logit +- this, ranked by the prior
     prior: str = "taylor"  # "taylor": ranked across groups by saliency per cost at warm-up's end; "gamma": |gamma| rank
+    channel_order: str = "l1"  # "l1": the gates set how many channels a group keeps, filter L1 norms which; "learned"
     round_to: int | None = None
     channels_per_gate: int = 1  # one gate per K channels: every searched width is a multiple of K
     exclude: list[str] = field(default_factory=list)
@@ -108,6 +118,9 @@ class SearchConfig:
                                  f"(--channels-per-gate) {self.channels_per_gate}; widths move by whole gates")
         if self.prior not in PRIORS:
             raise DnasPruneError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise DnasPruneError(f"channel_order (--channel-order) must be one of {', '.join(CHANNEL_ORDERS)}, "
+                                 f"got {self.channel_order!r}")
         if self.prior == "taylor" and self.warmup <= 0:
             raise DnasPruneError("prior (--prior) 'taylor' ranks gates by the gradients seen during warm-up: set "
                                  "warmup (--warmup) > 0, or use --prior gamma")
@@ -201,6 +214,9 @@ class Pruner:
         self.max_deviation = 0.0
         self.saliency: dict[str, torch.Tensor] = {}  # prior "taylor": summed (dL/dg)^2 per gate over warm-up
         self.prior_set = cfg.prior != "taylor"
+        self.channel_order: dict[str, torch.Tensor] = {}  # channel_order "l1": gate indices by ascending filter norm
+        if self.prior_set and cfg.channel_order == "l1" and not isinstance(model, Supernet):
+            self._fix_channel_order()
         self.net.train()
         self._prepare()
 
@@ -213,6 +229,7 @@ class Pruner:
             self.normalize_gate_gradients()
         self.gate_optimizer.step()
         self.gate_optimizer.zero_grad(set_to_none=True)
+        self._hold_channel_order()
         self.steps_done += 1
         self._prepare()
 
@@ -320,6 +337,35 @@ class Pruner:
             start += gate.size
             gate.logits.copy_((self.net.init_logit + self.config.prior_spread * part).to(gate.logits))
         self.saliency = {}
+        if self.config.channel_order == "l1":
+            self._fix_channel_order()
+
+    @torch.no_grad()
+    def _fix_channel_order(self) -> None:
+        """``channel_order="l1"``, once the prior is set: order each channel group's gates by the L1 norm of the
+        filters they scale, now, and hand the group's logits out in that order (see :meth:`_hold_channel_order`)."""
+        filters = self.net.channel_importance("l1")
+        for name, info in self.net.groups.items():
+            gate = self.net.gate(name) if info.gated and info.kind != "block" else None
+            if gate is None or gate.size < 2:
+                continue
+            assign = self.net.channel_assignment(name).to(filters[name].device)
+            per_gate = torch.zeros(gate.size, dtype=torch.float64, device=assign.device).index_add_(
+                0, assign, filters[name])
+            self.channel_order[name] = torch.argsort(per_gate.cpu(), stable=True)
+        self._hold_channel_order()
+
+    @torch.no_grad()
+    def _hold_channel_order(self) -> None:
+        """Re-sort each ordered group's logits so that a channel with a larger filter norm never has the smaller
+        logit: the gradients still move the group's logits, so the group still widens or narrows, but which of
+        its channels stay is the filter-norm order's."""
+        for name, order in self.channel_order.items():
+            logits = self.net.gate(name).logits
+            flat = logits.detach().flatten()
+            held = torch.empty_like(flat)
+            held[order.to(flat.device)] = torch.sort(flat).values
+            logits.copy_(held.view_as(logits))
 
     # ------------------------------------------------------------------ the end
     def project(self) -> dict[str, float]:
@@ -351,7 +397,8 @@ class Pruner:
         """The gate optimizer and the step count; the gates, offset and temperature are in ``net.state_dict()``."""
         return {"gate_optimizer": self.gate_optimizer.state_dict(), "steps_done": self.steps_done,
                 "trace": list(self.trace), "max_deviation": self.max_deviation,
-                "saliency": {k: v.clone() for k, v in self.saliency.items()}, "prior_set": self.prior_set}
+                "saliency": {k: v.clone() for k, v in self.saliency.items()}, "prior_set": self.prior_set,
+                "channel_order": {k: v.clone() for k, v in self.channel_order.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.gate_optimizer.load_state_dict(state["gate_optimizer"])
@@ -361,6 +408,8 @@ class Pruner:
         self.saliency = {name: value.to(self.net.gate(name).logits.device)
                          for name, value in state.get("saliency", {}).items()}
         self.prior_set = bool(state.get("prior_set", self.config.prior != "taylor"))
+        if "channel_order" in state:  # fixed when the prior was set, from the filters of that moment
+            self.channel_order = {k: v.clone().cpu() for k, v in state["channel_order"].items()}
         self._prepare()
 
     def summary(self) -> dict[str, Any]:

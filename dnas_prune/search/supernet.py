@@ -223,24 +223,36 @@ class Supernet(nn.Module):
         if self.family == "torchvision" and not isinstance(model.maxpool, nn.MaxPool2d):
             raise GatingError("model.maxpool: expected nn.MaxPool2d")
 
-    @torch.no_grad()
-    def channel_importance(self) -> dict[str, Tensor]:
-        """{channel group: summed |gamma| of the BNs its gate scales}: how much each channel carries."""
-        producers: dict[str, list[nn.Module]] = {self.stem_group: [self.model.bn1]}
+    def _producers(self) -> dict[str, list[tuple[nn.Conv2d, nn.Module]]]:
+        """{channel group: the (conv, BN) pairs whose output channels it is}."""
+        stem = (self.model.conv1, self.model.bn1)
+        producers: dict[str, list[tuple[nn.Conv2d, nn.Module]]] = {self.stem_group: [stem]}
         for info in self.blocks:
             b = info.module
             if b.downsample is not None:
-                producers.setdefault(info.out_group, []).append(b.downsample[1])
+                producers.setdefault(info.out_group, []).append((b.downsample[0], b.downsample[1]))
             if info.kind == "projection":
                 continue
-            for c, group in enumerate(info.inner):
-                producers.setdefault(group, []).append(getattr(b, f"bn{c + 1}"))
-            producers.setdefault(info.out_group, []).append(b.bn2 if info.kind == "basic" else b.bn3)
+            for c, group in enumerate(info.inner, start=1):
+                producers.setdefault(group, []).append((getattr(b, f"conv{c}"), getattr(b, f"bn{c}")))
+            last = 2 if info.kind == "basic" else 3
+            producers.setdefault(info.out_group, []).append((getattr(b, f"conv{last}"), getattr(b, f"bn{last}")))
+        return producers
+
+    @torch.no_grad()
+    def channel_importance(self, criterion: str = "gamma") -> dict[str, Tensor]:
+        """{channel group: how much each channel carries}: the summed |gamma| of the BNs its gate scales
+        (``"gamma"``, network slimming's measure) or the summed L1 norm of the conv filters that produce it
+        (``"l1"``, Li et al.'s)."""
+        if criterion not in ("gamma", "l1"):
+            raise DnasPruneError(f"channel importance criterion must be 'gamma' or 'l1', got {criterion!r}")
         importance = {}
-        for name, bns in producers.items():
+        for name, pairs in self._producers().items():
             total = torch.zeros(self.groups[name].size, dtype=torch.float64, device=self.model.conv1.weight.device)
-            for bn in bns:
-                if getattr(bn, "weight", None) is not None:
+            for conv, bn in pairs:
+                if criterion == "l1":
+                    total += conv.weight.detach().abs().flatten(1).sum(1).double()
+                elif getattr(bn, "weight", None) is not None:
                     total += bn.weight.detach().abs().double()
             importance[name] = total
         return importance
