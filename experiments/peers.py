@@ -81,19 +81,19 @@ def _l1_keep(conv: nn.Conv2d, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def uniform_l1(dense: nn.Module, ratio: float) -> nn.Module:
-    """Li et al.'s L1-norm filter pruning with one ratio: every block's inner convs keep the
-    ``round((1 - ratio) * width)`` (at least 1) filters of largest L1 norm; stream channels are untouched."""
+def l1_prune_to_widths(dense: nn.Module, inner: list[list[list[int] | None]]) -> nn.Module:
+    """Li et al.'s L1-norm filter pruning to given widths: ``inner[s][j]`` lists the widths block ``j`` of stage
+    ``s`` keeps for its inner convs, each conv keeping its filters of largest L1 norm; stream channels are kept."""
     spec = spec_of(dense)
     state = {k: v.clone() for k, v in dense.state_dict().items()}
-    for s, stage in enumerate(spec["stages"], start=1):
-        for j, block in enumerate(stage["blocks"]):
+    for s, (stage, widths) in enumerate(zip(spec["stages"], inner, strict=True), start=1):
+        for j, (block, kept) in enumerate(zip(stage["blocks"], widths, strict=True)):
             if block["inner"] is None:
                 continue
             module, prefix = getattr(dense, f"layer{s}")[j], f"layer{s}.{j}"
             previous = None
-            for c, width in enumerate(block["inner"], start=1):
-                keep = _l1_keep(getattr(module, f"conv{c}"), max(1, round((1 - ratio) * width)))
+            for c, width in enumerate(kept, start=1):
+                keep = _l1_keep(getattr(module, f"conv{c}"), width)
                 weight = state[f"{prefix}.conv{c}.weight"][keep]
                 state[f"{prefix}.conv{c}.weight"] = weight if previous is None else weight[:, previous]
                 for key in ("weight", "bias", "running_mean", "running_var"):
@@ -105,6 +105,14 @@ def uniform_l1(dense: nn.Module, ratio: float) -> nn.Module:
     model = build_model(spec, device="meta")
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
+
+
+def uniform_l1(dense: nn.Module, ratio: float) -> nn.Module:
+    """Li et al.'s L1-norm filter pruning with one ratio: every block's inner convs keep the
+    ``round((1 - ratio) * width)`` (at least 1) filters of largest L1 norm; stream channels are untouched."""
+    inner = [[None if b["inner"] is None else [max(1, round((1 - ratio) * w)) for w in b["inner"]]
+              for b in stage["blocks"]] for stage in spec_of(dense)["stages"]]
+    return l1_prune_to_widths(dense, inner)
 
 
 def bisect_ratio(build: Callable[[float], nn.Module], target_macs: int, input_size: tuple[int, ...],
