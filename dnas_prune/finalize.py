@@ -16,6 +16,7 @@ from torch import nn
 
 from .search.budget import budget_state
 from .search.fold import fold
+from .search.latency import table_for_settings
 from .search.supernet import Supernet
 
 
@@ -38,7 +39,14 @@ def final_decisions(net: Supernet, round_to: int | None = None) -> Iterator[Supe
         yield net
         return
     metric, target = ("macs", net.hard_cost().macs / net.dense_cost.macs)
-    if net.budget:
+    if net.budget and net.budget["metric"] == "latency":
+        # The search landed on a measured latency by moving the projection's target; round around where it
+        # landed, on the same latency model.
+        if net.latency is None:
+            net.latency = table_for_settings(net.budget["latency_table"]).for_supernet(net)
+        counts, blocks = net.counts_and_blocks(hard=True)
+        metric, target = "latency", float(net.metric_from_counts("latency", counts, blocks)) / net.dense_metric("latency")
+    elif net.budget:
         metric, target = net.budget["metric"], net.budget["target"]
-    with net.pinned(budget_state(net, metric, target, round_to=round_to)):
+    with net.pinned(budget_state(net, metric, target, round_to=round_to, strict=metric != "latency")):
         yield net

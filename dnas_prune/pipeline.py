@@ -32,8 +32,7 @@ from .io.checkpoint import atomic_write_text
 from .io.export import FORMATS, SUFFIXES
 from .io.pruned import load_pretrained, load_pruned_with_metadata
 from .models import available_weights, create_model
-from .search.budget import check_target
-from .search.pruner import SearchConfig
+from .search.pruner import SearchConfig, budget_fields
 from .train.cifar import resolve_data_root
 from .train.data import DATA_KINDS, TrainingData, load_dataset
 from .train.imagefolder import IMAGE_SIZE
@@ -50,7 +49,9 @@ def _train_keys(defaults: TrainConfig, without: tuple[str, ...] = ()) -> dict[st
 
 
 _TRAIN_KEYS = tuple(_train_keys(TrainConfig()))
-_SEARCH_KEYS = {f.name: getattr(SearchConfig(), f.name) for f in fields(SearchConfig) if f.name not in ("metric", "target")}
+_SEARCH_KEYS = {f.name: getattr(SearchConfig(), f.name) for f in fields(SearchConfig)
+                if f.name not in ("metric", "target", "target_ms")}
+_TARGET_KEYS = {"target_macs": None, "target_params": None, "target_latency": None, "target_latency_ms": None}
 
 # section -> key -> default ("" is the top level). Each training stage defaults to its command's defaults, and
 # every flag of train/search/finetune has a key here;
@@ -63,7 +64,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     # None: epochs // CLEAN_EPOCHS_PER, as `dnas-prune train`
     "pretrain": {**_train_keys(TRAIN_DEFAULTS), "clean_epochs": None, "checkpoint": None, "weights": None,
                  "zero_init_residual": False},
-    "search": {**_train_keys(SEARCH_DEFAULTS, without=("ema_decay",)), "target_macs": None, "target_params": None, **_SEARCH_KEYS},
+    "search": {**_train_keys(SEARCH_DEFAULTS, without=("ema_decay",)), **_TARGET_KEYS, **_SEARCH_KEYS},
     "finalize": {"round_to": None},
     # true: the finetune continues the search's lr schedule (its peak lr, warm-up and shape) instead of restarting
     # one, so search + finetune train as one run of search.epochs + finetune.epochs with the architecture settling
@@ -74,8 +75,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
 }
 # The types of keys whose default is None.
 _OPTIONAL_TYPES = {"out": str, "root": str, "limit_train": int, "name": str, "checkpoint": str, "weights": str,
-                   "target_macs": float,
-                   "target_params": float, "round_to": int, "threads": int, "gate_lr": float,
+                   "target_macs": float, "target_params": float, "target_latency": float, "target_latency_ms": float, "round_to": int, "threads": int, "gate_lr": float,
                    "workers": int, "clean_epochs": int}
 _FILE_PATHS = (("data", "root"), ("pretrain", "checkpoint"))
 # Settings that do not change what earlier stages computed: a re-run may change them.
@@ -239,11 +239,8 @@ def _check_one_schedule(config: Config) -> None:
 
 def search_config_of(config: Config) -> SearchConfig:
     s = config["search"]
-    if (s["target_macs"] is None) == (s["target_params"] is None):
-        raise DnasPruneError("[search] needs exactly one of target_macs and target_params")
-    metric, target = ("macs", s["target_macs"]) if s["target_macs"] is not None else ("params", s["target_params"])
-    check_target(metric, target)
-    return SearchConfig(metric=metric, target=target, **{k: s[k] for k in _SEARCH_KEYS})
+    target = budget_fields(*(s[k] for k in _TARGET_KEYS), flag="search.target_{}")
+    return SearchConfig(**target, **{k: s[k] for k in _SEARCH_KEYS})
 
 
 def applicable(config: Config) -> Config:

@@ -109,7 +109,7 @@ def search(
     teacher = copy.deepcopy(model) if train_config.distill_weight > 0 else None
     steps = train_config.epochs * (len(data.train) // train_config.batch_size)
     pruner = Pruner(model, input_size, total_steps=steps, config=search_config)
-    net = pruner.net
+    net, search_config = pruner.net, pruner.config  # a ms latency target is resolved to a fraction of dense
     metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config)}
     with _monitor(out, tensorboard, pruner) as monitors:
         trainer = Trainer(net, data, train_config, out, callbacks=[SearchHooks(pruner), *callbacks, *monitors],
@@ -138,9 +138,12 @@ def _land(trainer: Trainer, pruner: Pruner, data: TrainingData, train_config: Tr
           search_config: SearchConfig) -> dict[str, Any]:
     """After the search's training: project onto the budget, refit BN, evaluate; the summary of search.json."""
     net = pruner.net
-    before = net.hard_cost()
+    before_ratios = pruner.hard_ratios_now()
     projection = pruner.project()
     final = net.hard_cost()
+    latency = {}
+    if search_config.metric == "latency":
+        latency = {"latency_ratio": pruner.hard_ratios["latency"], "latency_batch_size": search_config.latency_batch_size}
     recalibrate_bn(net, data, search_config.recalibrate_batches, train_config.batch_size, train_config.seed,
                    bool(trainer.channels_last), trainer.device, trainer.autocast)
     val = trainer.evaluate(data.val) if len(data.val) else {"acc": float("nan")}
@@ -149,11 +152,11 @@ def _land(trainer: Trainer, pruner: Pruner, data: TrainingData, train_config: Tr
     return {
         "target": {"metric": search_config.metric, "ratio": search_config.target},
         "dense": {"macs": dense.macs, "params": dense.params},
-        "before_projection": {"macs_ratio": before.macs / dense.macs, "params_ratio": before.params / dense.params},
+        "before_projection": {f"{k}_ratio": v for k, v in before_ratios.items()},
         "projection": {"metric": search_config.metric, **projection},
         "steering": pruner.summary(),
         "final": {"macs": final.macs, "params": final.params, "macs_ratio": final.macs / dense.macs,
-                  "params_ratio": final.params / dense.params},
+                  "params_ratio": final.params / dense.params, **latency},
         "accuracy": {"val": val["acc"], "test": test["acc"], "note": "hard supernet after projection, before finetune"},
         "gates": gate_summary(net),
         "config": {"train": asdict(train_config), "search": asdict(search_config)},

@@ -78,10 +78,19 @@ def test_unknown_model_lists_the_known_ones(capsys, tmp_path: Path) -> None:
     assert_one_line_error(outcome, "resnet9000", "cifar_resnet56")
 
 
+@pytest.mark.parametrize("flag", ["--target-macs", "--target-latency"])
 @pytest.mark.parametrize("target", ["0", "1.5", "-0.2"])
-def test_target_outside_the_unit_interval(capsys, tmp_path: Path, target: str) -> None:
-    outcome = cli(capsys, "search", "--model", "cifar_resnet20", "--target-macs", target, "--out", str(tmp_path / "r"))
-    assert_one_line_error(outcome, "(0, 1]")
+def test_target_outside_the_unit_interval(capsys, tmp_path: Path, flag: str, target: str) -> None:
+    outcome = cli(capsys, "search", "--model", "cifar_resnet20", flag, target, "--out", str(tmp_path / "r"))
+    assert_one_line_error(outcome, flag, "(0, 1]")
+
+
+def test_latency_targets_are_checked_before_any_timing(capsys, tmp_path: Path) -> None:
+    outcome = cli(capsys, "search", "--model", "cifar_resnet20", "--target-latency-ms", "0", "--out", str(tmp_path / "r"))
+    assert_one_line_error(outcome, "--target-latency-ms", "positive number of milliseconds")
+    outcome = cli(capsys, "search", "--model", "cifar_resnet20", "--target-latency", "0.5", "--latency-batch-size", "0",
+                  "--out", str(tmp_path / "r"))
+    assert_one_line_error(outcome, "--latency-batch-size", "positive integer")
 
 
 def test_target_ramp_outside_the_search_is_refused(capsys, tmp_path: Path) -> None:

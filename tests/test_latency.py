@@ -244,3 +244,79 @@ def test_cli_takes_the_memory_format_names_of_every_command(name: str, canonical
 ])
 def test_cli_bad_input_is_one_line(capsys: pytest.CaptureFixture[str], args: list[str], needle: str) -> None:
     assert_one_line_error(cli(capsys, "latency-table", *args), needle)
+
+
+# --------------------------------------------------------------------------------------------- latency budget
+class FakeDevice:
+    """A device whose whole-model latency is the table's prediction plus a cost the table does not see (a third of
+    the dense model's, paid by every model): pruned models run relatively slower than predicted, as narrow layers
+    do on real CPUs. Counts the measurements."""
+
+    def __init__(self, table: LatencyTable) -> None:
+        self.table, self.calls = table, 0
+        self.hidden = table.predict_ms(table.dense_spec) / 3
+
+    def __call__(self, model, timing=None) -> dict:
+        self.calls += 1
+        spec = model if isinstance(model, dict) else spec_of(model)
+        return {"median_ms": self.table.predict_ms(spec) + self.hidden, "p90_ms": 0.0, "warning": None}
+
+
+def latency_search(target: dict, steps: int = 30, seed: int = 0, **config):
+    """A Pruner on cifar_resnet20 (16x16 inputs) with a synthetic table and a fake device, trained on random data."""
+    from dnas_prune import Pruner
+
+    torch.manual_seed(seed)
+    model = create_model("cifar_resnet20")
+    table = synthetic_table(spec_of(model), (3, 16, 16))
+    device = FakeDevice(table)
+    table.measure = device  # type: ignore[method-assign]
+    pruner = Pruner(model, (3, 16, 16), total_steps=steps, latency=table, **target, **config)
+    optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+        nn.functional.cross_entropy(pruner.net(x), y).backward()
+        optimizer.step()
+        pruner.step()
+        optimizer.zero_grad()
+    return pruner, table, device
+
+
+def test_latency_budget_tracks_the_target_and_lands_on_the_measurement() -> None:
+    """The hard latency ratio follows the ramped target during the search (the table's), and the landing corrects
+    the table's error with the device's measurement: the final model measures within latency_tolerance."""
+    pruner, table, device = latency_search({"target_latency": 0.5})
+    assert pruner.config.metric == "latency" and pruner.max_deviation <= 0.15
+    assert set(pruner.hard_ratios) == {"macs", "params", "latency"}
+    model = pruner.finalize()
+    tries = pruner.projection["measured"]
+    assert len(tries) >= 2 and abs(tries[0]["error"]) > 0.05  # the table alone misses the device by > 5 %
+    measured = device(model)["median_ms"] / device(table.dense_spec)["median_ms"]
+    assert measured == pytest.approx(0.5, rel=pruner.config.latency_tolerance)
+    assert tries[-1]["measured_ratio"] == pytest.approx(measured, rel=1e-9)
+    assert pruner.hard_ratio < 0.5  # the table's ratio was moved below the target to land there measured
+
+
+def test_latency_ms_target_is_the_measured_dense_fraction() -> None:
+    model = create_model("cifar_resnet20")
+    table = synthetic_table(spec_of(model), (3, 16, 16))
+    dense_ms = FakeDevice(table)(table.dense_spec)["median_ms"]
+    pruner, table, device = latency_search({"target_latency_ms": 0.6 * dense_ms}, steps=10)
+    assert pruner.config.target == pytest.approx(0.6) and pruner.config.target_ms == 0.6 * dense_ms
+    model = pruner.finalize()
+    assert device(model)["median_ms"] == pytest.approx(0.6 * dense_ms, rel=pruner.config.latency_tolerance)
+    with pytest.raises(latency.DnasPruneError, match="already runs in"):
+        latency_search({"target_latency_ms": 2 * dense_ms}, steps=2)
+
+
+@pytest.mark.parametrize("targets, needle", [
+    ({"target_macs": 0.5, "target_latency": 0.5}, "not --target-macs and --target-latency"),
+    ({"target_latency": 1.5}, "--target-latency must be a fraction"),
+    ({"target_latency_ms": -1.0}, "--target-latency-ms must be a positive number"),
+])
+def test_budget_targets_are_checked(targets: dict, needle: str) -> None:
+    from dnas_prune.search.pruner import budget_fields
+
+    with pytest.raises(latency.DnasPruneError, match=needle):
+        budget_fields(*(targets.get(f"target_{k}") for k in ("macs", "params", "latency", "latency_ms")))

@@ -1,4 +1,4 @@
-"""``dnas-prune search``: learn block and channel gates under a MACs or params budget.
+"""``dnas-prune search``: learn block and channel gates under a MACs, params or measured-latency budget.
 
 Writes ``OUT/supernet.pt`` (atomically, every epoch: everything needed to resume exactly) and
 ``OUT/search.json`` (final gate state, costs, accuracies).
@@ -14,10 +14,9 @@ from ..device.policy import init_distributed
 from ..errors import DnasPruneError
 from ..io.pruned import load_pretrained
 from ..models import MODEL_NAMES, check_model_name, create_model
-from ..search.budget import check_target
 from ..search.gate_optimizer import GATE_OPTIMIZERS
 from ..search.gates import GATE_KINDS
-from ..search.pruner import CHANNEL_ORDERS, PRIORS, SearchConfig
+from ..search.pruner import CHANNEL_ORDERS, PRIORS, SearchConfig, budget_fields
 from ..train.recipes import SEARCH_RECIPE, seed_everything
 from .common import add_training_args, load_data, train_config_from
 
@@ -37,6 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-macs", type=float, help="MACs budget as a fraction of the dense model, in (0, 1]")
     target.add_argument("--target-params", type=float, help="parameter budget as a fraction of the dense model, in (0, 1]")
+    target.add_argument("--target-latency", type=float,
+                        help="latency budget as a fraction of the dense model's, measured on this machine (a table of "
+                             "per-layer timings is built once and cached; the result is timed and corrected at the end)")
+    target.add_argument("--target-latency-ms", type=float, help="latency budget in ms per batch on this machine")
+    p.add_argument("--latency-batch-size", type=int, default=SEARCH_DEFAULTS.latency_batch_size,
+                   help="batch size the latency budget is measured at (default: %(default)s)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--pretrained", help="dense parent: 'cifar10' (the shipped pretrained weights of --model), a `dnas-prune train` model.pt "
                         "or a torchvision state_dict")
@@ -72,11 +77,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def search_config_from(args: argparse.Namespace) -> SearchConfig:
-    metric, target = ("macs", args.target_macs) if args.target_macs is not None else ("params", args.target_params)
-    check_target(metric, target)
+    target = budget_fields(args.target_macs, args.target_params, args.target_latency, args.target_latency_ms)
     if args.round_to is not None and args.round_to < 1:
         raise DnasPruneError(f"--round-to must be a positive integer, got {args.round_to}")
-    return SearchConfig(metric=metric, target=target, gate=args.gate, gate_optimizer=args.gate_optimizer,
+    return SearchConfig(**target, latency_batch_size=args.latency_batch_size, gate=args.gate, gate_optimizer=args.gate_optimizer,
                         cost_normalized=args.cost_normalized, gate_lr=args.gate_lr, warmup=args.warmup,
                         target_ramp=args.target_ramp, prior_spread=args.prior_spread, prior=args.prior,
                         channel_order=args.channel_order,

@@ -184,7 +184,7 @@ class MonitorHooks(TrainHooks):
             metric = self.pruner.config.metric
             layout["budget"] = {
                 f"{metric} ratio (target, hard)": ["Multiline", ["budget/target", f"budget/hard_{metric}_ratio"]],
-                "hard cost ratios": ["Multiline", ["budget/hard_macs_ratio", "budget/hard_params_ratio"]],
+                "hard cost ratios": ["Multiline", [f"budget/hard_{m}_ratio" for m in self.pruner.hard_ratios]],
                 "expected ratio (per epoch)": ["Multiline", ["budget/expected_ratio"]],
                 "logit offset": ["Multiline", ["budget/offset"]],
             }

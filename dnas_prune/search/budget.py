@@ -19,7 +19,7 @@ from ..errors import BudgetError
 from ..models.cost import Cost
 from .supernet import Supernet
 
-METRICS = ("macs", "params")
+METRICS = ("macs", "params", "latency")  # latency: ms per batch from the supernet's attached latency model
 
 
 def check_target(metric: str, target: float) -> None:
@@ -51,9 +51,9 @@ def cost_floor(net: Supernet, metric: str, round_to: int | None = None) -> float
         counts.append(float(_min_width(info.size, info.kind, channel_step(net, name, round_to)) if info.gated
                             else info.size))
     blocks = [0.0 if name in net.groups else 1.0 for name in net.branch_blocks]
-    macs, params = net.cost_from_counts(torch.tensor(counts, dtype=torch.float64), torch.tensor(blocks, dtype=torch.float64))
-    dense = getattr(net.dense_cost, metric)
-    return float(macs if metric == "macs" else params) / dense
+    cost = net.metric_from_counts(metric, torch.tensor(counts, dtype=torch.float64),
+                                  torch.tensor(blocks, dtype=torch.float64))
+    return float(cost) / net.dense_metric(metric)
 
 
 def check_feasible(net: Supernet, metric: str, target: float, round_to: int | None = None) -> None:
@@ -76,7 +76,7 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
     close together). Cost only grows as gates open, so a binary search over k
     finds it in ``log2(gates)`` cost evaluations. Pinned gates and ungated groups count as they are. With every
     gate open (or closed), ``b`` lies ``margin`` beyond the last logit. Returns ``b`` and the hard cost ratios it
-    gives, ``{"macs": ..., "params": ...}``.
+    gives, ``{"macs": ..., "params": ...}`` (and ``"latency"`` when the supernet has a latency model).
     """
     names = net.channel_groups
     counts = torch.tensor([0.0 if net.groups[n].gated else float(net.groups[n].size) for n in names],
@@ -141,22 +141,27 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
 
 def _ratios(net: Supernet, counts: Tensor, blocks: Tensor) -> dict[str, float]:
     macs, params = net.cost_from_counts(counts, blocks)
-    return {"macs": float(macs) / net.dense_cost.macs, "params": float(params) / net.dense_cost.params}
+    ratios = {"macs": float(macs) / net.dense_cost.macs, "params": float(params) / net.dense_cost.params}
+    if net.latency is not None:
+        ratios["latency"] = float(net.metric_from_counts("latency", counts, blocks)) / net.dense_metric("latency")
+    return ratios
 
 
 @torch.no_grad()
 def project_to_budget(
-    net: Supernet, metric: str, target: float, round_to: int | None = None, tolerance: float = 0.01
+    net: Supernet, metric: str, target: float, round_to: int | None = None, tolerance: float = 0.01,
+    strict: bool = True,
 ) -> Cost:
     """Pin the hard gate state of :func:`budget_state` (cost ratio within ``tolerance`` of ``target``); returns
     the cost it pins."""
-    net.set_gate_state(budget_state(net, metric, target, round_to, tolerance))
+    net.set_gate_state(budget_state(net, metric, target, round_to, tolerance, strict))
     return net.hard_cost()
 
 
 @torch.no_grad()
 def budget_state(
-    net: Supernet, metric: str, target: float, round_to: int | None = None, tolerance: float = 0.01
+    net: Supernet, metric: str, target: float, round_to: int | None = None, tolerance: float = 0.01,
+    strict: bool = True,
 ) -> dict[str, Tensor]:
     """A hard gate state (as :meth:`~dnas_prune.search.supernet.Supernet.set_gate_state` takes) whose cost ratio
     lies in ``[target - tolerance, target + tolerance]``; ``net`` is left as it is.
@@ -164,10 +169,11 @@ def budget_state(
     Starts from the current hard decisions. While over budget it closes the lowest-scored unit (a step of
     ``round_to`` channels of a group, or of one gate's channels, or a whole block); then it reopens the
     highest-scored units that still fit. Within a group the channels kept are always those of the top-scored
-    gates; equal scores shrink groups evenly.
+    gates; equal scores shrink groups evenly. A measured cost (latency) need not grow with every unit, so it
+    may not reach the window: ``strict=False`` then returns the state reached instead of raising.
     """
     check_feasible(net, metric, target, round_to)
-    dense = float(getattr(net.dense_cost, metric))
+    dense = net.dense_metric(metric)
     decided = net.decisions()
     hard = decided.masks
     names = net.channel_groups
@@ -203,8 +209,8 @@ def budget_state(
     block_score = {b: float(net.gate(name).score()) for b, name in enumerate(net.branch_blocks) if name in net.groups}
 
     def ratio_of(w: list[int], f: list[float]) -> float:
-        macs, params = net.cost_from_counts(torch.tensor(w, dtype=torch.float64), torch.tensor(f, dtype=torch.float64))
-        return float(macs if metric == "macs" else params) / dense
+        cost = net.metric_from_counts(metric, torch.tensor(w, dtype=torch.float64), torch.tensor(f, dtype=torch.float64))
+        return float(cost) / dense
 
     def units(grow: bool) -> list[tuple[tuple[float, float], str, int]]:
         """Movable units, best first: (sort key, "channels" | "block", index)."""
@@ -258,7 +264,7 @@ def budget_state(
                 if current + 1e-12 < r <= limit + 1e-12:
                     widths, blocks, current, progress = w, f, r, True
                     break
-    if not (target - tolerance - 1e-9 <= current <= target + tolerance + 1e-9):
+    if strict and not (target - tolerance - 1e-9 <= current <= target + tolerance + 1e-9):
         raise BudgetError(
             f"could not place the {metric} ratio within ±{tolerance:g} of {target:g} (reached {current:.4f}); "
             "try a smaller --round-to or --channels-per-gate"

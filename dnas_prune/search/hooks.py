@@ -53,9 +53,8 @@ class SearchHooks(TrainHooks):
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
         """The epoch's budget numbers into the epoch's metrics (so into metrics.json, search.json's history and,
         for a monitor after this callback, TensorBoard)."""
+        metrics.update({f"hard_{metric}_ratio": ratio for metric, ratio in self.pruner.hard_ratios.items()})
         metrics.update(
-            hard_macs_ratio=self.pruner.hard_ratios["macs"],
-            hard_params_ratio=self.pruner.hard_ratios["params"],
             expected_ratio=expected_ratios(self.net)[self.config.metric],
             target_ratio=self.pruner.target,
             offset=self.pruner.offset,

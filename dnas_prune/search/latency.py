@@ -710,6 +710,7 @@ class SupernetLatency:
         self.table = table
         self.terms = supernet_terms(net)
         table._check_keys(self.terms.keys, "the supernet's model")
+        self._dense_ms: float | None = None
 
     def from_counts(self, counts: Tensor, blocks: Tensor) -> Tensor:
         return self.table.expected_ms(self.terms, counts, blocks)
@@ -726,8 +727,11 @@ class SupernetLatency:
 
     def dense_ms(self) -> float:
         """Every group at its full width, every branch open."""
-        blocks = torch.ones(len(self.net.branch_blocks), dtype=torch.float64)
-        return float(self.from_counts(self.net.group_sizes.clone(), blocks))
+        if self._dense_ms is None:
+            blocks = torch.ones(len(self.net.branch_blocks), dtype=torch.float64)
+            with torch.no_grad():
+                self._dense_ms = float(self.from_counts(self.net.group_sizes.clone(), blocks))
+        return self._dense_ms
 
     def marginal_ms(self) -> dict[str, float]:
         """{gated group: d ms / d (one more open gate)} at the current gate probabilities (per gate of a channel
@@ -811,7 +815,7 @@ def table_settings(model: str | Spec | nn.Module, batch_size: int = 1, *, input_
     return {
         "model": name, "spec": spec, "input_size": list(size), "batch_size": batch_size,
         "threads": threads or torch.get_num_threads(), "dtype": dtype, "memory_format": memory_format,
-        "device": device_name(device), "torch": torch.__version__, "channel_step": channel_step, "points": points,
+        "device": device_name(device), "torch": str(torch.__version__), "channel_step": channel_step, "points": points,
     }
 
 
@@ -901,6 +905,13 @@ def latency_table(model: str | Spec | nn.Module, batch_size: int = 1, *, input_s
     """
     settings = table_settings(model, batch_size, input_size=input_size, threads=threads, precision=precision,
                               memory_format=memory_format, device=device, channel_step=channel_step, points=points)
+    return table_for_settings(settings, rebuild=rebuild, progress=progress, directory=directory, timing=timing)
+
+
+def table_for_settings(settings: dict[str, Any], *, rebuild: bool = False, progress: bool = True,
+                       directory: str | os.PathLike | None = None, timing: Timing = Timing()) -> LatencyTable:
+    """The table of ``settings`` (as :func:`table_settings` gives and ``table.settings`` keeps): from the cache, or
+    measured now. How a search checkpoint finds its latency model again."""
     path = cache_path(settings, directory)
     if not rebuild and path.is_file():
         try:

@@ -52,6 +52,7 @@ built. What the offset gives is measured in experiments/results/search_stability
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -61,8 +62,10 @@ import torch
 from torch import nn
 
 from ..errors import DnasPruneError
-from .budget import check_feasible, project_to_budget, solve_offset
+from ..models import spec_of
+from .budget import budget_state, check_feasible, check_target, cost_floor, project_to_budget, solve_offset
 from .fold import fold
+from .latency import LatencyTable, latency_table
 from .gate_optimizer import make_gate_optimizer
 from .supernet import Supernet
 
@@ -76,8 +79,11 @@ CHANNEL_ORDERS = ("l1", "learned")
 class SearchConfig:
     """Every knob of the search, with its one default (the CLI flags and TOML keys are derived from these)."""
 
-    metric: str = "macs"
-    target: float = 0.5
+    metric: str = "macs"  # "macs" | "params" | "latency" (measured on this device, see search/latency.py)
+    target: float = 0.5  # a fraction of the dense model's metric
+    target_ms: float | None = None  # metric "latency": a target in ms per batch instead (sets target when resolved)
+    latency_batch_size: int = 1  # metric "latency": the batch size the latency is measured and budgeted at
+    latency_tolerance: float = 0.05  # metric "latency": the measured landing stops within this of the target
     gate: str = "sigmoid"
     gate_optimizer: str = "shared_adam"
     cost_normalized: bool = True  # divide each gate's gradient by its marginal cost
@@ -129,6 +135,38 @@ class SearchConfig:
                                  "hard-concrete gate's sample does not follow: use --prior gamma with --gate hard_concrete")
         if self.prior_spread < 0:
             raise DnasPruneError(f"prior_spread must be >= 0, got {self.prior_spread}")
+        if isinstance(self.latency_batch_size, bool) or not isinstance(self.latency_batch_size, int) \
+                or self.latency_batch_size < 1:
+            raise DnasPruneError(f"latency_batch_size (--latency-batch-size) must be a positive integer, "
+                                 f"got {self.latency_batch_size!r}")
+        if self.target_ms is not None and not (self.target_ms > 0 and math.isfinite(self.target_ms)):
+            raise DnasPruneError(f"--target-latency-ms must be a positive number of milliseconds, got {self.target_ms}")
+        if self.target_ms is not None and self.metric != "latency":
+            raise DnasPruneError("target_ms is a latency target: set metric='latency' with it")
+
+
+def budget_fields(macs: float | None = None, params: float | None = None, latency: float | None = None,
+                  latency_ms: float | None = None, flag: str = "--target-{}") -> dict[str, Any]:
+    """The SearchConfig fields (metric, target, target_ms) of exactly one of the four targets; the one reading of
+    ``--target-*`` (``flag`` names them in errors, e.g. ``"search.target_{}"`` for TOML keys)."""
+    given = {k: v for k, v in {"macs": macs, "params": params, "latency": latency, "latency_ms": latency_ms}.items()
+             if v is not None}
+
+    def name(kind: str) -> str:
+        return flag.format(kind.replace("_", "-") if flag.startswith("--") else kind)
+
+    if len(given) != 1:
+        every = ", ".join(name(k) for k in ("macs", "params", "latency", "latency_ms"))
+        raise DnasPruneError(f"give exactly one budget of {every}"
+                             + (f", not {' and '.join(map(name, given))}" if given else ""))
+    (kind, value), = given.items()
+    if kind == "latency_ms":
+        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise DnasPruneError(f"{name(kind)} must be a positive number of milliseconds, got {value}")
+        return {"metric": "latency", "target": 1.0, "target_ms": float(value)}
+    if not (isinstance(value, (int, float)) and 0.0 < float(value) <= 1.0):
+        raise DnasPruneError(f"{name(kind)} must be a fraction of the dense model's in (0, 1], got {value}")
+    return {"metric": kind, "target": float(value), "target_ms": None}
 
 
 def ramped_target(target: float, elapsed: float, ramp: float) -> float:
@@ -177,6 +215,11 @@ class Pruner:
     weights' optimizer ``model.parameters()`` as usual: the gates live on :attr:`net`, not in ``model``.
     Afterwards :meth:`finalize` lands within ±1 % of the target and returns the plain pruned model.
 
+    The budget is one of ``target_macs``, ``target_params``, ``target_latency`` (a fraction of the dense model's
+    latency on this device) or ``target_latency_ms``. Latency is counted in a per-layer table of this device
+    (``latency``, or measured once and cached), and the landing re-aims the projection until the finalized model,
+    timed beside the dense one, is within ``latency_tolerance`` of the target.
+
     Readable state, what the search computes and a monitor logs: :attr:`net`, :attr:`target` (the current, ramped
     target), :attr:`offset` and :attr:`temperature` (the schedule it set), :attr:`hard_ratio` (the cost ratio of
     the current hard decisions; :attr:`hard_ratios` for MACs and params alike), :attr:`trace` (``(step, target,
@@ -185,23 +228,26 @@ class Pruner:
 
     def __init__(self, model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32), *, total_steps: int,
                  target_macs: float | None = None, target_params: float | None = None,
-                 config: SearchConfig | None = None, **overrides: Any) -> None:
+                 target_latency: float | None = None, target_latency_ms: float | None = None,
+                 latency: LatencyTable | None = None, config: SearchConfig | None = None, **overrides: Any) -> None:
         config = config or SearchConfig()
-        if target_macs is not None and target_params is not None:
-            raise DnasPruneError("pass one of target_macs and target_params, not both")
-        if target_macs is not None or target_params is not None:
-            metric, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
-            overrides = {"metric": metric, "target": target, **overrides}
+        if any(t is not None for t in (target_macs, target_params, target_latency, target_latency_ms)):
+            overrides = {**budget_fields(target_macs, target_params, target_latency, target_latency_ms), **overrides}
         self.config = replace(config, **overrides)
-        cfg = self.config
         if isinstance(model, Supernet):
             self.net = model
         else:
+            cfg = self.config
             self.net = Supernet(model, input_size, gate=cfg.gate, exclude=cfg.excluded_groups(),
                                 init_logit=cfg.init_logit, channels_per_gate=cfg.channels_per_gate)
             self._set_prior()
+        if self.config.metric == "latency":
+            self._attach_latency(latency)
+        cfg = self.config
         check_feasible(self.net, cfg.metric, cfg.target, cfg.round_to)
         self.net.budget = {"metric": cfg.metric, "target": cfg.target}
+        if cfg.metric == "latency":
+            self.net.budget["latency_table"] = self.net.latency.table.settings
         self.total_steps = max(1, int(total_steps))
         # Scaled to the search length: a consistently pushed gate crosses its prior's range and the initial
         # logit within a quarter of the budgeted steps, for 40 steps or 4000.
@@ -367,16 +413,89 @@ class Pruner:
             held[order.to(flat.device)] = torch.sort(flat).values
             logits.copy_(held.view_as(logits))
 
-    # ------------------------------------------------------------------ the end
-    def project(self) -> dict[str, float]:
-        """Pin a hard state within ±1 % of the target; returns the cost ratio before and after."""
+    # ------------------------------------------------------------------ latency
+    def _attach_latency(self, table: LatencyTable | None) -> None:
+        """The latency model the budget is counted in: ``table`` or this device's, measured once and cached
+        (search/latency.py); a ms target becomes a fraction of the dense model, timed now."""
         cfg = self.config
-        dense = self.net.dense_cost
-        before = float(getattr(self.net.hard_cost(), cfg.metric)) / getattr(dense, cfg.metric)
-        cost = project_to_budget(self.net, cfg.metric, cfg.target, cfg.round_to)
-        self.hard_ratios = {"macs": cost.macs / dense.macs, "params": cost.params / dense.params}
+        if table is None:
+            table = latency_table(self.net.model, cfg.latency_batch_size, input_size=self.net.input_size)
+        elif table.batch_size != cfg.latency_batch_size:
+            self.config = cfg = replace(cfg, latency_batch_size=table.batch_size)
+        self.net.latency = table.for_supernet(self.net)
+        if cfg.target_ms is not None:
+            dense_ms = self._measure_ms(table.dense_spec)
+            if cfg.target_ms >= dense_ms:
+                raise DnasPruneError(f"the dense model already runs in {dense_ms:.3g} ms per batch of "
+                                     f"{table.batch_size} here, within --target-latency-ms {cfg.target_ms:g}; "
+                                     "choose a smaller target")
+            self.config = cfg = replace(cfg, target=cfg.target_ms / dense_ms)
+        check_target("latency", cfg.target)
+
+    def _measure_ms(self, spec: dict) -> float:
+        return float(self.net.latency.table.measure(spec)["median_ms"])
+
+    def _land_on_measured_latency(self) -> list[dict[str, float]]:
+        """Project on the latency model, time the model that gives against the dense one, side by side, and
+        re-project with the target scaled by the error until the measurement is within ``latency_tolerance``
+        (at most four tries; the closest is pinned). The table is a model of the device; this makes the landing
+        the device's. With several processes, rank 0 measures and the others follow its choice."""
+        cfg, net = self.config, self.net
+        floor = cost_floor(net, "latency", cfg.round_to)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        leader = not distributed or torch.distributed.get_rank() == 0
+        tries: list[dict[str, float]] = []
+        trial = cfg.target
+        if leader:
+            was_training = net.training
+            net.eval()
+            for _ in range(4):
+                trial = min(1.0, max(trial, floor))
+                with net.pinned(budget_state(net, "latency", trial, cfg.round_to, strict=False)):
+                    spec = spec_of(fold(net))
+                    predicted = self.hard_ratios_now()["latency"]
+                dense_before = self._measure_ms(net.latency.table.dense_spec)
+                pruned = self._measure_ms(spec)
+                dense_ms = 0.5 * (dense_before + self._measure_ms(net.latency.table.dense_spec))
+                measured = pruned / dense_ms
+                error = (pruned / cfg.target_ms if cfg.target_ms is not None else measured / cfg.target) - 1.0
+                tries.append({"projected_to": trial, "predicted_ratio": predicted, "measured_ratio": measured,
+                              "measured_ms": pruned, "dense_ms": dense_ms, "error": error})
+                if abs(error) <= cfg.latency_tolerance:
+                    break
+                trial = trial / (1.0 + error)
+            net.train(was_training)
+            trial = min(tries, key=lambda t: abs(t["error"]))["projected_to"]
+        if distributed:
+            chosen = torch.tensor([trial], dtype=torch.float64)
+            torch.distributed.broadcast(chosen, src=0)
+            trial = float(chosen)
+        project_to_budget(net, "latency", trial, cfg.round_to, strict=False)
+        return tries
+
+    def hard_ratios_now(self) -> dict[str, float]:
+        """The cost ratios of the decisions the supernet holds now (pins included), every metric it counts."""
+        counts, blocks = self.net.counts_and_blocks(hard=True)
+        metrics = ("macs", "params") + (("latency",) if self.net.latency is not None else ())
+        return {m: float(self.net.metric_from_counts(m, counts, blocks)) / self.net.dense_metric(m) for m in metrics}
+
+    # ------------------------------------------------------------------ the end
+    def project(self) -> dict[str, Any]:
+        """Pin a hard state within ±1 % of the target; returns the cost ratio before and after. A latency budget
+        then lands on the device's measurement (``measured``: each try's predicted and measured ratio)."""
+        cfg = self.config
+        before = self.hard_ratios_now()[cfg.metric]
+        measured = None
+        if cfg.metric == "latency":
+            measured = self._land_on_measured_latency()
+        else:
+            project_to_budget(self.net, cfg.metric, cfg.target, cfg.round_to)
+        self.hard_ratios = self.hard_ratios_now()
         self.hard_ratio = after = self.hard_ratios[cfg.metric]
-        return {"before": before, "after": after, "moved": after - before}
+        result: dict[str, Any] = {"before": before, "after": after, "moved": after - before}
+        if measured is not None:
+            result["measured"] = measured
+        return result
 
     def finalize(self, calibration_batches: Iterable[Any] | None = None,
                  autocast: Callable[[], ContextManager] = nullcontext) -> nn.Module:
@@ -422,7 +541,10 @@ def expected_ratios(net: Supernet) -> dict[str, float]:
     """The cost ratios expected under the gate probabilities (what a soft relaxation would pay)."""
     with torch.no_grad():
         expected = net.expected_cost()
-    return {"macs": float(expected["macs"]) / net.dense_cost.macs,
-            "params": float(expected["params"]) / net.dense_cost.params}
+        ratios = {"macs": float(expected["macs"]) / net.dense_cost.macs,
+                  "params": float(expected["params"]) / net.dense_cost.params}
+        if net.latency is not None:
+            ratios["latency"] = float(net.latency.expected_ms()) / net.dense_metric("latency")
+    return ratios
 
 

@@ -17,7 +17,7 @@ import fnmatch
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +141,7 @@ class Supernet(nn.Module):
         self.init_logit = float(init_logit)
         self.channels_per_gate = channels_per_gate
         self.budget: dict | None = None
+        self.latency: Any = None  # a SupernetLatency (search/latency.py) when the budget is measured latency
         self.dense_cost: Cost = count_cost(model, self.input_size)
         self.groups: dict[str, GroupInfo] = {}
         self.blocks: list[BlockInfo] = []
@@ -397,6 +398,26 @@ class Supernet(nn.Module):
         factors (in ``branch_blocks`` order: P(open), or 0/1). Differentiable in both (see :class:`CostTable`)."""
         return self.cost_table(counts, blocks)
 
+    def metric_from_counts(self, metric: str, counts: Tensor, blocks: Tensor) -> Tensor:
+        """One budget metric (``"macs"``, ``"params"`` or ``"latency"``, in ms per batch from the attached
+        :attr:`latency` model) at the inputs of :meth:`cost_from_counts`; differentiable as it is."""
+        if metric == "latency":
+            return self._latency_model().from_counts(counts, blocks)
+        macs, params = self.cost_from_counts(counts, blocks)
+        return macs if metric == "macs" else params
+
+    def dense_metric(self, metric: str) -> float:
+        """The dense model's value of :meth:`metric_from_counts`'s metric: what budget ratios divide by."""
+        if metric == "latency":
+            return self._latency_model().dense_ms()
+        return float(getattr(self.dense_cost, metric))
+
+    def _latency_model(self) -> Any:
+        if self.latency is None:
+            raise DnasPruneError("this supernet has no latency model: attach one (net.latency = "
+                                 "latency_table(...).for_supernet(net)) or budget MACs or params")
+        return self.latency
+
     def counts_and_blocks(self, hard: bool) -> tuple[Tensor, Tensor]:
         """The inputs of :meth:`cost_from_counts`: expected open channels per channel group and P(open) per residual
         branch, or with ``hard`` the widths and branches finalization keeps."""
@@ -418,6 +439,8 @@ class Supernet(nn.Module):
         """{gated group: d cost / d (one more open gate)} at the current gate probabilities: per gate of a
         channel group (its channels times the cost of one channel), per block for a block gate. Cost is linear
         in each group's width, so this is exactly what opening one more gate adds while the others stay."""
+        if metric == "latency":
+            return self._latency_model().marginal_ms()
         with torch.no_grad():
             counts, blocks = self.counts_and_blocks(hard=False)
         with torch.enable_grad():  # callers may be inside no_grad

@@ -1,0 +1,122 @@
+"""Does a latency budget land? Issue 28's acceptance, run as a user would, then timed side by side.
+
+For each target: ``dnas-prune search --target-latency T --latency-batch-size B`` and ``dnas-prune finalize``
+(subprocesses, the commands printed in the results), then the dense parent and the pruned model timed in one
+run, interleaved (``compare_latency``), at batch B. Records the table's predicted ratio, each landing try's
+measured ratio and the side-by-side ratio; "lands" is the side-by-side ratio within ±10 % of the target.
+Writes experiments/results/{name}.{json,md}. Run it with nothing else on the machine: a table measured on a busy
+machine is noise (``dnas-prune latency-table`` warns), so it uses its own cache under --work unless told.
+
+    python experiments/latency_budget.py --data ../shared/data/cifar10-jpeg --targets 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dnas_prune.device.timing import compare_latency
+from dnas_prune.io.checkpoint import atomic_write_json, atomic_write_text
+from dnas_prune.io.pruned import load_pretrained, load_pruned_with_metadata
+
+from peers import machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(command: list[str], log: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    with log.open("a") as f:
+        f.write("$ " + shlex.join(command) + "\n")
+        f.flush()
+        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        raise SystemExit(f"{shlex.join(command)} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument("--pretrained", default="cifar10")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.5])
+    p.add_argument("--batch-size", type=int, default=64, help="the latency batch size")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--limit-train", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=Path("runs/latency_budget"))
+    p.add_argument("--cache", type=Path, help="latency-table cache (default: WORK/cache, measured afresh)")
+    p.add_argument("--name", default="latency_budget")
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DNAS_PRUNE_CACHE": str(args.cache or args.work / "cache")}
+    log = args.work / "log.txt"
+    rows = []
+    for target in args.targets:
+        out = args.work / f"{args.model}_{target:g}_bs{args.batch_size}"
+        search = ["dnas-prune", "search", "--model", args.model, "--pretrained", args.pretrained, "--data", args.data,
+                  "--target-latency", f"{target:g}", "--latency-batch-size", str(args.batch_size),
+                  "--epochs", str(args.epochs), "--limit-train", str(args.limit_train), "--seed", str(args.seed),
+                  "--out", str(out), "--no-tensorboard"]
+        finalize = ["dnas-prune", "finalize", str(out / "supernet.pt"), "-o", str(out / "pruned.pt"), "--no-tensorboard"]
+        seconds = run(search, log, env) + run(finalize, log, env)
+        summary = json.loads((out / "search.json").read_text())
+        pruned, _ = load_pruned_with_metadata(out / "pruned.pt")
+        dense = load_pretrained(args.pretrained, args.model, 10)
+        timed = compare_latency({"dense": dense.eval(), "pruned": pruned.eval()}, (3, 32, 32), [args.batch_size],
+                                threads=torch.get_num_threads())
+        bs = args.batch_size
+        side_by_side = 1.0 / timed["ratios"]["pruned"][bs]["speedup"]
+        tries = summary["projection"]["measured"]
+        rows.append({
+            "model": args.model, "target": target, "batch_size": args.batch_size, "search": shlex.join(search),
+            "finalize": shlex.join(finalize), "seconds": seconds, "predicted_ratio": summary["final"]["latency_ratio"],
+            "landing_tries": tries, "landing_measured_ratio": min(tries, key=lambda t: abs(t["error"]))["measured_ratio"],
+            "side_by_side_ratio": side_by_side, "lands": abs(side_by_side / target - 1.0) <= 0.10,
+            "macs_ratio": summary["final"]["macs_ratio"], "acc_before_finetune": summary["accuracy"]["test"],
+            "timing": timed,
+        })
+        print(f"{args.model} target {target:g} bs {args.batch_size}: side-by-side {side_by_side:.3f} "
+              f"(table {rows[-1]['predicted_ratio']:.3f}, {len(tries)} landing tries)", flush=True)
+    result = {"command": "python experiments/latency_budget.py " + shlex.join(sys.argv[1:]), "machine": machine(),
+              "threads": torch.get_num_threads(), "epochs": args.epochs, "limit_train": args.limit_train,
+              "seed": args.seed, "rows": rows}
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_json(result, RESULTS / f"{args.name}.json")
+    atomic_write_text(render(result), RESULTS / f"{args.name}.md")
+    print(f"wrote {RESULTS / (args.name + '.md')}")
+    return 0 if all(r["lands"] for r in rows) else 1
+
+
+def render(result: dict) -> str:
+    m = result["machine"]
+    lines = ["# Latency budget: the finalized model against its target, timed side by side\n",
+             f"Command: `{result['command']}`  ",
+             f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {result['threads']} threads, torch {m['torch']}, "
+             f"load average at the end {m['load_average'][0]:.2f}; search {result['epochs']} epoch(s) on "
+             f"{result['limit_train']} training images, seed {result['seed']}; fp32 timing.\n",
+             "| model | batch | target | table's ratio | landing tries (measured ratio each) | side-by-side ratio | "
+             "within ±10 % | MACs ratio | acc before finetune |",
+             "|---|---:|---:|---:|---|---:|---|---:|---:|"]
+    for r in result["rows"]:
+        tries = ", ".join(f"{t['measured_ratio']:.3f}" for t in r["landing_tries"])
+        lines.append(f"| {r['model']} | {r['batch_size']} | {r['target']:g} | {r['predicted_ratio']:.3f} | {tries} | "
+                     f"{r['side_by_side_ratio']:.3f} | {'yes' if r['lands'] else 'NO'} | {r['macs_ratio']:.3f} | "
+                     f"{r['acc_before_finetune']:.3f} |")
+    lines += ["", "Commands per row:", ""]
+    for r in result["rows"]:
+        lines += [f"- `{r['search']}`", f"- `{r['finalize']}`"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
