@@ -101,3 +101,25 @@ def test_write_report_draws_readable_pngs(pruned_run, tmp_path: Path, peers: lis
     markdown = (tmp_path / "report.md").read_text()
     assert all(f"({name})" in markdown for name in report["figures"])
     assert ("beside other results: tp_magnitude, uniform_l1." in markdown) == bool(peers)
+
+
+def test_a_latency_budget_is_timed_at_its_batch_size_and_reported_three_ways(pruned_run, tmp_path: Path) -> None:
+    dense, pruned, layers = pruned_run
+    tries = [{"measured_ratio": 0.62, "error": 0.24}, {"measured_ratio": 0.51, "error": 0.02}]
+    report = write_report(
+        tmp_path, dense=dense, dense_metrics={"test_acc": 0.9}, pruned=pruned,
+        pruned_metadata={"input_size": [3, 32, 32], "test_acc": 0.85, "layers": layers},
+        search_summary={"target": {"metric": "latency", "ratio": 0.5}, "accuracy": {"test": 0.6},
+                        "projection": {"measured": tries},
+                        "final": {"macs": 20e6, "latency_ratio": 0.43, "latency_batch_size": 3}},
+        config={"": {"out": str(tmp_path)}, "model": {"name": "cifar_resnet20"}}, config_toml="", exports={},
+        batch_sizes=(1,), max_seconds=0.05, threads=1,
+    )
+    assert report["latency"]["batch_sizes"] == [1, 3]
+    budget = report["latency_budget"]
+    assert (budget["batch_size"], budget["predicted_ratio"], budget["landing_measured_ratio"]) == (3, 0.43, 0.51)
+    timed = report["latency"]["models"]
+    assert budget["report_measured_ratio"] == pytest.approx(
+        timed["pruned"]["latency"][3]["median_ms"] / timed["dense"]["latency"][3]["median_ms"])
+    markdown = (tmp_path / "report.md").read_text()
+    assert "latency at batch 3: 0.430 predicted by the latency table, 0.510 measured when the search landed" in markdown

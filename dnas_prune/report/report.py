@@ -220,12 +220,32 @@ def _pct(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.2%}"
 
 
+def _latency_budget(search_summary: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any] | None:
+    """A latency budget's three readings of the pruned/dense latency ratio at its batch size: the table's
+    prediction, the search's landing measurement, and this report's side-by-side timing."""
+    final = search_summary["final"]
+    if "latency_ratio" not in final:
+        return None
+    bs = final["latency_batch_size"]
+    tries = search_summary["projection"].get("measured") or []
+    landed = min(tries, key=lambda t: abs(t["error"]))["measured_ratio"] if tries else None
+    return {"batch_size": bs, "predicted_ratio": final["latency_ratio"], "landing_measured_ratio": landed,
+            "report_measured_ratio": 1.0 / latency["ratios"]["pruned"][bs]["speedup"]}
+
+
 def _markdown(r: dict[str, Any], table: str, config_toml: str) -> str:
     d, p, lat = r["dense"], r["pruned"], r["latency"]
+    budget = f"Budget: {r['target']['metric']} at {r['target']['ratio']:.0%} of the dense model."
+    if r.get("latency_budget"):
+        b = r["latency_budget"]
+        landed = "-" if b["landing_measured_ratio"] is None else f"{b['landing_measured_ratio']:.3f}"
+        budget += (f" Pruned/dense latency at batch {b['batch_size']}: {b['predicted_ratio']:.3f} predicted by the "
+                   f"latency table, {landed} measured when the search landed, {b['report_measured_ratio']:.3f} "
+                   "timed below.")
     lines = [
         f"# dnas_prune run: {r['model']}",
         "",
-        f"Budget: {r['target']['metric']} at {r['target']['ratio']:.0%} of the dense model.",
+        budget,
         "",
         "| | dense | pruned (finetuned) |",
         "|---|---|---|",
@@ -288,6 +308,9 @@ def write_report(
     report as complete). ``peers`` are other results shown on the accuracy plots and listed in the JSON.
     Returns the report dict."""
     input_size = tuple(pruned_metadata["input_size"])
+    budget_bs = search_summary["final"].get("latency_batch_size")
+    if budget_bs is not None and budget_bs not in batch_sizes:  # a latency budget is also timed at its batch size
+        batch_sizes = sorted([*batch_sizes, budget_bs])
     latency = compare_latency({"dense": dense, "pruned": pruned}, input_size, batch_sizes, threads=threads,
                               max_seconds=max_seconds)
     dense_entry, pruned_entry = latency["models"]["dense"], latency["models"]["pruned"]
@@ -304,6 +327,7 @@ def write_report(
                    "macs": pruned_cost.macs, "params": pruned_cost.params,
                    **{f"{k}_ratio": v for k, v in pruned_cost.ratio_to(dense_cost).items()}},
         "latency": latency,
+        "latency_budget": _latency_budget(search_summary, latency),
         "stages": stage_rows(dense_spec, pruned_spec),
         "layers": pruned_metadata["layers"],
         "specs": {"dense": dense_spec, "pruned": pruned_spec},
