@@ -182,7 +182,7 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     built = latency_table(TINY, 1, **kw)
     path = built.path
     assert path is not None and path.parent == tmp_path and path.is_file()
-    assert all(bool((t.ms > 0).all()) for t in built.layers.values()) and len(built.info["fit"]) == 5
+    assert all(bool((t.ms > 0).all()) for t in built.layers.values()) and len(built.info["fit"]) == 1 + len(latency.FIT_KEEP_LEVELS)
     assert set(built.layers) == {u.key for u in spec_uses(TINY, (3, 8, 8))}
 
     def no_build(*args, **kwargs):
