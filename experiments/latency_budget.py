@@ -5,7 +5,7 @@ For each target: ``dnas-prune search --target-latency T --latency-batch-size B``
 run, interleaved (``compare_latency``), at batch B. Records the table's predicted ratio, each landing try's
 measured ratio and the side-by-side ratio; "lands" is the side-by-side ratio within ±10 % of the target.
 Writes experiments/results/{name}.{json,md}. Run it with nothing else on the machine: a table measured on a busy
-machine is noise (``dnas-prune latency-table`` warns), so it uses its own cache under --work unless told.
+machine is noise (``dnas-prune latency-table`` warns), and so is a side-by-side timing.
 
     python experiments/latency_budget.py --data ../shared/data/cifar10-jpeg --targets 0.5
 """
@@ -54,11 +54,12 @@ def main() -> int:
     p.add_argument("--limit-train", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("runs/latency_budget"))
-    p.add_argument("--cache", type=Path, help="latency-table cache (default: WORK/cache, measured afresh)")
+    p.add_argument("--cache", type=Path, help="DNAS_PRUNE_CACHE for the commands (default: the user's; an empty "
+                   "folder makes the latency table be measured afresh, and the images decoded again)")
     p.add_argument("--name", default="latency_budget")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DNAS_PRUNE_CACHE": str(args.cache or args.work / "cache")}
+    env = {**os.environ, **({"DNAS_PRUNE_CACHE": str(args.cache)} if args.cache else {})}
     log = args.work / "log.txt"
     rows = []
     for target in args.targets:

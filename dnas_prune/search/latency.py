@@ -71,7 +71,7 @@ from torch import Tensor, nn
 
 from ..device.policy import (MEMORY_FORMAT_CHOICES, MEMORY_FORMATS, PRECISIONS, memory_format_name,
                              resolve_precision, using_threads)
-from ..device.timing import measure_latency, noise_warning
+from ..device.timing import compare_latency, measure_latency, noise_warning
 from ..errors import DnasPruneError
 from ..io.checkpoint import atomic_write_json, cache_dir
 from ..io.pruned import default_input_size
@@ -629,6 +629,21 @@ class LatencyTable:
         timer = _Timer(s["device"].split(":")[0], s["batch_size"], s["threads"], DTYPES[s["dtype"]],
                        self.memory_format)
         return timer(model, self.input_size, timing.model_warmup, timing.model_repeats, timing.model_seconds)
+
+    def measure_pair(self, dense: nn.Module | Spec, pruned: nn.Module | Spec,
+                     timing: Timing = Timing()) -> tuple[float, float]:
+        """Median ms of two models (or specs) with this table's settings, timed in one run with interleaved repeats
+        on a CPU (``compare_latency``), so that the machine's noise of the moment falls on both alike."""
+        models = [build_model(m) if isinstance(m, dict) else m for m in (dense, pruned)]
+        s = self.settings
+        if s["device"].split(":")[0] == "cuda":
+            return self.measure(models[0], timing)["median_ms"], self.measure(models[1], timing)["median_ms"]
+        timed = compare_latency({"dense": models[0], "pruned": models[1]}, self.input_size, [self.batch_size],
+                                warmup=timing.model_warmup, repeats=timing.model_repeats, threads=s["threads"],
+                                memory_format=self.memory_format, dtype=DTYPES[s["dtype"]],
+                                max_seconds=timing.model_seconds, with_cost=False)["models"]
+        return (timed["dense"]["latency"][self.batch_size]["median_ms"],
+                timed["pruned"]["latency"][self.batch_size]["median_ms"])
 
     # ---- persistence
     def to_dict(self) -> dict[str, Any]:

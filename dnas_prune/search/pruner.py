@@ -424,7 +424,7 @@ class Pruner:
             self.config = cfg = replace(cfg, latency_batch_size=table.batch_size)
         self.net.latency = table.for_supernet(self.net)
         if cfg.target_ms is not None:
-            dense_ms = self._measure_ms(table.dense_spec)
+            dense_ms = table.measure(table.dense_spec)["median_ms"]
             if cfg.target_ms >= dense_ms:
                 raise DnasPruneError(f"the dense model already runs in {dense_ms:.3g} ms per batch of "
                                      f"{table.batch_size} here, within --target-latency-ms {cfg.target_ms:g}; "
@@ -432,13 +432,10 @@ class Pruner:
             self.config = cfg = replace(cfg, target=cfg.target_ms / dense_ms)
         check_target("latency", cfg.target)
 
-    def _measure_ms(self, spec: dict) -> float:
-        return float(self.net.latency.table.measure(spec)["median_ms"])
-
     def _land_on_measured_latency(self) -> list[dict[str, float]]:
         """Project on the latency model, time the model that gives against the dense one, side by side, and
-        re-project with the target scaled by the error until the measurement is within ``latency_tolerance``
-        (at most four tries; the closest is pinned). The table is a model of the device; this makes the landing
+        re-project where the table must read for the device to read the target, until the measurement is within
+        ``latency_tolerance`` (at most four tries; the closest is pinned). The table is a model of the device; this makes the landing
         the device's. With several processes, rank 0 measures and the others follow its choice."""
         cfg, net = self.config, self.net
         floor = cost_floor(net, "latency", cfg.round_to)
@@ -454,16 +451,14 @@ class Pruner:
                 with net.pinned(budget_state(net, "latency", trial, cfg.round_to, strict=False)):
                     spec = spec_of(fold(net))
                     predicted = self.hard_ratios_now()["latency"]
-                dense_before = self._measure_ms(net.latency.table.dense_spec)
-                pruned = self._measure_ms(spec)
-                dense_ms = 0.5 * (dense_before + self._measure_ms(net.latency.table.dense_spec))
+                dense_ms, pruned = net.latency.table.measure_pair(net.latency.table.dense_spec, spec)
                 measured = pruned / dense_ms
                 error = (pruned / cfg.target_ms if cfg.target_ms is not None else measured / cfg.target) - 1.0
                 tries.append({"projected_to": trial, "predicted_ratio": predicted, "measured_ratio": measured,
                               "measured_ms": pruned, "dense_ms": dense_ms, "error": error})
                 if abs(error) <= cfg.latency_tolerance:
                     break
-                trial = trial / (1.0 + error)
+                trial = predicted / (1.0 + error)  # where the table must land for the device to read the target
             net.train(was_training)
             trial = min(tries, key=lambda t: abs(t["error"]))["projected_to"]
         if distributed:
