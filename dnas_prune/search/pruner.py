@@ -435,8 +435,8 @@ class Pruner:
     def _land_on_measured_latency(self) -> list[dict[str, float]]:
         """Project on the latency model, time the model that gives against the dense one, side by side, and
         re-project where the table must read for the device to read the target, until the measurement is within
-        ``latency_tolerance`` (at most four tries; the closest is pinned). The table is a model of the device; this makes the landing
-        the device's. With several processes, rank 0 measures and the others follow its choice."""
+        ``latency_tolerance`` (at most four tries; the closest is pinned). The table is a model of the device;
+        this makes the landing the device's. With several processes, rank 0 measures, the others follow."""
         cfg, net = self.config, self.net
         floor = cost_floor(net, "latency", cfg.round_to)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
