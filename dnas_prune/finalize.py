@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .search.budget import budget_state
+from .search.budget import budget_state, cost_ratios
 from .search.fold import fold
 from .search.latency import table_for_settings
 from .search.supernet import Supernet
@@ -44,8 +44,7 @@ def final_decisions(net: Supernet, round_to: int | None = None) -> Iterator[Supe
         # landed, on the same latency model.
         if net.latency is None:
             net.latency = table_for_settings(net.budget["latency_table"]).for_supernet(net)
-        counts, blocks = net.counts_and_blocks(hard=True)
-        metric, target = "latency", float(net.metric_from_counts("latency", counts, blocks)) / net.dense_metric("latency")
+        metric, target = "latency", cost_ratios(net, *net.counts_and_blocks(hard=True))["latency"]
     elif net.budget:
         metric, target = net.budget["metric"], net.budget["target"]
     with net.pinned(budget_state(net, metric, target, round_to=round_to, strict=metric != "latency")):

@@ -104,7 +104,7 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
         logits.append(net.gate(name).logits.detach().double().cpu().reshape(1))
         slots.append(torch.tensor([b])), widths.append(torch.ones(1)), is_block.append(torch.ones(1, dtype=torch.bool))
     if not logits:
-        return 0.0, _ratios(net, counts, blocks)
+        return 0.0, cost_ratios(net, counts, blocks)
     logit = torch.cat(logits)
     order = torch.argsort(logit, descending=True, stable=True)
     logit, slot = logit[order], torch.cat(slots)[order]
@@ -115,7 +115,7 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
         opened = torch.arange(len(logit)) < k
         c.index_add_(0, slot[opened & ~block], width[opened & ~block])
         f[slot[opened & block]] = 1.0
-        return _ratios(net, c, f)
+        return cost_ratios(net, c, f)
 
     def ratio(k: int) -> float:
         return ratios(k)[metric]
@@ -139,7 +139,9 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
     return offset, ratios(k)
 
 
-def _ratios(net: Supernet, counts: Tensor, blocks: Tensor) -> dict[str, float]:
+def cost_ratios(net: Supernet, counts: Tensor, blocks: Tensor) -> dict[str, float]:
+    """Every cost ratio the supernet counts (macs, params, and latency with a latency model) at the inputs of
+    ``Supernet.cost_from_counts``."""
     macs, params = net.cost_from_counts(counts, blocks)
     ratios = {"macs": float(macs) / net.dense_cost.macs, "params": float(params) / net.dense_cost.params}
     if net.latency is not None:

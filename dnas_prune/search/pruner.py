@@ -63,7 +63,8 @@ from torch import nn
 
 from ..errors import DnasPruneError
 from ..models import spec_of
-from .budget import budget_state, check_feasible, check_target, cost_floor, project_to_budget, solve_offset
+from .budget import (budget_state, check_feasible, check_target, cost_floor, cost_ratios, project_to_budget,
+                     solve_offset)
 from .fold import fold
 from .latency import LatencyTable, latency_table
 from .gate_optimizer import make_gate_optimizer
@@ -470,9 +471,7 @@ class Pruner:
 
     def hard_ratios_now(self) -> dict[str, float]:
         """The cost ratios of the decisions the supernet holds now (pins included), every metric it counts."""
-        counts, blocks = self.net.counts_and_blocks(hard=True)
-        metrics = ("macs", "params") + (("latency",) if self.net.latency is not None else ())
-        return {m: float(self.net.metric_from_counts(m, counts, blocks)) / self.net.dense_metric(m) for m in metrics}
+        return cost_ratios(self.net, *self.net.counts_and_blocks(hard=True))
 
     # ------------------------------------------------------------------ the end
     def project(self) -> dict[str, Any]:
