@@ -94,6 +94,9 @@ METHODS = _methods(
            "and within each group the channels of largest filter L1 norm stay (--channel-order l1: the gates set how "
            "many); as `dnas-prune run` does", "ours", {"prior": "taylor", "channel_order": "l1"}, search_epochs=1,
            one_schedule=True),
+    Method("ours_1sched_taylor_l1order", "as the defaults (Taylor prior, one lr schedule, filter-norm channel order) "
+           "with --search-epochs of search instead of one", "ours", {"prior": "taylor", "channel_order": "l1"},
+           one_schedule=True),
     Method("ours_1sched_taylor_1search_streams", "as ours_1sched_taylor_1search (Taylor prior, one search epoch, one "
            "lr schedule) with the residual streams gated too (--gate-streams)", "ours", {"prior": "taylor", "gate_streams": True},
            search_epochs=1, one_schedule=True),

@@ -325,3 +325,15 @@ def test_budget_targets_are_checked(targets: dict, needle: str) -> None:
 
     with pytest.raises(latency.DnasPruneError, match=needle):
         budget_fields(*(targets.get(f"target_{k}") for k in ("macs", "params", "latency", "latency_ms")))
+
+
+def test_finalize_round_to_keeps_a_latency_budget_where_it_landed() -> None:
+    from dnas_prune.finalize import finalize
+
+    pruner, table, device = latency_search({"target_latency": 0.5}, steps=10)
+    pruner.finalize()
+    landed = pruner.hard_ratios["latency"]
+    rounded = finalize(pruner.net, round_to=8)
+    widths = [w for s in spec_of(rounded)["stages"] for b in s["blocks"] for w in (b["inner"] or [])]
+    assert all(w % 8 == 0 for w in widths)
+    assert table.predict_ms(spec_of(rounded)) / table.predict_ms(table.dense_spec) == pytest.approx(landed, abs=0.05)
