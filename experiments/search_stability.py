@@ -51,7 +51,8 @@ def run_cell(model_name: str, source: str, data, target: float, epochs: int, see
     start = time.perf_counter()
     if (out / "search.json").is_file():  # a finished cell of an earlier invocation with the same --work
         summary = json.loads((out / "search.json").read_text())
-        if summary["config"]["search"] != json.loads(json.dumps(asdict(config))):
+        current = json.loads(json.dumps(asdict(config)))  # a field added since that cell ran is at its default
+        if summary["config"]["search"] != {k: current[k] for k in summary["config"]["search"] if k in current}:
             raise SystemExit(f"{out} holds a search with other settings; delete it or use another --work")
         seconds = sum(h.get("epoch_time", 0.0) for h in summary["history"])
     else:
