@@ -193,8 +193,8 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert loaded.to_dict() == built.to_dict()
     smaller = random_spec(TINY, random.Random(0), 4, keep=0.5)
     assert loaded.predict_ms(smaller) == built.predict_ms(smaller)
-    dense_ms, smaller_ms = loaded.measure_pair(TINY, smaller, FAST)  # interleaved, with the table's settings
-    assert dense_ms > 0 and smaller_ms > 0
+    dense_ms, smaller_ms, ratio = loaded.measure_pair(TINY, smaller, FAST)  # interleaved, with the table's settings
+    assert dense_ms > 0 and smaller_ms > 0 and ratio > 0
     assert latency.cache_path(table_settings(TINY, 2, input_size=(3, 8, 8), threads=1, memory_format="nchw",
                                              channel_step=4, points=2), tmp_path) != path
     monkeypatch.undo()
@@ -263,8 +263,9 @@ class FakeDevice:
         spec = model if isinstance(model, dict) else spec_of(model)
         return {"median_ms": self.table.predict_ms(spec) + self.hidden, "p90_ms": 0.0, "warning": None}
 
-    def pair(self, dense, pruned, timing=None) -> tuple[float, float]:
-        return self(dense)["median_ms"], self(pruned)["median_ms"]
+    def pair(self, dense, pruned, timing=None) -> tuple[float, float, float]:
+        dense_ms, pruned_ms = self(dense)["median_ms"], self(pruned)["median_ms"]
+        return dense_ms, pruned_ms, pruned_ms / dense_ms
 
 
 def latency_search(target: dict, steps: int = 30, seed: int = 0, **config):

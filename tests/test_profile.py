@@ -48,6 +48,9 @@ def test_profile_and_compare() -> None:
     ratio = result["ratios"]["pruned"][2]
     assert ratio["macs_reduction"] == result["models"]["dense"]["macs"] / result["models"]["pruned"]["macs"] > 1
     assert ratio["efficiency"] == pytest.approx(ratio["speedup"] / ratio["macs_reduction"])
+    timed = result["models"]
+    assert timed["dense"]["latency"][2]["paired_ratio"] == 1.0  # each round's time over the first model's
+    assert timed["pruned"]["latency"][2]["paired_ratio"] > 0
 
 
 def test_cli_profile_registry_name(capsys: pytest.CaptureFixture[str]) -> None:

@@ -118,8 +118,6 @@ def test_a_latency_budget_is_timed_at_its_batch_size_and_reported_three_ways(pru
     assert report["latency"]["batch_sizes"] == [1, 3]
     budget = report["latency_budget"]
     assert (budget["batch_size"], budget["predicted_ratio"], budget["landing_measured_ratio"]) == (3, 0.43, 0.51)
-    timed = report["latency"]["models"]
-    assert budget["report_measured_ratio"] == pytest.approx(
-        timed["pruned"]["latency"][3]["median_ms"] / timed["dense"]["latency"][3]["median_ms"])
+    assert budget["report_measured_ratio"] == report["latency"]["models"]["pruned"]["latency"][3]["paired_ratio"] > 0
     markdown = (tmp_path / "report.md").read_text()
     assert "latency at batch 3: 0.430 predicted by the latency table, 0.510 measured when the search landed" in markdown

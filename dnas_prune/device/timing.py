@@ -191,9 +191,13 @@ def compare_latency(
             for _ in range(rounds):
                 for runner in runners:
                     runner.times.append(runner.once())
+            first = runners[0].times
             for name, runner in zip(names, runners):
                 result["models"][name]["latency"][bs] = {
                     **runner.summary(), "batch_size": bs, "threads": used_threads, "dtype": str(dtype).removeprefix("torch."),
+                    # the median over rounds of this model's time over the first's in the same round: a drift of the
+                    # machine between rounds falls on both
+                    "paired_ratio": statistics.median(t / f for t, f in zip(runner.times, first)),
                 }
     if with_cost:
         result["ratios"] = _ratios(result, names, batch_sizes)

@@ -230,7 +230,7 @@ def _latency_budget(search_summary: dict[str, Any], latency: dict[str, Any]) -> 
     tries = search_summary["projection"].get("measured") or []
     landed = min(tries, key=lambda t: abs(t["error"]))["measured_ratio"] if tries else None
     return {"batch_size": bs, "predicted_ratio": final["latency_ratio"], "landing_measured_ratio": landed,
-            "report_measured_ratio": 1.0 / latency["ratios"]["pruned"][bs]["speedup"]}
+            "report_measured_ratio": latency["models"]["pruned"]["latency"][bs]["paired_ratio"]}
 
 
 def _markdown(r: dict[str, Any], table: str, config_toml: str) -> str:

@@ -631,19 +631,22 @@ class LatencyTable:
         return timer(model, self.input_size, timing.model_warmup, timing.model_repeats, timing.model_seconds)
 
     def measure_pair(self, dense: nn.Module | Spec, pruned: nn.Module | Spec,
-                     timing: Timing = Timing()) -> tuple[float, float]:
-        """Median ms of two models (or specs) with this table's settings, timed in one run with interleaved repeats
-        on a CPU (``compare_latency``), so that the machine's noise of the moment falls on both alike."""
+                     timing: Timing = Timing()) -> tuple[float, float, float]:
+        """Median ms of two models (or specs) and the pruned/dense ratio, timed in one run with interleaved repeats
+        on a CPU (``compare_latency``; the ratio is its paired one), so that the machine's noise of the moment falls
+        on both alike. Threads, dtype and batch are the table's; each model runs in its faster memory format, as
+        the report and ``dnas-prune profile`` time it and as it would be deployed."""
         models = [build_model(m) if isinstance(m, dict) else m for m in (dense, pruned)]
         s = self.settings
         if s["device"].split(":")[0] == "cuda":
-            return self.measure(models[0], timing)["median_ms"], self.measure(models[1], timing)["median_ms"]
+            dense_ms, pruned_ms = (self.measure(m, timing)["median_ms"] for m in models)
+            return dense_ms, pruned_ms, pruned_ms / dense_ms
         timed = compare_latency({"dense": models[0], "pruned": models[1]}, self.input_size, [self.batch_size],
                                 warmup=timing.model_warmup, repeats=timing.model_repeats, threads=s["threads"],
-                                memory_format=self.memory_format, dtype=DTYPES[s["dtype"]],
-                                max_seconds=timing.model_seconds, with_cost=False)["models"]
-        return (timed["dense"]["latency"][self.batch_size]["median_ms"],
-                timed["pruned"]["latency"][self.batch_size]["median_ms"])
+                                memory_format="auto", dtype=DTYPES[s["dtype"]], max_seconds=timing.model_seconds,
+                                with_cost=False)["models"]
+        dense_t, pruned_t = (timed[n]["latency"][self.batch_size] for n in ("dense", "pruned"))
+        return dense_t["median_ms"], pruned_t["median_ms"], pruned_t["paired_ratio"]
 
     # ---- persistence
     def to_dict(self) -> dict[str, Any]:
