@@ -724,6 +724,7 @@ class SupernetLatency:
         latency = table.for_supernet(net)
         ms = latency.from_counts(counts, blocks)  # differentiable, ms per batch
         ms = latency.expected_ms()                 # like net.expected_cost()["macs"], in ms
+        net.latency = latency                      # then the budget counts it: net.marginal_costs("latency")
     """
 
     def __init__(self, net: "Supernet", table: LatencyTable) -> None:
@@ -753,27 +754,6 @@ class SupernetLatency:
             with torch.no_grad():
                 self._dense_ms = float(self.from_counts(self.net.group_sizes.clone(), blocks))
         return self._dense_ms
-
-    def marginal_ms(self) -> dict[str, float]:
-        """{gated group: d ms / d (one more open gate)} at the current gate probabilities (per gate of a channel
-        group, per block for a block gate): first order, since latency is not linear in the widths."""
-        net = self.net
-        with torch.no_grad():
-            counts, blocks = net.counts_and_blocks(hard=False)
-        with torch.enable_grad():
-            counts.requires_grad_(True)
-            blocks.requires_grad_(True)
-            ms = self.from_counts(counts, blocks)
-            inputs = (counts, blocks) if blocks.numel() else (counts,)
-            grads = torch.autograd.grad(ms, inputs, allow_unused=True)
-        per_count = grads[0] if grads[0] is not None else torch.zeros_like(counts)
-        gated = set(net.gated_groups)
-        result = {n: float(per_count[i]) * net.channels_per_gate_of(n)
-                  for i, n in enumerate(net.channel_groups) if n in gated}
-        if blocks.numel():
-            per_block = grads[1] if grads[1] is not None else torch.zeros_like(blocks)
-            result.update({n: float(per_block[i]) for i, n in enumerate(net.branch_blocks) if n in gated})
-        return result
 
 
 # --------------------------------------------------------------------------------------------- build / cache

@@ -437,18 +437,18 @@ class Supernet(nn.Module):
 
     def marginal_costs(self, metric: str) -> dict[str, float]:
         """{gated group: d cost / d (one more open gate)} at the current gate probabilities: per gate of a
-        channel group (its channels times the cost of one channel), per block for a block gate. Cost is linear
-        in each group's width, so this is exactly what opening one more gate adds while the others stay."""
-        if metric == "latency":
-            return self._latency_model().marginal_ms()
+        channel group (its channels times the cost of one channel), per block for a block gate. MACs and params
+        are linear in each group's width, so this is exactly what opening one more gate adds while the others
+        stay; for latency it is first order."""
         with torch.no_grad():
             counts, blocks = self.counts_and_blocks(hard=False)
         with torch.enable_grad():  # callers may be inside no_grad
             counts.requires_grad_(True)
             blocks.requires_grad_(True)
-            macs, params = self.cost_from_counts(counts, blocks)
             inputs = (counts, blocks) if blocks.numel() else (counts,)
-            grads = torch.autograd.grad(macs if metric == "macs" else params, inputs, allow_unused=True)
+            cost = self.metric_from_counts(metric, counts, blocks)
+            grads = [g if g is not None else torch.zeros_like(x)
+                     for g, x in zip(torch.autograd.grad(cost, inputs, allow_unused=True), inputs)]
         per_count, per_block = grads[0], grads[1] if blocks.numel() else None
         result = {n: float(per_count[i]) * self.channels_per_gate_of(n)
                   for i, n in enumerate(self.channel_groups) if n in self._gate_key}
