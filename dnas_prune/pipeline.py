@@ -75,7 +75,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
 }
 # The types of keys whose default is None.
 _OPTIONAL_TYPES = {"out": str, "root": str, "limit_train": int, "name": str, "checkpoint": str, "weights": str,
-                   "target_macs": float, "target_params": float, "target_latency": float, "target_latency_ms": float, "round_to": int, "threads": int, "gate_lr": float,
+                   "target_macs": float, "target_params": float, "target_latency": float, "target_latency_ms": float,
+                   "round_to": int, "threads": int, "gate_lr": float,
                    "workers": int, "clean_epochs": int}
 _FILE_PATHS = (("data", "root"), ("pretrain", "checkpoint"))
 # Settings that do not change what earlier stages computed: a re-run may change them.

@@ -27,11 +27,10 @@ Why one constant and one scale on top: the units alone do not see what the whole
 the blocks' Python calls, flatten) nor that in a real forward a layer's weights are not warm in cache from the
 previous repeat. So whole models are measured too: the dense model and sixteen shrunk ones (random finalized
 architectures at evenly spaced keep levels, seeded), and ``measured = constant + scale * sum(units)`` is fitted
-by least squares on the relative error (the error the budget feels). Four shrunk models left the two numbers to
-the noise of a few timings; refitting on more models was what cut the error on unseen architectures most (see
-``experiments/results/latency_model.md``). Two numbers, fitted on models spanning the latency range the search moves through, keep the
-per-layer structure while anchoring the total to what the device measures; a scale that is not positive is
-refused and the fit falls back to a constant offset alone. ``experiments/latency_model.py`` checks the result on
+by least squares on the relative error (the error the budget feels); with only four shrunk models the two numbers
+followed the noise of a few timings. Two numbers, fitted on models spanning the latency range the search moves
+through, keep the per-layer structure while anchoring the total to what the device measures; a scale that is not
+positive is refused and the fit falls back to a constant offset alone. ``experiments/latency_model.py`` checks the result on
 random architectures the fit did not see.
 
 Expected latency under gate probabilities is taken at the expected widths (``L(E[w])``) with each term of a
