@@ -459,8 +459,8 @@ class RunClock:
         config = self.pipeline.config
         if stage == "export":
             return 10.0 * len(config["export"]["formats"])
-        if stage == "report":  # compare_latency: about (1 + models) x max_seconds per batch size, then figures
-            return 3 * config["report"]["max_seconds"] * len(config["report"]["batch_sizes"]) + 5.0
+        if stage == "report":  # compare_latency: 2 models x 2 layouts x max_seconds per batch size, then figures
+            return 4 * config["report"]["max_seconds"] * len(config["report"]["batch_sizes"]) + 5.0
         return 2.0 if stage == "finalize" else 0.0
 
     def left(self) -> float | None:

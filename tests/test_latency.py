@@ -177,7 +177,12 @@ def test_fit_recovers_constant_and_scale() -> None:
     points = [{"table_sum_ms": s, "measured_ms": 0.3 + 1.5 * s} for s in (1.0, 2.0, 4.0)]
     assert latency._fit(points) == pytest.approx((0.3, 1.5))
     falling = [{"table_sum_ms": s, "measured_ms": 5.0 - s} for s in (1.0, 2.0)]
-    assert latency._fit(falling) == pytest.approx((2.0, 1.0))  # no negative scale: a constant offset instead
+    assert latency._fit(falling) == pytest.approx((3.0, 1.0))  # no negative scale: a constant offset instead
+    # through the dense point exactly, whatever the others say
+    noisy = [{"table_sum_ms": 4.0, "measured_ms": 7.0, "dense": True}] + [
+        {"table_sum_ms": s, "measured_ms": (0.3 + 1.5 * s) * f} for s, f in ((1.0, 1.2), (2.0, 0.9), (3.0, 1.1))]
+    constant, scale = latency._fit(noisy)
+    assert constant + scale * 4.0 == pytest.approx(7.0) and scale > 0
 
 
 def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,6 +210,38 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     path.write_text("{not json")  # a damaged entry is measured again, not trusted
     assert latency_table(TINY, 1, **kw).to_dict()["layers"].keys() == built.to_dict()["layers"].keys()
     assert json.loads(path.read_text())["format"] == latency.TABLE_FORMAT
+
+
+def test_a_drifting_machine_does_not_enter_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake forwards cost their module's size times the machine's speed, which halves and recovers every 50
+    forwards (no clock): every cell, timed beside the reference, keeps the same ms per unit of work, and the
+    shrunk models are measured at one speed for the fit."""
+    from dnas_prune.device import timing as timing_module
+    calls = iter(range(10 ** 9))
+
+    def work(runner) -> float:
+        return 1e-6 * (1 + sum(p.numel() for p in runner.model.parameters()))
+
+    monkeypatch.setattr(timing_module.Runner, "once",
+                        lambda self: work(self) * (2.0 if (next(calls) // 50) % 2 else 1.0))
+    steady = Timing(cell_warmup=1, cell_repeats=9, cell_seconds=10.0, model_warmup=1, model_repeats=9,
+                    model_seconds=10.0)
+    table = latency.build_table(table_settings(TINY, 1, input_size=(3, 8, 8), threads=1, memory_format="nchw",
+                                               channel_step=4, points=2), steady, progress=False)
+    per_work = []
+    for key, layer in table.layers.items():
+        for i, cin in enumerate(layer.in_axis.tolist()):
+            for j, cout in enumerate(layer.out_axis.tolist()):
+                module, _ = latency._cell_module(layer.unit, int(cin), int(cout), 1)
+                size = 1e-6 * (1 + sum(p.numel() for p in module.parameters()))
+                per_work.append(float(layer.ms[i, j]) / size)
+    assert max(per_work) / min(per_work) == pytest.approx(1.0)
+    assert not any(layer.ms.is_inference() for layer in table.layers.values())  # the search differentiates them
+    fit = table.info["fit"]
+    dense_work = 1e-6 * (1 + sum(p.numel() for p in build_model(TINY).parameters()))
+    for point in fit[1:]:
+        size = 1e-6 * (1 + sum(p.numel() for p in build_model(point["spec"]).parameters()))
+        assert point["ratio"] == pytest.approx(size / dense_work)
 
 
 def test_predict_refuses_another_family() -> None:

@@ -252,7 +252,7 @@ def test_image_size_is_kept_for_imagefolder_data_only(tmp_path: Path) -> None:
 
 
 def test_noisy_latency_carries_a_warning() -> None:
-    runner = timing_module._Runner(torch.nn.Identity(), (3, 4, 4), 1, "nchw", torch.float32)
+    runner = timing_module.Runner(torch.nn.Identity(), (3, 4, 4), 1, "nchw", torch.float32)
     runner.times = [0.001] * 8 + [0.05] * 2  # p90 = 50 ms, median = 1 ms
     summary = runner.summary()
     assert summary["p90_ms"] / summary["median_ms"] > 40
@@ -264,7 +264,7 @@ def test_noisy_latency_carries_a_warning() -> None:
 def test_profile_prints_the_warning(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Timings are replaced by a fixed sequence (one forward in five takes 50x as long): no clock involved."""
     durations = itertools.cycle([0.001, 0.001, 0.001, 0.001, 0.05])
-    monkeypatch.setattr(timing_module._Runner, "once", lambda self: next(durations))
+    monkeypatch.setattr(timing_module.Runner, "once", lambda self: next(durations))
     assert main(["profile", "cifar_resnet20", "--batch-sizes", "1", "--repeats", "20", "--memory-format", "nchw"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^warning: batch 1: p90 is [\d.]+x the median: the machine was busy", out, re.MULTILINE), out
@@ -385,11 +385,12 @@ def test_run_eta_adds_the_remaining_epochs_at_the_measured_speed(tmp_path: Path)
     clock = RunClock(pipeline, list(pipeline.outputs()))
     clock.start("pretrain", "1/6")
     # 100 images in 8 s of training + 2 s of evaluation: 0.1 s per image. Left: pretrain 2 x 10 s, search and
-    # finetune 2 x 10 s each, finalize 2 s, export 10 s, report 3 x 3 s x 2 batch sizes + 5 s = 23 s: 95 s.
+    # finetune 2 x 10 s each, finalize 2 s, export 10 s, report 2 models x 2 layouts x 3 s x 2 batch sizes + 5 s
+    # = 29 s: 101 s.
     note = clock.note(_FakeTrainer(100, epoch=1), {"epoch_time": 8.0})
-    assert note == " | run 1/6 pretrain, ~1 min 35 s left"
-    assert clock.eta().startswith("~1 min 35 s left in the run (at 10 img/s")
+    assert note == " | run 1/6 pretrain, ~1 min 41 s left"
+    assert clock.eta().startswith("~1 min 41 s left in the run (at 10 img/s")
     clock.finish("pretrain")
     clock.start("search", "2/6")  # search's own speed replaces the estimate for its epochs
-    # 0.3 s per image now: search 1 x 30 s, finetune 2 x 30 s (the latest speed), then the same 35 s: 125 s.
-    assert clock.note(_FakeTrainer(100, epoch=1), {"epoch_time": 28.0}) == " | run 2/6 search, ~2 min 05 s left"
+    # 0.3 s per image now: search 1 x 30 s, finetune 2 x 30 s (the latest speed), then the same 41 s: 131 s.
+    assert clock.note(_FakeTrainer(100, epoch=1), {"epoch_time": 28.0}) == " | run 2/6 search, ~2 min 11 s left"

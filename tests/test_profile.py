@@ -1,3 +1,4 @@
+import statistics
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,48 @@ def test_cli_profile_pruned_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cli_profile_unknown(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["profile", "resnet9000"]) == 2
     assert "neither" in capsys.readouterr().err
+
+
+class _Drift:
+    """A clock for fake forwards: each forward costs its model's fixed work times the machine's speed of the
+    moment, which halves and recovers every ``period`` forwards (a shared CPU's drift, without a clock)."""
+
+    def __init__(self, period: int) -> None:
+        self.calls, self.period = 0, period
+
+    def __call__(self, work: float) -> float:
+        self.calls += 1
+        return work * (2.0 if (self.calls // self.period) % 2 else 1.0)
+
+
+def test_interleaved_rounds_cancel_a_drift(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dnas_prune.device import timing
+    drift = _Drift(period=20)
+    monkeypatch.setattr(timing.Runner, "once", lambda self: drift(self.work))
+    runners = [timing.Runner(torch.nn.Identity(), (1,), 1, "nchw", torch.float32) for _ in range(2)]
+    runners[0].work, runners[1].work = 1e-3, 3e-4
+    timing.time_interleaved(runners, warmup=1, repeats=60, max_seconds=10.0)
+    assert len(runners[0].times) == len(runners[1].times) == 60
+    assert timing.paired_ratio(runners[1], runners[0]) == pytest.approx(0.3)
+    # the same two timed one after the other, the first in a fast spell and the second in a slow one
+    drift.calls = 0
+    first = [drift(runners[0].work) for _ in range(15)]
+    drift.calls = drift.period
+    second = [drift(runners[1].work) for _ in range(15)]
+    assert statistics.median(second) / statistics.median(first) == pytest.approx(0.6)
+
+
+def test_compare_latency_picks_each_models_layout_from_the_same_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dnas_prune.device import timing
+    drift = _Drift(period=7)
+    work = {("wide", "nchw"): 2e-3, ("wide", "channels_last"): 1e-3,  # wide: faster in channels_last,
+            ("narrow", "nchw"): 2e-4, ("narrow", "channels_last"): 5e-4}  # narrow: faster in NCHW
+    monkeypatch.setattr(timing.Runner, "once", lambda self: drift(work[(self.model.tag, self.memory_format)]))
+    models = {}
+    for tag in ("wide", "narrow"):
+        models[tag] = torch.nn.Identity()
+        models[tag].tag = tag
+    result = compare_latency(models, (3, 4, 4), (1,), warmup=1, repeats=40, max_seconds=10.0, with_cost=False)
+    timed = {name: result["models"][name]["latency"][1] for name in models}
+    assert timed["wide"]["memory_format"] == "channels_last" and timed["narrow"]["memory_format"] == "nchw"
+    assert timed["narrow"]["paired_ratio"] == pytest.approx(0.2)

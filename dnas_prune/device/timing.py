@@ -1,9 +1,9 @@
 """CPU latency of plain models, measured so that pruned-vs-dense comparisons are fair.
 
 Two things make naive timing misleading on CPU: the memory format (narrow pruned widths can be much slower
-in channels_last than in NCHW, so each model gets the faster one) and machine noise drifting between runs
-(so :func:`compare_latency` interleaves the models' repeats round-robin instead of timing them one after
-the other).
+in channels_last than in NCHW, so each model gets the faster one) and the machine's speed drifting between runs
+(so :func:`compare_latency` interleaves the models' repeats, in both layouts, round-robin instead of timing
+them one after the other, and picks each model's layout from those same rounds).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ def noise_warning(median_ms: float, p90_ms: float) -> str | None:
         return (f"p90 is {p90_ms / median_ms:.3g}x the median: the machine was busy while timing, so this latency "
                 "is unreliable; re-run on an idle machine")
     return None
-_TRIAL_SECONDS = 0.5  # per candidate memory format when choosing one
 
 
 _PROGRESS: ContextVar[Callable[[str], None] | None] = ContextVar("dnas_prune_latency_progress", default=None)
@@ -49,7 +48,7 @@ def latency_progress(log: Callable[[str], None]) -> Iterator[None]:
         _PROGRESS.reset(token)
 
 
-class _Runner:
+class Runner:
     """A model copy in the requested dtype/memory format plus its input, timed one forward at a time."""
 
     def __init__(self, model: nn.Module, input_size: Sequence[int], batch_size: int, memory_format: str,
@@ -83,6 +82,9 @@ class _Runner:
             times.append(self.once())
         return statistics.median(times[1:] or times)
 
+    def median(self) -> float:
+        return statistics.median(self.times)
+
     def summary(self) -> dict[str, Any]:
         ms = sorted(t * 1e3 for t in self.times)
         median, p90 = statistics.median(ms), _quantile(ms, 0.9)
@@ -104,28 +106,38 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-def _runner(model: nn.Module, input_size: Sequence[int], batch_size: int, memory_format: str,
-            dtype: torch.dtype) -> _Runner:
-    """A runner in ``memory_format``; ``"auto"`` briefly times NCHW and channels_last and keeps the faster."""
-    memory_format = memory_format_name(memory_format)
-    if memory_format != "auto":
-        if memory_format not in MEMORY_FORMATS:
-            raise DnasPruneError(f"memory_format must be one of {', '.join(MEMORY_FORMAT_CHOICES)}, got {memory_format!r}")
-        return _Runner(model, input_size, batch_size, memory_format, dtype)
-    best, best_time = None, float("inf")
-    for name in MEMORY_FORMATS:
-        candidate = _Runner(model, input_size, batch_size, name, dtype)
-        typical = candidate.warmup(3, _TRIAL_SECONDS / 2)
-        trial = sorted(candidate.once() for _ in range(max(1, min(5, int(_TRIAL_SECONDS / 2 / max(typical, 1e-6))))))
-        if trial[len(trial) // 2] < best_time:
-            best, best_time = candidate, trial[len(trial) // 2]
-    assert best is not None
-    return best
-
-
 def _repeats_within(repeats: int, seconds_per_repeat: float, max_seconds: float) -> int:
     """At most ``repeats``, fewer when they would exceed ``max_seconds``, but never below 3."""
     return max(3, min(repeats, int(max_seconds / max(seconds_per_repeat, 1e-9))))
+
+
+def time_interleaved(runners: Sequence[Runner], warmup: int, repeats: int, max_seconds: float) -> None:
+    """Warm every runner up, then time them round-robin (one forward each per round, at most ``repeats`` rounds
+    and about ``max_seconds`` per runner), appending to each runner's ``times``.
+
+    Why round-robin: a shared CPU's speed drifts by tens of percent over seconds; forwards timed in the same
+    round see the same speed, so a per-round ratio between two runners (:func:`paired_ratio`) cancels the drift
+    that separate timings would carry into their ratio.
+    """
+    round_seconds = sum(r.warmup(warmup, max_seconds / 3) for r in runners)
+    for _ in range(_repeats_within(repeats, round_seconds, max_seconds * len(runners))):
+        for runner in runners:
+            runner.times.append(runner.once())
+
+
+def paired_ratio(runner: Runner, reference: Runner) -> float:
+    """The median over rounds of ``runner``'s time over ``reference``'s in the same round."""
+    return statistics.median(t / r for t, r in zip(runner.times, reference.times))
+
+
+def _formats(memory_format: str) -> list[str]:
+    """The layouts to time: ``auto`` times NCHW and channels_last side by side and keeps each model's faster."""
+    memory_format = memory_format_name(memory_format)
+    if memory_format == "auto":
+        return list(MEMORY_FORMATS)
+    if memory_format not in MEMORY_FORMATS:
+        raise DnasPruneError(f"memory_format must be one of {', '.join(MEMORY_FORMAT_CHOICES)}, got {memory_format!r}")
+    return [memory_format]
 
 
 def measure_latency(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), batch_size: int = 1,
@@ -159,7 +171,7 @@ def compare_latency(
     {...}}}}, "ratios": {name: {bs: {"speedup", "macs_reduction", "efficiency"}}}}`` where ``speedup`` is the
     first model's median over this one's, ``macs_reduction`` the first's MACs over this one's, and
     ``efficiency = speedup / macs_reduction`` (1.0: latency falls exactly as MACs do). ``max_seconds`` caps
-    the timed loop per model and batch size.
+    the timed loop per model, layout and batch size. ``paired_ratio``: the drift-free ratio to the first model.
     """
     if not models:
         raise ValueError("compare_latency needs at least one model")
@@ -178,26 +190,24 @@ def compare_latency(
         for name in names:
             cost = count_cost(models[name], input_size)
             result["models"][name].update(macs=cost.macs, params=cost.params)
+    formats = _formats(memory_format)
     with using_threads(threads) as used_threads, torch.inference_mode():
         result["threads"] = used_threads
         log = _PROGRESS.get()
         for i, bs in enumerate(batch_sizes):
-            if log:  # each batch size takes up to ~(1 + len(models)) * max_seconds
+            if log:  # each batch size takes up to ~len(models) * formats * max_seconds, plus warm-ups
                 log(f"timing {', '.join(names)} at batch {bs} ({i + 1}/{len(batch_sizes)}, up to "
-                    f"~{(1 + len(names)) * max_seconds + 0.5 * len(names):.0f} s)")
-            runners = [_runner(models[name], input_size, bs, memory_format, dtype) for name in names]
-            round_seconds = sum(r.warmup(warmup, max_seconds / 3) for r in runners)
-            rounds = _repeats_within(repeats, round_seconds, max_seconds * len(runners))
-            for _ in range(rounds):
-                for runner in runners:
-                    runner.times.append(runner.once())
-            first = runners[0].times
-            for name, runner in zip(names, runners):
+                    f"~{(1 + len(names)) * len(formats) * max_seconds:.0f} s)")
+            runners = {name: [Runner(models[name], input_size, bs, fmt, dtype) for fmt in formats] for name in names}
+            time_interleaved([r for each in runners.values() for r in each], warmup, repeats, max_seconds)
+            # each model in its faster layout, chosen from the same interleaved rounds as everything else
+            chosen = {name: min(each, key=Runner.median) for name, each in runners.items()}
+            for name in names:
                 result["models"][name]["latency"][bs] = {
-                    **runner.summary(), "batch_size": bs, "threads": used_threads, "dtype": str(dtype).removeprefix("torch."),
-                    # the median over rounds of this model's time over the first's in the same round: a drift of the
-                    # machine between rounds falls on both
-                    "paired_ratio": statistics.median(t / f for t, f in zip(runner.times, first)),
+                    **chosen[name].summary(), "batch_size": bs, "threads": used_threads,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    # per round, over the first model's: a drift of the machine between rounds falls on both
+                    "paired_ratio": paired_ratio(chosen[name], chosen[names[0]]),
                 }
     if with_cost:
         result["ratios"] = _ratios(result, names, batch_sizes)

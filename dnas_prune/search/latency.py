@@ -23,15 +23,25 @@ differentiable in the widths when they are tensors (the search's expected channe
 ``Supernet.cost_from_counts`` is. Widths outside a key's grid are clamped to it. The grid values are the measured
 medians, not smoothed or made monotone: a wider layer that really runs faster stays so.
 
+Why every timing is paired: a shared CPU's speed drifts by tens of percent within seconds, so two timings taken
+a minute apart do not compare. Each grid cell is timed with its forwards interleaved with those of one fixed
+reference unit (the most used layer shape at mid-grid); the cell's value is the median over rounds of its time
+over the reference's in the same round, times the reference's median over the whole build. Whole models are
+timed the same way beside the dense model (:meth:`LatencyTable.measure_beside_dense`). The table is then
+consistent within itself, whatever the machine did while it was built; what remains is the machine's speed of
+the moment, which a ratio to the dense model timed side by side (what ``--target-latency`` reads) cancels and
+milliseconds (``--target-latency-ms``) cannot.
+
 Why one constant and one scale on top: the units alone do not see what the whole forward adds (the model's and
 the blocks' Python calls, flatten) nor that in a real forward a layer's weights are not warm in cache from the
 previous repeat. So whole models are measured too: the dense model and sixteen shrunk ones (random finalized
 architectures at evenly spaced keep levels, seeded), and ``measured = constant + scale * sum(units)`` is fitted
-by least squares on the relative error (the error the budget feels); with only four shrunk models the two numbers
-followed the noise of a few timings. Two numbers, fitted on models spanning the latency range the search moves
-through, keep the per-layer structure while anchoring the total to what the device measures; a scale that is not
-positive is refused and the fit falls back to a constant offset alone. ``experiments/latency_model.py`` checks the result on
-random architectures the fit did not see.
+through the dense model's point exactly (a budget is a fraction of the dense model, so the dense model must read
+right: a fit free to miss it by 15 % skewed every predicted fraction by as much) and by least squares on the
+others' relative error (the error the budget feels). Two numbers, fitted on models spanning the latency range the
+search moves through, keep the per-layer structure while anchoring the total to what the device measures; a scale
+that is not positive is refused and the fit falls back to a constant offset alone. ``experiments/latency_model.py``
+checks the result on random architectures the fit did not see.
 
 Expected latency under gate probabilities is taken at the expected widths (``L(E[w])``) with each term of a
 residual branch weighted by P(branch open), as the MACs are. For MACs, bilinear in the widths, that is the exact
@@ -63,14 +73,15 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..device.policy import (MEMORY_FORMAT_CHOICES, MEMORY_FORMATS, PRECISIONS, memory_format_name,
                              resolve_precision, using_threads)
-from ..device.timing import compare_latency, measure_latency, noise_warning
+from ..device.timing import (Runner, compare_latency, measure_latency, noise_warning, paired_ratio,
+                             time_interleaved)
 from ..errors import DnasPruneError
 from ..io.checkpoint import atomic_write_json, cache_dir
 from ..io.pruned import default_input_size
@@ -81,7 +92,7 @@ from ..train.progress import Progress
 if TYPE_CHECKING:
     from .supernet import Supernet
 
-TABLE_FORMAT = 2  # 2: the constant and scale fitted on 16 shrunk models, by relative error
+TABLE_FORMAT = 3  # 2: constant and scale fitted on 16 shrunk models; 3: cells and models timed beside a reference
 DEFAULT_CHANNEL_STEP = 8
 DEFAULT_POINTS = 10
 # shrunk models measured beside the dense one to fit the constant and scale: keep 0.15, 0.20, ..., 0.90
@@ -629,6 +640,45 @@ class LatencyTable:
                        self.memory_format)
         return timer(model, self.input_size, timing.model_warmup, timing.model_repeats, timing.model_seconds)
 
+    def measure_beside_dense(self, models: Sequence[nn.Module | Spec], timing: Timing = Timing(),
+                             on_each: Callable[[], Any] | None = None) -> dict[str, Any]:
+        """Each model timed interleaved with the dense one (table settings), so that the machine's drift cancels:
+        ``{"dense_ms": median of every dense forward of the run, "models": [{"ratio": paired ratio to dense,
+        "ms": ratio * dense_ms, "median_ms": the model's own median, "dense_median_ms": the dense one's in the same
+        rounds, "warning"}]}``. ``ms`` is the model's latency at the run's typical speed, the figure a table fit
+        or a check should read."""
+        s = self.settings
+        built = [build_model(m) if isinstance(m, dict) else m for m in models]
+        if s["device"].split(":")[0] != "cpu":  # one after the other on a GPU (no drift to cancel)
+            dense_ms = self.measure(self.dense_spec, timing)["median_ms"]
+            timed = []
+            for model in built:
+                timed.append(self.measure(model, timing))
+                if on_each:
+                    on_each()
+            return {"dense_ms": dense_ms, "models": [{"ratio": t["median_ms"] / dense_ms, "ms": t["median_ms"],
+                                                      "median_ms": t["median_ms"], "dense_median_ms": dense_ms,
+                                                      "warning": t.get("warning")}
+                                                     for t in timed]}
+        args = (self.input_size, self.batch_size, self.memory_format, DTYPES[s["dtype"]])
+        out: list[dict[str, Any]] = []
+        dense_times: list[float] = []
+        with using_threads(s["threads"]), torch.inference_mode():
+            dense = Runner(build_model(self.dense_spec), *args)
+            for model in built:
+                runner, dense.times = Runner(model, *args), []
+                time_interleaved([dense, runner], timing.model_warmup, timing.model_repeats, timing.model_seconds)
+                dense_times += dense.times
+                summary = runner.summary()
+                out.append({"ratio": paired_ratio(runner, dense), "median_ms": summary["median_ms"],
+                            "dense_median_ms": dense.median() * 1e3, "warning": summary["warning"]})
+                if on_each:
+                    on_each()
+        dense_ms = statistics.median(dense_times) * 1e3 if dense_times else self.measure(self.dense_spec)["median_ms"]
+        for entry in out:
+            entry["ms"] = entry["ratio"] * dense_ms
+        return {"dense_ms": dense_ms, "models": out}
+
     def measure_pair(self, dense: nn.Module | Spec, pruned: nn.Module | Spec,
                      timing: Timing = Timing()) -> tuple[float, float, float]:
         """Median ms of two models (or specs) and the pruned/dense ratio, timed in one run with interleaved repeats
@@ -825,17 +875,44 @@ def cache_path(settings: dict[str, Any], directory: str | os.PathLike | None = N
 
 
 def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
-    """(constant, scale) of ``measured = constant + scale * table_sum``, least squares on the relative error; a
-    constant alone if the scale is not > 0."""
-    sums = torch.tensor([p["table_sum_ms"] for p in points], dtype=torch.float64)
-    measured = torch.tensor([p["measured_ms"] for p in points], dtype=torch.float64)
-    if len(points) >= 2 and float(sums.max() - sums.min()) > 0:
-        weight = 1.0 / measured.clamp_min(1e-12)
-        design = torch.stack([torch.ones_like(sums), sums], dim=1) * weight.unsqueeze(1)
-        constant, scale = torch.linalg.lstsq(design, (measured * weight).unsqueeze(1)).solution.squeeze(1).tolist()
-        if scale > 0 and math.isfinite(scale) and math.isfinite(constant):
-            return constant, scale
-    return float((measured - sums).mean()), 1.0
+    """(constant, scale) of ``measured = constant + scale * table_sum``, through the dense model's point exactly
+    (the one marked ``dense``, else the first: every budget and every side-by-side ratio is a fraction of the dense
+    model, so it must read right), the scale by least squares on the others' relative error; a constant offset
+    alone if that scale is not > 0."""
+    dense = next((p for p in points if p.get("dense")), points[0])
+    dense_sum, dense_ms = float(dense["table_sum_ms"]), float(dense["measured_ms"])
+    others = [p for p in points if p is not dense]
+    if others:
+        sums = torch.tensor([p["table_sum_ms"] for p in others], dtype=torch.float64)
+        measured = torch.tensor([p["measured_ms"] for p in others], dtype=torch.float64).clamp_min(1e-12)
+        # relative error of constant + scale * sum with constant = dense_ms - scale * dense_sum: scale * a - b
+        a, b = (sums - dense_sum) / measured, 1.0 - dense_ms / measured
+        if float((a * a).sum()) > 0:
+            scale = float((a * b).sum() / (a * a).sum())
+            if scale > 0 and math.isfinite(scale):
+                return dense_ms - scale * dense_sum, scale
+    return dense_ms - dense_sum, 1.0
+
+
+def _layout_trial(dense: nn.Module, settings: dict[str, Any], timing: Timing) -> dict[str, float]:
+    """{layout: median ms} of the dense model in each layout, timed interleaved (so drift does not pick it)."""
+    with using_threads(settings["threads"]), torch.inference_mode():
+        runners = {fmt: Runner(dense, settings["input_size"], settings["batch_size"], fmt, DTYPES[settings["dtype"]])
+                   for fmt in MEMORY_FORMATS}
+        time_interleaved(list(runners.values()), timing.model_warmup, timing.model_repeats, timing.model_seconds / 2)
+    return {fmt: r.median() * 1e3 for fmt, r in runners.items()}
+
+
+def _reference_runner(plan: dict[str, dict[str, Any]], settings: dict[str, Any], memory_format: str) -> Runner:
+    """The unit every grid cell is timed beside: the most used layer shape at the middle of its grid. A shared
+    CPU's speed drifts by tens of percent over seconds; a cell's time over the reference's in the same rounds
+    does not, and the reference's median over the whole build turns those ratios back into milliseconds."""
+    key, entry = max(plan.items(), key=lambda item: len(item[1]["uses"]))
+    cin, cout = entry["in"][len(entry["in"]) // 2], entry["out"][len(entry["out"]) // 2]
+    module, input_size = _cell_module(entry["unit"], cin, cout, settings["batch_size"])
+    runner = Runner(module, input_size, settings["batch_size"], memory_format, DTYPES[settings["dtype"]])
+    runner.unit = f"{key} {cin}->{cout}"  # type: ignore[attr-defined]
+    return runner
 
 
 def build_table(settings: dict[str, Any], timing: Timing = Timing(), progress: bool = True,
@@ -851,18 +928,22 @@ def build_table(settings: dict[str, Any], timing: Timing = Timing(), progress: b
     memory_format = settings["memory_format"]
     if memory_format == "auto":  # one layout for the table: the faster one for the dense model
         trial = {fmt: timer(dense, size, timing.model_warmup, timing.model_repeats, timing.model_seconds / 2,
-                            fmt)["median_ms"] for fmt in MEMORY_FORMATS}
+                            fmt)["median_ms"] for fmt in MEMORY_FORMATS} if device != "cpu" else \
+            _layout_trial(dense, settings, timing)
         memory_format = min(trial, key=trial.get)
         info["memory_format_trial_ms"] = trial
     info["memory_format"] = timer.memory_format = memory_format
     rng = random.Random(FIT_SEED)
     fit_specs = [spec] + [random_spec(spec, rng, settings["channel_step"], keep=k) for k in fit_keep_levels]
     cells = sum(len(e["in"]) * len(e["out"]) for e in plan.values())
-    layers: dict[str, LayerTable] = {}
     noisy = 0
     threads = settings["threads"] if device == "cpu" else None
-    with using_threads(threads), Progress(cells + len(fit_specs), f"latency table {settings['model']} bs "
-                                          f"{settings['batch_size']}", unit="cell", enabled=progress, every=0.1) as bar:
+    reference = _reference_runner(plan, settings, memory_format) if device == "cpu" else None
+    reference_times: list[float] = []
+    grids: dict[str, list[list[float]]] = {}
+    with using_threads(threads), Progress(cells + len(fit_specs) - 1, f"latency table {settings['model']} bs "
+                                          f"{settings['batch_size']}", unit="cell", enabled=progress,
+                                          every=0.1) as bar:
         for key, entry in plan.items():
             bar.set_postfix(layer=key)
             grid = []
@@ -870,21 +951,38 @@ def build_table(settings: dict[str, Any], timing: Timing = Timing(), progress: b
                 row = []
                 for cout in entry["out"]:
                     module, input_size = _cell_module(entry["unit"], cin, cout, settings["batch_size"])
-                    timed = timer(module, input_size, timing.cell_warmup, timing.cell_repeats, timing.cell_seconds)
-                    row.append(timed["median_ms"])
+                    if reference is None:  # (the grid's numbers are plain floats: no inference tensors leak)
+                        timed = timer(module, input_size, timing.cell_warmup, timing.cell_repeats, timing.cell_seconds)
+                        row.append(timed["median_ms"])
+                    else:  # timed beside the reference: the ratio, scaled below by the reference's overall median
+                        cell = Runner(module, input_size, settings["batch_size"], memory_format,
+                                      DTYPES[settings["dtype"]])
+                        reference.times = []
+                        with torch.inference_mode():
+                            time_interleaved([reference, cell], timing.cell_warmup, timing.cell_repeats,
+                                             timing.cell_seconds)
+                        reference_times += reference.times
+                        row.append(paired_ratio(cell, reference))
+                        timed = cell.summary()
                     noisy += timed.get("warning") is not None
                     bar.update()
                 grid.append(row)
-            layers[key] = LayerTable(entry["unit"], entry["in"], entry["out"], grid, entry["uses"])
+            grids[key] = grid
+        reference_ms = statistics.median(reference_times) * 1e3 if reference_times else 1.0
+        layers = {key: LayerTable(entry["unit"], entry["in"], entry["out"],
+                                  [[v * reference_ms for v in row] for row in grids[key]], entry["uses"])
+                  for key, entry in plan.items()}
+        if reference is not None:
+            info["reference"] = {"unit": reference.unit, "median_ms": reference_ms, "forwards": len(reference_times)}
         table = LatencyTable(settings, layers, info=info)
-        fit = []
         bar.set_postfix(layer="whole models")
-        for i, fit_spec in enumerate(fit_specs):
-            measured = table.measure(fit_spec, timing)
-            fit.append({"dense": i == 0, "keep": None if i == 0 else fit_keep_levels[i - 1], "spec": fit_spec,
-                        "measured_ms": measured["median_ms"], "warning": measured.get("warning"),
-                        "table_sum_ms": sum(table.layers_ms(fit_spec).values())})
-            bar.update()
+        timed_models = table.measure_beside_dense(fit_specs[1:], timing, on_each=bar.update)
+    fit = [{"dense": True, "keep": None, "spec": spec, "measured_ms": timed_models["dense_ms"], "ratio": 1.0,
+            "warning": None, "table_sum_ms": sum(table.layers_ms(spec).values())}]
+    for keep, fit_spec, timed in zip(fit_keep_levels, fit_specs[1:], timed_models["models"]):
+        fit.append({"dense": False, "keep": keep, "spec": fit_spec, "measured_ms": timed["ms"],
+                    "ratio": timed["ratio"], "warning": timed["warning"],
+                    "table_sum_ms": sum(table.layers_ms(fit_spec).values())})
     table.constant_ms, table.scale = _fit(fit)
     table.info["fit"] = fit
     table.info["cells"] = {"count": cells, "noisy": noisy}

@@ -76,6 +76,9 @@ PRIORS = ("gamma", "taylor")
 CHANNEL_ORDERS = ("l1", "learned")
 
 
+LANDING_TIMINGS = 5  # side-by-side timings per landing try of a latency budget (their median ratio counts)
+
+
 @dataclass
 class SearchConfig:
     """Every knob of the search, with its one default (the CLI flags and TOML keys are derived from these)."""
@@ -452,9 +455,10 @@ class Pruner:
                 with net.pinned(budget_state(net, "latency", trial, cfg.round_to, strict=False)):
                     spec = spec_of(fold(net))
                     predicted = self.hard_ratios_now()["latency"]
-                # three side-by-side timings, the median ratio's kept: a shared CPU's speed drifts between calls
-                pairs = [net.latency.table.measure_pair(net.latency.table.dense_spec, spec) for _ in range(3)]
-                dense_ms, pruned, measured = sorted(pairs, key=lambda pair: pair[2])[1]
+                # the median of several side-by-side timings: on a shared CPU one timing's ratio can be far off
+                pairs = [net.latency.table.measure_pair(net.latency.table.dense_spec, spec)
+                         for _ in range(LANDING_TIMINGS)]
+                dense_ms, pruned, measured = sorted(pairs, key=lambda pair: pair[2])[LANDING_TIMINGS // 2]
                 error = (pruned / cfg.target_ms if cfg.target_ms is not None else measured / cfg.target) - 1.0
                 tries.append({"projected_to": trial, "predicted_ratio": predicted, "measured_ratio": measured,
                               "measured_ms": pruned, "dense_ms": dense_ms, "error": error})
