@@ -92,7 +92,7 @@ def _label(section: str, key: str) -> str:
 
 # Keys added with a default that changed behaviour: a saved config.toml without them ran the old way.
 _BEFORE_KEY = {("finetune", "continue_schedule"): False, ("search", "prior"): "gamma",
-               ("search", "channel_order"): "learned"}
+               ("search", "channel_order"): "learned", ("search", "rank_cost"): "budget"}
 
 
 def _get(table: dict[str, Any], section: str, key: str, saved: bool = False) -> Any:

@@ -61,6 +61,18 @@ class Method:
     search_epochs: int | None = None  # ours: overrides --search-epochs (the finetune gets the rest of the epochs)
     one_schedule: bool = False  # ours: the finetune continues the search's lr schedule instead of restarting one
 
+    @property
+    def metric(self) -> str:
+        """What the row's target is a fraction of: "macs", or "latency" (measured on this machine, at the
+        method's latency batch size)."""
+        return self.search.get("metric", "macs")
+
+    @property
+    def target_label(self) -> str:
+        if self.metric == "latency":
+            return f"latency at batch {self.search.get('latency_batch_size', 1)}"
+        return {"macs": "MACs", "params": "params"}[self.metric]
+
     def search_config(self, target: float) -> SearchConfig:
         # Every method named before --channel-order existed ran with each channel's own gate deciding; a method
         # that wants the filter-norm order says so.
@@ -94,6 +106,22 @@ METHODS = _methods(
            "and within each group the channels of largest filter L1 norm stay (--channel-order l1: the gates set how "
            "many); as `dnas-prune run` does", "ours", {"prior": "taylor", "channel_order": "l1"}, search_epochs=1,
            one_schedule=True),
+    Method("ours_latency_bs1", "dnas_prune defaults with a latency budget (--target-latency T --latency-batch-size 1): "
+           "T is a fraction of the dense model's latency at batch 1, measured on this machine with the threads the run "
+           "has; gates ranked per MACs (--rank-cost auto)", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1},
+           search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64", "as ours_latency_bs1, at batch 64 (--latency-batch-size 64)", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64},
+           search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs1_rankbudget", "as ours_latency_bs1 with gates ranked per unit of latency (--rank-cost "
+           "budget), the first latency search", "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency",
+                                                         "latency_batch_size": 1, "rank_cost": "budget"},
+           search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_rankbudget", "as ours_latency_bs64 with gates ranked per unit of latency (--rank-cost "
+           "budget)", "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
+                               "rank_cost": "budget"},
+           search_epochs=1, one_schedule=True),
     Method("ours_1sched_taylor_l1order", "as the defaults (Taylor prior, one lr schedule, filter-norm channel order) "
            "with --search-epochs of search instead of one", "ours", {"prior": "taylor", "channel_order": "l1"},
            one_schedule=True),
@@ -175,6 +203,8 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
     method = METHODS[name]
     dense_macs = count_cost(dense, input_size).macs
     target_macs = int(target * dense_macs)
+    if method.kind != "ours" and method.metric != "macs":
+        raise ValueError(f"{name}: peers prune to a MACs target only")
     if method.kind == "ours":
         search_epochs = method.search_epochs or args.search_epochs
         config = method.search_config(target)
@@ -192,6 +222,8 @@ def prune(name: str, dense: nn.Module, data: CifarData, target: float, args: arg
                 "max_rel_deviation_after_warmup": summary["steering"]["max_rel_deviation_after_warmup"],
                 "projection_moved": summary["projection"]["moved"],
                 "pre_finetune_test_acc": summary["accuracy"]["test"]}
+        if summary["projection"].get("measured"):  # a latency budget: each landing try's predicted and measured ratio
+            info["latency_landing"] = summary["projection"]["measured"]
         return model, info, search_epochs
     if method.kind == "uniform":
         model, _, info = bisect_ratio(lambda r: uniform_l1(dense, r), target_macs, input_size)
@@ -238,7 +270,8 @@ def run_row(name: str, target: float, dense: nn.Module, data: CifarData, args: a
                                 row_dir / "finetune", data_root=args.data, resume=True, teacher=teacher_of(dense, args))
     cost, dense_cost = count_cost(trainer.model.eval(), input_size), count_cost(dense, input_size)
     return {
-        "method": name, "label": METHODS[name].label, "target_macs": target, "status": "done",
+        "method": name, "label": METHODS[name].label, "target": target, "target_metric": METHODS[name].metric,
+        **({"target_macs": target} if METHODS[name].metric == "macs" else {}), "status": "done",
         "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
         "pre_finetune_test_acc": info.get("pre_finetune_test_acc"),
         "macs": cost.macs, "params": cost.params,
@@ -302,7 +335,8 @@ def markdown(report: dict[str, Any]) -> str:
     for target in report["targets"]:
         table = report["tables"][f"{target:g}"]
         bench = table.get("latency", {}).get("bench", {})
-        lines += [f"## Target {target:g} of dense MACs", "",
+        kinds = " / ".join(dict.fromkeys(METHODS[n].target_label for n in report["methods"] if n in METHODS))
+        lines += [f"## Target {target:g} of dense {kinds}", "",
                   "| method | test acc | before FT | MACs (M) | MACs ratio | params (M) | bs1 ms | bs1 speed-up | "
                   "bs64 ms | bs64 speed-up | notes |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -345,6 +379,9 @@ def _notes(row: dict) -> str:
         parts.append(f"inner ratio {info['ratio']:.3f}")
     if "steps" in info:
         parts.append(f"{info['steps']} TP steps")
+    if info.get("latency_landing"):
+        last = info["latency_landing"][-1]
+        parts.append(f"landed at measured latency {last['measured_ratio']:.3f} of dense (table {last['predicted_ratio']:.3f})")
     if "macs_match" in info and not info["macs_match"]:
         parts.append(f"MACs {info['macs_vs_target']:.3f}x target, NOT within 1 %")
     return ", ".join(parts)

@@ -379,3 +379,28 @@ def test_finalize_round_to_keeps_a_latency_budget_where_it_landed() -> None:
     widths = [w for s in spec_of(rounded)["stages"] for b in s["blocks"] for w in (b["inner"] or [])]
     assert all(w % 8 == 0 for w in widths)
     assert table.predict_ms(spec_of(rounded)) / table.predict_ms(table.dense_spec) == pytest.approx(landed, abs=0.05)
+
+
+def test_a_latency_budget_ranks_gates_per_macs_unless_told() -> None:
+    """rank_cost "auto": a gate's gradient is divided by its marginal MACs under a latency budget (a table's
+    marginal latencies span orders of magnitude and amplified noise), by the budget's own metric otherwise."""
+    from dnas_prune import Pruner, SearchConfig
+    from dnas_prune.errors import DnasPruneError
+
+    def pruner(**target):
+        model = create_model("cifar_resnet20")
+        return Pruner(model, (3, 16, 16), total_steps=10, latency=synthetic_table(spec_of(model), (3, 16, 16)),
+                      **target)
+
+    auto = pruner(target_latency=0.5)
+    assert auto._rank_metric() == "macs"
+    assert pruner(target_latency=0.5, rank_cost="budget")._rank_metric() == "latency"
+    assert pruner(target_params=0.5)._rank_metric() == "params"
+    costs = auto.net.marginal_costs("macs")
+    for name in costs:
+        auto.net.gate(name).logits.grad = torch.ones_like(auto.net.gate(name).logits)
+    auto.normalize_gate_gradients()
+    scaled = {name: float(auto.net.gate(name).logits.grad.flatten()[0]) * costs[name] for name in costs}
+    assert max(scaled.values()) == pytest.approx(min(scaled.values()))  # grad x MACs cost: the same mean for all
+    with pytest.raises(DnasPruneError, match="rank_cost"):
+        SearchConfig(rank_cost="flops")

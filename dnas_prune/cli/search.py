@@ -16,7 +16,7 @@ from ..io.pruned import load_pretrained
 from ..models import MODEL_NAMES, check_model_name, create_model
 from ..search.gate_optimizer import GATE_OPTIMIZERS
 from ..search.gates import GATE_KINDS
-from ..search.pruner import CHANNEL_ORDERS, PRIORS, SearchConfig, budget_fields
+from ..search.pruner import CHANNEL_ORDERS, PRIORS, RANK_COSTS, SearchConfig, budget_fields
 from ..train.recipes import SEARCH_RECIPE, seed_everything
 from .common import add_training_args, load_data, train_config_from
 
@@ -62,6 +62,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--channel-order", choices=CHANNEL_ORDERS, default=SEARCH_DEFAULTS.channel_order,
                    help="which channels of a group stay: l1 = the gates set how many, the filters' L1 norms (at the "
                         "end of warm-up) which; learned = each channel's own gate decides (default: %(default)s)")
+    p.add_argument("--rank-cost", choices=RANK_COSTS, default=SEARCH_DEFAULTS.rank_cost,
+                   help="the cost a gate's importance is taken per (gradient normalization and the Taylor prior): "
+                        "budget = the budget's metric; macs; auto = the budget's, except MACs for a latency budget "
+                        "(default: %(default)s)")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
     p.add_argument("--channels-per-gate", type=int, default=SEARCH_DEFAULTS.channels_per_gate,
                    help="one gate per K channels, so every searched width is a multiple of K (8 or 16 keep pruned "
@@ -83,7 +87,7 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(**target, latency_batch_size=args.latency_batch_size, gate=args.gate, gate_optimizer=args.gate_optimizer,
                         cost_normalized=args.cost_normalized, gate_lr=args.gate_lr, warmup=args.warmup,
                         target_ramp=args.target_ramp, prior_spread=args.prior_spread, prior=args.prior,
-                        channel_order=args.channel_order,
+                        channel_order=args.channel_order, rank_cost=args.rank_cost,
                         round_to=args.round_to, channels_per_gate=args.channels_per_gate, exclude=list(args.exclude),
                         gate_streams=args.gate_streams, block_gates=args.block_gates)
 

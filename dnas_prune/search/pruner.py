@@ -74,6 +74,7 @@ STREAM_GROUPS = ("stem", "*.stream")  # patterns naming every residual-stream gr
 BLOCK_GROUPS = ("layer*.[0-9]", "layer*.[0-9][0-9]")  # patterns naming every block gate (layerS.B, B < 100)
 PRIORS = ("gamma", "taylor")
 CHANNEL_ORDERS = ("l1", "learned")
+RANK_COSTS = ("auto", "budget", "macs")
 
 
 LANDING_TIMINGS = 5  # side-by-side timings per landing try of a latency budget (their median ratio counts)
@@ -99,6 +100,9 @@ class SearchConfig:
     prior_spread: float = 1.0  # logits start at init_logit +- this, ranked by the prior
     prior: str = "taylor"  # "taylor": ranked across groups by saliency per cost at warm-up's end; "gamma": |gamma| rank
     channel_order: str = "l1"  # "l1": the gates set how many channels a group keeps, filter L1 norms which; "learned"
+    # the cost gates are ranked per (gradient normalization, Taylor prior): "budget" = the budget's metric, "macs",
+    # "auto" = the budget's for MACs and params, MACs for latency (see _rank_metric)
+    rank_cost: str = "auto"
     round_to: int | None = None
     channels_per_gate: int = 1  # one gate per K channels: every searched width is a multiple of K
     exclude: list[str] = field(default_factory=list)
@@ -128,6 +132,8 @@ class SearchConfig:
                                  f"(--channels-per-gate) {self.channels_per_gate}; widths move by whole gates")
         if self.prior not in PRIORS:
             raise DnasPruneError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        if self.rank_cost not in RANK_COSTS:
+            raise DnasPruneError(f"rank_cost must be one of {', '.join(RANK_COSTS)}, got {self.rank_cost!r}")
         if self.channel_order not in CHANNEL_ORDERS:
             raise DnasPruneError(f"channel_order (--channel-order) must be one of {', '.join(CHANNEL_ORDERS)}, "
                                  f"got {self.channel_order!r}")
@@ -313,10 +319,20 @@ class Pruner:
             self.trace.append((self.steps_done, self.target, self.hard_ratio))
 
     @torch.no_grad()
+    def _rank_metric(self) -> str:
+        """The cost a gate's importance is divided by. A latency budget ranks per MACs by default: a table's
+        marginal latency per gate spans two orders of magnitude between layers (at batch 1 a late layer's width
+        costs almost nothing), so dividing gradients by it amplified their noise a hundredfold, and the search
+        closed whole stages; ranked per MACs it keeps the MACs search's choices and spends the latency budget."""
+        rank = self.config.rank_cost
+        if rank == "auto":
+            return "macs" if self.config.metric == "latency" else self.config.metric
+        return self.config.metric if rank == "budget" else rank
+
     def normalize_gate_gradients(self) -> None:
         """Scale each gate's gradient by (mean marginal cost) / (its marginal cost): the task loss's gradient then
         ranks gates by importance per unit of cost, the order in which a knapsack would drop them."""
-        costs = self.net.marginal_costs(self.config.metric)
+        costs = self.net.marginal_costs(self._rank_metric())
         sizes = {name: self.net.gate(name).size for name in costs}
         mean = sum(costs[n] * sizes[n] for n in costs) / max(1, sum(sizes.values()))
         floor = 1e-2 * mean  # a group whose every consumer is closed costs ~0; its gradient is ~0 too
@@ -368,7 +384,7 @@ class Pruner:
         starts from a global knapsack order (as a global Taylor pruning would cut) rather than from the same cut
         fraction in every group; block gates keep their logits."""
         self.prior_set = True
-        costs = self.net.marginal_costs(self.config.metric)
+        costs = self.net.marginal_costs(self._rank_metric())
         gated = [n for n, info in self.net.groups.items() if info.gated and info.kind != "block"]
         names = [n for n in gated if n in self.saliency and n in costs]
         if len(names) < len(gated):

@@ -1,0 +1,233 @@
+"""Accuracy at a measured latency: the latency-targeted search against MACs-targeted pruning (issue 28, deliverable 5).
+
+Rows come from ``compare.py`` (same shipped parent, epochs, recipe and seed for every method): the defaults at MACs
+targets, Torch-Pruning and uniform L1 at the same MACs targets, and the latency-targeted search
+(``ours_latency_bs1``/``ours_latency_bs64``) at latency targets. ``--run`` trains the rows that are missing (one
+compare.py call per set, resuming); without it the finished rows in the two out-dirs are used.
+
+Then the dense parent and every finished row are timed in one run, forwards interleaved (``compare_latency``), at
+batch 1 and 64 with ``--threads`` threads (the threads the latency rows' tables were measured with). Each method's
+points (measured latency as a fraction of dense, test accuracy; dense included) form its curve; its accuracy at
+0.5 and 0.25 of dense latency is read off the curve by linear interpolation between its two nearest points (no
+extrapolation: "not reached" when the curve does not get there). Writes OUT.{json,md,png} (default
+experiments/results/latency_MODEL).
+
+    python experiments/latency_benchmark.py --model cifar_resnet20 --run \\
+        --macs-dir runs/cmp_r20_s0 --latency-dir runs/lat_r20_s0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from dnas_prune.device.timing import compare_latency  # noqa: E402
+from dnas_prune.io.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
+from dnas_prune.io.pruned import load_pruned_with_metadata  # noqa: E402
+from dnas_prune.report.report import save_figure  # noqa: E402
+
+import compare  # noqa: E402
+from peers import machine  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT = "ours_1sched_taylor_1search_l1order"  # what `dnas-prune run` does, with a MACs target
+PEERS = ("tp_magnitude", "uniform_l1")
+LATENCY_METHODS = {1: "ours_latency_bs1", 64: "ours_latency_bs64"}
+MATCHED = (0.5, 0.25)
+LABELS = {DEFAULT: "dnas_prune defaults, MACs target", "tp_magnitude": "Torch-Pruning (magnitude), MACs target",
+          "uniform_l1": "uniform L1, MACs target", "ours_latency_bs1": "dnas_prune, latency target at batch 1",
+          "ours_latency_bs64": "dnas_prune, latency target at batch 64"}
+GOAL_OVER_MACS, GOAL_OVER_PEERS = 0.005, 0.01
+
+
+def compare_args(args: argparse.Namespace, out_dir: Path, methods: list[str], targets: list[float]) -> list[str]:
+    return ["--parent", "cifar10", "--model", args.model, "--seed", str(args.seed), "--search-epochs",
+            str(args.search_epochs), "--finetune-epochs", str(args.finetune_epochs), "--out-dir", str(out_dir),
+            "--results", str(out_dir / "compare_report"), "--targets", *map(str, targets), "--methods", *methods]
+
+
+def finished_rows(out_dir: Path, methods: list[str], targets: list[float]) -> dict[str, dict]:
+    rows = {}
+    for method in methods:
+        for target in targets:
+            path = out_dir / "rows" / f"{method}@{target:g}.json"
+            if path.is_file():
+                row = json.loads(path.read_text())
+                if row.get("status") == "done":
+                    rows[f"{method}@{target:g}"] = {**row, "method": method, "target": target}
+    return rows
+
+
+def at_latency(points: list[tuple[float, float]], latency: float) -> float | None:
+    """Accuracy at ``latency`` on the piecewise-linear curve through ``points`` (latency, accuracy), sorted by
+    latency; None outside the curve's range."""
+    points = sorted(points)
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= latency <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (latency - x0) / (x1 - x0)
+    return None
+
+
+def figure(report: dict[str, Any]) -> plt.Figure:
+    fig, axes = plt.subplots(1, len(report["batch_sizes"]), figsize=(6.2 * len(report["batch_sizes"]), 4.8),
+                             squeeze=False)
+    for ax, bs in zip(axes[0], report["batch_sizes"]):
+        curves = report["curves"][str(bs)]
+        for i, (method, points) in enumerate(curves.items()):
+            xs, ys = zip(*sorted((p["latency_ratio"], 100 * p["test_acc"]) for p in points))
+            style = "-o" if method.startswith("ours") else "--s"
+            ax.plot(xs, ys, style, color=f"C{i}", label=report["labels"][method], ms=5)
+        for x in MATCHED:
+            ax.axvline(x, color="0.6", lw=0.8, ls=":")
+        ax.set_title(f"{report['model']}, batch {bs}, {report['threads']} thread(s)")
+        ax.set_xlabel("measured latency, fraction of dense (side by side)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"Accuracy vs measured latency: {report['machine']['cpu']}, {report['epochs']} epochs, seed "
+                 f"{report['seed']}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"# Accuracy at a measured latency: {report['model']}", "",
+        "Issue 28, deliverable 5: the latency-targeted search against the MACs-targeted defaults, Torch-Pruning and "
+        "uniform L1, at the same measured latency.", "",
+        f"- command: `{report['command']}`",
+        f"- machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['logical_cpus']} logical CPUs, torch {m['torch']}; "
+        f"latency timed with {report['threads']} thread(s), fp32, each model in its faster layout",
+        f"- every row: the shipped parent ({report['dense']['test_acc']:.4f} test), {report['epochs']} epochs in all "
+        f"(ours: {report['search_epochs_note']}), seed {report['seed']}, one seed",
+        "- latency: dense and every row timed in one run, forwards interleaved; the fraction is the median over "
+        "rounds of the row's time over dense's in the same round",
+        "- matched latency: each method's accuracy read off its curve (dense and its rows, by measured latency) by "
+        "linear interpolation; \"not reached\": the curve does not get there", "",
+        f"![accuracy vs measured latency]({report['figure']})", "",
+    ]
+    for bs in report["batch_sizes"]:
+        lines += [f"## Batch {bs}", "", "| method | " + " | ".join(f"acc at {x:g} of dense latency" for x in MATCHED)
+                  + " |", "|---|" + "---:|" * len(MATCHED)]
+        for method, values in report["matched"][str(bs)].items():
+            cells = [("not reached" if v is None else f"{100 * v:.2f}") for v in values]
+            lines.append(f"| {report['labels'][method]} | " + " | ".join(cells) + " |")
+        goals = report["goals"][str(bs)]
+        for x, goal in zip(MATCHED, goals):
+            if goal is None:
+                lines.append(f"\nGoal at {x:g}: cannot be judged (a curve does not reach it).")
+            else:
+                lines.append(f"\nGoal at {x:g}: latency-targeted − best MACs-targeted defaults {100 * goal['over_macs']:+.2f} "
+                             f"(goal ≥ +0.5: {'met' if goal['over_macs'] >= GOAL_OVER_MACS else 'not met'}); − best peer "
+                             f"{100 * goal['over_peers']:+.2f} (goal ≥ +1: "
+                             f"{'met' if goal['over_peers'] >= GOAL_OVER_PEERS else 'not met'}).")
+        lines += ["", "| row | target | test acc | MACs ratio | measured latency (fraction of dense) | notes |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for p in sorted((p for points in report["curves"][str(bs)].values() for p in points if p["method"] != "dense"),
+                        key=lambda p: (p["method"], -p["latency_ratio"])):
+            lines.append(f"| {p['method']} | {p['target']:g} {p['target_metric']} | {100 * p['test_acc']:.2f} | "
+                         f"{p['macs_ratio']:.3f} | {p['latency_ratio']:.3f} | {p['notes']} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--search-epochs", type=int, default=2, help="compare.py's (the defaults search 1 of them)")
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--macs-targets", type=float, nargs="+", default=[0.5, 0.2, 0.1])
+    p.add_argument("--latency-targets", type=float, nargs="+", default=[0.5, 0.25])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], choices=sorted(LATENCY_METHODS))
+    p.add_argument("--macs-dir", type=Path, required=True, help="compare.py out-dir of the MACs-targeted rows")
+    p.add_argument("--latency-dir", type=Path, required=True, help="compare.py out-dir of the latency-targeted rows")
+    p.add_argument("--run", action="store_true", help="train missing rows first (compare.py, resuming)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for timing (default 1, as compare.py)")
+    p.add_argument("--seconds", type=float, default=2.0, help="timed loop per model, layout and batch size")
+    p.add_argument("--out", type=Path, help="writes OUT.json, OUT.md, OUT.png (default experiments/results/"
+                                            "latency_MODEL)")
+    args = p.parse_args()
+    out = args.out or RESULTS / f"latency_{args.model}"
+    command = shlex.join(["python", *sys.argv])
+    macs_methods = [DEFAULT, *PEERS]
+    latency_methods = [LATENCY_METHODS[bs] for bs in args.batch_sizes]
+    if args.run:
+        torch.set_num_threads(args.threads)  # the latency rows' tables are measured with the threads timed here
+        compare.main(compare_args(args, args.macs_dir, macs_methods, args.macs_targets))
+        compare.main(compare_args(args, args.latency_dir, latency_methods, args.latency_targets))
+    rows = {**finished_rows(args.macs_dir, macs_methods, args.macs_targets),
+            **finished_rows(args.latency_dir, latency_methods, args.latency_targets)}
+    if not rows:
+        raise SystemExit(f"no finished rows in {args.macs_dir} or {args.latency_dir}: pass --run to train them")
+    dense, _ = compare.load_parent(compare.SHIPPED, args.model, 10)
+    dense_acc = json.loads((args.macs_dir / "dense.json").read_text())["test_acc"]
+    models = {"dense": dense.eval()}
+    for key, row in rows.items():
+        models[key] = load_pruned_with_metadata(row["model_file"])[0].eval()
+    started = time.perf_counter()
+    bench = compare_latency(models, (3, 32, 32), tuple(args.batch_sizes), threads=args.threads,
+                            max_seconds=args.seconds)
+    curves: dict[str, dict[str, list]] = {}
+    matched: dict[str, dict[str, list]] = {}
+    goals: dict[str, list] = {}
+    for bs in args.batch_sizes:
+        methods = [*macs_methods, LATENCY_METHODS[bs]]
+        curves[str(bs)] = {}
+        for method in methods:
+            points = [{"method": "dense", "latency_ratio": 1.0, "test_acc": dense_acc}]
+            for key, row in rows.items():
+                if row["method"] == method:
+                    points.append({"method": method, "target": row["target"],
+                                   "target_metric": row.get("target_metric", "macs"), "test_acc": row["test_acc"],
+                                   "macs_ratio": row["macs_ratio"], "notes": compare._notes(row),
+                                   "latency_ratio": bench["models"][key]["latency"][bs]["paired_ratio"],
+                                   "latency_ms": bench["models"][key]["latency"][bs]["median_ms"]})
+            if len(points) > 1:
+                curves[str(bs)][method] = points
+        matched[str(bs)] = {m: [at_latency([(q["latency_ratio"], q["test_acc"]) for q in pts], x) for x in MATCHED]
+                            for m, pts in curves[str(bs)].items()}
+        goals[str(bs)] = []
+        for i in range(len(MATCHED)):
+            ours = matched[str(bs)].get(LATENCY_METHODS[bs], [None] * len(MATCHED))[i]
+            macs = matched[str(bs)].get(DEFAULT, [None] * len(MATCHED))[i]
+            peers = [matched[str(bs)][m][i] for m in PEERS if m in matched[str(bs)]]
+            if ours is None or macs is None or not peers or any(v is None for v in peers):
+                goals[str(bs)].append(None)
+            else:
+                goals[str(bs)].append({"over_macs": ours - macs, "over_peers": ours - max(peers)})
+    report = {
+        "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+        "model": args.model, "seed": args.seed, "epochs": args.search_epochs + args.finetune_epochs,
+        "search_epochs_note": "1 search epoch + the rest finetuning, one lr schedule",
+        "threads": bench["threads"], "batch_sizes": args.batch_sizes, "timing_seconds": time.perf_counter() - started,
+        "dense": {"test_acc": dense_acc}, "labels": LABELS,
+        "rows": {k: {f: r.get(f) for f in ("method", "target", "target_metric", "test_acc", "macs_ratio", "info",
+                                           "epochs", "seed")} for k, r in rows.items()},
+        "bench": bench, "curves": curves, "matched": matched, "goals": goals, "figure": out.name + ".png",
+        "compare_commands": [shlex.join(["python", "experiments/compare.py", *compare_args(args, d, m, t)])
+                             for d, m, t in ((args.macs_dir, macs_methods, args.macs_targets),
+                                             (args.latency_dir, latency_methods, args.latency_targets))],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(figure(report), out.with_suffix(".png"))
+    atomic_write_text(markdown(report), out.with_suffix(".md"))
+    atomic_write_json(report, out.with_suffix(".json"))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
