@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,10 +45,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT = "ours_1sched_taylor_1search_l1order"  # what `dnas-prune run` does, with a MACs target
 PEERS = ("tp_magnitude", "uniform_l1")
 LATENCY_METHODS = {1: "ours_latency_bs1", 64: "ours_latency_bs64"}
+# shown beside, when their rows exist: the first latency search, gates ranked per unit of latency
+ABLATIONS = {1: "ours_latency_bs1_rankbudget", 64: "ours_latency_bs64_rankbudget"}
 MATCHED = (0.5, 0.25)
 LABELS = {DEFAULT: "dnas_prune defaults, MACs target", "tp_magnitude": "Torch-Pruning (magnitude), MACs target",
           "uniform_l1": "uniform L1, MACs target", "ours_latency_bs1": "dnas_prune, latency target at batch 1",
-          "ours_latency_bs64": "dnas_prune, latency target at batch 64"}
+          "ours_latency_bs64": "dnas_prune, latency target at batch 64",
+          "ours_latency_bs1_rankbudget": "dnas_prune, latency target at batch 1, ranked per latency",
+          "ours_latency_bs64_rankbudget": "dnas_prune, latency target at batch 64, ranked per latency"}
 GOAL_OVER_MACS, GOAL_OVER_PEERS = 0.005, 0.01
 
 
@@ -112,8 +117,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"latency timed with {report['threads']} thread(s), fp32, each model in its faster layout",
         f"- every row: the shipped parent ({report['dense']['test_acc']:.4f} test), {report['epochs']} epochs in all "
         f"(ours: {report['search_epochs_note']}), seed {report['seed']}, one seed",
-        "- latency: dense and every row timed in one run, forwards interleaved; the fraction is the median over "
-        "rounds of the row's time over dense's in the same round",
+        f"- latency: dense and every row timed in one run, forwards interleaved, {report['timings']} times; a row's "
+        "fraction is the median over those timings of the median over rounds of its time over dense's in the same "
+        "round (the table lists each timing's)",
         "- matched latency: each method's accuracy read off its curve (dense and its rows, by measured latency) by "
         "linear interpolation; \"not reached\": the curve does not get there", "",
         f"![accuracy vs measured latency]({report['figure']})", "",
@@ -127,18 +133,20 @@ def markdown(report: dict[str, Any]) -> str:
         goals = report["goals"][str(bs)]
         for x, goal in zip(MATCHED, goals):
             if goal is None:
-                lines.append(f"\nGoal at {x:g}: cannot be judged (a curve does not reach it).")
+                lines.append(f"\nGoal at {x:g}: cannot be judged (the latency-targeted or the MACs-targeted curve does "
+                             "not reach it, or no peer does).")
             else:
                 lines.append(f"\nGoal at {x:g}: latency-targeted − best MACs-targeted defaults {100 * goal['over_macs']:+.2f} "
                              f"(goal ≥ +0.5: {'met' if goal['over_macs'] >= GOAL_OVER_MACS else 'not met'}); − best peer "
-                             f"{100 * goal['over_peers']:+.2f} (goal ≥ +1: "
+                             f"{100 * goal['over_peers']:+.2f}, among the peers that reach it (goal ≥ +1: "
                              f"{'met' if goal['over_peers'] >= GOAL_OVER_PEERS else 'not met'}).")
         lines += ["", "| row | target | test acc | MACs ratio | measured latency (fraction of dense) | notes |",
                   "|---|---:|---:|---:|---:|---|"]
         for p in sorted((p for points in report["curves"][str(bs)].values() for p in points if p["method"] != "dense"),
                         key=lambda p: (p["method"], -p["latency_ratio"])):
             lines.append(f"| {p['method']} | {p['target']:g} {p['target_metric']} | {100 * p['test_acc']:.2f} | "
-                         f"{p['macs_ratio']:.3f} | {p['latency_ratio']:.3f} | {p['notes']} |")
+                         f"{p['macs_ratio']:.3f} | {p['latency_ratio']:.3f} "
+                         f"({', '.join(f'{r:.3f}' for r in p['latency_ratios'])}) | {p['notes']} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -157,17 +165,19 @@ def main() -> int:
     p.add_argument("--run", action="store_true", help="train missing rows first (compare.py, resuming)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for timing (default 1, as compare.py)")
     p.add_argument("--seconds", type=float, default=2.0, help="timed loop per model, layout and batch size")
+    p.add_argument("--timings", type=int, default=3, help="side-by-side timings of all models; each model's latency is "
+                   "the median of its paired ratios over them (default: %(default)s)")
     p.add_argument("--out", type=Path, help="writes OUT.json, OUT.md, OUT.png (default experiments/results/"
                                             "latency_MODEL)")
     args = p.parse_args()
     out = args.out or RESULTS / f"latency_{args.model}"
     command = shlex.join(["python", *sys.argv])
     macs_methods = [DEFAULT, *PEERS]
-    latency_methods = [LATENCY_METHODS[bs] for bs in args.batch_sizes]
+    latency_methods = [LATENCY_METHODS[bs] for bs in args.batch_sizes] + [ABLATIONS[bs] for bs in args.batch_sizes]
     if args.run:
         torch.set_num_threads(args.threads)  # the latency rows' tables are measured with the threads timed here
         compare.main(compare_args(args, args.macs_dir, macs_methods, args.macs_targets))
-        compare.main(compare_args(args, args.latency_dir, latency_methods, args.latency_targets))
+        compare.main(compare_args(args, args.latency_dir, latency_methods[:len(args.batch_sizes)], args.latency_targets))
     rows = {**finished_rows(args.macs_dir, macs_methods, args.macs_targets),
             **finished_rows(args.latency_dir, latency_methods, args.latency_targets)}
     if not rows:
@@ -178,13 +188,16 @@ def main() -> int:
     for key, row in rows.items():
         models[key] = load_pruned_with_metadata(row["model_file"])[0].eval()
     started = time.perf_counter()
-    bench = compare_latency(models, (3, 32, 32), tuple(args.batch_sizes), threads=args.threads,
-                            max_seconds=args.seconds)
+    benches = [compare_latency(models, (3, 32, 32), tuple(args.batch_sizes), threads=args.threads,
+                               max_seconds=args.seconds) for _ in range(args.timings)]
+    bench = benches[0]
+    ratios = {key: {bs: sorted(b["models"][key]["latency"][bs]["paired_ratio"] for b in benches)
+                    for bs in args.batch_sizes} for key in models}
     curves: dict[str, dict[str, list]] = {}
     matched: dict[str, dict[str, list]] = {}
     goals: dict[str, list] = {}
     for bs in args.batch_sizes:
-        methods = [*macs_methods, LATENCY_METHODS[bs]]
+        methods = [*macs_methods, LATENCY_METHODS[bs], ABLATIONS[bs]]
         curves[str(bs)] = {}
         for method in methods:
             points = [{"method": "dense", "latency_ratio": 1.0, "test_acc": dense_acc}]
@@ -193,7 +206,8 @@ def main() -> int:
                     points.append({"method": method, "target": row["target"],
                                    "target_metric": row.get("target_metric", "macs"), "test_acc": row["test_acc"],
                                    "macs_ratio": row["macs_ratio"], "notes": compare._notes(row),
-                                   "latency_ratio": bench["models"][key]["latency"][bs]["paired_ratio"],
+                                   "latency_ratio": statistics.median(ratios[key][bs]),
+                                   "latency_ratios": ratios[key][bs],
                                    "latency_ms": bench["models"][key]["latency"][bs]["median_ms"]})
             if len(points) > 1:
                 curves[str(bs)][method] = points
@@ -203,8 +217,9 @@ def main() -> int:
         for i in range(len(MATCHED)):
             ours = matched[str(bs)].get(LATENCY_METHODS[bs], [None] * len(MATCHED))[i]
             macs = matched[str(bs)].get(DEFAULT, [None] * len(MATCHED))[i]
-            peers = [matched[str(bs)][m][i] for m in PEERS if m in matched[str(bs)]]
-            if ours is None or macs is None or not peers or any(v is None for v in peers):
+            # a peer whose curve does not get that fast is not a rival there: judged against those that do
+            peers = [matched[str(bs)][m][i] for m in PEERS if matched[str(bs)].get(m, [None] * len(MATCHED))[i] is not None]
+            if ours is None or macs is None or not peers:
                 goals[str(bs)].append(None)
             else:
                 goals[str(bs)].append({"over_macs": ours - macs, "over_peers": ours - max(peers)})
@@ -216,7 +231,7 @@ def main() -> int:
         "dense": {"test_acc": dense_acc}, "labels": LABELS,
         "rows": {k: {f: r.get(f) for f in ("method", "target", "target_metric", "test_acc", "macs_ratio", "info",
                                            "epochs", "seed")} for k, r in rows.items()},
-        "bench": bench, "curves": curves, "matched": matched, "goals": goals, "figure": out.name + ".png",
+        "bench": bench, "timings": args.timings, "curves": curves, "matched": matched, "goals": goals, "figure": out.name + ".png",
         "compare_commands": [shlex.join(["python", "experiments/compare.py", *compare_args(args, d, m, t)])
                              for d, m, t in ((args.macs_dir, macs_methods, args.macs_targets),
                                              (args.latency_dir, latency_methods, args.latency_targets))],
