@@ -32,7 +32,7 @@ from .io.checkpoint import atomic_write_text
 from .io.export import FORMATS, SUFFIXES
 from .io.pruned import load_pretrained, load_pruned_with_metadata
 from .models import available_weights, create_model
-from .search.pruner import SearchConfig, budget_fields
+from .search.pruner import BUDGET_FIELDS, SearchConfig, budget_fields
 from .train.cifar import resolve_data_root
 from .train.data import DATA_KINDS, TrainingData, load_dataset
 from .train.imagefolder import IMAGE_SIZE
@@ -50,7 +50,7 @@ def _train_keys(defaults: TrainConfig, without: tuple[str, ...] = ()) -> dict[st
 
 _TRAIN_KEYS = tuple(_train_keys(TrainConfig()))
 _SEARCH_KEYS = {f.name: getattr(SearchConfig(), f.name) for f in fields(SearchConfig)
-                if f.name not in ("metric", "target", "target_ms")}
+                if f.name not in BUDGET_FIELDS}
 _TARGET_KEYS = {"target_macs": None, "target_params": None, "target_latency": None, "target_latency_ms": None}
 
 # section -> key -> default ("" is the top level). Each training stage defaults to its command's defaults, and

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -19,7 +19,7 @@ from torch import nn
 from .device.timing import latency_progress
 from .errors import DnasPruneError
 from .finalize import final_decisions, finalize as finalize_net
-from .io.checkpoint import atomic_write_json
+from .io.checkpoint import atomic_write_json, safe_load
 from .io.export import ExportError, export as export_model, verify_export
 from .io.pruned import default_input_size, load_pruned_with_metadata, save_pruned
 from .models import spec_of
@@ -108,13 +108,16 @@ def search(
     input_size = input_size or data.train.input_size
     teacher = copy.deepcopy(model) if train_config.distill_weight > 0 else None
     steps = train_config.epochs * (len(data.train) // train_config.batch_size)
+    resume = resume and (out / "supernet.pt").is_file()
+    if resume:
+        search_config = _resumed_ms_target(search_config, out / "supernet.pt")
     pruner = Pruner(model, input_size, total_steps=steps, config=search_config)
     net, search_config = pruner.net, pruner.config  # a ms latency target is resolved to a fraction of dense
     metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config)}
     with _monitor(out, tensorboard, pruner) as monitors:
         trainer = Trainer(net, data, train_config, out, callbacks=[SearchHooks(pruner), *callbacks, *monitors],
                           checkpoint_name="supernet.pt", metadata=metadata, teacher=teacher)
-        trainer.fit(resume=resume and (out / "supernet.pt").is_file())
+        trainer.fit(resume=resume)
         summary = _land(trainer, pruner, data, train_config, search_config)
         for monitor in monitors:
             monitor.log_search_summary(summary)
@@ -132,6 +135,17 @@ def search_line(summary: dict) -> str:
     return (f"{final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
             f"{summary['gates']['blocks_open']}/{summary['gates']['blocks_total']} blocks; "
             f"hard-supernet test acc {summary['accuracy']['test']:.4f}")
+
+
+def _resumed_ms_target(config: SearchConfig, checkpoint: Path) -> SearchConfig:
+    """A ms latency target resumes against the dense timing it was resolved with: timing the dense model again
+    would move the fraction and break an exact resume."""
+    if config.target_ms is None:
+        return config
+    saved = (safe_load(checkpoint, "a dnas_prune search checkpoint").get("metadata") or {}).get("search") or {}
+    if saved.get("target_ms") != config.target_ms or not saved.get("target_ms_dense"):
+        return config
+    return replace(config, target_ms_dense=float(saved["target_ms_dense"]))
 
 
 def _land(trainer: Trainer, pruner: Pruner, data: TrainingData, train_config: TrainConfig,

@@ -122,6 +122,13 @@ METHODS = _methods(
            "budget)", "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
                                "rank_cost": "budget"},
            search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs1_streams", "as ours_latency_bs1 with the residual streams gated too (--gate-streams): "
+           "the stem, projection and every branch's last BN lose channels, as Torch-Pruning's do", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
+            "gate_streams": True}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_streams", "as ours_latency_bs64 with the residual streams gated too (--gate-streams)",
+           "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
+                    "gate_streams": True}, search_epochs=1, one_schedule=True),
     Method("ours_1sched_taylor_l1order", "as the defaults (Taylor prior, one lr schedule, filter-norm channel order) "
            "with --search-epochs of search instead of one", "ours", {"prior": "taylor", "channel_order": "l1"},
            one_schedule=True),

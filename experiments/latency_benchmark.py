@@ -45,14 +45,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT = "ours_1sched_taylor_1search_l1order"  # what `dnas-prune run` does, with a MACs target
 PEERS = ("tp_magnitude", "uniform_l1")
 LATENCY_METHODS = {1: "ours_latency_bs1", 64: "ours_latency_bs64"}
-# shown beside, when their rows exist: the first latency search, gates ranked per unit of latency
-ABLATIONS = {1: "ours_latency_bs1_rankbudget", 64: "ours_latency_bs64_rankbudget"}
+# shown beside, when their rows exist: the first latency search (gates ranked per unit of latency), and the
+# latency search that prunes the residual streams too
+VARIANTS = {bs: [f"ours_latency_bs{bs}_rankbudget", f"ours_latency_bs{bs}_streams"] for bs in LATENCY_METHODS}
 MATCHED = (0.5, 0.25)
 LABELS = {DEFAULT: "dnas_prune defaults, MACs target", "tp_magnitude": "Torch-Pruning (magnitude), MACs target",
           "uniform_l1": "uniform L1, MACs target", "ours_latency_bs1": "dnas_prune, latency target at batch 1",
           "ours_latency_bs64": "dnas_prune, latency target at batch 64",
           "ours_latency_bs1_rankbudget": "dnas_prune, latency target at batch 1, ranked per latency",
-          "ours_latency_bs64_rankbudget": "dnas_prune, latency target at batch 64, ranked per latency"}
+          "ours_latency_bs64_rankbudget": "dnas_prune, latency target at batch 64, ranked per latency",
+          "ours_latency_bs1_streams": "dnas_prune, latency target at batch 1, streams gated too",
+          "ours_latency_bs64_streams": "dnas_prune, latency target at batch 64, streams gated too"}
 GOAL_OVER_MACS, GOAL_OVER_PEERS = 0.005, 0.01
 
 
@@ -173,7 +176,8 @@ def main() -> int:
     out = args.out or RESULTS / f"latency_{args.model}"
     command = shlex.join(["python", *sys.argv])
     macs_methods = [DEFAULT, *PEERS]
-    latency_methods = [LATENCY_METHODS[bs] for bs in args.batch_sizes] + [ABLATIONS[bs] for bs in args.batch_sizes]
+    latency_methods = [LATENCY_METHODS[bs] for bs in args.batch_sizes] + [v for bs in args.batch_sizes
+                                                                          for v in VARIANTS[bs]]
     if args.run:
         torch.set_num_threads(args.threads)  # the latency rows' tables are measured with the threads timed here
         compare.main(compare_args(args, args.macs_dir, macs_methods, args.macs_targets))
@@ -197,7 +201,7 @@ def main() -> int:
     matched: dict[str, dict[str, list]] = {}
     goals: dict[str, list] = {}
     for bs in args.batch_sizes:
-        methods = [*macs_methods, LATENCY_METHODS[bs], ABLATIONS[bs]]
+        methods = [*macs_methods, LATENCY_METHODS[bs], *VARIANTS[bs]]
         curves[str(bs)] = {}
         for method in methods:
             points = [{"method": "dense", "latency_ratio": 1.0, "test_acc": dense_acc}]

@@ -212,6 +212,18 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert json.loads(path.read_text())["format"] == latency.TABLE_FORMAT
 
 
+def test_the_parent_module_finds_the_table_built_for_its_registry_name() -> None:
+    """A search hands the table lookup its parent module; `dnas-prune latency-table --model NAME` built the table
+    under the registry name. Both must be one cache entry, or the search measures a second table."""
+    kw = dict(threads=1, memory_format="nchw")
+    by_name = table_settings("cifar_resnet20", 64, **kw)
+    assert table_settings(create_model("cifar_resnet20"), 64, **kw) == by_name
+    assert table_settings(spec_of(create_model("cifar_resnet20")), 64, **kw) == by_name
+    assert latency.cache_path(by_name).name.startswith("cifar_resnet20-bs64-")
+    assert table_settings(create_model("cifar_resnet20", num_classes=100), 64, **kw)["model"] == "CifarResNet"
+    assert table_settings(TINY, 1, input_size=(3, 8, 8), **kw)["model"] == "spec"
+
+
 def test_a_drifting_machine_does_not_enter_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake forwards cost their module's size times the machine's speed, which halves and recovers every 50
     forwards (no clock): every cell, timed beside the reference, keeps the same ms per unit of work, and the
@@ -355,6 +367,32 @@ def test_latency_ms_target_is_the_measured_dense_fraction() -> None:
     assert device(model)["median_ms"] == pytest.approx(0.6 * dense_ms, rel=pruner.config.latency_tolerance)
     with pytest.raises(latency.DnasPruneError, match="already runs in"):
         latency_search({"target_latency_ms": 2 * dense_ms}, steps=2)
+
+
+def test_resumed_ms_target_keeps_the_dense_timing_it_was_resolved_with(tmp_path: Path) -> None:
+    """Resuming a --target-latency-ms search must not time the dense model again: a new timing would move the
+    target fraction and the resumed run would no longer continue the saved one exactly."""
+    from dnas_prune import Pruner, stages
+    from dnas_prune.io.checkpoint import atomic_torch_save
+    from dnas_prune.search.pruner import SearchConfig
+
+    config = SearchConfig(metric="latency", target=1.0, target_ms=1.5)
+    checkpoint = tmp_path / "supernet.pt"
+    atomic_torch_save({"metadata": {"search": {"target_ms": 1.5, "target_ms_dense": 3.0, "target": 0.5}}}, checkpoint)
+    resumed = stages._resumed_ms_target(config, checkpoint)
+    assert resumed.target_ms_dense == 3.0
+    atomic_torch_save({"metadata": {"search": {"target_ms": 2.0, "target_ms_dense": 3.0}}}, checkpoint)
+    assert stages._resumed_ms_target(config, checkpoint).target_ms_dense is None  # another target: time anew
+
+    model = create_model("cifar_resnet20")
+    table = synthetic_table(spec_of(model), (3, 16, 16))
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the dense model was timed again")
+
+    table.measure = no_timing  # type: ignore[method-assign]
+    pruner = Pruner(model, (3, 16, 16), total_steps=10, latency=table, config=resumed)
+    assert pruner.config.target == pytest.approx(0.5) and pruner.config.target_ms_dense == 3.0
 
 
 @pytest.mark.parametrize("targets, needle", [

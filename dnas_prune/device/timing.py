@@ -208,6 +208,7 @@ def compare_latency(
                     "dtype": str(dtype).removeprefix("torch."),
                     # per round, over the first model's: a drift of the machine between rounds falls on both
                     "paired_ratio": paired_ratio(chosen[name], chosen[names[0]]),
+                    "layout_ms": {r.memory_format: r.median() * 1e3 for r in runners[name]},
                 }
     if with_cost:
         result["ratios"] = _ratios(result, names, batch_sizes)

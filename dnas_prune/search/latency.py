@@ -63,6 +63,7 @@ no GPU. The CPU path times through :func:`dnas_prune.device.timing.measure_laten
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -819,15 +820,25 @@ def device_name(device: str) -> str:
     return f"cpu:{model}:{torch.backends.cpu.get_cpu_capability()}"
 
 
+@functools.lru_cache(maxsize=None)
+def _registry_spec(name: str) -> str:
+    with torch.device("meta"):
+        return json.dumps(spec_of(create_model(name)), sort_keys=True)
+
+
 def _resolve_model(model: str | Spec | nn.Module) -> tuple[str, Spec]:
+    """(name, spec). A module or spec that is a registry model's gets that model's name, so that a search on the
+    parent finds the table ``dnas-prune latency-table --model NAME`` built (the name is part of the cache key)."""
     if isinstance(model, str):
         if model not in MODEL_NAMES:
             raise DnasPruneError(f"unknown model {model!r}; known models: {', '.join(MODEL_NAMES)}")
-        with torch.device("meta"):
-            return model, spec_of(create_model(model))
-    if isinstance(model, nn.Module):
-        return type(model).__name__, spec_of(model)
-    return "spec", validate_spec(copy.deepcopy(model))
+        return model, json.loads(_registry_spec(model))
+    spec = spec_of(model) if isinstance(model, nn.Module) else validate_spec(copy.deepcopy(model))
+    key = json.dumps(spec, sort_keys=True)
+    for name in MODEL_NAMES:
+        if _registry_spec(name) == key:
+            return name, spec
+    return (type(model).__name__ if isinstance(model, nn.Module) else "spec"), spec
 
 
 def table_settings(model: str | Spec | nn.Module, batch_size: int = 1, *, input_size: Sequence[int] | None = None,
@@ -896,11 +907,9 @@ def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
 
 def _layout_trial(dense: nn.Module, settings: dict[str, Any], timing: Timing) -> dict[str, float]:
     """{layout: median ms} of the dense model in each layout, timed interleaved (so drift does not pick it)."""
-    with using_threads(settings["threads"]), torch.inference_mode():
-        runners = {fmt: Runner(dense, settings["input_size"], settings["batch_size"], fmt, DTYPES[settings["dtype"]])
-                   for fmt in MEMORY_FORMATS}
-        time_interleaved(list(runners.values()), timing.model_warmup, timing.model_repeats, timing.model_seconds / 2)
-    return {fmt: r.median() * 1e3 for fmt, r in runners.items()}
+    return measure_latency(dense, settings["input_size"], settings["batch_size"], threads=settings["threads"],
+                           dtype=DTYPES[settings["dtype"]], memory_format="auto", warmup=timing.model_warmup,
+                           repeats=timing.model_repeats, max_seconds=timing.model_seconds / 2)["layout_ms"]
 
 
 def _reference_runner(plan: dict[str, dict[str, Any]], settings: dict[str, Any], memory_format: str) -> Runner:

@@ -75,6 +75,8 @@ BLOCK_GROUPS = ("layer*.[0-9]", "layer*.[0-9][0-9]")  # patterns naming every bl
 PRIORS = ("gamma", "taylor")
 CHANNEL_ORDERS = ("l1", "learned")
 RANK_COSTS = ("auto", "budget", "macs")
+# SearchConfig fields that one of the target_* keys sets (budget_fields), not knobs of their own
+BUDGET_FIELDS = ("metric", "target", "target_ms", "target_ms_dense")
 
 
 LANDING_TIMINGS = 5  # side-by-side timings per landing try of a latency budget (their median ratio counts)
@@ -87,6 +89,8 @@ class SearchConfig:
     metric: str = "macs"  # "macs" | "params" | "latency" (measured on this device, see search/latency.py)
     target: float = 0.5  # a fraction of the dense model's metric
     target_ms: float | None = None  # metric "latency": a target in ms per batch instead (sets target when resolved)
+    # the dense model's ms that target_ms was resolved against, set then; a resumed search keeps it (no re-timing)
+    target_ms_dense: float | None = None
     latency_batch_size: int = 1  # metric "latency": the batch size the latency is measured and budgeted at
     latency_tolerance: float = 0.05  # metric "latency": the measured landing stops within this of the target
     gate: str = "sigmoid"
@@ -444,12 +448,12 @@ class Pruner:
             self.config = cfg = replace(cfg, latency_batch_size=table.batch_size)
         self.net.latency = table.for_supernet(self.net)
         if cfg.target_ms is not None:
-            dense_ms = table.measure(table.dense_spec)["median_ms"]
+            dense_ms = cfg.target_ms_dense or table.measure(table.dense_spec)["median_ms"]
             if cfg.target_ms >= dense_ms:
                 raise DnasPruneError(f"the dense model already runs in {dense_ms:.3g} ms per batch of "
                                      f"{table.batch_size} here, within --target-latency-ms {cfg.target_ms:g}; "
                                      "choose a smaller target")
-            self.config = cfg = replace(cfg, target=cfg.target_ms / dense_ms)
+            self.config = cfg = replace(cfg, target=cfg.target_ms / dense_ms, target_ms_dense=dense_ms)
         check_target("latency", cfg.target)
 
     def _land_on_measured_latency(self) -> list[dict[str, float]]:
