@@ -256,6 +256,37 @@ def test_a_drifting_machine_does_not_enter_the_table(tmp_path: Path, monkeypatch
         assert point["ratio"] == pytest.approx(size / dense_work)
 
 
+def test_a_cell_timed_in_a_slow_spell_is_timed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One cell's first timing runs 3x slow (a busy spell the reference did not feel): the table keeps its
+    re-timing, so every cell keeps the same ms per unit of work."""
+    from dnas_prune.device import timing as timing_module
+    spiked: set[int] = set()
+
+    def work(runner) -> float:
+        return 1e-6 * (1 + sum(p.numel() for p in runner.model.parameters()))
+
+    def once(self) -> float:
+        conv = getattr(self.model, "conv", None)
+        first = conv is not None and conv.in_channels == 4 and conv.out_channels == 8 and not spiked - {id(self)}
+        if first:
+            spiked.add(id(self))
+        return work(self) * (3.0 if first else 1.0)
+
+    monkeypatch.setattr(timing_module.Runner, "once", once)
+    steady = Timing(cell_warmup=1, cell_repeats=9, cell_seconds=10.0, model_warmup=1, model_repeats=9,
+                    model_seconds=10.0)
+    table = latency.build_table(table_settings(TINY, 1, input_size=(3, 8, 8), threads=1, memory_format="nchw",
+                                               channel_step=4, points=2), steady, progress=False)
+    assert len(spiked) == 1 and table.info["cells"]["retimed"] >= 1
+    per_work = [float(layer.ms[i, j]) / (1e-6 * (1 + sum(p.numel() for p in latency._cell_module(
+        layer.unit, int(cin), int(cout), 1)[0].parameters())))
+        for layer in table.layers.values() for i, cin in enumerate(layer.in_axis.tolist())
+        for j, cout in enumerate(layer.out_axis.tolist())]
+    assert max(per_work) / min(per_work) == pytest.approx(1.0)
+    assert latency._outlier_cells([[1.0, 1.2], [1.3, 5.0]]) == [(1, 1)]
+    assert latency._outlier_cells([[1.0, 2.0], [2.0, 2.6]]) == []  # grows with the widths: not an outlier
+
+
 def test_predict_refuses_another_family() -> None:
     table = synthetic_table(TINY, (3, 8, 8))
     with pytest.raises(latency.DnasPruneError, match="layer shapes"):
