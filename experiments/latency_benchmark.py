@@ -192,6 +192,12 @@ def summary_markdown(results: Path = RESULTS) -> str:
                                 "peers"))
         lines += ["", "Goals (≥ +0.5 over the MACs-targeted defaults, ≥ +1 over the peers): " + "; ".join(verdicts) + ".",
                   ""]
+        for bs in b["batch_sizes"]:  # the speed-up goal: batch 1 at 0.2 of dense latency (>= 3.5x on cifar_resnet56)
+            for q in b["curves"][str(bs)].get(LATENCY_METHODS[bs], []):
+                if q.get("target") == 0.2:
+                    lines += [f"Latency target 0.2 at batch {bs}: measured {q['latency_ratio']:.3f} of dense side by "
+                              f"side, a {1 / q['latency_ratio']:.1f}× speed-up, at {100 * q['test_acc']:.2f} % "
+                              f"({q['macs_ratio']:.3f} of the MACs).", ""]
     model_file = results / "latency_model.json"
     if model_file.is_file():
         m = json.loads(model_file.read_text())
