@@ -129,6 +129,10 @@ METHODS = _methods(
     Method("ours_latency_bs64_streams", "as ours_latency_bs64 with the residual streams gated too (--gate-streams)",
            "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
                     "gate_streams": True}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_stream1", "as ours_latency_bs64 with the first stage's residual stream gated too (the "
+           "stem and layer1's block outputs, the widest activations; the later streams stay whole)", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
+            "gate_streams": True, "exclude": ["layer[2-9].stream"]}, search_epochs=1, one_schedule=True),
     Method("ours_1sched_taylor_l1order", "as the defaults (Taylor prior, one lr schedule, filter-norm channel order) "
            "with --search-epochs of search instead of one", "ours", {"prior": "taylor", "channel_order": "l1"},
            one_schedule=True),

@@ -319,3 +319,35 @@ def test_taylor_prior_needs_a_warm_up() -> None:
         SearchConfig(channel_order="gamma")
     with pytest.raises(DnasPruneError, match="--prior gamma with --gate hard_concrete"):
         SearchConfig(gate="hard_concrete")
+
+
+@pytest.mark.parametrize("prior", ["gamma", "taylor"])
+def test_a_gated_stream_never_closes_whole_during_the_search(prior) -> None:
+    """The offset may close every gate of a group; a stream closed whole would leave the network at chance, so
+    its strongest gate is pinned open once the prior is set."""
+    import torch.nn.functional as F
+    from dnas_prune.search.pruner import Pruner
+
+    torch.manual_seed(0)
+    pruner = Pruner(create_model("cifar_resnet20"), (3, 32, 32), total_steps=6, target_macs=0.1, gate_streams=True,
+                    prior=prior, warmup=0.2, target_ramp=0.3, gate_lr=1e-9)
+    net = pruner.net
+    streams = [n for n, info in net.groups.items() if info.gated and info.kind == "stream"]
+    assert streams
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+
+    def train_step() -> None:
+        F.cross_entropy(net(x), y).backward()
+        pruner.step()
+        net.zero_grad(set_to_none=True)
+
+    for _ in range(5):
+        train_step()
+    assert pruner.prior_set
+    with torch.no_grad():
+        for n in streams:  # every stream gate now ranks below every other gate
+            net.gate(n).logits.fill_(-50.0)
+    train_step()
+    for n in streams:
+        open_now = int(net.gate(n).hard_open().sum())
+        assert open_now == 1, (n, open_now)

@@ -63,8 +63,8 @@ from torch import nn
 
 from ..errors import DnasPruneError
 from ..models import spec_of
-from .budget import (budget_state, check_feasible, check_target, cost_floor, cost_ratios, project_to_budget,
-                     solve_offset)
+from .budget import (budget_state, channel_step, check_feasible, check_target, cost_floor, cost_ratios,
+                     project_to_budget, solve_offset)
 from .fold import fold
 from .latency import LatencyTable, latency_table
 from .gate_optimizer import make_gate_optimizer
@@ -277,6 +277,8 @@ class Pruner:
         self.channel_order: dict[str, torch.Tensor] = {}  # channel_order "l1": gate indices by ascending filter norm
         if self.prior_set and cfg.channel_order == "l1" and not isinstance(model, Supernet):
             self._fix_channel_order()
+        if self.prior_set and not isinstance(model, Supernet):
+            self._keep_streams_open()
         self.net.train()
         self._prepare()
 
@@ -409,6 +411,24 @@ class Pruner:
         self.saliency = {}
         if self.config.channel_order == "l1":
             self._fix_channel_order()
+        self._keep_streams_open()
+
+    @torch.no_grad()
+    def _keep_streams_open(self) -> None:
+        """Pin open the strongest gates of every gated stream, as many as its narrowest width (one channel, or
+        one ``round_to`` step): a stream closed whole cuts the network in two. The offset alone can close every
+        gate of a group, which for a block's inner group only removes the block; a search that closed a stream
+        trained at chance until the projection, which keeps that width, put one channel back."""
+        for name, info in self.net.groups.items():
+            if not info.gated or info.kind != "stream":
+                continue
+            gate = self.net.gate(name)
+            keep = math.ceil(min(info.size, channel_step(self.net, name, self.config.round_to))
+                             / self.net.channels_per_gate_of(name))
+            order = self.channel_order.get(name)  # ascending filter norm; else by the prior's logits
+            if order is None:
+                order = torch.argsort(gate.logits.detach().flatten().cpu(), stable=True)
+            gate.forced.view(-1)[order[-keep:].to(gate.forced.device)] = 1
 
     @torch.no_grad()
     def _fix_channel_order(self) -> None:
