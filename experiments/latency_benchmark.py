@@ -199,10 +199,13 @@ def summary_markdown(results: Path = RESULTS) -> str:
                     lines += [f"Latency target 0.2 at batch {bs}: measured {q['latency_ratio']:.3f} of dense side by "
                               f"side, a {1 / q['latency_ratio']:.1f}× speed-up, at {100 * q['test_acc']:.2f} % "
                               f"({q['macs_ratio']:.3f} of the MACs).", ""]
-    model_file = results / "latency_model.json"
-    if model_file.is_file():
+    model_files = sorted(results.glob("latency_model*.json"))  # latency_model, latency_model_step1 (off the grid)
+    if model_files:
+        lines += ["## The latency model against measurements (deliverable 3)", ""]
+    for model_file in model_files:
         m = json.loads(model_file.read_text())
-        lines += ["## The latency model against measurements (deliverable 3): [latency_model.md](latency_model.md)", "",
+        lines += [f"### [{model_file.stem}.md]({model_file.stem}.md): architectures in steps of {m['arch_step']} "
+                  f"channels (table grid step {m['channel_step']})", "",
                   f"{m['date']}, {_cpu(m['machine'])}, {m['archs']} random finalized architectures per row; goal: "
                   f"median ≤ {100 * m['goal']['median']:g} %, p90 ≤ {100 * m['goal']['p90']:g} %.", "",
                   "| model | batch | error relative to dense, median / p90 | error in ms, median / p90 |",
@@ -211,7 +214,7 @@ def summary_markdown(results: Path = RESULTS) -> str:
             lines.append(f"| {r['model']} | {r['batch_size']} | {100 * r['median_ratio_error']:.1f} / "
                          f"{100 * r['p90_ratio_error']:.1f} % | {100 * r['median_rel_error']:.1f} / "
                          f"{100 * r['p90_rel_error']:.1f} % |")
-        lines += ["", "![predicted vs measured](latency_model.png)", ""]
+        lines += ["", f"![predicted vs measured]({m.get('figure', 'latency_model.png')})", ""]
     landings = sorted(results.glob("latency_budget*.json"))
     if landings:
         lines += ["## Landing on the target (deliverable 4, acceptance 1)", "",
