@@ -185,7 +185,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['noisy_measurements']}/{len(r['archs'])} |")
     lines += [
         "",
-        "![predicted vs measured latency](latency_model.png)",
+        f"![predicted vs measured latency]({report.get('figure', 'latency_model.png')})",
         "",
         "Each architecture is a random finalized spec of the dense model: an overall keep level uniform in",
         "[0.15, 1], every stream and inner width that level times its full width jittered by x[0.6, 1.4] and",
@@ -222,7 +222,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed forwards per architecture (default: %(default)s)")
     parser.add_argument("--max-seconds", type=float, default=2.0,
                         help="cap on the timed loop per architecture (default: %(default)s)")
-    parser.add_argument("--reuse-tables", action="store_true", help="use cached tables instead of measuring afresh")
+    parser.add_argument("--reuse-tables", action="store_true", help="use cached tables (still checked against the "
+                        "device, and measured again if they no longer match) instead of measuring afresh")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -249,15 +250,19 @@ def main() -> None:
         "results": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    # off the table's grid (architectures in steps of 1 channel, as the default search's widths), a page of its own
+    stem = "latency_model" + ("" if report["arch_step"] == args.channel_step else f"_step{report['arch_step']}")
+    report["figure"] = f"{stem}.png"
     save_figure(figure(results, f"Latency table vs measurement: {report['machine']['cpu'].get('model', 'CPU')}, "
-                                f"threads: {threads}, {args.precision}"), args.out / "latency_model.png")
-    atomic_write_text(markdown(report), args.out / "latency_model.md")
-    atomic_write_json(report, args.out / "latency_model.json")  # last: it marks a complete run
+                                f"threads: {threads}, {args.precision}, architectures in steps of "
+                                f"{report['arch_step']} channels"), args.out / report["figure"])
+    atomic_write_text(markdown(report), args.out / f"{stem}.md")
+    atomic_write_json(report, args.out / f"{stem}.json")  # last: it marks a complete run
     for r in results:
         print(f"{r['model']} bs {r['batch_size']}: relative to dense, median error {r['median_ratio_error']:.1%}, "
               f"p90 {r['p90_ratio_error']:.1%}; in ms {r['median_rel_error']:.1%}, {r['p90_rel_error']:.1%} "
               f"over {len(r['archs'])} architectures")
-    print(f"wrote {args.out / 'latency_model.md'}")
+    print(f"wrote {args.out / (stem + '.md')}")
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ def test_fit_recovers_constant_and_scale() -> None:
 
 def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kw = dict(input_size=(3, 8, 8), threads=1, memory_format="nchw", channel_step=4, points=2, progress=False,
-              directory=tmp_path, timing=FAST)
+              directory=tmp_path, timing=FAST, check=False)  # the check against the device: the test below
     built = latency_table(TINY, 1, **kw)
     path = built.path
     assert path is not None and path.parent == tmp_path and path.is_file()
@@ -210,6 +210,33 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     path.write_text("{not json")  # a damaged entry is measured again, not trusted
     assert latency_table(TINY, 1, **kw).to_dict()["layers"].keys() == built.to_dict()["layers"].keys()
     assert json.loads(path.read_text())["format"] == latency.TABLE_FORMAT
+
+
+@pytest.mark.parametrize("device_reads", [1.0, 1.05, 1.5, 0.7])
+def test_a_cached_table_the_device_no_longer_matches_is_measured_again(tmp_path: Path, device_reads: float,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = dict(input_size=(3, 8, 8), threads=1, memory_format="nchw", channel_step=4, points=2, progress=False,
+              directory=tmp_path, timing=FAST)
+    built = latency_table(TINY, 1, **kw)
+    dense = built.predict_ms(built.dense_spec)
+
+    def device_now(self, models, timing=None, on_each=None):  # the device reads each ratio device_reads x the table's
+        return {"dense_ms": dense, "models": [{"ratio": device_reads * self.predict_ms(m) / dense} for m in models]}
+
+    rebuilt = []
+
+    def build(settings, timing, progress):
+        rebuilt.append(settings)
+        return built
+
+    monkeypatch.setattr(LatencyTable, "measure_beside_dense", device_now)
+    monkeypatch.setattr(latency, "build_table", build)
+    assert latency.stale_error(built, FAST) == pytest.approx(abs(1 / device_reads - 1))
+    latency_table(TINY, 1, **kw)
+    stale = abs(1 / device_reads - 1) > latency.STALE_ERROR
+    assert len(rebuilt) == int(stale)
+    latency_table(TINY, 1, **{**kw, "check": False})  # no check: the cache is trusted as it is
+    assert len(rebuilt) == int(stale)
 
 
 def test_the_parent_module_finds_the_table_built_for_its_registry_name() -> None:
@@ -301,7 +328,7 @@ def test_cli_prints_a_cached_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     table.settings = settings
     table.save(latency.cache_path(settings))
     args = ["latency-table", "--model", "cifar_resnet20", "--batch-size", "4", "--threads", "1",
-            "--memory-format", "nchw", "--no-progress"]
+            "--memory-format", "nchw", "--no-progress", "--no-check"]  # a synthetic table: the device disagrees
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "avgpool+fc/8x8" in out and "constant: +0.1000 ms" in out and str(tmp_path) in out

@@ -31,6 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda timing (synchronize around each forward) is untested (default: %(default)s)")
     p.add_argument("--rebuild", action="store_true", help="measure again even if the table is cached")
+    p.add_argument("--no-check", action="store_true",
+                   help="trust a cached table as it is; by default two shrunk models are timed beside the dense one "
+                        "first, and a table that no longer reads this device's ratios is measured again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while measuring")
     return p
 
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     input_size = None if args.image_size is None else (3, args.image_size, args.image_size)
     table = latency_table(args.model, args.batch_size, input_size=input_size, threads=args.threads,
                           precision=args.precision, memory_format=args.memory_format, device=args.device,
-                          channel_step=args.channel_step, rebuild=args.rebuild, progress=not args.no_progress)
+                          channel_step=args.channel_step, rebuild=args.rebuild, progress=not args.no_progress,
+                          check=not args.no_check)
     print(table.summary())
     return 0

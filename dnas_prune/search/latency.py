@@ -53,7 +53,10 @@ Cache. A table is built once per (parent spec, input size, batch size, threads, 
 torch version, grid step and size) and kept as JSON in ``$DNAS_PRUNE_CACHE`` (else the user cache directory the
 data loader uses), written atomically. ``memory_format="auto"`` is resolved once at build time by timing the
 dense model in both layouts; the table records the layout it measured in and every later measurement
-(:meth:`LatencyTable.measure`) uses it.
+(:meth:`LatencyTable.measure`) uses it. The key names the device, not its state: a shared machine's memory-bound
+layers can slow down for an hour beside the rest, and the ratios a budget reads move with them. So before a new
+search trusts a cached table, two shrunk models are timed beside the dense one (:func:`stale_error`); a table more
+than ``STALE_ERROR`` off their ratios is measured again. A resumed search keeps the table it started with.
 
 CUDA: on a ``cuda`` device every forward is timed between two ``torch.cuda.synchronize()`` calls (wall clock
 of the forward, launch overhead included). This path is written but untested here: the project's machines have
@@ -103,6 +106,9 @@ FIT_SEED = 0
 # a grid cell over OUTLIER_FACTOR times all its neighbours is timed OUTLIER_RETIMES more times, keeping the fastest
 OUTLIER_FACTOR, OUTLIER_RETIMES = 1.4, 2
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# a cached table is checked before it is trusted: shrunk models at these keep levels, timed beside the dense one now,
+# must read their ratios within STALE_ERROR of the table's, or the table is measured again
+STALE_PROBE_LEVELS, STALE_ERROR = (0.3, 0.6), 0.15
 
 
 @dataclass(frozen=True)
@@ -1028,16 +1034,52 @@ def latency_table(model: str | Spec | nn.Module, batch_size: int = 1, *, input_s
                   threads: int | None = None, precision: str = "fp32", memory_format: str = "auto",
                   device: str = "cpu", channel_step: int = DEFAULT_CHANNEL_STEP, points: int = DEFAULT_POINTS,
                   rebuild: bool = False, progress: bool = True, directory: str | os.PathLike | None = None,
-                  timing: Timing = Timing()) -> LatencyTable:
+                  timing: Timing = Timing(), check: bool = True) -> LatencyTable:
     """The latency table of ``model`` (a registry name, a spec or a ResNet: the parent the search starts from),
-    loaded from the cache or built (and cached) when absent, unreadable, of another format or ``rebuild``.
+    loaded from the cache or built (and cached) when absent, unreadable, of another format or ``rebuild``. With
+    ``check``, a cached table is first checked against the device (:func:`stale_error`) and measured again when it
+    no longer matches. A resumed search does not check (:func:`table_for_settings`): it keeps the table it began with.
 
     ``threads`` defaults to torch's current setting and is fixed while measuring; ``precision`` ``auto`` resolves
     as training's does (bf16 where the hardware runs it natively); ``input_size`` defaults to the family's.
     """
     settings = table_settings(model, batch_size, input_size=input_size, threads=threads, precision=precision,
                               memory_format=memory_format, device=device, channel_step=channel_step, points=points)
+    if check and not rebuild:
+        table = cached_table(settings, directory)
+        if table is not None:
+            error = stale_error(table, timing)
+            if error <= STALE_ERROR:
+                return table
+            print(f"the cached latency table {table.path} reads {error:.0%} off this device now (shrunk models timed "
+                  "beside the dense one); measuring it again", flush=True)
+            rebuild = True
     return table_for_settings(settings, rebuild=rebuild, progress=progress, directory=directory, timing=timing)
+
+
+def stale_error(table: LatencyTable, timing: Timing = Timing()) -> float:
+    """How far the device has moved from ``table`` since it was measured, in the terms a latency target reads: the
+    largest relative error of the table's ratio to dense for shrunk models (seeded, STALE_PROBE_LEVELS) timed beside
+    the dense model now. A cache key names the device, not its state: on a shared machine the same CPU ran the dense
+    cifar_resnet20 at batch 64 at very different speeds an hour apart, and its shrunk models' ratios moved with it."""
+    rng = random.Random(f"stale/{FIT_SEED}")
+    probes = [random_spec(table.dense_spec, rng, table.settings["channel_step"], keep=k, remove=0.0)
+              for k in STALE_PROBE_LEVELS]
+    dense = table.predict_ms(table.dense_spec)
+    timed = table.measure_beside_dense(probes, timing)["models"]
+    return max(abs(table.predict_ms(spec) / dense - t["ratio"]) / t["ratio"] for spec, t in zip(probes, timed))
+
+
+def cached_table(settings: dict[str, Any], directory: str | os.PathLike | None = None) -> LatencyTable | None:
+    """The cached table of ``settings``, or None when absent, unreadable or of other settings (another format)."""
+    path = cache_path(settings, directory)
+    if not path.is_file():
+        return None
+    try:
+        table = LatencyTable.load(path)
+    except (DnasPruneError, KeyError, TypeError, ValueError):
+        return None  # a stale or damaged cache entry is rebuilt, never trusted
+    return table if table.settings == settings else None
 
 
 def table_for_settings(settings: dict[str, Any], *, rebuild: bool = False, progress: bool = True,
@@ -1045,13 +1087,9 @@ def table_for_settings(settings: dict[str, Any], *, rebuild: bool = False, progr
     """The table of ``settings`` (as :func:`table_settings` gives and ``table.settings`` keeps): from the cache, or
     measured now. How a search checkpoint finds its latency model again."""
     path = cache_path(settings, directory)
-    if not rebuild and path.is_file():
-        try:
-            table = LatencyTable.load(path)
-            if table.settings == settings:
-                return table
-        except (DnasPruneError, KeyError, TypeError, ValueError):
-            pass  # a stale or damaged cache entry is rebuilt, never trusted
+    table = None if rebuild else cached_table(settings, directory)
+    if table is not None:
+        return table
     table = build_table(settings, timing, progress)
     try:
         table.save(path)
