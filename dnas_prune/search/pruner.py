@@ -462,8 +462,16 @@ class Pruner:
         """The latency model the budget is counted in: ``table`` or this device's, measured once and cached
         (search/latency.py); a ms target becomes a fraction of the dense model, timed now."""
         cfg = self.config
-        if table is None:
-            table = latency_table(self.net.model, cfg.latency_batch_size, input_size=self.net.input_size)
+        if table is None:  # with several processes rank 0 measures (or checks) the table, the others read its cache
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            leader = not distributed or torch.distributed.get_rank() == 0
+            if leader:
+                table = latency_table(self.net.model, cfg.latency_batch_size, input_size=self.net.input_size)
+            if distributed:
+                torch.distributed.barrier()
+            if not leader:
+                table = latency_table(self.net.model, cfg.latency_batch_size, input_size=self.net.input_size,
+                                      check=False)
         elif table.batch_size != cfg.latency_batch_size:
             self.config = cfg = replace(cfg, latency_batch_size=table.batch_size)
         self.net.latency = table.for_supernet(self.net)
