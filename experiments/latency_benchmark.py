@@ -178,7 +178,11 @@ def summary_markdown(results: Path = RESULTS) -> str:
     for name, b in benches:
         lines += [f"### {b['model']}, seed {b['seed']}: [{name}.md]({name}.md)", "",
                   f"{b['date']}, {_cpu(b['machine'])}, {b['threads']} thread(s), {b['epochs']} epochs, seed "
-                  f"{b['seed']}, shipped parent {100 * b['dense']['test_acc']:.2f} %.", "", f"![{name}]({b['figure']})", "",
+                  f"{b['seed']}, shipped parent {100 * b['dense']['test_acc']:.2f} %; the dense model ran at "
+                  + ", ".join(f"{v['median_ms']:.3g} ms at batch {bs}"
+                              for bs, v in b["bench"]["models"]["dense"]["latency"].items())
+                  + " in the first timing (latency_model*.md record how far this machine's dense ms moved between "
+                  "runs; the batch-64 fractions moved with them).", "", f"![{name}]({b['figure']})", "",
                   "| batch | method | " + " | ".join(f"acc at {x:g} of dense latency" for x in MATCHED) + " |",
                   "|---:|---|" + "---:|" * len(MATCHED)]
         for bs in b["batch_sizes"]:
