@@ -35,10 +35,11 @@ def channel_step(net: Supernet, name: str, round_to: int | None) -> int:
     return min(net.groups[name].size, math.lcm(round_to or 1, net.channels_per_gate_of(name)))
 
 
-def _min_width(size: int, kind: str, step: int) -> int:
-    if kind == "inner":
-        return 0
-    return min(size, step)
+def min_width(net: Supernet, name: str, round_to: int | None) -> int:
+    """The narrowest a gated group may get: an inner group may empty (its block goes), a stream keeps one step
+    (a stream closed whole would cut the network in two)."""
+    info = net.groups[name]
+    return 0 if info.kind == "inner" else channel_step(net, name, round_to)
 
 
 def cost_floor(net: Supernet, metric: str, round_to: int | None = None) -> float:
@@ -48,7 +49,7 @@ def cost_floor(net: Supernet, metric: str, round_to: int | None = None) -> float
     counts = []
     for name in net.channel_groups:
         info = net.groups[name]
-        counts.append(float(_min_width(info.size, info.kind, channel_step(net, name, round_to)) if info.gated
+        counts.append(float(min_width(net, name, round_to) if info.gated
                             else info.size))
     blocks = [0.0 if name in net.groups else 1.0 for name in net.branch_blocks]
     cost = net.metric_from_counts(metric, torch.tensor(counts, dtype=torch.float64),
@@ -203,7 +204,7 @@ def budget_state(
         w = int(hard[name].sum())
         if step > 1 and w % step and w < info.size:
             w = min(info.size, int(round(w / step)) * step)
-        low = _min_width(info.size, info.kind, step)
+        low = min_width(net, name, round_to)
         widths.append(max(w, low)), steps.append(step), lows.append(low)
     alive = decided.blocks
     # An ungated block is never switched off here: it lives exactly while its inner groups are non-empty.

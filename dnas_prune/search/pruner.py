@@ -63,7 +63,7 @@ from torch import nn
 
 from ..errors import DnasPruneError
 from ..models import spec_of
-from .budget import (budget_state, channel_step, check_feasible, check_target, cost_floor, cost_ratios,
+from .budget import (budget_state, check_feasible, check_target, cost_floor, cost_ratios, min_width,
                      project_to_budget, solve_offset)
 from .fold import fold
 from .latency import LatencyTable, latency_table
@@ -423,8 +423,7 @@ class Pruner:
             if not info.gated or info.kind != "stream":
                 continue
             gate = self.net.gate(name)
-            keep = math.ceil(min(info.size, channel_step(self.net, name, self.config.round_to))
-                             / self.net.channels_per_gate_of(name))
+            keep = math.ceil(min_width(self.net, name, self.config.round_to) / self.net.channels_per_gate_of(name))
             order = self.channel_order.get(name)  # ascending filter norm; else by the prior's logits
             if order is None:
                 order = torch.argsort(gate.logits.detach().flatten().cpu(), stable=True)
