@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import DnasPruneError
 from ..models.cost import count_cost
+from .allocator import keep_freed_memory
 from .policy import MEMORY_FORMAT_CHOICES, MEMORY_FORMATS, memory_format_name, using_threads
 
 # p90 over median above this: the timings were disturbed (other work on the machine) and the median is unreliable.
@@ -53,6 +54,7 @@ class Runner:
 
     def __init__(self, model: nn.Module, input_size: Sequence[int], batch_size: int, memory_format: str,
                  dtype: torch.dtype) -> None:
+        keep_freed_memory()  # one allocator state for every timing (see device/allocator.py)
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         fmt = MEMORY_FORMATS[memory_format]

@@ -50,13 +50,15 @@ the prediction is the table's for the finalized model, so the budget's offset so
 is not affected by it.
 
 Cache. A table is built once per (parent spec, input size, batch size, threads, dtype, memory format, device,
-torch version, grid step and size) and kept as JSON in ``$DNAS_PRUNE_CACHE`` (else the user cache directory the
-data loader uses), written atomically. ``memory_format="auto"`` is resolved once at build time by timing the
-dense model in both layouts; the table records the layout it measured in and every later measurement
-(:meth:`LatencyTable.measure`) uses it. The key names the device, not its state: a shared machine's memory-bound
-layers can slow down for an hour beside the rest, and the ratios a budget reads move with them. So before a new
-search trusts a cached table, two shrunk models are timed beside the dense one (:func:`stale_error`); a table more
-than ``STALE_ERROR`` off their ratios is measured again. A resumed search keeps the table it started with.
+torch version, grid step and size, allocator state) and kept as JSON in ``$DNAS_PRUNE_CACHE`` (else the user cache
+directory the data loader uses), written atomically. ``memory_format="auto"`` is resolved once at build time by
+timing the dense model in both layouts; the table records the layout it measured in and every later measurement
+(:meth:`LatencyTable.measure`) uses it. Every timing runs with glibc keeping freed memory
+(:mod:`dnas_prune.device.allocator`): without it, whether a batch-64 forward page-faults its activations afresh
+depends on what the process ran before, and a table measured in one state did not describe the other. The key
+names the device, not its state, so before a new search trusts a cached table, two shrunk models are timed beside
+the dense one (:func:`stale_error`); a table more than ``STALE_ERROR`` off their ratios is measured again. A
+resumed search keeps the table it started with.
 
 CUDA: on a ``cuda`` device every forward is timed between two ``torch.cuda.synchronize()`` calls (wall clock
 of the forward, launch overhead included). This path is written but untested here: the project's machines have
@@ -82,6 +84,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..device.allocator import keep_freed_memory
 from ..device.policy import (MEMORY_FORMAT_CHOICES, MEMORY_FORMATS, PRECISIONS, memory_format_name,
                              resolve_precision, using_threads)
 from ..device.timing import (Runner, compare_latency, measure_latency, noise_warning, paired_ratio,
@@ -886,6 +889,7 @@ def table_settings(model: str | Spec | nn.Module, batch_size: int = 1, *, input_
         "model": name, "spec": spec, "input_size": list(size), "batch_size": batch_size,
         "threads": threads or torch.get_num_threads(), "dtype": dtype, "memory_format": memory_format,
         "device": device_name(device), "torch": str(torch.__version__), "channel_step": channel_step, "points": points,
+        "allocator": keep_freed_memory(),  # tables measured with another allocator state do not describe this one
     }
 
 

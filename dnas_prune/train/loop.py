@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..device.allocator import keep_freed_memory
 from ..device.policy import (MEMORY_FORMAT_CHOICES, PRECISIONS, autocast, choose_memory_format, memory_format_name,
                              resolve_precision)
 from ..errors import CheckpointError, DnasPruneError, TrainingDiverged
@@ -422,6 +423,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Train until ``config.epochs`` epochs are done (continuing from the checkpoint if ``resume``)."""
         cfg = self.config
+        keep_freed_memory()  # steps stop page-faulting their activations afresh (see device/allocator.py)
         if resume:
             self.load_checkpoint(self.checkpoint_path)
         else:
