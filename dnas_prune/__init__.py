@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MODEL_NAMES", "Pruner", "BudgetError", "CheckpointError", "Cost", "DataError", "DnasPruneError",
     "GatingError", "SearchConfig", "SharedScaleAdam", "Supernet", "TrainConfig", "Trainer", "build_model", "compare_latency",
-    "cost_floor", "count_cost", "create_model", "export", "finalize", "fold_gate_into_bn", "keep_freed_memory", "load_pruned",
-    "load_pruned_with_metadata", "load_supernet", "measure_latency", "profile_model", "project_to_budget",
+    "cost_floor", "count_cost", "create_model", "export", "finalize", "fold_gate_into_bn", "keep_freed_memory",
+    "load_pruned", "load_pruned_with_metadata", "load_supernet", "measure_latency", "profile_model", "project_to_budget",
     "refit_bn", "save_pruned", "search", "solve_offset", "spec_of",
 ]
