@@ -32,10 +32,17 @@ def memory_format_name(name: str) -> str:
     return MEMORY_FORMAT_ALIASES.get(name, name)
 
 
+def process_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` of the process group this process has joined, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def init_distributed() -> tuple[int, int]:
     """Join the process group torchrun describes in the environment; ``(rank, world_size)``, else ``(0, 1)``."""
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
+        return process_rank()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
     if torch.cuda.is_available():

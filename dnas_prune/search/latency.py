@@ -1064,8 +1064,8 @@ def latency_table(model: str | Spec | nn.Module, batch_size: int = 1, *, input_s
 def stale_error(table: LatencyTable, timing: Timing = Timing()) -> float:
     """How far the device has moved from ``table`` since it was measured, in the terms a latency target reads: the
     largest relative error of the table's ratio to dense for shrunk models (seeded, STALE_PROBE_LEVELS) timed beside
-    the dense model now. A cache key names the device, not its state: on a shared machine the same CPU ran the dense
-    cifar_resnet20 at batch 64 at very different speeds an hour apart, and its shrunk models' ratios moved with it."""
+    the dense model now. A cache key names the device, not its state: a shared machine's neighbours, clocks or
+    memory bandwidth can change after a table is measured, and the ratios a budget reads move with them."""
     rng = random.Random(f"stale/{FIT_SEED}")
     probes = [random_spec(table.dense_spec, rng, table.settings["channel_step"], keep=k, remove=0.0)
               for k in STALE_PROBE_LEVELS]

@@ -61,6 +61,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator
 import torch
 from torch import nn
 
+from ..device.policy import process_rank
 from ..errors import DnasPruneError
 from ..models import spec_of
 from .budget import (budget_state, check_feasible, check_target, cost_floor, cost_ratios, min_width,
@@ -462,8 +463,8 @@ class Pruner:
         (search/latency.py); a ms target becomes a fraction of the dense model, timed now."""
         cfg = self.config
         if table is None:  # with several processes rank 0 measures (or checks) the table, the others read its cache
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            leader = not distributed or torch.distributed.get_rank() == 0
+            rank, world_size = process_rank()
+            leader, distributed = rank == 0, world_size > 1
             if leader:
                 table = latency_table(self.net.model, cfg.latency_batch_size, input_size=self.net.input_size)
             if distributed:
@@ -490,8 +491,8 @@ class Pruner:
         this makes the landing the device's. With several processes, rank 0 measures, the others follow."""
         cfg, net = self.config, self.net
         floor = cost_floor(net, "latency", cfg.round_to)
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        leader = not distributed or torch.distributed.get_rank() == 0
+        rank, world_size = process_rank()
+        leader, distributed = rank == 0, world_size > 1
         tries: list[dict[str, float]] = []
         trial = cfg.target
         if leader:

@@ -27,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..device.allocator import keep_freed_memory
 from ..device.policy import (MEMORY_FORMAT_CHOICES, PRECISIONS, autocast, choose_memory_format, memory_format_name,
-                             resolve_precision)
+                             process_rank, resolve_precision)
 from ..errors import CheckpointError, DnasPruneError, TrainingDiverged
 from ..io.checkpoint import atomic_torch_save, atomic_write_json, safe_load
 from .cifar import FLIP_MODES
@@ -266,8 +266,7 @@ class Trainer:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DnasPruneError("--device cuda was requested but CUDA is not available")
         self.precision = resolve_precision(config.precision, self.device)  # a resumed run keeps its checkpoint's
-        distributed = dist.is_available() and dist.is_initialized()
-        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        self.rank, self.world_size = process_rank()
         self.is_main = self.rank == 0
         if config.batch_size % self.world_size:
             raise DnasPruneError(f"batch size {config.batch_size} is not divisible by {self.world_size} processes")
