@@ -80,6 +80,65 @@ def test_gradient_flows_to_widths() -> None:
     assert bool((cin.grad > 0).all()) and bool((cout.grad > 0).all())
 
 
+def test_a_padded_axis_costs_what_the_next_grid_point_costs() -> None:
+    """A device that rounds the out width up (SIMD blocks) runs 17 channels as slowly as 24 or 32: the padded
+    axis reads the next grid point (or the next multiple of the step where the grid is sparser), grid points and
+    fixed widths read themselves, and the gradient keeps the smooth slope."""
+    in_axis, out_axis = [1, 8, 16], [1, 8, 10, 16, 24, 32, 64]
+    ms = [[0.1 + 0.01 * i * o for o in out_axis] for i in in_axis]
+    plain = LayerTable({"op": "conv"}, in_axis, out_axis, ms, step=8)
+    padded = LayerTable({"op": "conv"}, in_axis, out_axis, ms, step=8, pads=(False, True))
+    for o in out_axis:
+        assert float(padded(8, o)) == pytest.approx(float(plain(8, o)))
+    assert float(padded(8, 17)) == pytest.approx(float(plain(8, 24)))
+    assert float(padded(8, 9)) == pytest.approx(float(plain(8, 10)))  # the next grid point, nearer than 16
+    assert float(padded(8, 33)) == pytest.approx(float(plain(8, 40)))  # between sparse points: the step's multiple
+    assert float(padded(12, 17)) == pytest.approx(float(plain(12, 24)))  # the in axis does not pad
+    assert float(padded(8, 17)) > float(plain(8, 17))
+    cout = torch.tensor([17.0, 30.5], dtype=torch.float64, requires_grad=True)
+    padded(torch.full_like(cout, 8.0), cout).sum().backward()
+    assert bool((cout.grad > 0).all())
+    assert LayerTable.from_dict(padded.to_dict()).pads == (False, True)
+
+
+def test_pad_probes_sit_one_past_a_grid_point() -> None:
+    assert latency.pad_probe_widths([1, 8, 16, 24, 32, 40, 48, 56, 64], 8) == [17, 33]
+    assert latency.pad_probe_widths([1, 4, 8, 12, 16], 8) == [9, 13]
+    assert latency.pad_probe_widths([1, 64, 256, 512], 8) == []  # no neighbours within a step: nothing to tell
+    assert latency.pad_probe_widths([10], 8) == []
+
+
+def test_the_build_finds_which_axis_the_device_pads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake device whose convs cost in width x (out width rounded up to 4): the table finds the out axes padded
+    and the in axes not, and predicts an off-grid architecture as that device runs it."""
+    from dnas_prune.device import timing as timing_module
+
+    def work(model: nn.Module) -> float:
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        return 1e-6 * (1 + sum(c.in_channels * -(-c.out_channels // 4) * 4 * c.kernel_size[0] ** 2 for c in convs))
+
+    monkeypatch.setattr(timing_module.Runner, "once", lambda self: work(self.model))
+    spec = {**TINY, "stem": 8, "stages": [{"width": 8, "stride": 1, "blocks": [{"inner": [8], "downsample": False}]},
+                                          {"width": 16, "stride": 2, "blocks": [{"inner": [16], "downsample": True}]}]}
+    steady = Timing(cell_warmup=1, cell_repeats=3, cell_seconds=10.0, model_warmup=1, model_repeats=3,
+                    model_seconds=10.0)
+    table = latency.build_table(table_settings(spec, 1, input_size=(3, 8, 8), threads=1, memory_format="nchw",
+                                               channel_step=2, points=10), steady, progress=False)
+    probed = {axis: [k for k in table.layers if k.startswith("conv") and table.info["padding"][k]["probes"].get(axis)]
+              for axis in ("in", "out")}
+    assert probed["out"] and all(table.layers[k].pads[1] for k in probed["out"])  # the out axis pads
+    assert probed["in"] and not any(table.layers[k].pads[0] for k in probed["in"])  # the in axis does not
+    odd = validate_spec({**spec, "stem": 5, "stages": [{"width": 5, "stride": 1, "blocks": [{"inner": [7],
+                                                                                          "downsample": False}]},
+                                                        {"width": 13, "stride": 2, "blocks": [{"inner": [9],
+                                                                                            "downsample": True}]}]})
+    ratio = table.predict_ms(odd) / table.predict_ms(spec)
+    assert ratio == pytest.approx(work(build_model(odd)) / work(build_model(spec)), rel=0.02)
+    for layer in table.layers.values():  # read without the padding, the same table predicts it too fast
+        layer.pads = (False, False)
+    assert table.predict_ms(odd) / table.predict_ms(spec) < 0.95 * ratio
+
+
 @pytest.fixture(scope="module")
 def nets() -> dict[str, Supernet]:
     torch.manual_seed(0)

@@ -14,14 +14,20 @@ denser at small widths), plus every full width that uses the key and every fixed
 classes), so the dense model falls on the grid. Units with a single width (add, ReLU) have a one-point out axis.
 
 Why a grid and bilinear interpolation: the smooth part of a conv's time, ``a + b * cin * cout``, is bilinear, so
-interpolation reproduces it exactly between grid points; what is not smooth (narrow and odd widths run slower per
-MAC, SIMD blocking makes time step with the width, some widths hit slower kernels) is strongest at small widths,
-where the grid holds every multiple of the step, so a search whose channels per gate equal the table's step reads
-measured values there. Between grid points the steps are smoothed over, which is also what the search needs from
-it: a cost it can differentiate. The interpolation is written in torch ops, so the predicted latency is
-differentiable in the widths when they are tensors (the search's expected channel counts), as
-``Supernet.cost_from_counts`` is. Widths outside a key's grid are clamped to it. The grid values are the measured
-medians, not smoothed or made monotone: a wider layer that really runs faster stays so.
+interpolation reproduces it exactly between grid points. What is not smooth is strongest at small widths, where
+the grid holds every multiple of the step: narrow widths run slower per MAC, some hit slower kernels, and SIMD
+blocking rounds a width up to the next block, so a conv with 17 output channels can run as slowly as one with 32.
+Interpolation would read such a width cheaper than it runs, and a search that reaches any width (one channel per
+gate, the default) lands on such widths. So the build also times, per layer shape and axis, two cells one channel
+past a grid point, and marks the axis *padded* when they read closer to the next grid point's time than to the
+interpolation (:func:`axis_pads`): the device, not an assumed block size, decides, per layer shape (out widths
+pad in oneDNN's blocked convs, in widths mostly do not). A padded axis reads a width at the next grid point, or
+at the next multiple of the step where the grid is sparser (:func:`padded_width`); the gradient keeps the smooth
+slope (straight-through), which is what the search needs: a cost it can differentiate. The interpolation is
+written in torch ops, so the predicted latency is differentiable in the widths when they are tensors (the
+search's expected channel counts), as ``Supernet.cost_from_counts`` is. Widths outside a key's grid are clamped to
+it. The grid values are the measured medians, not smoothed or made monotone: a wider layer that really runs
+faster stays so.
 
 Why every timing is paired: a shared CPU's speed drifts by tens of percent within seconds, so two timings taken
 a minute apart do not compare. Each grid cell is timed with its forwards interleaved with those of one fixed
@@ -99,8 +105,8 @@ from ..train.progress import Progress
 if TYPE_CHECKING:
     from .supernet import Supernet
 
-TABLE_FORMAT = 4  # 2: constant and scale fitted on 16 shrunk models; 3: cells and models timed beside a reference;
-# 4: outlier cells timed again
+TABLE_FORMAT = 5  # 2: constant and scale fitted on 16 shrunk models; 3: cells and models timed beside a reference;
+# 4: outlier cells timed again; 5: padded axes measured
 DEFAULT_CHANNEL_STEP = 8
 DEFAULT_POINTS = 10
 # shrunk models measured beside the dense one to fit the constant and scale: keep 0.15, 0.20, ..., 0.90
@@ -108,6 +114,8 @@ FIT_KEEP_LEVELS = tuple(round(0.15 + 0.05 * i, 2) for i in range(16))
 FIT_SEED = 0
 # a grid cell over OUTLIER_FACTOR times all its neighbours is timed OUTLIER_RETIMES more times, keeping the fastest
 OUTLIER_FACTOR, OUTLIER_RETIMES = 1.4, 2
+# cells timed per axis of each layer shape, off the grid, to tell whether the device pads that width
+PAD_PROBES = 2
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # a cached table is checked before it is trusted: shrunk models at these keep levels, timed beside the dense one now,
 # must read their ratios within STALE_ERROR of the table's, or the table is measured again
@@ -312,24 +320,46 @@ def _bracket(axis: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return t, low, low + 1
 
 
+def padded_width(axis: Tensor, x: Tensor, step: int) -> Tensor:
+    """``x`` rounded up to the width the device computes: the next grid point, or the next multiple of ``step``
+    where the grid is sparser than that; a grid point stays. Straight-through: the value is the rounded width,
+    the gradient the width's own, so the search keeps the smooth slope between grid points."""
+    x = x.to(axis.dtype)
+    nxt = axis[torch.searchsorted(axis, x.detach().contiguous() - 1e-6).clamp_max(axis.numel() - 1)]
+    up = torch.minimum(nxt, torch.ceil(x.detach() / step - 1e-6) * step).clamp_min(x.detach())
+    return x + (up - x.detach())
+
+
 class LayerTable:
-    """Measured median milliseconds of one layer-shape key over an (in width, out width) grid."""
+    """Measured median milliseconds of one layer-shape key over an (in width, out width) grid.
+
+    ``pads`` says, per axis (in, out), whether the device rounds that width up (SIMD blocking of the channels):
+    then a width between grid points costs what the next grid point costs (:func:`padded_width`), not the
+    interpolation, which would read it cheaper than it runs. Measured per key when the table is built."""
 
     def __init__(self, unit: dict[str, Any], in_axis: Sequence[float], out_axis: Sequence[float],
-                 ms: Sequence[Sequence[float]], uses: Sequence[str] = ()) -> None:
+                 ms: Sequence[Sequence[float]], uses: Sequence[str] = (), step: int = 1,
+                 pads: Sequence[bool] = (False, False)) -> None:
         self.unit = unit
         self.uses = list(uses)
         self.in_axis = torch.tensor([float(v) for v in in_axis], dtype=torch.float64)
         self.out_axis = torch.tensor([float(v) for v in out_axis], dtype=torch.float64)
         self.ms = torch.tensor(ms, dtype=torch.float64).reshape(len(in_axis), len(out_axis))
+        self.step = int(step)
+        self.pads = (bool(pads[0]), bool(pads[1]))
         if (self.in_axis.diff() <= 0).any() or (self.out_axis.diff() <= 0).any():
             raise DnasPruneError(f"{unit_key(unit)}: grid axes must be strictly increasing")
 
     def __call__(self, cin: Tensor | float, cout: Tensor | float) -> Tensor:
-        """Bilinear interpolation at (``cin``, ``cout``) (tensors of one shape, or numbers); differentiable."""
+        """Bilinear interpolation at (``cin``, ``cout``) (tensors of one shape, or numbers), each width first
+        rounded up where the axis pads; differentiable."""
         cin = torch.as_tensor(cin, dtype=torch.float64)
         cout = torch.as_tensor(cout, dtype=torch.float64)
         cin, cout = torch.broadcast_tensors(cin, cout)
+        if self.pads[0]:
+            cin = padded_width(self.in_axis, cin, self.step)
+        if self.pads[1]:
+            cout = padded_width(self.out_axis, cout, self.step)
         ti, i0, i1 = _bracket(self.in_axis, cin)
         to, o0, o1 = _bracket(self.out_axis, cout)
         g = self.ms
@@ -338,11 +368,13 @@ class LayerTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"unit": self.unit, "in": [_num(v) for v in self.in_axis.tolist()],
-                "out": [_num(v) for v in self.out_axis.tolist()], "ms": self.ms.tolist(), "uses": self.uses}
+                "out": [_num(v) for v in self.out_axis.tolist()], "ms": self.ms.tolist(), "uses": self.uses,
+                "step": self.step, "pads": list(self.pads)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LayerTable":
-        return cls(data["unit"], data["in"], data["out"], data["ms"], data.get("uses", ()))
+        return cls(data["unit"], data["in"], data["out"], data["ms"], data.get("uses", ()), data.get("step", 1),
+                   data.get("pads", (False, False)))
 
 
 def _num(v: float) -> int | float:
@@ -747,14 +779,15 @@ class LatencyTable:
             f"the full widths of each layer shape",
         ]
         width = max([len("layer shape")] + [len(k) for k in self.layers])
-        lines.append(f"{'layer shape':<{width}} {'grid':>7} {'uses':>5} {'ms (full)':>10}")
+        lines.append(f"{'layer shape':<{width}} {'grid':>7} {'uses':>5} {'ms (full)':>10}  pads")
         dense_uses = {u.name: u for u in spec_uses(self.dense_spec, self.input_size)}
         for key, table in self.layers.items():
             fulls = [float(table(float(dense_uses[n].cin), float(dense_uses[n].cout)))
                      for n in table.uses if n in dense_uses]
             grid = f"{table.in_axis.numel()}x{table.out_axis.numel()}"
             full = f"{max(fulls):.4f}" if fulls else "-"
-            lines.append(f"{key:<{width}} {grid:>7} {len(table.uses):>5} {full:>10}")
+            pads = ",".join(axis for axis, on in zip(("in", "out"), table.pads) if on) or "-"
+            lines.append(f"{key:<{width}} {grid:>7} {len(table.uses):>5} {full:>10}  {pads}")
         lines.append(f"constant: {self.constant_ms:+.4f} ms  scale: {self.scale:.4f}  "
                      f"(measured = constant + scale * sum of the layers, least squares over "
                      f"{len(self.info.get('fit', []))} whole models)")
@@ -939,6 +972,30 @@ def _outlier_cells(grid: list[list[float]]) -> list[tuple[int, int]]:
     return out
 
 
+def pad_probe_widths(axis: Sequence[int], step: int) -> list[int]:
+    """Off-grid widths that tell whether the device pads an axis: one past a grid point whose next grid point is
+    at most ``step`` further, where padding and interpolation disagree most. Grid points that are multiples of
+    twice the step come first (a 16-channel SIMD block steps there on a step-8 grid); at most PAD_PROBES."""
+    pairs = [a for a, b in zip(axis, axis[1:]) if a >= step and 2 <= b - a <= step]
+    ordered = [a for a in pairs if a % (2 * step) == 0] + [a for a in pairs if a % (2 * step)]
+    return [int(a) + 1 for a in ordered[:PAD_PROBES]]
+
+
+def axis_pads(layer: LayerTable, axis: int, probes: Sequence[tuple[float, float, float]]) -> bool:
+    """Whether the probes ((in width, out width, measured ms) off the grid on ``axis``) read closer to the padded
+    model of that axis than to plain interpolation (relative error summed over the probes)."""
+    if not probes:
+        return False
+
+    def error(pads: tuple[bool, bool]) -> float:
+        model = LayerTable(layer.unit, layer.in_axis.tolist(), layer.out_axis.tolist(), layer.ms.tolist(),
+                           step=layer.step, pads=pads)
+        return sum(abs(float(model(cin, cout)) / ms - 1.0) for cin, cout, ms in probes)
+
+    padded = (True, layer.pads[1]) if axis == 0 else (layer.pads[0], True)
+    return error(padded) < error(layer.pads)
+
+
 def _reference_runner(plan: dict[str, dict[str, Any]], settings: dict[str, Any], memory_format: str) -> Runner:
     """The unit every grid cell is timed beside: the most used layer shape at the middle of its grid. A shared
     CPU's speed drifts by tens of percent over seconds; a cell's time over the reference's in the same rounds
@@ -972,11 +1029,16 @@ def build_table(settings: dict[str, Any], timing: Timing = Timing(), progress: b
     rng = random.Random(FIT_SEED)
     fit_specs = [spec] + [random_spec(spec, rng, settings["channel_step"], keep=k) for k in fit_keep_levels]
     cells = sum(len(e["in"]) * len(e["out"]) for e in plan.values())
+    step = settings["channel_step"]
+    probe_plan = {key: [pad_probe_widths(e["in"], step), pad_probe_widths(e["out"], step)]
+                  for key, e in plan.items()}
+    cells += sum(len(p) for probes in probe_plan.values() for p in probes)
     noisy = 0
     threads = settings["threads"] if device == "cpu" else None
     reference = _reference_runner(plan, settings, memory_format) if device == "cpu" else None
     reference_times: list[float] = []
     grids: dict[str, list[list[float]]] = {}
+    padding: dict[str, dict[str, Any]] = {}
     with using_threads(threads), Progress(cells + len(fit_specs) - 1, f"latency table {settings['model']} bs "
                                           f"{settings['batch_size']}", unit="cell", enabled=progress,
                                           every=0.1) as bar:
@@ -1010,10 +1072,29 @@ def build_table(settings: dict[str, Any], timing: Timing = Timing(), progress: b
                     grid[i][j] = min(grid[i][j], time_cell(entry, entry["in"][i], entry["out"][j])[0])
                 retimed += 1
             grids[key] = grid
+            # does the device pad this key's widths? a few off-grid cells against both models of each axis
+            layer = LayerTable(entry["unit"], entry["in"], entry["out"], grid, entry["uses"], step)
+            padding[key] = {"pads": [False, False], "probes": {}}
+            for axis, widths in enumerate(probe_plan[key]):
+                other = entry["out" if axis == 0 else "in"]
+                probes = []
+                for width in widths:
+                    cin, cout = (width, other[len(other) // 2]) if axis == 0 else (other[len(other) // 2], width)
+                    probes.append((cin, cout, time_cell(entry, cin, cout)[0]))
+                    bar.update()
+                pads = list(layer.pads)
+                pads[axis] = axis_pads(layer, axis, probes)
+                layer.pads = (pads[0], pads[1])
+                padding[key] = {"pads": pads, "probes": {**padding[key]["probes"], ("in", "out")[axis]: probes}}
         reference_ms = statistics.median(reference_times) * 1e3 if reference_times else 1.0
         layers = {key: LayerTable(entry["unit"], entry["in"], entry["out"],
-                                  [[v * reference_ms for v in row] for row in grids[key]], entry["uses"])
+                                  [[v * reference_ms for v in row] for row in grids[key]], entry["uses"], step,
+                                  padding[key]["pads"])
                   for key, entry in plan.items()}
+        info["padding"] = {key: {"pads": p["pads"], "probes": {axis: [[cin, cout, ms * reference_ms]
+                                                                      for cin, cout, ms in probes]
+                                                               for axis, probes in p["probes"].items()}}
+                           for key, p in padding.items()}
         if reference is not None:
             info["reference"] = {"unit": reference.unit, "median_ms": reference_ms, "forwards": len(reference_times)}
         table = LatencyTable(settings, layers, info=info)
