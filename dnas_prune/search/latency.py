@@ -1074,18 +1074,18 @@ def build_table(settings: dict[str, Any], timing: Timing = Timing(), progress: b
             grids[key] = grid
             # does the device pad this key's widths? a few off-grid cells against both models of each axis
             layer = LayerTable(entry["unit"], entry["in"], entry["out"], grid, entry["uses"], step)
-            padding[key] = {"pads": [False, False], "probes": {}}
-            for axis, widths in enumerate(probe_plan[key]):
+            probed: dict[str, list[tuple[float, float, float]]] = {}
+            for axis, name in enumerate(("in", "out")):
                 other = entry["out" if axis == 0 else "in"]
-                probes = []
-                for width in widths:
+                probes = probed[name] = []
+                for width in probe_plan[key][axis]:
                     cin, cout = (width, other[len(other) // 2]) if axis == 0 else (other[len(other) // 2], width)
                     probes.append((cin, cout, time_cell(entry, cin, cout)[0]))
                     bar.update()
                 pads = list(layer.pads)
                 pads[axis] = axis_pads(layer, axis, probes)
                 layer.pads = (pads[0], pads[1])
-                padding[key] = {"pads": pads, "probes": {**padding[key]["probes"], ("in", "out")[axis]: probes}}
+            padding[key] = {"pads": list(layer.pads), "probes": probed}
         reference_ms = statistics.median(reference_times) * 1e3 if reference_times else 1.0
         layers = {key: LayerTable(entry["unit"], entry["in"], entry["out"],
                                   [[v * reference_ms for v in row] for row in grids[key]], entry["uses"], step,
