@@ -5,7 +5,10 @@ For each target: ``dnas-prune search --target-latency T --latency-batch-size B``
 run, interleaved (``compare_latency``), at batch B. Records the table's predicted ratio, each landing try's
 measured ratio and the side-by-side ratio: the median of ``--timings`` side-by-side timings, each the median over
 rounds of pruned/dense in the same round (a shared CPU's speed drifts between timings; all are listed); "lands" is
-that ratio within ±10 % of the target.
+that ratio within ±10 % of the target. Then the same pair is timed again in ``--fresh-processes`` new processes
+one after another, at the table's threads and at one thread: how far a later check on this machine can read from the
+landing's (a shared CPU has quiet and busy spells of minutes, which move a multi-threaded ratio more than a
+single-threaded one).
 Writes experiments/results/{name}.{json,md}. Run it with nothing else on the machine: a table measured on a busy
 machine is noise (``dnas-prune latency-table`` warns), and so is a side-by-side timing.
 
@@ -46,6 +49,30 @@ def run(command: list[str], log: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def time_pair(model: str, pretrained: str, pruned_path: Path, batch_size: int, threads: int) -> dict:
+    """One side-by-side timing of the parent and a pruned model, as this process finds the machine."""
+    pruned, _ = load_pruned_with_metadata(pruned_path)
+    dense = load_pretrained(pretrained, model, 10)
+    timed = compare_latency({"dense": dense.eval(), "pruned": pruned.eval()}, (3, 32, 32), [batch_size],
+                            threads=threads, with_cost=False)["models"]
+    return {"threads": threads, "dense_ms": timed["dense"]["latency"][batch_size]["median_ms"],
+            "pruned_ms": timed["pruned"]["latency"][batch_size]["median_ms"],
+            "ratio": timed["pruned"]["latency"][batch_size]["paired_ratio"], "at": time.strftime("%H:%M:%S")}
+
+
+def fresh_process_ratios(args: argparse.Namespace, pruned_path: Path, thread_counts: list[int]) -> dict:
+    """The pair timed in ``args.fresh_processes`` new processes per thread count, alternating thread counts."""
+    found: dict[str, list[dict]] = {str(t): [] for t in thread_counts}
+    for _ in range(args.fresh_processes):
+        for threads in thread_counts:
+            command = [sys.executable, __file__, "--data", args.data, "--model", args.model, "--pretrained",
+                       args.pretrained, "--batch-size", str(args.batch_size), "--time-pair", str(pruned_path),
+                       "--threads", str(threads)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            found[str(threads)].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return found
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -62,7 +89,14 @@ def main() -> int:
     p.add_argument("--cache", type=Path, help="DNAS_PRUNE_CACHE for the commands (default: the user's; an empty "
                    "folder makes the latency table be measured afresh, and the images decoded again)")
     p.add_argument("--name", default="latency_budget")
+    p.add_argument("--fresh-processes", type=int, default=4, help="time each finalized pair again in this many new "
+                   "processes per thread count (the table's and 1)")
+    p.add_argument("--time-pair", type=Path, help=argparse.SUPPRESS)  # internal: one fresh-process timing
+    p.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.time_pair is not None:
+        print(json.dumps(time_pair(args.model, args.pretrained, args.time_pair, args.batch_size, args.threads)))
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **({"DNAS_PRUNE_CACHE": str(args.cache)} if args.cache else {})}
     log = args.work / "log.txt"
@@ -95,6 +129,8 @@ def main() -> int:
             "macs_ratio": summary["final"]["macs_ratio"], "acc_before_finetune": summary["accuracy"]["test"],
             "timing": timed,
         })
+        rows[-1]["fresh_processes"] = fresh_process_ratios(args, out / "pruned.pt",
+                                                           sorted({torch.get_num_threads(), 1}, reverse=True))
         print(f"{args.model} target {target:g} bs {args.batch_size}: side-by-side {side_by_side:.3f} "
               f"(table {rows[-1]['predicted_ratio']:.3f}, {len(tries)} landing tries)", flush=True)
     result = {"command": "python experiments/latency_budget.py " + shlex.join(sys.argv[1:]), "machine": machine(),
@@ -107,6 +143,12 @@ def main() -> int:
     return 0 if all(r["lands"] for r in rows) else 1
 
 
+def fresh(row: dict) -> str:
+    runs = row.get("fresh_processes", {})
+    return "; ".join(f"{t} thread{'s' if t != '1' else ''}: " + ", ".join(f"{x['ratio']:.3f}" for x in timed)
+                     for t, timed in runs.items()) or "-"
+
+
 def render(result: dict) -> str:
     m = result["machine"]
     lines = ["# Latency budget: the finalized model against its target, timed side by side\n",
@@ -115,13 +157,14 @@ def render(result: dict) -> str:
              f"load average at the end {m['load_average'][0]:.2f}; search {result['epochs']} epoch(s) on "
              f"{result['limit_train']} training images, seed {result['seed']}; fp32 timing.\n",
              "| model | batch | target | table's ratio | landing tries (measured ratio each) | side-by-side ratio, "
-             "median (all timings) | within ±10 % | MACs ratio | acc before finetune |",
-             "|---|---:|---:|---:|---|---:|---|---:|---:|"]
+             "median (all timings) | within ±10 % | fresh processes, ratio per thread count (in order) | MACs ratio | "
+             "acc before finetune |",
+             "|---|---:|---:|---:|---|---:|---|---|---:|---:|"]
     for r in result["rows"]:
         tries = ", ".join(f"{t['measured_ratio']:.3f}" for t in r["landing_tries"])
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['target']:g} | {r['predicted_ratio']:.3f} | {tries} | "
                      f"{r['side_by_side_ratio']:.3f} ({', '.join(f'{x:.3f}' for x in r['side_by_side_ratios'])}) | "
-                     f"{'yes' if r['lands'] else 'NO'} | {r['macs_ratio']:.3f} | "
+                     f"{'yes' if r['lands'] else 'NO'} | {fresh(r)} | {r['macs_ratio']:.3f} | "
                      f"{r['acc_before_finetune']:.3f} |")
     lines += ["", "Commands per row:", ""]
     for r in result["rows"]:

@@ -18,6 +18,7 @@ from dnas_prune.models import build_model, create_model, spec_of, validate_spec
 from dnas_prune.search.fold import fold
 from dnas_prune.search.latency import (LatencyTable, LayerTable, Timing, grid_axis, latency_table, plan_layers,
                                        random_spec, spec_uses, table_settings)
+from dnas_prune.search.pruner import LANDING_TIMINGS
 from dnas_prune.search.supernet import Supernet
 
 from test_cli_errors import assert_one_line_error, cli
@@ -471,6 +472,7 @@ def test_latency_budget_tracks_the_target_and_lands_on_the_measurement() -> None
     measured = device(model)["median_ms"] / device(table.dense_spec)["median_ms"]
     assert measured == pytest.approx(0.5, rel=pruner.config.latency_tolerance)
     assert tries[-1]["measured_ratio"] == pytest.approx(measured, rel=1e-9)
+    assert tries[-1]["measured_ratios"] == pytest.approx([measured] * LANDING_TIMINGS, rel=1e-9)  # each timing kept
     assert pruner.hard_ratio < 0.5  # the table's ratio was moved below the target to land there measured
 
 

@@ -509,7 +509,8 @@ class Pruner:
                 dense_ms, pruned, measured = sorted(pairs, key=lambda pair: pair[2])[LANDING_TIMINGS // 2]
                 error = (pruned / cfg.target_ms if cfg.target_ms is not None else measured / cfg.target) - 1.0
                 tries.append({"projected_to": trial, "predicted_ratio": predicted, "measured_ratio": measured,
-                              "measured_ms": pruned, "dense_ms": dense_ms, "error": error})
+                              "measured_ms": pruned, "dense_ms": dense_ms, "error": error,
+                              "measured_ratios": sorted(pair[2] for pair in pairs)})  # the device's spread
                 if abs(error) <= cfg.latency_tolerance:
                     break
                 trial = predicted / (1.0 + error)  # where the table must land for the device to read the target
