@@ -244,6 +244,37 @@ def export(pruned_path: str | Path, output: str | Path, fmt: str, *, input_size:
 
 
 # ---------------------------------------------------------------------------------------------- report
+SLOW_SPEEDUP = 1.1  # below this measured speed-up the summary says why a cost budget may not buy speed
+
+
+def run_summary(result: dict[str, Any], pruned_path: str | Path, exports: dict[str, str],
+                out_dir: str | Path) -> str:
+    """The lines a run ends with: dense vs pruned accuracy, cost, measured speed-up and where the files are. When a
+    MACs or params budget left the model barely faster at some batch size, one more line says what to do."""
+    d, p = result["dense"], result["pruned"]
+    timed = result["latency"]["models"]
+    speedups = {bs: timed["dense"]["latency"][bs]["median_ms"] / lat["median_ms"]
+                for bs, lat in timed["pruned"]["latency"].items()}
+    lines = [
+        "summary:",
+        f"  test accuracy  dense {d['test_acc']:.2%} -> pruned {p['test_acc']:.2%} "
+        f"({100 * (p['test_acc'] - d['test_acc']):+.2f} points)",
+        f"  MACs           {d['macs'] / 1e6:.2f} M -> {p['macs'] / 1e6:.2f} M ({p['macs_ratio']:.1%} of dense)",
+        f"  params         {d['params'] / 1e3:.1f} k -> {p['params'] / 1e3:.1f} k ({p['params_ratio']:.1%})",
+        "  speed-up       " + ", ".join(f"{x:.2f}x at batch {bs}" for bs, x in speedups.items())
+        + " (median latency, measured side by side here)",
+        f"  files          {pruned_path} (pruned model), {', '.join(exports.values()) or 'no exports'}, "
+        f"{Path(out_dir) / 'report.md'} (report, figures beside it)",
+    ]
+    slow = [bs for bs, x in speedups.items() if x < SLOW_SPEEDUP]
+    if slow and result["target"]["metric"] != "latency":
+        metric, batches = result["target"]["metric"], ", ".join(map(str, slow))
+        lines.append(f"  note           little speed-up at batch {batches}: a {metric} budget does not price how this "
+                     "device runs the narrower layers; to prune to a measured speed, search with --target-latency R "
+                     f"--latency-batch-size {slow[0]} (search.target_latency in a config)")
+    return "\n".join(lines)
+
+
 def report(out_dir: str | Path, *, dense_path: str | Path, pruned_path: str | Path, search_summary: dict,
            config: dict[str, Any], config_toml: str, exports: dict[str, str], batch_sizes: Sequence[int] = (1, 64),
            max_seconds: float = 3.0, threads: int | None = None,
@@ -262,18 +293,5 @@ def report(out_dir: str | Path, *, dense_path: str | Path, pruned_path: str | Pa
         for bs, lat in entry["latency"].items():
             if lat.get("warning"):
                 log(f"warning: {name} latency at batch {bs}: {lat['warning']}")
-    d, p = result["dense"], result["pruned"]
-    timed = result["latency"]["models"]
-    speed = ", ".join(f"{timed['dense']['latency'][bs]['median_ms'] / lat['median_ms']:.2f}x at batch {bs}"
-                      for bs, lat in timed["pruned"]["latency"].items())
-    log("\n".join([
-        "summary:",
-        f"  test accuracy  dense {d['test_acc']:.2%} -> pruned {p['test_acc']:.2%} "
-        f"({100 * (p['test_acc'] - d['test_acc']):+.2f} points)",
-        f"  MACs           {d['macs'] / 1e6:.2f} M -> {p['macs'] / 1e6:.2f} M ({p['macs_ratio']:.1%} of dense)",
-        f"  params         {d['params'] / 1e3:.1f} k -> {p['params'] / 1e3:.1f} k ({p['params_ratio']:.1%})",
-        f"  speed-up       {speed} (median latency, measured side by side here)",
-        f"  files          {pruned_path} (pruned model), {', '.join(exports.values()) or 'no exports'}, "
-        f"{Path(out_dir) / 'report.md'} (report, figures beside it)",
-    ]))
+    log(run_summary(result, pruned_path, exports, out_dir))
     return result

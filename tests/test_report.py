@@ -121,3 +121,27 @@ def test_a_latency_budget_is_timed_at_its_batch_size_and_reported_three_ways(pru
     assert budget["report_measured_ratio"] == report["latency"]["models"]["pruned"]["latency"][3]["paired_ratio"] > 0
     markdown = (tmp_path / "report.md").read_text()
     assert "latency at batch 3: 0.430 predicted by the latency table, 0.510 measured when the search landed" in markdown
+
+
+def summary_result(metric: str, dense_ms: dict[int, float], pruned_ms: dict[int, float]) -> dict:
+    timed = {name: {"latency": {bs: {"median_ms": ms} for bs, ms in each.items()}}
+             for name, each in (("dense", dense_ms), ("pruned", pruned_ms))}
+    return {"dense": {"test_acc": 0.873, "macs": 40.8e6, "params": 272.5e3},
+            "pruned": {"test_acc": 0.852, "macs": 20.3e6, "params": 202.7e3, "macs_ratio": 0.497,
+                       "params_ratio": 0.744},
+            "latency": {"models": timed}, "target": {"metric": metric, "ratio": 0.5}}
+
+
+def test_run_summary_says_what_to_do_when_a_cost_budget_buys_little_speed() -> None:
+    from dnas_prune.stages import run_summary
+
+    slow_at_1 = summary_result("macs", {1: 2.91, 64: 34.17}, {1: 3.15, 64: 24.32})
+    text = run_summary(slow_at_1, "out/pruned.pt", {"onnx": "out/pruned.onnx"}, "out")
+    assert "0.92x at batch 1, 1.41x at batch 64" in text and "-2.10 points" in text
+    assert "out/pruned.pt" in text and "out/pruned.onnx" in text and "out/report.md" in text
+    note = text.splitlines()[-1]
+    assert note.lstrip().startswith("note") and "batch 1:" in note and "a macs budget" in note
+    assert "--target-latency R --latency-batch-size 1" in note
+    # a latency budget was already priced on the device; a model faster everywhere needs no note
+    assert "note" not in run_summary(summary_result("latency", {1: 2.9, 64: 34.0}, {1: 3.1, 64: 24.0}), "p", {}, "o")
+    assert "note" not in run_summary(summary_result("macs", {1: 2.9, 64: 34.0}, {1: 2.0, 64: 17.0}), "p", {}, "o")
