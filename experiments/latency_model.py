@@ -153,7 +153,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Latency model: predicted vs measured latency of random pruned architectures",
         "",
-        "Issue 28, deliverable 3: the per-layer latency table (`dnas_prune/search/latency.py`) predicts the latency",
+        "Issue 28, deliverable 3: the per-layer latency table (`dnas_prune/search/latency/`) predicts the latency",
         "of finalized architectures it has not seen. Goal: median absolute relative error <= 10 % and 90th",
         "percentile <= 20 % per model and batch size.",
         "",

@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from dnas_prune.errors import DnasPruneError
 from dnas_prune.search import latency
+from dnas_prune.search.latency import build as latency_build
 from dnas_prune.cli import main
 from dnas_prune.models import build_model, create_model, spec_of, validate_spec
 from dnas_prune.search.fold import fold
@@ -235,13 +237,13 @@ def test_random_specs_are_valid_and_on_the_step() -> None:
 
 def test_fit_recovers_constant_and_scale() -> None:
     points = [{"table_sum_ms": s, "measured_ms": 0.3 + 1.5 * s} for s in (1.0, 2.0, 4.0)]
-    assert latency._fit(points) == pytest.approx((0.3, 1.5))
+    assert latency_build._fit(points) == pytest.approx((0.3, 1.5))
     falling = [{"table_sum_ms": s, "measured_ms": 5.0 - s} for s in (1.0, 2.0)]
-    assert latency._fit(falling) == pytest.approx((3.0, 1.0))  # no negative scale: a constant offset instead
+    assert latency_build._fit(falling) == pytest.approx((3.0, 1.0))  # no negative scale: a constant offset instead
     # through the dense point exactly, whatever the others say
     noisy = [{"table_sum_ms": 4.0, "measured_ms": 7.0, "dense": True}] + [
         {"table_sum_ms": s, "measured_ms": (0.3 + 1.5 * s) * f} for s, f in ((1.0, 1.2), (2.0, 0.9), (3.0, 1.1))]
-    constant, scale = latency._fit(noisy)
+    constant, scale = latency_build._fit(noisy)
     assert constant + scale * 4.0 == pytest.approx(7.0) and scale > 0
 
 
@@ -257,7 +259,7 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     def no_build(*args, **kwargs):
         raise AssertionError("rebuilt a cached table")
 
-    monkeypatch.setattr(latency, "build_table", no_build)
+    monkeypatch.setattr(latency_build, "build_table", no_build)
     loaded = latency_table(TINY, 1, **kw)
     assert loaded.to_dict() == built.to_dict()
     smaller = random_spec(TINY, random.Random(0), 4, keep=0.5)
@@ -290,7 +292,7 @@ def test_a_cached_table_the_device_no_longer_matches_is_measured_again(tmp_path:
         return built
 
     monkeypatch.setattr(LatencyTable, "measure_beside_dense", device_now)
-    monkeypatch.setattr(latency, "build_table", build)
+    monkeypatch.setattr(latency_build, "build_table", build)
     assert latency.stale_error(built, FAST) == pytest.approx(abs(1 / device_reads - 1))
     latency_table(TINY, 1, **kw)
     stale = abs(1 / device_reads - 1) > latency.STALE_ERROR
@@ -331,7 +333,7 @@ def test_a_drifting_machine_does_not_enter_the_table(tmp_path: Path, monkeypatch
     for key, layer in table.layers.items():
         for i, cin in enumerate(layer.in_axis.tolist()):
             for j, cout in enumerate(layer.out_axis.tolist()):
-                module, _ = latency._cell_module(layer.unit, int(cin), int(cout), 1)
+                module, _ = latency.cell_module(layer.unit, int(cin), int(cout), 1)
                 size = 1e-6 * (1 + sum(p.numel() for p in module.parameters()))
                 per_work.append(float(layer.ms[i, j]) / size)
     assert max(per_work) / min(per_work) == pytest.approx(1.0)
@@ -365,18 +367,18 @@ def test_a_cell_timed_in_a_slow_spell_is_timed_again(monkeypatch: pytest.MonkeyP
     table = latency.build_table(table_settings(TINY, 1, input_size=(3, 8, 8), threads=1, memory_format="nchw",
                                                channel_step=4, points=2), steady, progress=False)
     assert len(spiked) == 1 and table.info["cells"]["retimed"] >= 1
-    per_work = [float(layer.ms[i, j]) / (1e-6 * (1 + sum(p.numel() for p in latency._cell_module(
+    per_work = [float(layer.ms[i, j]) / (1e-6 * (1 + sum(p.numel() for p in latency.cell_module(
         layer.unit, int(cin), int(cout), 1)[0].parameters())))
         for layer in table.layers.values() for i, cin in enumerate(layer.in_axis.tolist())
         for j, cout in enumerate(layer.out_axis.tolist())]
     assert max(per_work) / min(per_work) == pytest.approx(1.0)
-    assert latency._outlier_cells([[1.0, 1.2], [1.3, 5.0]]) == [(1, 1)]
-    assert latency._outlier_cells([[1.0, 2.0], [2.0, 2.6]]) == []  # grows with the widths: not an outlier
+    assert latency_build._outlier_cells([[1.0, 1.2], [1.3, 5.0]]) == [(1, 1)]
+    assert latency_build._outlier_cells([[1.0, 2.0], [2.0, 2.6]]) == []  # grows with the widths: not an outlier
 
 
 def test_predict_refuses_another_family() -> None:
     table = synthetic_table(TINY, (3, 8, 8))
-    with pytest.raises(latency.DnasPruneError, match="layer shapes"):
+    with pytest.raises(DnasPruneError, match="layer shapes"):
         table.predict_ms(spec_of(create_model("cifar_resnet20")))
 
 
@@ -484,7 +486,7 @@ def test_latency_ms_target_is_the_measured_dense_fraction() -> None:
     assert pruner.config.target == pytest.approx(0.6) and pruner.config.target_ms == 0.6 * dense_ms
     model = pruner.finalize()
     assert device(model)["median_ms"] == pytest.approx(0.6 * dense_ms, rel=pruner.config.latency_tolerance)
-    with pytest.raises(latency.DnasPruneError, match="already runs in"):
+    with pytest.raises(DnasPruneError, match="already runs in"):
         latency_search({"target_latency_ms": 2 * dense_ms}, steps=2)
 
 
@@ -522,7 +524,7 @@ def test_resumed_ms_target_keeps_the_dense_timing_it_was_resolved_with(tmp_path:
 def test_budget_targets_are_checked(targets: dict, needle: str) -> None:
     from dnas_prune.search.pruner import budget_fields
 
-    with pytest.raises(latency.DnasPruneError, match=needle):
+    with pytest.raises(DnasPruneError, match=needle):
         budget_fields(*(targets.get(f"target_{k}") for k in ("macs", "params", "latency", "latency_ms")))
 
 

@@ -87,7 +87,7 @@ LANDING_TIMINGS = 5  # side-by-side timings per landing try of a latency budget 
 class SearchConfig:
     """Every knob of the search, with its one default (the CLI flags and TOML keys are derived from these)."""
 
-    metric: str = "macs"  # "macs" | "params" | "latency" (measured on this device, see search/latency.py)
+    metric: str = "macs"  # "macs" | "params" | "latency" (measured on this device, see search/latency/)
     target: float = 0.5  # a fraction of the dense model's metric
     target_ms: float | None = None  # metric "latency": a target in ms per batch instead (sets target when resolved)
     # the dense model's ms that target_ms was resolved against, set then; a resumed search keeps it (no re-timing)
@@ -460,7 +460,7 @@ class Pruner:
     # ------------------------------------------------------------------ latency
     def _attach_latency(self, table: LatencyTable | None) -> None:
         """The latency model the budget is counted in: ``table`` or this device's, measured once and cached
-        (search/latency.py); a ms target becomes a fraction of the dense model, timed now."""
+        (search/latency/); a ms target becomes a fraction of the dense model, timed now."""
         cfg = self.config
         if table is None:  # with several processes rank 0 measures (or checks) the table, the others read its cache
             rank, world_size = process_rank()

@@ -141,7 +141,7 @@ class Supernet(nn.Module):
         self.init_logit = float(init_logit)
         self.channels_per_gate = channels_per_gate
         self.budget: dict | None = None
-        self.latency: Any = None  # a SupernetLatency (search/latency.py) when the budget is measured latency
+        self.latency: Any = None  # a SupernetLatency (search/latency/table.py) when the budget is measured latency
         self.dense_cost: Cost = count_cost(model, self.input_size)
         self.groups: dict[str, GroupInfo] = {}
         self.blocks: list[BlockInfo] = []
