@@ -49,11 +49,15 @@ def run(command: list[str], log: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def load_pair(model: str, pretrained: str, pruned_path: Path) -> dict:
+    """The dense parent and the finalized model, in eval mode, as ``compare_latency`` takes them."""
+    pruned, _ = load_pruned_with_metadata(pruned_path)
+    return {"dense": load_pretrained(pretrained, model, 10).eval(), "pruned": pruned.eval()}
+
+
 def time_pair(model: str, pretrained: str, pruned_path: Path, batch_size: int, threads: int) -> dict:
     """One side-by-side timing of the parent and a pruned model, as this process finds the machine."""
-    pruned, _ = load_pruned_with_metadata(pruned_path)
-    dense = load_pretrained(pretrained, model, 10)
-    timed = compare_latency({"dense": dense.eval(), "pruned": pruned.eval()}, (3, 32, 32), [batch_size],
+    timed = compare_latency(load_pair(model, pretrained, pruned_path), (3, 32, 32), [batch_size],
                             threads=threads, with_cost=False)["models"]
     return {"threads": threads, "dense_ms": timed["dense"]["latency"][batch_size]["median_ms"],
             "pruned_ms": timed["pruned"]["latency"][batch_size]["median_ms"],
@@ -110,11 +114,10 @@ def main() -> int:
         finalize = ["dnas-prune", "finalize", str(out / "supernet.pt"), "-o", str(out / "pruned.pt"), "--no-tensorboard"]
         seconds = run(search, log, env) + run(finalize, log, env)
         summary = json.loads((out / "search.json").read_text())
-        pruned, _ = load_pruned_with_metadata(out / "pruned.pt")
-        dense = load_pretrained(args.pretrained, args.model, 10)
+        pair = load_pair(args.model, args.pretrained, out / "pruned.pt")
         bs = args.batch_size
-        timings = [compare_latency({"dense": dense.eval(), "pruned": pruned.eval()}, (3, 32, 32), [bs],
-                                   threads=torch.get_num_threads()) for _ in range(args.timings)]
+        timings = [compare_latency(pair, (3, 32, 32), [bs], threads=torch.get_num_threads())
+                   for _ in range(args.timings)]
         ratios = sorted(t["models"]["pruned"]["latency"][bs]["paired_ratio"] for t in timings)
         side_by_side = statistics.median(ratios)  # each: the median of per-round pruned/dense ratios
         timed = timings[0]
