@@ -5,7 +5,8 @@ For each target: ``dnas-prune search --target-latency T --latency-batch-size B``
 run, interleaved (``compare_latency``), at batch B. Records the table's predicted ratio, each landing try's
 measured ratio and the side-by-side ratio: the median of ``--timings`` side-by-side timings, each the median over
 rounds of pruned/dense in the same round (a shared CPU's speed drifts between timings; all are listed); "lands" is
-that ratio within ±10 % of the target. Then the same pair is timed again in ``--fresh-processes`` new processes
+that ratio within ±10 % of the target. Each landing try lists the ratio it aimed at the target (the midhinge of
+its timings, ``landing_ratio``) and the range its timings spanned. Then the same pair is timed again in ``--fresh-processes`` new processes
 one after another, at the table's threads and at one thread: how far a later check on this machine can read from the
 landing's (a shared CPU has quiet and busy spells of minutes, which move a multi-threaded ratio more than a
 single-threaded one).
@@ -152,6 +153,13 @@ def fresh(row: dict) -> str:
                      for t, timed in runs.items()) or "-"
 
 
+def checks_within(row: dict, threads: int) -> tuple[int, int]:
+    """How many of the row's later readings at the table's threads (each side-by-side timing in this process, each
+    fresh process) are within ±10 % of the target, and of how many."""
+    readings = row["side_by_side_ratios"] + [x["ratio"] for x in row.get("fresh_processes", {}).get(str(threads), [])]
+    return sum(abs(x / row["target"] - 1.0) <= 0.10 for x in readings), len(readings)
+
+
 def render(result: dict) -> str:
     m = result["machine"]
     lines = ["# Latency budget: the finalized model against its target, timed side by side\n",
@@ -159,15 +167,18 @@ def render(result: dict) -> str:
              f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {result['threads']} threads, torch {m['torch']}, "
              f"load average at the end {m['load_average'][0]:.2f}; search {result['epochs']} epoch(s) on "
              f"{result['limit_train']} training images, seed {result['seed']}; fp32 timing.\n",
-             "| model | batch | target | table's ratio | landing tries (measured ratio each) | side-by-side ratio, "
-             "median (all timings) | within ±10 % | fresh processes, ratio per thread count (in order) | MACs ratio | "
-             "acc before finetune |",
-             "|---|---:|---:|---:|---|---:|---|---|---:|---:|"]
+             "| model | batch | target | table's ratio | landing tries: aimed ratio (its timings' range) | "
+             "side-by-side ratio, median (all timings) | within ±10 % | fresh processes, ratio per thread count "
+             "(in order) | checks within ±10 % | MACs ratio | acc before finetune |",
+             "|---|---:|---:|---:|---|---:|---|---|---:|---:|---:|"]
     for r in result["rows"]:
-        tries = ", ".join(f"{t['measured_ratio']:.3f}" for t in r["landing_tries"])
+        tries = ", ".join(f"{t['measured_ratio']:.3f} ({min(t['measured_ratios']):.3f}-{max(t['measured_ratios']):.3f}"
+                          + (f", {len(t['measured_ratios'])} over {t['seconds']:.0f} s)" if "seconds" in t else ")")
+                          for t in r["landing_tries"])
+        within, checks = checks_within(r, result["threads"])
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['target']:g} | {r['predicted_ratio']:.3f} | {tries} | "
                      f"{r['side_by_side_ratio']:.3f} ({', '.join(f'{x:.3f}' for x in r['side_by_side_ratios'])}) | "
-                     f"{'yes' if r['lands'] else 'NO'} | {fresh(r)} | {r['macs_ratio']:.3f} | "
+                     f"{'yes' if r['lands'] else 'NO'} | {fresh(r)} | {within} of {checks} | {r['macs_ratio']:.3f} | "
                      f"{r['acc_before_finetune']:.3f} |")
     lines += ["", "Commands per row:", ""]
     for r in result["rows"]:

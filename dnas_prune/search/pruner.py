@@ -53,6 +53,8 @@ built. What the offset gives is measured in experiments/results/search_stability
 from __future__ import annotations
 
 import math
+import statistics
+import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -80,7 +82,7 @@ RANK_COSTS = ("auto", "budget", "macs")
 BUDGET_FIELDS = ("metric", "target", "target_ms", "target_ms_dense")
 
 
-LANDING_TIMINGS = 5  # side-by-side timings per landing try of a latency budget (their median ratio counts)
+LANDING_TIMINGS = 5  # side-by-side timings per landing try of a latency budget, at least (see landing_ratio)
 
 
 @dataclass
@@ -94,6 +96,9 @@ class SearchConfig:
     target_ms_dense: float | None = None
     latency_batch_size: int = 1  # metric "latency": the batch size the latency is measured and budgeted at
     latency_tolerance: float = 0.05  # metric "latency": the measured landing stops within this of the target
+    # metric "latency": each landing try keeps timing the pair for this long, so that its timings see more than
+    # one spell of a shared machine's load (a narrow model slows more than the dense one in a busy spell)
+    latency_landing_seconds: float = 30.0
     gate: str = "sigmoid"
     gate_optimizer: str = "shared_adam"
     cost_normalized: bool = True  # divide each gate's gradient by its marginal cost
@@ -156,6 +161,9 @@ class SearchConfig:
                                  f"got {self.latency_batch_size!r}")
         if self.target_ms is not None and not (self.target_ms > 0 and math.isfinite(self.target_ms)):
             raise DnasPruneError(f"--target-latency-ms must be a positive number of milliseconds, got {self.target_ms}")
+        if not (self.latency_landing_seconds >= 0 and math.isfinite(self.latency_landing_seconds)):
+            raise DnasPruneError(f"latency_landing_seconds must be a number of seconds >= 0, "
+                                 f"got {self.latency_landing_seconds}")
         if self.target_ms is not None and self.metric != "latency":
             raise DnasPruneError("target_ms is a latency target: set metric='latency' with it")
 
@@ -182,6 +190,15 @@ def budget_fields(macs: float | None = None, params: float | None = None, latenc
     if not (isinstance(value, (int, float)) and 0.0 < float(value) <= 1.0):
         raise DnasPruneError(f"{name(kind)} must be a fraction of the dense model's in (0, 1], got {value}")
     return {"metric": kind, "target": float(value), "target_ms": None}
+
+
+def landing_ratio(ratios: list[float]) -> float:
+    """The ratio a landing aims at the target: the midhinge (mean of the quartiles) of its side-by-side timings.
+    On a shared CPU the pruned/dense ratio at several threads is two-valued, low in the host's quiet spells and
+    higher in its busy ones, and a later check may fall in either: the midhinge sits between the two modes when the
+    timings saw both, is the median when they saw one, and ignores a single stray timing."""
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return (q1 + q3) / 2
 
 
 def ramped_target(target: float, elapsed: float, ramp: float) -> float:
@@ -488,7 +505,11 @@ class Pruner:
         """Project on the latency model, time the model that gives against the dense one, side by side, and
         re-project where the table must read for the device to read the target, until the measurement is within
         ``latency_tolerance`` (at most four tries; the closest is pinned). The table is a model of the device;
-        this makes the landing the device's. With several processes, rank 0 measures, the others follow."""
+        this makes the landing the device's. Each try times the pair for ``latency_landing_seconds``, in a new
+        process as a deployment would run it (``LatencyTable.time_pairs``). The device is read as the table times
+        a factor, estimated from every timing of every try so far (``landing_ratio`` of timing / table): on a shared
+        machine one try's timings can all fall in a quiet or a busy spell, and re-aiming on each try's own reading
+        would chase the host. With several processes, rank 0 measures, the others follow."""
         cfg, net = self.config, self.net
         floor = cost_floor(net, "latency", cfg.round_to)
         rank, world_size = process_rank()
@@ -503,17 +524,24 @@ class Pruner:
                 with net.pinned(budget_state(net, "latency", trial, cfg.round_to, strict=False)):
                     spec = spec_of(fold(net))
                     predicted = self.hard_ratios_now()["latency"]
-                # the median of several side-by-side timings: on a shared CPU one timing's ratio can be far off
-                pairs = [net.latency.table.measure_pair(net.latency.table.dense_spec, spec)
-                         for _ in range(LANDING_TIMINGS)]
-                dense_ms, pruned, measured = sorted(pairs, key=lambda pair: pair[2])[LANDING_TIMINGS // 2]
-                error = (pruned / cfg.target_ms if cfg.target_ms is not None else measured / cfg.target) - 1.0
-                tries.append({"projected_to": trial, "predicted_ratio": predicted, "measured_ratio": measured,
-                              "measured_ms": pruned, "dense_ms": dense_ms, "error": error,
-                              "measured_ratios": sorted(pair[2] for pair in pairs)})  # the device's spread
-                if abs(error) <= cfg.latency_tolerance:
+                started, table = time.monotonic(), net.latency.table
+                pairs = table.time_pairs(table.dense_spec, spec, at_least=LANDING_TIMINGS,
+                                         seconds=cfg.latency_landing_seconds)
+                ratios = sorted(pair[2] for pair in pairs)
+                tries.append({"projected_to": trial, "predicted_ratio": predicted, "own_ratio": landing_ratio(ratios),
+                              "dense_ms": statistics.median(pair[0] for pair in pairs), "measured_ratios": ratios,
+                              "seconds": time.monotonic() - started})
+                # the device over the table, from every timing so far: one try's timings can all fall in one spell
+                device_over_table = landing_ratio([r / t["predicted_ratio"] for t in tries for r in t["measured_ratios"]])
+                for t in tries:
+                    t["measured_ratio"] = device_over_table * t["predicted_ratio"]
+                    t["measured_ms"] = t["measured_ratio"] * t["dense_ms"]
+                    t["error"] = (t["measured_ms"] / cfg.target_ms if cfg.target_ms is not None
+                                  else t["measured_ratio"] / cfg.target) - 1.0
+                if abs(tries[-1]["error"]) <= cfg.latency_tolerance:
                     break
-                trial = predicted / (1.0 + error)  # where the table must land for the device to read the target
+                aim = cfg.target_ms / tries[-1]["dense_ms"] if cfg.target_ms is not None else cfg.target
+                trial = aim / device_over_table  # where the table must read for the device to read the target
             net.train(was_training)
             trial = min(tries, key=lambda t: abs(t["error"]))["projected_to"]
         if distributed:
