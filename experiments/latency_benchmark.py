@@ -267,6 +267,9 @@ def summary_markdown(results: Path = RESULTS) -> str:
                              f"{'yes' if r['lands'] else 'no'} | {fresh} | {within} of {checks} | "
                              f"{r['macs_ratio']:.3f} |")
         lines.append("")
+        if (results / "landing_process.md").exists():
+            lines += ["Why the landing times the pair in a new process: [landing_process.md](landing_process.md) (the "
+                      "process that ran the search reads the pair steadily, new processes beside it do not).", ""]
     return "\n".join(lines)
 
 
