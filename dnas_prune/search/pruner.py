@@ -96,8 +96,8 @@ class SearchConfig:
     target_ms_dense: float | None = None
     latency_batch_size: int = 1  # metric "latency": the batch size the latency is measured and budgeted at
     latency_tolerance: float = 0.05  # metric "latency": the measured landing stops within this of the target
-    # metric "latency": each landing try keeps timing the pair for this long, so that its timings see more than
-    # one spell of a shared machine's load (a narrow model slows more than the dense one in a busy spell)
+    # metric "latency": each landing try times the pair (in a new process) for this long, so that its timings see
+    # more than one spell of a shared machine's load (a narrow model slows more than the dense one in a busy spell)
     latency_landing_seconds: float = 30.0
     gate: str = "sigmoid"
     gate_optimizer: str = "shared_adam"

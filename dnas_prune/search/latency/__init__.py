@@ -8,7 +8,8 @@ The pieces, in the order a table is made and used:
 - ``table``: the measured grids, read by interpolation (padded widths rounded up), plus a fitted constant and
   scale: the predicted latency of a finalized model, or the differentiable expected latency of a supernet;
 - ``build``: measuring a table (cells beside a reference, whole models beside the dense one), caching it per device
-  setting and checking a cached one against the device before a search trusts it.
+  setting and checking a cached one against the device before a search trusts it;
+- ``pairs``: the dense and a pruned model timed side by side for a while in a new process, what a landing measures.
 
 ``latency_table(model, batch_size)`` is the entry point: from the cache, or measured now.
 """

@@ -2,8 +2,8 @@
 
 Why a new process: at several threads on a shared VM, a process that has trained a network times a narrow model
 against the dense one steadily, while a process that only loaded the two (a deployment, a user's check) reads the
-same pair anywhere from that value to about a quarter higher as the host's load comes and goes
-(experiments/results/landing_process.md). A landing timed inside the search would aim at a reading no later process
+same pair from that value to well above it as the host's load comes and goes (experiments/results/
+landing_process.md). A landing timed inside the search would aim at a reading no later process
 sees; timed here, it sees what they see. The parent sends the table and the two specs as JSON on stdin; the child
 prints one JSON list of ``[dense_ms, pruned_ms, ratio]`` per timing.
 """
