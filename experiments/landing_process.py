@@ -27,14 +27,14 @@ from dnas_prune.cli import main as cli
 from dnas_prune.device.timing import compare_latency
 from dnas_prune.io.checkpoint import atomic_write_json, atomic_write_text
 
-from latency_budget import load_pair
+from latency_budget import count_within, load_pair
 from peers import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def within(ratios: list[float], target: float) -> str:
-    return f"{sum(abs(r / target - 1.0) <= 0.10 for r in ratios)} of {len(ratios)}"
+    return "{} of {}".format(*count_within(ratios, target))
 
 
 def render(result: dict) -> str:
