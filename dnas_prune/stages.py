@@ -153,7 +153,7 @@ def _land(trainer: Trainer, pruner: Pruner, data: TrainingData, train_config: Tr
     """After the search's training: project onto the budget, refit BN, evaluate; the summary of search.json."""
     net = pruner.net
     before_ratios = pruner.hard_ratios_now()
-    projection = pruner.project()
+    projection = pruner.project(log=print if trainer.is_main and train_config.progress else None)
     final = net.hard_cost()
     latency = {}
     if search_config.metric == "latency":

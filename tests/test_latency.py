@@ -268,8 +268,9 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert loaded.predict_ms(smaller) == built.predict_ms(smaller)
     dense_ms, smaller_ms, ratio = loaded.measure_pair(TINY, smaller, FAST)  # interleaved, with the table's settings
     assert dense_ms > 0 and smaller_ms > 0 and ratio > 0
-    pairs = loaded.time_pairs(TINY, smaller, at_least=3, seconds=0.0, timing=FAST)  # in a new process
-    assert len(pairs) == 3 and all(d > 0 and p > 0 and r > 0 for d, p, r in pairs)
+    streamed: list[tuple[float, float, float]] = []
+    pairs = loaded.time_pairs(TINY, smaller, at_least=3, seconds=0.0, timing=FAST, on_pair=streamed.append)  # in a new process
+    assert len(pairs) == 3 and all(d > 0 and p > 0 and r > 0 for d, p, r in pairs) and streamed == pairs
     with monkeypatch.context() as m:  # no new process can start: timed here, said so
         m.setattr(sys, "executable", str(tmp_path / "no-python"))
         with pytest.warns(UserWarning, match="could not time the pruned model in a new process"):
@@ -448,10 +449,13 @@ class FakeDevice:
         dense_ms, pruned_ms = self(dense)["median_ms"], self(pruned)["median_ms"]
         return dense_ms, pruned_ms, pruned_ms / dense_ms
 
-    def pairs(self, dense, pruned, *, at_least: int, seconds: float, timing=None) -> list[tuple[float, float, float]]:
+    def pairs(self, dense, pruned, *, at_least: int, seconds: float, timing=None,
+              on_pair=None) -> list[tuple[float, float, float]]:
         found, started = [], time.monotonic()
         while len(found) < at_least or time.monotonic() - started < seconds:
             found.append(self.pair(dense, pruned))
+            if on_pair is not None:
+                on_pair(found[-1])
         return found
 
 
@@ -483,8 +487,12 @@ def test_latency_budget_tracks_the_target_and_lands_on_the_measurement() -> None
     pruner, table, device = latency_search({"target_latency": 0.5})
     assert pruner.config.metric == "latency" and pruner.max_deviation <= 0.15
     assert set(pruner.hard_ratios) == {"macs", "params", "latency"}
-    model = pruner.finalize()
+    said: list[str] = []
+    model = pruner.finalize(log=said.append)
     tries = pruner.projection["measured"]
+    # the landing speaks at each try and at each timing, so tens of seconds of timing do not go quiet
+    assert sum(line.startswith("latency landing, try") for line in said) == len(tries)
+    assert sum(" of dense" in line and "ms, pruned" in line for line in said) == LANDING_TIMINGS * len(tries)
     assert len(tries) >= 2 and abs(tries[0]["error"]) > 0.05  # the table alone misses the device by > 5 %
     measured = device(model)["median_ms"] / device(table.dense_spec)["median_ms"]
     assert measured == pytest.approx(0.5, rel=pruner.config.latency_tolerance)

@@ -333,14 +333,20 @@ class FakeClock:
 def test_plain_progress_speaks_at_least_every_ten_seconds(capsys: pytest.CaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Without fraction marks (as for evaluation), a line whenever PLAIN_SECONDS have passed: here a fake clock
-    advances 6 s per reading, so every second update is more than 10 s after the last line."""
+    advances 6 s per reading, so every second update is more than 8 s after the last line. A bar that starts
+    after a quiet phase counts it: the next bar, started 6 s after the last line and updated 6 s later, speaks at
+    once."""
     monkeypatch.setattr(progress_module, "time", FakeClock(step=6.0))
+    monkeypatch.setattr(Progress, "last_plain_line", None)  # no line yet in this (fake-clock) process
     with Progress(6, "evaluating val", unit="batches", terminal=False) as progress:
         for _ in range(6):
             progress.update()
     lines = capsys.readouterr().out.splitlines()
     assert [re.match(r"evaluating val: \d+% \((\d)/6 batches\)", line).group(1) for line in lines] == ["2", "4", "6"]
     assert "left" in lines[0]
+    with Progress(6, "evaluating test", unit="batches", terminal=False) as progress:
+        progress.update()
+    assert capsys.readouterr().out.startswith("evaluating test: 17% (1/6 batches)")
 
 
 def test_terminal_progress_is_a_bar_and_disabled_progress_is_silent(capsys: pytest.CaptureFixture) -> None:

@@ -501,7 +501,7 @@ class Pruner:
             self.config = cfg = replace(cfg, target=cfg.target_ms / dense_ms, target_ms_dense=dense_ms)
         check_target("latency", cfg.target)
 
-    def _land_on_measured_latency(self) -> list[dict[str, float]]:
+    def _land_on_measured_latency(self, log: Callable[[str], None] | None = None) -> list[dict[str, float]]:
         """Project on the latency model, time the model that gives against the dense one, side by side, and
         re-project where the table must read for the device to read the target, until the measurement is within
         ``latency_tolerance`` (at most four tries; the closest is pinned). The table is a model of the device;
@@ -509,7 +509,8 @@ class Pruner:
         process as a deployment would run it (``LatencyTable.time_pairs``). The device is read as the table times
         a factor, estimated from every timing of every try so far (``landing_ratio`` of timing / table): on a shared
         machine one try's timings can all fall in a quiet or a busy spell, and re-aiming on each try's own reading
-        would chase the host. With several processes, rank 0 measures, the others follow."""
+        would chase the host. With several processes, rank 0 measures, the others follow. ``log`` gets a line
+        per try and per timing, so a landing of tens of seconds does not go quiet."""
         cfg, net = self.config, self.net
         floor = cost_floor(net, "latency", cfg.round_to)
         rank, world_size = process_rank()
@@ -519,14 +520,19 @@ class Pruner:
         if leader:
             was_training = net.training
             net.eval()
-            for _ in range(4):
+            say = log or (lambda line: None)
+            for attempt in range(1, 5):
                 trial = min(1.0, max(trial, floor))
                 with net.pinned(budget_state(net, "latency", trial, cfg.round_to, strict=False)):
                     spec = spec_of(fold(net))
                     predicted = self.hard_ratios_now()["latency"]
                 started, table = time.monotonic(), net.latency.table
+                say(f"latency landing, try {attempt}/4: the table puts the projected model at {predicted:.3f} of "
+                    f"dense; timing it beside the dense model for {cfg.latency_landing_seconds:g} s")
                 pairs = table.time_pairs(table.dense_spec, spec, at_least=LANDING_TIMINGS,
-                                         seconds=cfg.latency_landing_seconds)
+                                         seconds=cfg.latency_landing_seconds,
+                                         on_pair=lambda pair: say(f"  dense {pair[0]:.3g} ms, pruned {pair[1]:.3g} ms: "
+                                                                  f"{pair[2]:.3f} of dense"))
                 ratios = sorted(pair[2] for pair in pairs)
                 tries.append({"projected_to": trial, "predicted_ratio": predicted, "own_ratio": landing_ratio(ratios),
                               "dense_ms": statistics.median(pair[0] for pair in pairs), "measured_ratios": ratios,
@@ -538,6 +544,8 @@ class Pruner:
                     t["measured_ms"] = t["measured_ratio"] * t["dense_ms"]
                     t["error"] = (t["measured_ms"] / cfg.target_ms if cfg.target_ms is not None
                                   else t["measured_ratio"] / cfg.target) - 1.0
+                say(f"  the device reads {tries[-1]['measured_ratio']:.3f} of dense here "
+                    f"({100 * tries[-1]['error']:+.1f} % from the target, tolerance {100 * cfg.latency_tolerance:g} %)")
                 if abs(tries[-1]["error"]) <= cfg.latency_tolerance:
                     break
                 aim = cfg.target_ms / tries[-1]["dense_ms"] if cfg.target_ms is not None else cfg.target
@@ -556,14 +564,15 @@ class Pruner:
         return cost_ratios(self.net, *self.net.counts_and_blocks(hard=True))
 
     # ------------------------------------------------------------------ the end
-    def project(self) -> dict[str, Any]:
+    def project(self, log: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Pin a hard state within ±1 % of the target; returns the cost ratio before and after. A latency budget
-        then lands on the device's measurement (``measured``: each try's predicted and measured ratio)."""
+        then lands on the device's measurement (``measured``: each try's predicted and measured ratio), telling
+        ``log`` (e.g. ``print``) each timing."""
         cfg = self.config
         before = self.hard_ratios_now()[cfg.metric]
         measured = None
         if cfg.metric == "latency":
-            measured = self._land_on_measured_latency()
+            measured = self._land_on_measured_latency(log)
         else:
             project_to_budget(self.net, cfg.metric, cfg.target, cfg.round_to)
         self.hard_ratios = self.hard_ratios_now()
@@ -574,14 +583,16 @@ class Pruner:
         return result
 
     def finalize(self, calibration_batches: Iterable[Any] | None = None,
-                 autocast: Callable[[], ContextManager] = nullcontext) -> nn.Module:
+                 autocast: Callable[[], ContextManager] = nullcontext,
+                 log: Callable[[str], None] | None = None) -> nn.Module:
         """Project onto the budget, refit BN statistics on ``calibration_batches`` (training images, as tensors or
-        ``(x, y)`` pairs; recommended), and return the plain pruned model. The supernet is left pinned."""
+        ``(x, y)`` pairs; recommended), and return the plain pruned model. The supernet is left pinned. ``log``:
+        see :meth:`project`."""
         if self.steps_done < self.total_steps:
             warnings.warn(f"finalize after {self.steps_done} of total_steps={self.total_steps} steps: the target had "
                           f"only descended to {self.target:.3f}, and the projection makes the rest of the jump to "
                           f"{self.config.target:g} untrained; pass the real number of steps", stacklevel=2)
-        self.projection = self.project()
+        self.projection = self.project(log)
         if calibration_batches is not None:
             refit_bn(self.net, calibration_batches, autocast)
         self.net.eval()

@@ -2,8 +2,9 @@
 
 On a terminal (stdout and stderr both TTYs) :class:`Progress` is a tqdm bar with a postfix (loss, img/s, ...).
 When the output goes to a file or a pipe it never writes ``\\r`` updates: it prints one plain line on stdout at
-each ``every`` fraction of the total (if given) and whenever ``PLAIN_SECONDS`` have passed since its last line,
-so a log shows steady lines and nothing stays silent for long.
+each ``every`` fraction of the total (if given) and whenever ``PLAIN_SECONDS`` have passed since the process's
+last progress line, so a log shows steady lines and nothing stays silent for long: a bar that starts after a quiet
+phase (loading, BN refitting, saving) speaks at its first update, not ``PLAIN_SECONDS`` after its own start.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-PLAIN_SECONDS = 10.0  # longest silence of a plain-line progress between its lines
+PLAIN_SECONDS = 8.0  # longest silence of a plain-line progress between its lines, one step under ten seconds
 
 
 def is_terminal() -> bool:
@@ -41,6 +42,8 @@ class Progress:
     ``enabled=False`` prints nothing at all.
     """
 
+    last_plain_line: float | None = None  # when any Progress of this process last printed a plain line
+
     def __init__(self, total: int, desc: str, *, unit: str = "it", enabled: bool = True,
                  every: float | None = None, terminal: bool | None = None) -> None:
         self.total = max(0, int(total))
@@ -49,7 +52,9 @@ class Progress:
         self.enabled = enabled
         self.done = 0
         self.postfix: dict[str, Any] = {}
-        self.start = self._last_line = time.perf_counter()
+        self.start = time.perf_counter()
+        earlier = Progress.last_plain_line  # the quiet phase before this bar counts as silence too
+        self._last_line = self.start if earlier is None or earlier > self.start else earlier
         self._every = every
         self._next_mark = every
         self.bar: tqdm | None = None
@@ -76,7 +81,7 @@ class Progress:
             while self._next_mark is not None and fraction >= self._next_mark - 1e-9:
                 self._next_mark += self._every
         if at_mark or now - self._last_line >= PLAIN_SECONDS:
-            self._last_line = now
+            self._last_line = Progress.last_plain_line = now
             print(self.line(now), flush=True)
 
     def line(self, now: float | None = None) -> str:

@@ -5,7 +5,8 @@ against the dense one steadily, while a process that only loaded the two (a depl
 same pair from that value to well above it as the host's load comes and goes (experiments/results/
 landing_process.md). A landing timed inside the search would aim at a reading no later process
 sees; timed here, it sees what they see. The parent sends the table and the two specs as JSON on stdin; the child
-prints one JSON list of ``[dense_ms, pruned_ms, ratio]`` per timing.
+prints one JSON line ``[dense_ms, pruned_ms, ratio]`` per timing as it is done, so the parent can show each one
+(a landing times for tens of seconds and should not go quiet meanwhile).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...models.spec import Spec
 from .cells import Timing
@@ -25,36 +27,50 @@ if TYPE_CHECKING:
     from .table import LatencyTable
 
 Pair = tuple[float, float, float]  # dense ms, pruned ms, their paired ratio
+OnPair = Callable[[Pair], None]  # called with each timing as it is done
 
 
 def time_pairs_here(table: "LatencyTable", dense: Spec, pruned: Spec, at_least: int, seconds: float,
-                    timing: Timing = Timing()) -> list[Pair]:
+                    timing: Timing = Timing(), on_pair: OnPair | None = None) -> list[Pair]:
     """``table.measure_pair`` repeated until ``seconds`` have passed and at least ``at_least`` times."""
     pairs: list[Pair] = []
     started = time.monotonic()
     while len(pairs) < at_least or time.monotonic() - started < seconds:
         pairs.append(table.measure_pair(dense, pruned, timing))
+        if on_pair is not None:
+            on_pair(pairs[-1])
     return pairs
 
 
 def time_pairs_apart(table: "LatencyTable", dense: Spec, pruned: Spec, at_least: int, seconds: float,
-                     timing: Timing = Timing()) -> list[Pair]:
+                     timing: Timing = Timing(), on_pair: OnPair | None = None) -> list[Pair]:
     """:func:`time_pairs_here`, run in a new Python process with this process's interpreter and environment; here,
     with a warning, where no new process can run (an embedded interpreter, a sandbox)."""
     request = {"table": table.to_dict(), "dense": dense, "pruned": pruned, "at_least": at_least, "seconds": seconds,
                "timing": asdict(timing)}
+    pairs: list[Pair] = []
     try:
-        done = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(request), capture_output=True,
-                              text=True)
-        failure = f"exit {done.returncode}: " + (done.stderr.strip().splitlines() or ["no output"])[-1] \
-            if done.returncode else None
+        with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: a chatty child cannot block on it
+            child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=errors, text=True)
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write(json.dumps(request))
+            child.stdin.close()
+            for line in child.stdout:
+                pairs.append(tuple(json.loads(line)))  # type: ignore[arg-type]
+                if on_pair is not None:
+                    on_pair(pairs[-1])
+            child.wait()
+            errors.seek(0)
+            failure = f"exit {child.returncode}: " + (errors.read().strip().splitlines() or ["no output"])[-1] \
+                if child.returncode else None
     except OSError as exc:
         failure = f"{type(exc).__name__}: {exc}"
     if failure is None:
-        return [tuple(pair) for pair in json.loads(done.stdout.strip().splitlines()[-1])]  # type: ignore[misc]
+        return pairs
     warnings.warn(f"could not time the pruned model in a new process ({failure}); timing it in this one, which "
                   "can read a multi-threaded ratio lower than a deployment will", stacklevel=2)
-    return time_pairs_here(table, dense, pruned, at_least, seconds, timing)
+    return time_pairs_here(table, dense, pruned, at_least, seconds, timing, on_pair)
 
 
 def main() -> int:
@@ -62,9 +78,8 @@ def main() -> int:
 
     request: dict[str, Any] = json.loads(sys.stdin.read())
     table = LatencyTable.from_dict(request["table"])
-    pairs = time_pairs_here(table, request["dense"], request["pruned"], request["at_least"], request["seconds"],
-                            Timing(**request["timing"]))
-    print(json.dumps(pairs))
+    time_pairs_here(table, request["dense"], request["pruned"], request["at_least"], request["seconds"],
+                    Timing(**request["timing"]), on_pair=lambda pair: print(json.dumps(pair), flush=True))
     return 0
 
 

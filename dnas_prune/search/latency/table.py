@@ -351,15 +351,16 @@ class LatencyTable:
         dense_t, pruned_t = (timed[n]["latency"][self.batch_size] for n in ("dense", "pruned"))
         return dense_t["median_ms"], pruned_t["median_ms"], pruned_t["paired_ratio"]
 
-    def time_pairs(self, dense: Spec, pruned: Spec, *, at_least: int, seconds: float,
-                   timing: Timing = Timing()) -> list[tuple[float, float, float]]:
+    def time_pairs(self, dense: Spec, pruned: Spec, *, at_least: int, seconds: float, timing: Timing = Timing(),
+                   on_pair: Callable[[tuple[float, float, float]], None] | None = None) -> list[tuple[float, float, float]]:
         """``measure_pair`` of two specs repeated for ``seconds`` (at least ``at_least`` times): on a CPU in a new
-        process, as a deployment runs the model (see pairs.py), on a GPU here."""
+        process, as a deployment runs the model (see pairs.py), on a GPU here. ``on_pair`` sees each timing as it
+        is done."""
         from .pairs import time_pairs_apart, time_pairs_here  # not at import: pairs.py runs as ``python -m``
 
         if self.settings["device"].split(":")[0] == "cpu":
-            return time_pairs_apart(self, dense, pruned, at_least, seconds, timing)
-        return time_pairs_here(self, dense, pruned, at_least, seconds, timing)
+            return time_pairs_apart(self, dense, pruned, at_least, seconds, timing, on_pair)
+        return time_pairs_here(self, dense, pruned, at_least, seconds, timing, on_pair)
 
     # ---- persistence
     def to_dict(self) -> dict[str, Any]:
