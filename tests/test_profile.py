@@ -100,6 +100,21 @@ def test_interleaved_rounds_cancel_a_drift(monkeypatch: pytest.MonkeyPatch) -> N
     assert statistics.median(second) / statistics.median(first) == pytest.approx(0.6)
 
 
+def test_interleaved_timing_speaks_when_it_has_been_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long timing reports rounds done whenever QUIET_SECONDS pass without a line (here: after every round)."""
+    from dnas_prune.device import timing
+    monkeypatch.setattr(timing.Runner, "once", lambda self: 1e-4)
+    monkeypatch.setattr(timing, "QUIET_SECONDS", 0.0)
+    runners = [timing.Runner(torch.nn.Identity(), (1,), 1, "nchw", torch.float32) for _ in range(2)]
+    lines: list[str] = []
+    timing.time_interleaved(runners, warmup=1, repeats=5, max_seconds=10.0, log=lines.append)
+    assert lines == [f"  {i}/5 rounds timed" for i in range(1, 6)]
+    monkeypatch.setattr(timing, "QUIET_SECONDS", 3600.0)
+    lines.clear()
+    timing.time_interleaved(runners, warmup=1, repeats=5, max_seconds=10.0, log=lines.append)
+    assert lines == []
+
+
 def test_compare_latency_picks_each_models_layout_from_the_same_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
     from dnas_prune.device import timing
     drift = _Drift(period=7)

@@ -25,6 +25,8 @@ from .policy import MEMORY_FORMAT_CHOICES, MEMORY_FORMATS, memory_format_name, u
 
 # p90 over median above this: the timings were disturbed (other work on the machine) and the median is unreliable.
 NOISY_RATIO = 1.5
+# Longest a progress report stays silent (plain-line bars too: train/progress.py), one step or round under ten seconds.
+QUIET_SECONDS = 8.0
 
 
 def noise_warning(median_ms: float, p90_ms: float) -> str | None:
@@ -113,18 +115,25 @@ def _repeats_within(repeats: int, seconds_per_repeat: float, max_seconds: float)
     return max(3, min(repeats, int(max_seconds / max(seconds_per_repeat, 1e-9))))
 
 
-def time_interleaved(runners: Sequence[Runner], warmup: int, repeats: int, max_seconds: float) -> None:
+def time_interleaved(runners: Sequence[Runner], warmup: int, repeats: int, max_seconds: float,
+                     log: Callable[[str], None] | None = None) -> None:
     """Warm every runner up, then time them round-robin (one forward each per round, at most ``repeats`` rounds
-    and about ``max_seconds`` per runner), appending to each runner's ``times``.
+    and about ``max_seconds`` per runner), appending to each runner's ``times``; ``log`` hears how many rounds
+    are done whenever :data:`QUIET_SECONDS` have passed without a line.
 
     Why round-robin: a shared CPU's speed drifts by tens of percent over seconds; forwards timed in the same
     round see the same speed, so a per-round ratio between two runners (:func:`paired_ratio`) cancels the drift
     that separate timings would carry into their ratio.
     """
+    said = time.perf_counter()
     round_seconds = sum(r.warmup(warmup, max_seconds / 3) for r in runners)
-    for _ in range(_repeats_within(repeats, round_seconds, max_seconds * len(runners))):
+    rounds = _repeats_within(repeats, round_seconds, max_seconds * len(runners))
+    for done in range(1, rounds + 1):
         for runner in runners:
             runner.times.append(runner.once())
+        if log is not None and time.perf_counter() - said >= QUIET_SECONDS:
+            said = time.perf_counter()
+            log(f"  {done}/{rounds} rounds timed")
 
 
 def paired_ratio(runner: Runner, reference: Runner) -> float:
@@ -201,7 +210,7 @@ def compare_latency(
                 log(f"timing {', '.join(names)} at batch {bs} ({i + 1}/{len(batch_sizes)}, up to "
                     f"~{(1 + len(names)) * len(formats) * max_seconds:.0f} s)")
             runners = {name: [Runner(models[name], input_size, bs, fmt, dtype) for fmt in formats] for name in names}
-            time_interleaved([r for each in runners.values() for r in each], warmup, repeats, max_seconds)
+            time_interleaved([r for each in runners.values() for r in each], warmup, repeats, max_seconds, log)
             # each model in its faster layout, chosen from the same interleaved rounds as everything else
             chosen = {name: min(each, key=Runner.median) for name, each in runners.items()}
             for name in names:

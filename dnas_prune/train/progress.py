@@ -15,7 +15,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-PLAIN_SECONDS = 8.0  # longest silence of a plain-line progress between its lines, one step under ten seconds
+from ..device.timing import QUIET_SECONDS as PLAIN_SECONDS  # longest silence between plain lines
+
 
 
 def is_terminal() -> bool:
