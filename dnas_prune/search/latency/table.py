@@ -46,6 +46,7 @@ from .units import FIXED_ROLES, layer_uses, spec_uses, unit_key
 
 if TYPE_CHECKING:
     from ..supernet import Supernet
+    from .pairs import OnPair
 
 TABLE_FORMAT = 5  # 2: constant and scale fitted on 16 shrunk models; 3: cells and models timed beside a reference;
 # 4: outlier cells timed again; 5: padded axes measured
@@ -352,7 +353,7 @@ class LatencyTable:
         return dense_t["median_ms"], pruned_t["median_ms"], pruned_t["paired_ratio"]
 
     def time_pairs(self, dense: Spec, pruned: Spec, *, at_least: int, seconds: float, timing: Timing = Timing(),
-                   on_pair: Callable[[tuple[float, float, float]], None] | None = None) -> list[tuple[float, float, float]]:
+                   on_pair: "OnPair | None" = None) -> list[tuple[float, float, float]]:
         """``measure_pair`` of two specs repeated for ``seconds`` (at least ``at_least`` times): on a CPU in a new
         process, as a deployment runs the model (see pairs.py), on a GPU here. ``on_pair`` sees each timing as it
         is done."""
