@@ -285,7 +285,8 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("device_reads", [1.0, 1.05, 1.5, 0.7])
 def test_a_cached_table_the_device_no_longer_matches_is_measured_again(tmp_path: Path, device_reads: float,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     kw = dict(input_size=(3, 8, 8), threads=1, memory_format="nchw", channel_step=4, points=2, progress=False,
               directory=tmp_path, timing=FAST)
     built = latency_table(TINY, 1, **kw)
@@ -308,6 +309,9 @@ def test_a_cached_table_the_device_no_longer_matches_is_measured_again(tmp_path:
     assert len(rebuilt) == int(stale)
     latency_table(TINY, 1, **{**kw, "check": False})  # no check: the cache is trusted as it is
     assert len(rebuilt) == int(stale)
+    capsys.readouterr()
+    latency_table(TINY, 1, **{**kw, "progress": True})  # with progress, the check says what it is timing
+    assert capsys.readouterr().out.startswith("checking the cached latency table ")
 
 
 def test_the_parent_module_finds_the_table_built_for_its_registry_name() -> None:

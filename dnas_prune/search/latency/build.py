@@ -401,6 +401,9 @@ def latency_table(model: str | Spec | nn.Module, batch_size: int = 1, *, input_s
     if check and not rebuild:
         table = cached_table(settings, directory)
         if table is not None:
+            if progress:
+                print(f"checking the cached latency table {table.path} against this device ({len(STALE_PROBE_LEVELS)} "
+                      "shrunk models timed beside the dense one)", flush=True)
             error = stale_error(table, timing)
             if error <= STALE_ERROR:
                 return table
