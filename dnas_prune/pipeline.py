@@ -355,7 +355,8 @@ class Pipeline:
         model = load_pretrained(self.dense_path, None, data.num_classes)
         seed_everything(self.config[""]["seed"])
         _, summary = stages.search(model, data, train_config_of(self.config, "search"), search_config_of(self.config),
-                                   self.search_dir, resume=True, tensorboard=self.config[""]["tensorboard"])
+                                   self.search_dir, resume=True, tensorboard=self.config[""]["tensorboard"],
+                                   log=self.log)
         self.log(f"searched: {stages.search_line(summary)}")
 
     def finalize(self) -> None:

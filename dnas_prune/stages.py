@@ -92,9 +92,11 @@ def search(
     input_size: tuple[int, int, int] | None = None,
     callbacks: Sequence[TrainHooks] = (),
     tensorboard: bool = False,
+    log: Callable[[str], None] = print,
 ) -> tuple[Supernet, dict]:
     """Search ``model`` under the budget; writes ``OUT/supernet.pt`` (resumable, every epoch) and
-    ``OUT/search.json``, and returns the projected supernet and that summary.
+    ``OUT/search.json``, and returns the projected supernet and that summary. ``log`` hears a latency landing's
+    tries and timings (with ``train_config.progress``).
 
     ``callbacks`` run after the search's own (which steps the gates), then TensorBoard's with ``tensorboard``
     (to ``OUT/tb``).
@@ -118,7 +120,7 @@ def search(
         trainer = Trainer(net, data, train_config, out, callbacks=[SearchHooks(pruner), *callbacks, *monitors],
                           checkpoint_name="supernet.pt", metadata=metadata, teacher=teacher)
         trainer.fit(resume=resume)
-        summary = _land(trainer, pruner, data, train_config, search_config)
+        summary = _land(trainer, pruner, data, train_config, search_config, log)
         for monitor in monitors:
             monitor.log_search_summary(summary)
     if trainer.is_main:
@@ -149,11 +151,11 @@ def _resumed_ms_target(config: SearchConfig, checkpoint: Path) -> SearchConfig:
 
 
 def _land(trainer: Trainer, pruner: Pruner, data: TrainingData, train_config: TrainConfig,
-          search_config: SearchConfig) -> dict[str, Any]:
+          search_config: SearchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """After the search's training: project onto the budget, refit BN, evaluate; the summary of search.json."""
     net = pruner.net
     before_ratios = pruner.hard_ratios_now()
-    projection = pruner.project(log=print if trainer.is_main and train_config.progress else None)
+    projection = pruner.project(log=log if trainer.is_main and train_config.progress else None)
     final = net.hard_cost()
     latency = {}
     if search_config.metric == "latency":
