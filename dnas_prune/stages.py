@@ -151,7 +151,7 @@ def _resumed_ms_target(config: SearchConfig, checkpoint: Path) -> SearchConfig:
 
 
 def _land(trainer: Trainer, pruner: Pruner, data: TrainingData, train_config: TrainConfig,
-          search_config: SearchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+          search_config: SearchConfig, log: Callable[[str], None]) -> dict[str, Any]:
     """After the search's training: project onto the budget, refit BN, evaluate; the summary of search.json."""
     net = pruner.net
     before_ratios = pruner.hard_ratios_now()

@@ -18,7 +18,6 @@ from tqdm import tqdm
 from ..device.timing import QUIET_SECONDS as PLAIN_SECONDS  # longest silence between plain lines
 
 
-
 def is_terminal() -> bool:
     """True when both stdout and stderr are terminals: only then are ``\\r``-redrawn bars readable."""
     return all(getattr(stream, "isatty", lambda: False)() for stream in (sys.stdout, sys.stderr))
