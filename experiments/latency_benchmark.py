@@ -232,13 +232,14 @@ def summary_markdown(results: Path = RESULTS) -> str:
                     lines += [f"Latency target 0.2 at batch {bs}: measured {q['latency_ratio']:.3f} of dense side by "
                               f"side, a {1 / q['latency_ratio']:.1f}× speed-up, at {100 * q['test_acc']:.2f} % "
                               f"({q['macs_ratio']:.3f} of the MACs).", ""]
-    model_files = sorted(results.glob("latency_model*.json"))  # latency_model, latency_model_step1 (off the grid)
+    model_files = sorted(results.glob("latency_model*.json"))  # latency_model, _step1 (off the grid), _threadsN
     if model_files:
         lines += ["## The latency model against measurements (deliverable 3)", ""]
     for model_file in model_files:
         m = json.loads(model_file.read_text())
         lines += [f"### [{model_file.stem}.md]({model_file.stem}.md): architectures in steps of {m['arch_step']} "
-                  f"channel{'s' * (m['arch_step'] != 1)} (table grid step {m['channel_step']})", "",
+                  f"channel{'s' * (m['arch_step'] != 1)} (table grid step {m['channel_step']}), "
+                  f"{m['machine']['threads']} thread{'s' * (m['machine']['threads'] != 1)}", "",
                   f"{m['date']}, {_cpu(m['machine'])}, {m['archs']} random finalized architectures per row; goal: "
                   f"median ≤ {100 * m['goal']['median']:g} %, p90 ≤ {100 * m['goal']['p90']:g} %.", "",
                   "| model | batch | error relative to dense, median / p90 | error in ms, median / p90 | dense: "

@@ -250,8 +250,10 @@ def main() -> None:
         "results": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    # off the table's grid (architectures in steps of 1 channel, as the default search's widths), a page of its own
-    stem = "latency_model" + ("" if report["arch_step"] == args.channel_step else f"_step{report['arch_step']}")
+    # off the table's grid (architectures in steps of 1 channel, as the default search's widths), or at a thread
+    # count asked for, a page of its own
+    stem = ("latency_model" + ("" if report["arch_step"] == args.channel_step else f"_step{report['arch_step']}")
+            + ("" if args.threads is None else f"_threads{args.threads}"))
     report["figure"] = f"{stem}.png"
     save_figure(figure(results, f"Latency table vs measurement: {report['machine']['cpu'].get('model', 'CPU')}, "
                                 f"threads: {threads}, {args.precision}, architectures in steps of "

@@ -95,7 +95,9 @@ class SearchConfig:
     # the dense model's ms that target_ms was resolved against, set then; a resumed search keeps it (no re-timing)
     target_ms_dense: float | None = None
     latency_batch_size: int = 1  # metric "latency": the batch size the latency is measured and budgeted at
-    latency_tolerance: float = 0.05  # metric "latency": the measured landing stops within this of the target
+    # metric "latency": the measured landing stops within this under the target (a budget is a cap; and on a shared
+    # machine a later timing reads a narrow model slower more often than faster)
+    latency_tolerance: float = 0.05
     # metric "latency": each landing try times the pair (in a new process) for this long, so that its timings see
     # more than one spell of a shared machine's load (a narrow model slows more than the dense one in a busy spell)
     latency_landing_seconds: float = 30.0
@@ -201,6 +203,11 @@ def landing_ratio(ratios: list[float]) -> float:
     return (q1 + q3) / 2
 
 
+def off_window(error: float, tolerance: float) -> float:
+    """How far a landing's relative ``error`` from its target lies outside the window ``[-tolerance, 0]``."""
+    return max(0.0, error, -tolerance - error)
+
+
 def ramped_target(target: float, elapsed: float, ramp: float) -> float:
     """The budget ``elapsed`` (a fraction of the whole search, counted from the end of warm-up) into a ramp of
     length ``ramp``: a cubic descent from the dense cost to ``target``, steep first, flat on arrival."""
@@ -250,7 +257,7 @@ class Pruner:
     The budget is one of ``target_macs``, ``target_params``, ``target_latency`` (a fraction of the dense model's
     latency on this device) or ``target_latency_ms``. Latency is counted in a per-layer table of this device
     (``latency``, or measured once and cached), and the landing re-aims the projection until the finalized model,
-    timed beside the dense one, is within ``latency_tolerance`` of the target.
+    timed beside the dense one, is at most the target and within ``latency_tolerance`` under it.
 
     Readable state, what the search computes and a monitor logs: :attr:`net`, :attr:`target` (the current, ramped
     target), :attr:`offset` and :attr:`temperature` (the schedule it set), :attr:`hard_ratio` (the cost ratio of
@@ -503,8 +510,10 @@ class Pruner:
 
     def _land_on_measured_latency(self, log: Callable[[str], None] | None = None) -> list[dict[str, float]]:
         """Project on the latency model, time the model that gives against the dense one, side by side, and
-        re-project where the table must read for the device to read the target, until the measurement is within
-        ``latency_tolerance`` (at most four tries; the closest is pinned). The table is a model of the device;
+        re-project where the table must read for the device to read the middle of the window ``[target x (1 -
+        latency_tolerance), target]``, until the measurement is in it (at most four tries; the closest is pinned).
+        The window lies under the target: a budget is a cap, and a later timing on a shared machine reads a narrow
+        model relatively slower more often than faster (see ``landing_ratio``). The table is a model of the device;
         this makes the landing the device's. Each try times the pair for ``latency_landing_seconds``, in a new
         process as a deployment would run it (``LatencyTable.time_pairs``). The device is read as the table times
         a factor, estimated from every timing of every try so far (``landing_ratio`` of timing / table): on a shared
@@ -516,7 +525,7 @@ class Pruner:
         rank, world_size = process_rank()
         leader, distributed = rank == 0, world_size > 1
         tries: list[dict[str, float]] = []
-        trial = cfg.target
+        trial = cfg.target * (1.0 - cfg.latency_tolerance / 2)  # the middle of the window, on the table first
         if leader:
             was_training = net.training
             net.eval()
@@ -545,13 +554,15 @@ class Pruner:
                     t["error"] = (t["measured_ms"] / cfg.target_ms if cfg.target_ms is not None
                                   else t["measured_ratio"] / cfg.target) - 1.0
                 say(f"  the device reads {tries[-1]['measured_ratio']:.3f} of dense here "
-                    f"({100 * tries[-1]['error']:+.1f} % from the target, tolerance {100 * cfg.latency_tolerance:g} %)")
-                if abs(tries[-1]["error"]) <= cfg.latency_tolerance:
+                    f"({100 * tries[-1]['error']:+.1f} % from the target; the landing takes "
+                    f"-{100 * cfg.latency_tolerance:g} % to 0)")
+                if off_window(tries[-1]["error"], cfg.latency_tolerance) == 0.0:
                     break
                 aim = cfg.target_ms / tries[-1]["dense_ms"] if cfg.target_ms is not None else cfg.target
-                trial = aim / device_over_table  # where the table must read for the device to read the target
+                aim *= 1.0 - cfg.latency_tolerance / 2  # the middle of the window
+                trial = aim / device_over_table  # where the table must read for the device to read the aim
             net.train(was_training)
-            trial = min(tries, key=lambda t: abs(t["error"]))["projected_to"]
+            trial = min(tries, key=lambda t: off_window(t["error"], cfg.latency_tolerance))["projected_to"]
         if distributed:
             chosen = torch.tensor([trial], dtype=torch.float64)
             torch.distributed.broadcast(chosen, src=0)
