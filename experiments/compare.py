@@ -42,7 +42,7 @@ from dnas_prune.stages import finetune
 from dnas_prune.models import create_model, spec_of
 from dnas_prune.device.timing import compare_latency
 from dnas_prune.io.pruned import load_pruned_with_metadata, save_pruned
-from dnas_prune.search.pruner import SearchConfig
+from dnas_prune.search.pruner import SearchConfig, pinned_try
 from dnas_prune.search.hooks import load_supernet
 from dnas_prune.io.pruned import load_pretrained
 from dnas_prune.stages import search
@@ -391,8 +391,9 @@ def _notes(row: dict) -> str:
     if "steps" in info:
         parts.append(f"{info['steps']} TP steps")
     if info.get("latency_landing"):
-        last = info["latency_landing"][-1]
-        parts.append(f"landed at measured latency {last['measured_ratio']:.3f} of dense (table {last['predicted_ratio']:.3f})")
+        landed = pinned_try(info["latency_landing"])
+        parts.append(f"landed at measured latency {landed['measured_ratio']:.3f} of dense "
+                     f"(table {landed['predicted_ratio']:.3f})")
     if "macs_match" in info and not info["macs_match"]:
         parts.append(f"MACs {info['macs_vs_target']:.3f}x target, NOT within 1 %")
     return ", ".join(parts)

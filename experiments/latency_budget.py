@@ -33,6 +33,7 @@ import torch
 from dnas_prune.device.timing import compare_latency
 from dnas_prune.io.checkpoint import atomic_write_json, atomic_write_text
 from dnas_prune.io.pruned import load_pretrained, load_pruned_with_metadata
+from dnas_prune.search.pruner import pinned_try
 
 from peers import machine
 
@@ -132,7 +133,8 @@ def main() -> int:
         rows.append({
             "model": args.model, "target": target, "batch_size": args.batch_size, "search": shlex.join(search),
             "finalize": shlex.join(finalize), "seconds": seconds, "predicted_ratio": summary["final"]["latency_ratio"],
-            "landing_tries": tries, "landing_measured_ratio": min(tries, key=lambda t: abs(t["error"]))["measured_ratio"],
+            "landing_tries": tries, "landing_window": summary["projection"]["landing_window"],
+            "landing_measured_ratio": pinned_try(tries)["measured_ratio"],
             "side_by_side_ratio": side_by_side, "side_by_side_ratios": ratios,
             "ratio_of_medians": 1.0 / timed["ratios"]["pruned"][bs]["speedup"],
             "lands": count_within([side_by_side], target)[0] == 1,

@@ -549,8 +549,10 @@ def test_the_landing_aims_between_a_shared_hosts_quiet_and_busy_readings(seconds
 def test_a_landing_that_never_fits_its_window_stops_after_four_tries() -> None:
     """When no try measures inside ``[target x (1 - tolerance), target]`` (here a device whose timings swing by
     more than the window), the landing stops after four tries and pins the one nearest the window."""
-    from dnas_prune.search.pruner import off_window
+    from dnas_prune.search.pruner import off_window, pinned_try
 
+    marked, older = [{"error": 0.01}, {"error": -0.03, "pinned": True}], [{"error": 0.2}, {"error": -0.01}]
+    assert pinned_try(marked) is marked[1] and pinned_try(older) is older[1]  # unmarked: nearest the target
     assert off_window(-0.03, 0.05) == 0.0 and off_window(0.0, 0.05) == 0.0 and off_window(-0.05, 0.05) == 0.0
     assert off_window(0.02, 0.05) == pytest.approx(0.02) and off_window(-0.08, 0.05) == pytest.approx(0.03)
     pruner, table, _ = latency_search({"target_latency": 0.5}, steps=10, latency_tolerance=0.001)
@@ -561,6 +563,8 @@ def test_a_landing_that_never_fits_its_window_stops_after_four_tries() -> None:
     assert len(tries) == 4 and all(off_window(t["error"], 0.001) > 0 for t in tries)
     nearest = min(tries, key=lambda t: off_window(t["error"], 0.001))
     assert pruner.hard_ratio == pytest.approx(nearest["predicted_ratio"], rel=1e-9)  # its state is the one pinned
+    assert [t.get("pinned", False) for t in tries] == [t is nearest for t in tries]  # and the record says which
+    assert pruner.projection["landing_window"] == [-0.001, 0.0]
 
 
 def test_latency_ms_target_is_the_measured_dense_fraction() -> None:

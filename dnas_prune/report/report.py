@@ -26,6 +26,7 @@ from ..device.timing import compare_latency
 from ..io.checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from ..models import Spec, spec_of
 from ..models.cost import Cost
+from ..search.pruner import pinned_try
 from .summary import width_table
 
 DPI = 110
@@ -228,7 +229,7 @@ def _latency_budget(search_summary: dict[str, Any], latency: dict[str, Any]) -> 
         return None
     bs = final["latency_batch_size"]
     tries = search_summary["projection"].get("measured") or []
-    landed = min(tries, key=lambda t: abs(t["error"]))["measured_ratio"] if tries else None
+    landed = pinned_try(tries)["measured_ratio"] if tries else None
     return {"batch_size": bs, "predicted_ratio": final["latency_ratio"], "landing_measured_ratio": landed,
             "report_measured_ratio": latency["models"]["pruned"]["latency"][bs]["paired_ratio"]}
 

@@ -208,6 +208,12 @@ def off_window(error: float, tolerance: float) -> float:
     return max(0.0, error, -tolerance - error)
 
 
+def pinned_try(tries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The landing try that was finalized, from a search summary's ``projection["measured"]`` (records written
+    before tries were marked: the one nearest its target, which was the rule then)."""
+    return next((t for t in tries if t.get("pinned")), None) or min(tries, key=lambda t: abs(t["error"]))
+
+
 def ramped_target(target: float, elapsed: float, ramp: float) -> float:
     """The budget ``elapsed`` (a fraction of the whole search, counted from the end of warm-up) into a ramp of
     length ``ramp``: a cubic descent from the dense cost to ``target``, steep first, flat on arrival."""
@@ -508,7 +514,7 @@ class Pruner:
             self.config = cfg = replace(cfg, target=cfg.target_ms / dense_ms, target_ms_dense=dense_ms)
         check_target("latency", cfg.target)
 
-    def _land_on_measured_latency(self, log: Callable[[str], None] | None = None) -> list[dict[str, float]]:
+    def _land_on_measured_latency(self, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
         """Project on the latency model, time the model that gives against the dense one, side by side, and
         re-project where the table must read for the device to read the middle of the window ``[target x (1 -
         latency_tolerance), target]``, until the measurement is in it (at most four tries; the closest is pinned).
@@ -524,7 +530,7 @@ class Pruner:
         floor = cost_floor(net, "latency", cfg.round_to)
         rank, world_size = process_rank()
         leader, distributed = rank == 0, world_size > 1
-        tries: list[dict[str, float]] = []
+        tries: list[dict[str, Any]] = []
         trial = cfg.target * (1.0 - cfg.latency_tolerance / 2)  # the middle of the window, on the table first
         if leader:
             was_training = net.training
@@ -562,7 +568,9 @@ class Pruner:
                 aim *= 1.0 - cfg.latency_tolerance / 2  # the middle of the window
                 trial = aim / device_over_table  # where the table must read for the device to read the aim
             net.train(was_training)
-            trial = min(tries, key=lambda t: off_window(t["error"], cfg.latency_tolerance))["projected_to"]
+            pinned = min(tries, key=lambda t: off_window(t["error"], cfg.latency_tolerance))
+            pinned["pinned"] = True
+            trial = pinned["projected_to"]
         if distributed:
             chosen = torch.tensor([trial], dtype=torch.float64)
             torch.distributed.broadcast(chosen, src=0)
@@ -577,7 +585,8 @@ class Pruner:
     # ------------------------------------------------------------------ the end
     def project(self, log: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Pin a hard state within ±1 % of the target; returns the cost ratio before and after. A latency budget
-        then lands on the device's measurement (``measured``: each try's predicted and measured ratio), telling
+        then lands on the device's measurement (``measured``: each try's predicted and measured ratio, the one
+        finalized marked ``pinned``; ``landing_window``: the window it aimed at, relative to the target), telling
         ``log`` (e.g. ``print``) each timing."""
         cfg = self.config
         before = self.hard_ratios_now()[cfg.metric]
@@ -590,7 +599,8 @@ class Pruner:
         self.hard_ratio = after = self.hard_ratios[cfg.metric]
         result: dict[str, Any] = {"before": before, "after": after, "moved": after - before}
         if measured is not None:
-            result["measured"] = measured
+            result["measured"] = measured  # the try finalized has "pinned"
+            result["landing_window"] = [-self.config.latency_tolerance, 0.0]  # around the target, relative
         return result
 
     def finalize(self, calibration_batches: Iterable[Any] | None = None,
