@@ -531,7 +531,8 @@ class Pruner:
         rank, world_size = process_rank()
         leader, distributed = rank == 0, world_size > 1
         tries: list[dict[str, Any]] = []
-        trial = cfg.target * (1.0 - cfg.latency_tolerance / 2)  # the middle of the window, on the table first
+        middle = 1.0 - cfg.latency_tolerance / 2  # of the window, relative to the target
+        trial = cfg.target * middle  # on the table, first
         if leader:
             was_training = net.training
             net.eval()
@@ -564,8 +565,7 @@ class Pruner:
                     f"-{100 * cfg.latency_tolerance:g} % to 0)")
                 if off_window(tries[-1]["error"], cfg.latency_tolerance) == 0.0:
                     break
-                aim = cfg.target_ms / tries[-1]["dense_ms"] if cfg.target_ms is not None else cfg.target
-                aim *= 1.0 - cfg.latency_tolerance / 2  # the middle of the window
+                aim = middle * (cfg.target_ms / tries[-1]["dense_ms"] if cfg.target_ms is not None else cfg.target)
                 trial = aim / device_over_table  # where the table must read for the device to read the aim
             net.train(was_training)
             pinned = min(tries, key=lambda t: off_window(t["error"], cfg.latency_tolerance))
@@ -600,7 +600,7 @@ class Pruner:
         result: dict[str, Any] = {"before": before, "after": after, "moved": after - before}
         if measured is not None:
             result["measured"] = measured  # the try finalized has "pinned"
-            result["landing_window"] = [-self.config.latency_tolerance, 0.0]  # around the target, relative
+            result["landing_window"] = [-self.config.latency_tolerance, 0.0]  # relative to the target
         return result
 
     def finalize(self, calibration_batches: Iterable[Any] | None = None,
