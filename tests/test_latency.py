@@ -549,7 +549,10 @@ def test_the_landing_aims_between_a_shared_hosts_quiet_and_busy_readings(seconds
 def test_a_landing_that_never_fits_its_window_stops_after_four_tries() -> None:
     """When no try measures inside ``[target x (1 - tolerance), target]`` (here a device whose timings swing by
     more than the window), the landing stops after four tries and pins the one nearest the window."""
-    from dnas_prune.search.pruner import off_window, pinned_try
+    from dnas_prune.search.pruner import off_window, pinned_try, try_to_pin
+
+    inside, outside = [{"error": -0.01}, {"error": -0.03}, {"error": 0.02}], [{"error": 0.03}, {"error": -0.09}]
+    assert try_to_pin(inside, 0.05) is inside[1] and try_to_pin(outside, 0.05) is outside[0]
 
     marked, older = [{"error": 0.01}, {"error": -0.03, "pinned": True}], [{"error": 0.2}, {"error": -0.01}]
     assert pinned_try(marked) is marked[1] and pinned_try(older) is older[1]  # unmarked: nearest the target

@@ -208,6 +208,13 @@ def off_window(error: float, tolerance: float) -> float:
     return max(0.0, error, -tolerance - error)
 
 
+def try_to_pin(tries: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """The landing try to finalize: the one nearest the window ``[-tolerance, 0]`` (relative error from the target),
+    and among tries inside it, the one nearest its middle (each try's reading is revised with every new timing, so
+    several can end up inside)."""
+    return min(tries, key=lambda t: (off_window(t["error"], tolerance), abs(t["error"] + tolerance / 2)))
+
+
 def pinned_try(tries: list[dict[str, Any]]) -> dict[str, Any]:
     """The landing try that was finalized, from a search summary's ``projection["measured"]`` (records written
     before tries were marked: the one nearest its target, which was the rule then)."""
@@ -517,7 +524,8 @@ class Pruner:
     def _land_on_measured_latency(self, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
         """Project on the latency model, time the model that gives against the dense one, side by side, and
         re-project where the table must read for the device to read the middle of the window ``[target x (1 -
-        latency_tolerance), target]``, until the measurement is in it (at most four tries; the closest is pinned).
+        latency_tolerance), target]``, until the measurement is in it (at most four tries; the one nearest the
+        window, then its middle, is pinned).
         The window lies under the target: a budget is a cap, and a later timing on a shared machine reads a narrow
         model relatively slower more often than faster (see ``landing_ratio``). The table is a model of the device;
         this makes the landing the device's. Each try times the pair for ``latency_landing_seconds``, in a new
@@ -568,7 +576,7 @@ class Pruner:
                 aim = middle * (cfg.target_ms / tries[-1]["dense_ms"] if cfg.target_ms is not None else cfg.target)
                 trial = aim / device_over_table  # where the table must read for the device to read the aim
             net.train(was_training)
-            pinned = min(tries, key=lambda t: off_window(t["error"], cfg.latency_tolerance))
+            pinned = try_to_pin(tries, cfg.latency_tolerance)
             pinned["pinned"] = True
             trial = pinned["projected_to"]
         if distributed:
