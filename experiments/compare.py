@@ -108,31 +108,43 @@ METHODS = _methods(
            one_schedule=True),
     Method("ours_latency_bs1", "dnas_prune defaults with a latency budget (--target-latency T --latency-batch-size 1): "
            "T is a fraction of the dense model's latency at batch 1, measured on this machine with the threads the run "
-           "has; gates ranked per MACs (--rank-cost auto)", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1},
+           "has; a gate per residual block, ranked per unit of latency, channel gates per MACs (--rank-cost auto)",
+           "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1},
            search_epochs=1, one_schedule=True),
     Method("ours_latency_bs64", "as ours_latency_bs1, at batch 64 (--latency-batch-size 64)", "ours",
            {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64},
            search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs1_rankbudget", "as ours_latency_bs1 with gates ranked per unit of latency (--rank-cost "
-           "budget), the first latency search", "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency",
-                                                         "latency_batch_size": 1, "rank_cost": "budget"},
-           search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_rankbudget", "as ours_latency_bs64 with gates ranked per unit of latency (--rank-cost "
-           "budget)", "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
-                               "rank_cost": "budget"},
-           search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs1_streams", "as ours_latency_bs1 with the residual streams gated too (--gate-streams): "
-           "the stem, projection and every branch's last BN lose channels, as Torch-Pruning's do", "ours",
+    Method("ours_latency_bs1_noblockgates", "as ours_latency_bs1 without block gates (--no-block-gates: a block goes "
+           "when all its inner channels close), the latency defaults before block gates", "ours",
            {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
-            "gate_streams": True}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_streams", "as ours_latency_bs64 with the residual streams gated too (--gate-streams)",
-           "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
-                    "gate_streams": True}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_stream1", "as ours_latency_bs64 with the first stage's residual stream gated too (the "
-           "stem and layer1's block outputs, the widest activations; the later streams stay whole)", "ours",
+            "block_gates": False}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_noblockgates", "as ours_latency_bs1_noblockgates, at batch 64", "ours",
            {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
-            "gate_streams": True, "exclude": ["layer[2-9].stream"]}, search_epochs=1, one_schedule=True),
+            "block_gates": False}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs1_rankmacs", "as ours_latency_bs1 with block gates ranked per MACs too (--rank-cost macs)",
+           "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
+                    "rank_cost": "macs"}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs1_rankbudget", "as ours_latency_bs1_noblockgates with gates ranked per unit of latency "
+           "(--rank-cost budget), the first latency search", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
+            "rank_cost": "budget", "block_gates": False}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_rankbudget", "as ours_latency_bs64_noblockgates with gates ranked per unit of latency "
+           "(--rank-cost budget)", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
+            "rank_cost": "budget", "block_gates": False}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs1_streams", "as ours_latency_bs1_noblockgates with the residual streams gated too "
+           "(--gate-streams): the stem, projection and every branch's last BN lose channels, as Torch-Pruning's do",
+           "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
+                    "gate_streams": True, "block_gates": False}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_streams", "as ours_latency_bs64_noblockgates with the residual streams gated too "
+           "(--gate-streams)", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
+            "gate_streams": True, "block_gates": False}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_stream1", "as ours_latency_bs64_noblockgates with the first stage's residual stream "
+           "gated too (the stem and layer1's block outputs, the widest activations; the later streams stay whole)",
+           "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
+                    "gate_streams": True, "exclude": ["layer[2-9].stream"], "block_gates": False},
+           search_epochs=1, one_schedule=True),
     Method("ours_1sched_taylor_l1order", "as the defaults (Taylor prior, one lr schedule, filter-norm channel order) "
            "with --search-epochs of search instead of one", "ours", {"prior": "taylor", "channel_order": "l1"},
            one_schedule=True),

@@ -21,6 +21,9 @@ def test_search_flags_default_to_the_search_config() -> None:
     args = parse("search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--out", "x")
     assert search_cli.search_config_from(args) == SearchConfig(metric="macs", target=0.5)
     assert train_config_from(args) == search_cli.DEFAULTS
+    for flag, value in (("--block-gates", True), ("--no-block-gates", False)):
+        args = parse("search", "--model", "cifar_resnet20", "--target-latency", "0.5", flag, "--out", "x")
+        assert search_cli.search_config_from(args).block_gates is value
 
 
 def test_train_and_finetune_flags_default_to_their_recipes() -> None:

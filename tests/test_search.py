@@ -103,8 +103,9 @@ def test_cost_normalization_pushes_every_gate_equally_per_unit_of_cost() -> None
 
 @pytest.mark.parametrize("name", ["cifar_resnet110", "resnet152"])
 def test_without_block_gates_only_channels_are_gated(name: str) -> None:
-    """By default every block gate is left out (up to resnet152's 36 blocks a stage), every inner group
-    stays gated, and the streams stay whole as by default."""
+    """By default (for a MACs or params budget) every block gate is left out (up to resnet152's 36 blocks a
+    stage), every inner group stays gated, and the streams stay whole as by default; a latency budget gates the
+    blocks unless told not to."""
     from dnas_prune import Supernet
 
     size = (3, 32, 32) if name.startswith("cifar") else (3, 64, 64)
@@ -119,6 +120,8 @@ def test_without_block_gates_only_channels_are_gated(name: str) -> None:
     with_blocks, default = gated(SearchConfig(block_gates=True)), gated(SearchConfig())
     assert set(with_blocks) == {"block", "inner"} and len(with_blocks["block"]) > 9
     assert default == {"inner": with_blocks["inner"]}
+    assert gated(SearchConfig(metric="latency")) == with_blocks
+    assert gated(SearchConfig(metric="latency", block_gates=False)) == default
 
 
 def test_search_with_block_gates_lands_on_the_budget(synthetic_data, tmp_path: Path) -> None:

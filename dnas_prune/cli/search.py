@@ -72,8 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "layers on fast CPU kernels; default: %(default)s)")
     p.add_argument("--gate-streams", action="store_true",
                    help="also gate the residual streams (default: keep them whole; see README)")
-    p.add_argument("--block-gates", action="store_true",
-                   help="also a gate per residual block (default: a block goes when all its inner channels close)")
+    p.add_argument("--block-gates", action=argparse.BooleanOptionalAction, default=SEARCH_DEFAULTS.block_gates,
+                   help="also a gate per residual block (default: under a latency budget; otherwise a block goes when "
+                        "all its inner channels close)")
     p.add_argument("--exclude", nargs="*", default=[], help="gate groups kept open (glob patterns, e.g. 'layer1.*')")
     add_training_args(p, DEFAULTS)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")

@@ -119,15 +119,25 @@ class SearchConfig:
     channels_per_gate: int = 1  # one gate per K channels: every searched width is a multiple of K
     exclude: list[str] = field(default_factory=list)
     gate_streams: bool = False  # also gate the residual streams (stem, projections and every branch's last BN)
-    block_gates: bool = False  # True: a gate per residual block too; False: a block goes when its channels do
+    # True: a gate per residual block too; False: a block goes when its channels do; None: True for a latency budget
+    block_gates: bool | None = None
     recalibrate_batches: int = 20
+
+    @property
+    def gates_blocks(self) -> bool:
+        """Whether each residual block gets a gate of its own. By default only under a latency budget: there a block
+        a few channels keep alive still costs much of a whole block's time (its launches and its output-width
+        traffic), so whether a block stays is a decision of its own, ranked per unit of latency
+        (:meth:`Pruner._rank_metric`); for MACs and params a block costs what its channels do."""
+        return self.metric == "latency" if self.block_gates is None else self.block_gates
 
     def excluded_groups(self) -> list[str]:
         """The exclude patterns the supernet gets: the user's, plus the streams unless ``gate_streams``, plus the
-        block gates unless ``block_gates``. A closed stream channel is missing from every block of its stage, so
-        streams stay whole by default; blocks still go, when the search closes all of a block's inner channels."""
+        block gates unless :attr:`gates_blocks`. A closed stream channel is missing from every block of its stage,
+        so streams stay whole by default; without block gates blocks still go, when the search closes all of a
+        block's inner channels."""
         streams = [] if self.gate_streams else list(STREAM_GROUPS)
-        return list(self.exclude) + streams + ([] if self.block_gates else list(BLOCK_GROUPS))
+        return list(self.exclude) + streams + ([] if self.gates_blocks else list(BLOCK_GROUPS))
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup < 1.0:
@@ -363,27 +373,41 @@ class Pruner:
             self.trace.append((self.steps_done, self.target, self.hard_ratio))
 
     @torch.no_grad()
-    def _rank_metric(self) -> str:
-        """The cost a gate's importance is divided by. A latency budget ranks per MACs by default: a table's
-        marginal latency per gate spans two orders of magnitude between layers (at batch 1 a late layer's width
-        costs almost nothing), so dividing gradients by it amplified their noise a hundredfold, and the search
-        closed whole stages; ranked per MACs it keeps the MACs search's choices and spends the latency budget."""
+    def _rank_metric(self, kind: str = "channels") -> str:
+        """The cost a gate's importance is divided by, for channel gates or block gates (``kind``). A latency budget
+        ranks channels per MACs by default: a table's marginal latency per channel spans two orders of magnitude
+        between layers (at batch 1 a late layer's width costs almost nothing), so dividing gradients by it amplified
+        their noise a hundredfold, and the search closed whole stages; ranked per MACs it keeps the MACs search's
+        choices and spends the latency budget. A block gate is ranked per unit of the budget's own cost: a block's
+        latency is a large, stable number, and it holds what per-MACs ranking cannot see, the fixed cost of a block
+        that a few channels keep alive (at batch 1 a block one channel wide runs about half as long as a whole one)."""
         rank = self.config.rank_cost
         if rank == "auto":
-            return "macs" if self.config.metric == "latency" else self.config.metric
+            return "macs" if self.config.metric == "latency" and kind == "channels" else self.config.metric
         return self.config.metric if rank == "budget" else rank
+
+    def rank_costs(self) -> dict[str, float]:
+        """{gate: its marginal cost over the mean marginal cost per gate}, each gate in its :meth:`_rank_metric`
+        (so channel and block gates ranked in different metrics stay comparable, each relative to its own mean)."""
+        metrics = {self._rank_metric(kind) for kind in ("channels", "blocks")}
+        marginal = {m: self.net.marginal_costs(m) for m in metrics}
+        relative: dict[str, float] = {}
+        for metric, costs in marginal.items():
+            sizes = {name: self.net.gate(name).size for name in costs}
+            mean = sum(costs[n] * sizes[n] for n in costs) / max(1, sum(sizes.values()))
+            kind_of = {n: "blocks" if self.net.groups[n].kind == "block" else "channels" for n in costs}
+            relative.update({n: (c / mean if mean > 0 else 1.0) for n, c in costs.items()
+                             if self._rank_metric(kind_of[n]) == metric})
+        return relative
 
     def normalize_gate_gradients(self) -> None:
         """Scale each gate's gradient by (mean marginal cost) / (its marginal cost): the task loss's gradient then
         ranks gates by importance per unit of cost, the order in which a knapsack would drop them."""
-        costs = self.net.marginal_costs(self._rank_metric())
-        sizes = {name: self.net.gate(name).size for name in costs}
-        mean = sum(costs[n] * sizes[n] for n in costs) / max(1, sum(sizes.values()))
-        floor = 1e-2 * mean  # a group whose every consumer is closed costs ~0; its gradient is ~0 too
-        for name, cost in costs.items():
+        floor = 1e-2  # a group whose every consumer is closed costs ~0; its gradient is ~0 too
+        for name, cost in self.rank_costs().items():
             grad = self.net.gate(name).logits.grad
-            if grad is not None and mean > 0:
-                grad.mul_(mean / max(cost, floor))
+            if grad is not None:
+                grad.div_(max(cost, floor))
 
     @torch.no_grad()
     def _set_prior(self) -> None:
@@ -428,7 +452,7 @@ class Pruner:
         starts from a global knapsack order (as a global Taylor pruning would cut) rather than from the same cut
         fraction in every group; block gates keep their logits."""
         self.prior_set = True
-        costs = self.net.marginal_costs(self._rank_metric())
+        costs = self.rank_costs()
         gated = [n for n, info in self.net.groups.items() if info.gated and info.kind != "block"]
         names = [n for n in gated if n in self.saliency and n in costs]
         if len(names) < len(gated):
