@@ -64,8 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "end of warm-up) which; learned = each channel's own gate decides (default: %(default)s)")
     p.add_argument("--rank-cost", choices=RANK_COSTS, default=SEARCH_DEFAULTS.rank_cost,
                    help="the cost a gate's importance is taken per (gradient normalization and the Taylor prior): "
-                        "budget = the budget's metric; macs; auto = the budget's, except MACs for a latency budget "
-                        "(default: %(default)s)")
+                        "budget = the budget's metric; macs; auto = the budget's, except MACs for a latency budget's "
+                        "channel gates (default: %(default)s)")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of K (honoured by the final projection)")
     p.add_argument("--channels-per-gate", type=int, default=SEARCH_DEFAULTS.channels_per_gate,
                    help="one gate per K channels, so every searched width is a multiple of K (8 or 16 keep pruned "

@@ -113,7 +113,7 @@ class SearchConfig:
     prior: str = "taylor"  # "taylor": ranked across groups by saliency per cost at warm-up's end; "gamma": |gamma| rank
     channel_order: str = "l1"  # "l1": the gates set how many channels a group keeps, filter L1 norms which; "learned"
     # the cost gates are ranked per (gradient normalization, Taylor prior): "budget" = the budget's metric, "macs",
-    # "auto" = the budget's for MACs and params, MACs for latency (see _rank_metric)
+    # "auto" = the budget's, except MACs for a latency budget's channel gates (see _rank_metric)
     rank_cost: str = "auto"
     round_to: int | None = None
     channels_per_gate: int = 1  # one gate per K channels: every searched width is a multiple of K
