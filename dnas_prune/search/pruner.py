@@ -126,8 +126,8 @@ class SearchConfig:
     @property
     def gates_blocks(self) -> bool:
         """Whether each residual block gets a gate of its own. By default only under a latency budget: there a block
-        a few channels keep alive still costs much of a whole block's time (its launches and its output-width
-        traffic), so whether a block stays is a decision of its own, ranked per unit of latency
+        a few channels keep alive still costs much of a whole block's time, so whether a block stays is a decision
+        of its own, ranked per unit of latency
         (:meth:`Pruner._rank_metric`); for MACs and params a block costs what its channels do."""
         return self.metric == "latency" if self.block_gates is None else self.block_gates
 
@@ -380,7 +380,7 @@ class Pruner:
         their noise a hundredfold, and the search closed whole stages; ranked per MACs it keeps the MACs search's
         choices and spends the latency budget. A block gate is ranked per unit of the budget's own cost: a block's
         latency is a large, stable number, and it holds what per-MACs ranking cannot see, the fixed cost of a block
-        that a few channels keep alive (at batch 1 a block one channel wide runs about half as long as a whole one)."""
+        that a few channels keep alive (its launches and its output-width traffic)."""
         rank = self.config.rank_cost
         if rank == "auto":
             return "macs" if self.config.metric == "latency" and kind == "channels" else self.config.metric
