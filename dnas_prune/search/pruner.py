@@ -389,16 +389,15 @@ class Pruner:
     def rank_costs(self) -> dict[str, float]:
         """{gate: its marginal cost over the mean marginal cost per gate}, each gate in its :meth:`_rank_metric`
         (so channel and block gates ranked in different metrics stay comparable, each relative to its own mean)."""
-        metrics = {self._rank_metric(kind) for kind in ("channels", "blocks")}
-        marginal = {m: self.net.marginal_costs(m) for m in metrics}
-        relative: dict[str, float] = {}
-        for metric, costs in marginal.items():
+        relative: dict[str, dict[str, float]] = {}  # metric -> gate -> relative cost
+        for metric in {self._rank_metric(kind) for kind in ("channels", "blocks")}:
+            costs = self.net.marginal_costs(metric)
             sizes = {name: self.net.gate(name).size for name in costs}
             mean = sum(costs[n] * sizes[n] for n in costs) / max(1, sum(sizes.values()))
-            kind_of = {n: "blocks" if self.net.groups[n].kind == "block" else "channels" for n in costs}
-            relative.update({n: (c / mean if mean > 0 else 1.0) for n, c in costs.items()
-                             if self._rank_metric(kind_of[n]) == metric})
-        return relative
+            relative[metric] = {n: (c / mean if mean > 0 else 1.0) for n, c in costs.items()}
+        gates = next(iter(relative.values()))
+        return {n: relative[self._rank_metric("blocks" if self.net.groups[n].kind == "block" else "channels")][n]
+                for n in gates}
 
     def normalize_gate_gradients(self) -> None:
         """Scale each gate's gradient by (mean marginal cost) / (its marginal cost): the task loss's gradient then
