@@ -58,3 +58,15 @@ def test_two_process_search_matches_one_process(tmp_path: Path, monkeypatch: pyt
     for run in (one, two):
         assert 0.49 <= run["metadata"]["summary"]["final"]["macs_ratio"] <= 0.51
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_the_cli_leaves_the_process_group_even_when_the_command_fails(tmp_path: Path) -> None:
+    # A gloo group left for the interpreter's exit to tear down can abort a rank after its run succeeded (SIGABRT,
+    # "terminate called without an active exception"), failing the torchrun launch above now and then.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["finalize", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "out.pt")]) == 2
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -11,13 +11,14 @@ import importlib
 import sys
 from typing import NoReturn, Sequence
 
+from ..device.policy import close_distributed
 from ..errors import DnasPruneError
 
 COMMANDS = ("train", "search", "finalize", "finetune", "export", "profile", "latency-table", "run")
 
 DESCRIPTION = """\
 Prune a ResNet by differentiable architecture search: train the dense model, search which channels and
-blocks to keep under a MACs or parameter budget, remove the rest, finetune the smaller model, and export
+blocks to keep under a MACs, parameter or measured-latency budget, remove the rest, finetune the smaller model, and export
 it to ONNX, TorchScript or torch.export with a report of its accuracy, cost and measured CPU latency."""
 
 EPILOG = """\
@@ -64,4 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dnas-prune: interrupted", file=sys.stderr)
         return 130
+    finally:
+        close_distributed()
     return int(result or 0)

@@ -53,6 +53,13 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def close_distributed() -> None:
+    """Leave the process group, if any. A gloo group left for the interpreter's exit to tear down can abort the
+    process ("terminate called without an active exception") after the run itself succeeded."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def cpu_runs_bf16() -> bool:
     """Whether this CPU's oneDNN has native bf16 kernels (AVX-512 BF16 / AMX)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
