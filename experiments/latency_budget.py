@@ -101,6 +101,8 @@ def main() -> int:
     p.add_argument("--cache", type=Path, help="DNAS_PRUNE_CACHE for the commands (default: the user's; an empty "
                    "folder makes the latency table be measured afresh, and the images decoded again)")
     p.add_argument("--name", default="latency_budget")
+    p.add_argument("--search-flag", action="append", default=[], dest="search_flags",
+                   help="a further flag for every search, e.g. --search-flag=--close-thin-blocks (repeatable)")
     p.add_argument("--fresh-processes", type=int, default=4, help="time each finalized pair again in this many new "
                    "processes per thread count (the table's and 1)")
     p.add_argument("--time-pair", type=Path, help=argparse.SUPPRESS)  # internal: one fresh-process timing
@@ -118,7 +120,7 @@ def main() -> int:
         search = ["dnas-prune", "search", "--model", args.model, "--pretrained", args.pretrained, "--data", args.data,
                   "--target-latency", f"{target:g}", "--latency-batch-size", str(args.batch_size),
                   "--epochs", str(args.epochs), "--limit-train", str(args.limit_train), "--seed", str(args.seed),
-                  "--out", str(out), "--no-tensorboard"]
+                  "--out", str(out), "--no-tensorboard", *args.search_flags]
         finalize = ["dnas-prune", "finalize", str(out / "supernet.pt"), "-o", str(out / "pruned.pt"), "--no-tensorboard"]
         seconds = run(search, log, env) + run(finalize, log, env)
         summary = json.loads((out / "search.json").read_text())

@@ -24,6 +24,9 @@ def test_search_flags_default_to_the_search_config() -> None:
     for flag, value in (("--block-gates", True), ("--no-block-gates", False)):
         args = parse("search", "--model", "cifar_resnet20", "--target-latency", "0.5", flag, "--out", "x")
         assert search_cli.search_config_from(args).block_gates is value
+    for flag, value in (("--close-thin-blocks", True), ("--no-close-thin-blocks", False)):
+        args = parse("search", "--model", "cifar_resnet20", "--target-latency", "0.5", flag, "--out", "x")
+        assert search_cli.search_config_from(args).close_thin_blocks is value
 
 
 def test_train_and_finetune_flags_default_to_their_recipes() -> None:

@@ -681,3 +681,50 @@ def test_a_latency_budget_ranks_block_gates_per_latency() -> None:
     pruner.normalize_gate_gradients()
     for name in blocks:
         assert float(pruner.net.gate(name).logits.grad.flatten()[0]) == pytest.approx(1 / max(relative[name], 1e-2))
+
+
+def test_with_close_thin_blocks_a_block_lives_only_while_two_channel_steps_of_its_inner_group_do() -> None:
+    """A block whose inner group the budget has narrowed to one channel keeps most of a block's latency for a
+    rank-one branch: with ``close_thin_blocks`` its gate is held under the group's second-strongest channel, so the
+    block goes with that channel, in the search's hard decisions and in every projection onto the budget."""
+    from dnas_prune import Pruner
+    from dnas_prune.search.budget import budget_state
+
+    model = create_model("cifar_resnet20")
+    pruner = Pruner(model, (3, 16, 16), total_steps=10, latency=synthetic_table(spec_of(model), (3, 16, 16)),
+                    target_latency=0.5, close_thin_blocks=True)
+    net = pruner.net
+    assert pruner.config.gates_blocks
+    with torch.no_grad():
+        inner = net.gate("layer1.0.conv1").logits
+        inner.fill_(-4.0)
+        inner.view(-1)[3] = 5.0  # one strong channel, the rest weak
+        net.gate("layer1.0").logits.fill_(6.0)  # the block gate at the top, where it starts
+    pruner._prepare()
+    assert float(net.gate("layer1.0").logits.flatten()[0]) == pytest.approx(-4.0)
+    kept = Pruner(net, (3, 16, 16), total_steps=10, latency=net.latency.table, target_latency=0.5)  # the default
+    with torch.no_grad():
+        net.gate("layer1.0").logits.fill_(6.0)
+    kept._prepare()
+    assert float(net.gate("layer1.0").logits.flatten()[0]) == 6.0  # keeping thin blocks, it leaves the gate
+    pruner = Pruner(net, (3, 16, 16), total_steps=10, latency=net.latency.table, target_latency=0.5,
+                    close_thin_blocks=True)
+    decided = net.decisions()
+    assert not decided.blocks["layer1.0"] or decided.widths["layer1.0.conv1"] >= 2
+    # projections from random rankings, some blocks closed at the bottom: reopening one in a projection that
+    # grows to its budget must not bring it back one channel wide
+    rng = torch.Generator().manual_seed(0)
+    blocks = [b.gate for b in net.blocks if b.gate is not None]
+    for _ in range(6):
+        with torch.no_grad():
+            for name in net.gated_groups:
+                net.gate(name).logits.copy_(3 * torch.randn(net.gate(name).logits.shape, generator=rng))
+            for i in torch.randperm(len(blocks), generator=rng)[:4]:
+                net.gate(blocks[i]).logits.fill_(-10.0)
+        pruner._hold_blocks_under_their_channels()
+        target = 0.3 + 0.65 * float(torch.rand(1, generator=rng))
+        with net.pinned(budget_state(net, "latency", target, strict=False)):
+            decided = net.decisions()
+            for block in net.blocks:
+                if block.gate is not None and decided.blocks[block.name]:
+                    assert all(decided.widths[g] >= 2 for g in block.inner), (target, block.name)

@@ -75,6 +75,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--block-gates", action=argparse.BooleanOptionalAction, default=SEARCH_DEFAULTS.block_gates,
                    help="also a gate per residual block (default: under a latency budget; otherwise a block goes when "
                         "all its inner channels close)")
+    p.add_argument("--close-thin-blocks", action=argparse.BooleanOptionalAction,
+                   default=SEARCH_DEFAULTS.close_thin_blocks,
+                   help="with block gates (a latency budget's default): a block goes when its inner width would fall "
+                        "to one channel step, so no block one channel wide pays a block's latency "
+                        "(experiments/results/thin_blocks.md; default: %(default)s)")
     p.add_argument("--exclude", nargs="*", default=[], help="gate groups kept open (glob patterns, e.g. 'layer1.*')")
     add_training_args(p, DEFAULTS)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
@@ -90,7 +95,8 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
                         target_ramp=args.target_ramp, prior_spread=args.prior_spread, prior=args.prior,
                         channel_order=args.channel_order, rank_cost=args.rank_cost,
                         round_to=args.round_to, channels_per_gate=args.channels_per_gate, exclude=list(args.exclude),
-                        gate_streams=args.gate_streams, block_gates=args.block_gates)
+                        gate_streams=args.gate_streams, block_gates=args.block_gates,
+                        close_thin_blocks=args.close_thin_blocks)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -210,6 +210,17 @@ def budget_state(
     # An ungated block is never switched off here: it lives exactly while its inner groups are non-empty.
     blocks = [float(alive[b]) if b in net.groups else 1.0 for b in net.branch_blocks]
     block_score = {b: float(net.gate(name).score()) for b, name in enumerate(net.branch_blocks) if name in net.groups}
+    inner_of = [[g for g in row if g < len(names)] for row in net.branch_inner.tolist()]
+    # close_thin_blocks (Pruner._hold_blocks_under_their_channels): a gated block lives only while two steps of each
+    # inner group do. Its inner groups go from two steps to none and back, never to one; a block found thinner goes
+    # now (what it cost is spent below); and a block ranks no higher than its inner groups' second steps.
+    held = {g for b in block_score for g in inner_of[b] if steps[g] and 2 * steps[g] <= net.groups[names[g]].size
+            and (net.budget or {}).get("close_thin_blocks")}
+    for b in block_score:
+        for g in set(inner_of[b]) & held:
+            block_score[b] = min(block_score[b], float(torch.sort(scores[g], descending=True).values[2 * steps[g] - 1]))
+            if widths[g] < 2 * steps[g]:
+                blocks[b] = 0.0
 
     def ratio_of(w: list[int], f: list[float]) -> float:
         cost = net.metric_from_counts(metric, torch.tensor(w, dtype=torch.float64), torch.tensor(f, dtype=torch.float64))
@@ -230,15 +241,15 @@ def budget_state(
                 found.append(((-score, 1.0) if grow else (score, -1.0), "block", b))
         return sorted(found)
 
-    inner_of = [[g for g in row if g < len(names)] for row in net.branch_inner.tolist()]
-
     def moved(kind: str, i: int, grow: bool) -> tuple[list[int], list[float]]:
         w, f = widths.copy(), blocks.copy()
         if kind == "block":
             f[i] = 1.0 if grow else 0.0
-            if grow:  # a reopened block starts from one step of inner channels and grows from there
+            if grow:  # a reopened block starts from the fewest inner channels it may have and grows from there
                 for g in inner_of[i]:
-                    w[g] = steps[g] or net.groups[names[g]].size
+                    w[g] = (2 if g in held else 1) * steps[g] or net.groups[names[g]].size
+        elif i in held and (w[i] == 0 if grow else w[i] < 3 * steps[i]):
+            w[i] = 2 * steps[i] if grow else 0
         else:
             w[i] += steps[i] if grow else -steps[i]
         return w, f

@@ -66,8 +66,8 @@ from torch import nn
 from ..device.policy import process_rank
 from ..errors import DnasPruneError
 from ..models import spec_of
-from .budget import (budget_state, check_feasible, check_target, cost_floor, cost_ratios, min_width,
-                     project_to_budget, solve_offset)
+from .budget import (budget_state, channel_step, check_feasible, check_target, cost_floor, cost_ratios,
+                     min_width, project_to_budget, solve_offset)
 from .fold import fold
 from .latency import LatencyTable, latency_table
 from .gate_optimizer import make_gate_optimizer
@@ -121,6 +121,9 @@ class SearchConfig:
     gate_streams: bool = False  # also gate the residual streams (stem, projections and every branch's last BN)
     # True: a gate per residual block too; False: a block goes when its channels do; None: True for a latency budget
     block_gates: bool | None = None
+    # with block gates: a block lives only while two channel steps of each inner group do, never one channel wide
+    # (off by default until the latency benchmark pages are measured with it; see thin_blocks.md)
+    close_thin_blocks: bool = False
     recalibrate_batches: int = 20
 
     @property
@@ -307,7 +310,8 @@ class Pruner:
             self._attach_latency(latency)
         cfg = self.config
         check_feasible(self.net, cfg.metric, cfg.target, cfg.round_to)
-        self.net.budget = {"metric": cfg.metric, "target": cfg.target}
+        self.net.budget = {"metric": cfg.metric, "target": cfg.target,
+                           "close_thin_blocks": cfg.gates_blocks and cfg.close_thin_blocks}  # budget_state keeps it too
         if cfg.metric == "latency":
             self.net.budget["latency_table"] = self.net.latency.table.settings
         self.total_steps = max(1, int(total_steps))
@@ -362,6 +366,7 @@ class Pruner:
         self.target = ramped_target(cfg.target, elapsed, cfg.target_ramp)
         budgeted = min(1.0, max(0.0, elapsed / max(1e-9, 1.0 - cfg.warmup)))
         self.temperature = cfg.final_temperature ** budgeted
+        self._hold_blocks_under_their_channels()  # idempotent: a resumed search replays it
         offset, self.hard_ratios = solve_offset(self.net, cfg.metric, self.target, margin=self.temperature)
         self.hard_ratio = self.hard_ratios[cfg.metric]
         self.net.set_schedule(temperature=self.temperature, hard=True, offset=offset)
@@ -516,6 +521,30 @@ class Pruner:
             held = torch.empty_like(flat)
             held[order.to(flat.device)] = torch.sort(flat).values
             logits.copy_(held.view_as(logits))
+
+    @torch.no_grad()
+    def _hold_blocks_under_their_channels(self) -> None:
+        """Cap each block gate's logit at the logit of the second channel step of each of its inner groups (their
+        second-strongest), so a block is open only while two steps of every inner group are. A branch one step
+        wide is a rank-one update that still pays most of a whole block's time (its launches and its
+        output-width traffic): block gates start at the top of the ranking and channels are ranked per MACs, so
+        without the cap a latency budget closed nearly every channel before such a block, and kept the block
+        (experiments/results/thin_blocks.md). Only with ``close_thin_blocks``."""
+        if not self.config.close_thin_blocks:
+            return
+        for block in self.net.blocks:
+            if block.gate is None or not self.net.groups[block.gate].gated:
+                continue
+            caps = []
+            for name in block.inner:
+                if not self.net.groups[name].gated:
+                    continue
+                logits = self.net.gate(name).logits.detach().flatten()
+                per_step = -(-channel_step(self.net, name, self.config.round_to) // self.net.channels_per_gate_of(name))
+                if logits.numel() >= 2 * per_step:
+                    caps.append(torch.topk(logits, 2 * per_step).values[-1])
+            if caps:
+                self.net.gate(block.gate).logits.clamp_(max=float(min(caps)))
 
     # ------------------------------------------------------------------ latency
     def _attach_latency(self, table: LatencyTable | None) -> None:
