@@ -23,11 +23,10 @@ ratios). Writes experiments/results/{name}.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -43,18 +42,11 @@ from dnas_prune.search.hooks import load_supernet
 from dnas_prune.search.latency import table_for_settings
 from dnas_prune.search.supernet import Supernet
 
+from latency_budget import run
 from peers import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("A", "B", "C", "D")
-
-
-def run(command: list[str], log: Path) -> None:
-    with log.open("a") as f:
-        f.write("$ " + shlex.join(command) + "\n")
-        f.flush()
-        if subprocess.run(command, stdout=f, stderr=subprocess.STDOUT).returncode:
-            raise SystemExit(f"{shlex.join(command)} failed; see {log}")
 
 
 def thin_blocks(net: Supernet) -> list[str]:
@@ -133,7 +125,7 @@ def main() -> int:
                 command = [*search, *flags, "--out", str(out / searched)]
                 row[searched] = shlex.join(command)
                 if not (out / searched / "supernet.pt").is_file():
-                    run(command, log)
+                    run(command, log, dict(os.environ))
             net = load_supernet(out / "search" / "supernet.pt")
             net.latency = table_for_settings(net.budget["latency_table"]).for_supernet(net)
             closed = thin_blocks(net)
@@ -157,7 +149,7 @@ def main() -> int:
                             str(args.finetune_epochs), "--seed", str(seed), "--out", str(out / f"ft_{v}"),
                             "--no-tensorboard", "--no-progress"]
                 if not (out / f"ft_{v}" / "pruned.pt").is_file():
-                    run(finetune, log)
+                    run(finetune, log, dict(os.environ))
                 model, meta = load_pruned_with_metadata(out / f"ft_{v}" / "pruned.pt")
                 models[v] = model.eval()
                 row["variants"][v].update(finetune=shlex.join(finetune), test_acc=meta["test_acc"])
@@ -172,7 +164,7 @@ def main() -> int:
             print(f"bs {bs} seed {seed}: B closed {closed or 'none'}; " + ", ".join(
                 f"{v} {row['variants'][v]['test_acc']:.4f} at {row['variants'][v]['measured_ratio']:.3f} of dense"
                 for v in VARIANTS), flush=True)
-    result = {"command": "python " + shlex.join(["experiments/thin_blocks.py", *os.sys.argv[1:]]),
+    result = {"command": "python " + shlex.join(["experiments/thin_blocks.py", *sys.argv[1:]]),
               "date": time.strftime("%Y-%m-%d"), "machine": machine(), "model": args.model, "target": args.target,
               "search_epochs": args.search_epochs, "finetune_epochs": args.finetune_epochs, "rows": rows}
     atomic_write_json(result, RESULTS / f"{args.name}.json")
