@@ -18,8 +18,9 @@ COMMANDS = ("train", "search", "finalize", "finetune", "export", "profile", "lat
 
 DESCRIPTION = """\
 Prune a ResNet by differentiable architecture search: train the dense model, search which channels and
-blocks to keep under a MACs, parameter or measured-latency budget, remove the rest, finetune the smaller model, and export
-it to ONNX, TorchScript or torch.export with a report of its accuracy, cost and measured CPU latency."""
+blocks to keep under a MACs, parameter or measured-latency budget, remove the rest, finetune the smaller
+model, and export it to ONNX, TorchScript or torch.export with a report of its accuracy, cost and measured
+CPU latency."""
 
 EPILOG = """\
 the whole recipe from one TOML file:

@@ -214,8 +214,9 @@ def budget_state(
     # close_thin_blocks (Pruner._hold_blocks_under_their_channels): a gated block lives only while two steps of each
     # inner group do. Its inner groups go from two steps to none and back, never to one; a block found thinner goes
     # now (what it cost is spent below); and a block ranks no higher than its inner groups' second steps.
-    held = {g for b in block_score for g in inner_of[b] if steps[g] and 2 * steps[g] <= net.groups[names[g]].size
-            and (net.budget or {}).get("close_thin_blocks")}
+    closes_thin = bool((net.budget or {}).get("close_thin_blocks"))
+    held = {g for b in block_score for g in inner_of[b]
+            if closes_thin and steps[g] and 2 * steps[g] <= net.groups[names[g]].size}
     for b in block_score:
         for g in set(inner_of[b]) & held:
             block_score[b] = min(block_score[b], float(torch.sort(scores[g], descending=True).values[2 * steps[g] - 1]))
