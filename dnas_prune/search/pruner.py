@@ -529,8 +529,9 @@ class Pruner:
         wide is a rank-one update that still pays most of a whole block's time (its launches and its
         output-width traffic): block gates start at the top of the ranking and channels are ranked per MACs, so
         without the cap a latency budget closed nearly every channel before such a block, and kept the block
-        (experiments/results/thin_blocks.md). Only with ``close_thin_blocks``."""
-        if not self.config.close_thin_blocks:
+        (experiments/results/thin_blocks.md). Only with ``close_thin_blocks`` (as ``net.budget`` records it for
+        ``budget_state``)."""
+        if not self.net.budget.get("close_thin_blocks"):
             return
         for block in self.net.blocks:
             if block.gate is None or not self.net.groups[block.gate].gated:
