@@ -108,12 +108,20 @@ METHODS = _methods(
            one_schedule=True),
     Method("ours_latency_bs1", "dnas_prune defaults with a latency budget (--target-latency T --latency-batch-size 1): "
            "T is a fraction of the dense model's latency at batch 1, measured on this machine with the threads the run "
-           "has; a gate per residual block, ranked per unit of latency, channel gates per MACs (--rank-cost auto)",
+           "has; a gate per residual block, ranked per unit of latency, channel gates per MACs (--rank-cost auto); "
+           "a block goes once its inner width would fall to one channel step (--close-thin-blocks)",
            "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1},
            search_epochs=1, one_schedule=True),
     Method("ours_latency_bs64", "as ours_latency_bs1, at batch 64 (--latency-batch-size 64)", "ours",
            {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64},
            search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs1_keepthin", "as ours_latency_bs1 keeping blocks one channel wide (--no-close-thin-blocks), "
+           "the latency defaults before --close-thin-blocks", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
+            "close_thin_blocks": False}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_keepthin", "as ours_latency_bs1_keepthin, at batch 64", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
+            "close_thin_blocks": False}, search_epochs=1, one_schedule=True),
     Method("ours_latency_bs1_noblockgates", "as ours_latency_bs1 without block gates (--no-block-gates: a block goes "
            "when all its inner channels close), the latency defaults before block gates", "ours",
            {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,

@@ -27,6 +27,11 @@ def test_search_flags_default_to_the_search_config() -> None:
     for flag, value in (("--close-thin-blocks", True), ("--no-close-thin-blocks", False)):
         args = parse("search", "--model", "cifar_resnet20", "--target-latency", "0.5", flag, "--out", "x")
         assert search_cli.search_config_from(args).close_thin_blocks is value
+    # by default thin blocks close under a latency budget only, and only where blocks are gated
+    assert SearchConfig(metric="latency").closes_thin_blocks
+    assert not SearchConfig(metric="latency", block_gates=False).closes_thin_blocks
+    assert not SearchConfig(metric="macs", block_gates=True).closes_thin_blocks
+    assert SearchConfig(metric="macs", block_gates=True, close_thin_blocks=True).closes_thin_blocks
 
 
 def test_train_and_finetune_flags_default_to_their_recipes() -> None:

@@ -485,12 +485,14 @@ def latency_search(target: dict, steps: int = 30, seed: int = 0, **config):
     return pruner, table, device
 
 
-def test_latency_budget_tracks_the_target_and_lands_on_the_measurement() -> None:
+@pytest.mark.parametrize("close_thin_blocks, deviation", [(False, 0.05), (None, 0.25)])
+def test_latency_budget_tracks_the_target_and_lands_on_the_measurement(close_thin_blocks, deviation) -> None:
     """The hard latency ratio follows the ramped target during the search (the table's), and the landing corrects
     the table's error with the device's measurement: the final model measures at most the target, within
-    latency_tolerance under it."""
-    pruner, table, device = latency_search({"target_latency": 0.5})
-    assert pruner.config.metric == "latency" and pruner.max_deviation <= 0.15
+    latency_tolerance under it. Channel by channel the ratio tracks closely; with thin blocks closed (the
+    default) a block leaves with its second channel step, so the ratio can fall a block's latency under."""
+    pruner, table, device = latency_search({"target_latency": 0.5}, close_thin_blocks=close_thin_blocks)
+    assert pruner.config.metric == "latency" and pruner.max_deviation <= deviation
     assert set(pruner.hard_ratios) == {"macs", "params", "latency"}
     said: list[str] = []
     model = pruner.finalize(log=said.append)
@@ -702,13 +704,13 @@ def test_with_close_thin_blocks_a_block_lives_only_while_two_channel_steps_of_it
         net.gate("layer1.0").logits.fill_(6.0)  # the block gate at the top, where it starts
     pruner._prepare()
     assert float(net.gate("layer1.0").logits.flatten()[0]) == pytest.approx(-4.0)
-    kept = Pruner(net, (3, 16, 16), total_steps=10, latency=net.latency.table, target_latency=0.5)  # the default
+    kept = Pruner(net, (3, 16, 16), total_steps=10, latency=net.latency.table, target_latency=0.5,
+                  close_thin_blocks=False)
     with torch.no_grad():
         net.gate("layer1.0").logits.fill_(6.0)
     kept._prepare()
     assert float(net.gate("layer1.0").logits.flatten()[0]) == 6.0  # keeping thin blocks, it leaves the gate
-    pruner = Pruner(net, (3, 16, 16), total_steps=10, latency=net.latency.table, target_latency=0.5,
-                    close_thin_blocks=True)
+    pruner = Pruner(net, (3, 16, 16), total_steps=10, latency=net.latency.table, target_latency=0.5)  # the default
     decided = net.decisions()
     assert not decided.blocks["layer1.0"] or decided.widths["layer1.0.conv1"] >= 2
     # projections from random rankings, some blocks closed at the bottom: reopening one in a projection that

@@ -77,9 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "all its inner channels close)")
     p.add_argument("--close-thin-blocks", action=argparse.BooleanOptionalAction,
                    default=SEARCH_DEFAULTS.close_thin_blocks,
-                   help="with block gates (a latency budget's default): a block goes when its inner width would fall "
-                        "to one channel step, so no block one channel wide pays a block's latency "
-                        "(experiments/results/thin_blocks.md; default: %(default)s)")
+                   help="with block gates: a block goes when its inner width would fall to one channel step, so no "
+                        "block one channel wide pays a block's latency (experiments/results/thin_blocks.md; default: "
+                        "under a latency budget)")
     p.add_argument("--exclude", nargs="*", default=[], help="gate groups kept open (glob patterns, e.g. 'layer1.*')")
     add_training_args(p, DEFAULTS)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")

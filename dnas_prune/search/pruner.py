@@ -121,9 +121,9 @@ class SearchConfig:
     gate_streams: bool = False  # also gate the residual streams (stem, projections and every branch's last BN)
     # True: a gate per residual block too; False: a block goes when its channels do; None: True for a latency budget
     block_gates: bool | None = None
-    # with block gates: a block lives only while two channel steps of each inner group do, never one channel wide
-    # (off by default until the latency benchmark pages are measured with it; see thin_blocks.md)
-    close_thin_blocks: bool = False
+    # with block gates: a block lives only while two channel steps of each inner group do, never one channel wide;
+    # None: True for a latency budget (see closes_thin_blocks)
+    close_thin_blocks: bool | None = None
     recalibrate_batches: int = 20
 
     @property
@@ -133,6 +133,16 @@ class SearchConfig:
         of its own, ranked per unit of latency
         (:meth:`Pruner._rank_metric`); for MACs and params a block costs what its channels do."""
         return self.metric == "latency" if self.block_gates is None else self.block_gates
+
+    @property
+    def closes_thin_blocks(self) -> bool:
+        """Whether a gated block goes once its inner width would fall to one channel step. By default under a
+        latency budget: a block one step wide still pays most of a block's time for a rank-one update, so the
+        budget is better spent on the other blocks' channels (experiments/results/thin_blocks.md); for MACs and
+        params such a block costs what its one channel does."""
+        if not self.gates_blocks:
+            return False
+        return self.metric == "latency" if self.close_thin_blocks is None else self.close_thin_blocks
 
     def excluded_groups(self) -> list[str]:
         """The exclude patterns the supernet gets: the user's, plus the streams unless ``gate_streams``, plus the
@@ -311,7 +321,7 @@ class Pruner:
         cfg = self.config
         check_feasible(self.net, cfg.metric, cfg.target, cfg.round_to)
         self.net.budget = {"metric": cfg.metric, "target": cfg.target,
-                           "close_thin_blocks": cfg.gates_blocks and cfg.close_thin_blocks}  # budget_state keeps it too
+                           "close_thin_blocks": cfg.closes_thin_blocks}  # budget_state keeps it too
         if cfg.metric == "latency":
             self.net.budget["latency_table"] = self.net.latency.table.settings
         self.total_steps = max(1, int(total_steps))
