@@ -42,7 +42,7 @@ from dnas_prune.models import MODEL_NAMES  # noqa: E402
 from dnas_prune.report.report import save_figure  # noqa: E402
 
 import compare  # noqa: E402
-from latency_budget import checks_within  # noqa: E402
+from latency_budget import checks_within, closes_thin_blocks  # noqa: E402
 from peers import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,6 +84,22 @@ def finished_rows(out_dir: Path, methods: list[str], targets: list[float]) -> di
                 if row.get("status") == "done":
                     rows[f"{method}@{target:g}"] = {**row, "method": method, "target": target}
     return rows
+
+
+def carried_points(previous: dict[str, Any], rename: dict[str, str], fresh: set[str]) -> dict[str, dict[str, list]]:
+    """{batch: {method: points}} of an earlier run of this page (``previous``, its JSON) whose rows are not among
+    ``fresh`` (this run's): rows whose models went with an earlier session. Each keeps the fraction of dense latency
+    it measured side by side in that run and says when (``timed``); ``rename`` gives a method its current name
+    (a row of the then-default that a later default made a variant)."""
+    out: dict[str, dict[str, list]] = {}
+    for bs, curves in previous["curves"].items():
+        for method, points in curves.items():
+            name = rename.get(method, method)
+            for point in points:
+                if point["method"] != "dense" and f"{name}@{point['target']:g}" not in fresh:
+                    out.setdefault(bs, {}).setdefault(name, []).append(
+                        {**point, "method": name, "timed": point.get("timed", previous["date"])})
+    return out
 
 
 def at_latency(points: list[tuple[float, float]], latency: float) -> float | None:
@@ -166,9 +182,16 @@ def markdown(report: dict[str, Any]) -> str:
         "fraction is the median over those timings of the median over rounds of its time over dense's in the same "
         "round (the table lists each timing's)",
         "- matched latency: each method's accuracy read off its curve (dense and its rows, by measured latency) by "
-        "linear interpolation; \"not reached\": the curve does not get there", "",
-        f"![accuracy vs measured latency]({report['figure']})", "",
+        "linear interpolation; \"not reached\": the curve does not get there",
     ]
+    if report.get("carried"):
+        c = report["carried"]
+        lines.append(f"- rows marked *timed {c['from']}* were trained and timed by an earlier run of this page "
+                     f"(`{c['command']}`, {c['threads']} thread(s), {_cpu(c['machine'])}), their models gone with that "
+                     "session: their fractions of dense are that run's, each timed side by side with dense there"
+                     + ("; renamed since: " + ", ".join(f"{a} → {b}" for a, b in c["rename"].items())
+                        if c["rename"] else ""))
+    lines += ["", f"![accuracy vs measured latency]({report['figure']})", ""]
     for bs in report["batch_sizes"]:
         lines += [f"## Batch {bs}", "", "| method | " + " | ".join(f"acc at {x:g} of dense latency" for x in MATCHED)
                   + " |", "|---|" + "---:|" * len(MATCHED)]
@@ -183,7 +206,8 @@ def markdown(report: dict[str, Any]) -> str:
                         key=lambda p: (p["method"], -p["latency_ratio"])):
             lines.append(f"| {p['method']} | {p['target']:g} {p['target_metric']} | {100 * p['test_acc']:.2f} | "
                          f"{p['macs_ratio']:.3f} | {p['latency_ratio']:.3f} "
-                         f"({', '.join(f'{r:.3f}' for r in p['latency_ratios'])}) | {p['notes']} |")
+                         f"({', '.join(f'{r:.3f}' for r in p['latency_ratios'])})"
+                         + (f", *timed {p['timed']}*" if p.get("timed") else "") + f" | {p['notes']} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -229,7 +253,9 @@ def summary_markdown(results: Path = RESULTS) -> str:
                   f"{b['seed']}, shipped parent {100 * b['dense']['test_acc']:.2f} %; the dense model ran at "
                   + ", ".join(f"{v['median_ms']:.3g} ms at batch {bs}"
                               for bs, v in b["bench"]["models"]["dense"]["latency"].items())
-                  + " in the first timing.", "", f"![{name}]({b['figure']})", "",
+                  + " in the first timing"
+                  + (f"; rows from the run of {b['carried']['from']} keep the latency it measured (see the page)"
+                     if b.get("carried") else "") + ".", "", f"![{name}]({b['figure']})", "",
                   "| batch | method | " + " | ".join(f"acc at {x:g} of dense latency" for x in MATCHED) + " |",
                   "|---:|---|" + "---:|" * len(MATCHED)]
         for bs in b["batch_sizes"]:
@@ -268,9 +294,10 @@ def summary_markdown(results: Path = RESULTS) -> str:
     landings = sorted(results.glob("latency_budget*.json"))
     if landings:
         lines += ["## Landing on the target (deliverable 4, acceptance 1)", "",
-                  "| page | model | batch | target | landing window | measured, side by side (median) | speed-up | "
-                  "within ±10 % | fresh processes, range per thread count | later readings within ±10 % | MACs ratio |",
-                  "|---|---|---:|---:|---|---:|---:|---|---|---:|---:|"]
+                  "| page | model | batch | target | thin blocks | landing window | measured, side by side (median) | "
+                  "speed-up | within ±10 % | fresh processes, range per thread count | later readings within ±10 % | "
+                  "MACs ratio |",
+                  "|---|---|---:|---:|---|---|---:|---:|---|---|---:|---:|"]
         for f in landings:
             landing = json.loads(f.read_text())
             for r in landing["rows"]:
@@ -278,7 +305,7 @@ def summary_markdown(results: Path = RESULTS) -> str:
                 fresh = "; ".join(f"{t} thr: {min(x['ratio'] for x in v):.3f}–{max(x['ratio'] for x in v):.3f}"
                                   for t, v in r.get("fresh_processes", {}).items()) or "-"
                 lines.append(f"| [{f.stem}]({f.stem}.md) | {r['model']} | {r['batch_size']} | {r['target']:g} | "
-                             f"{landing_window(r)} | {r['side_by_side_ratio']:.3f} | {1 / r['side_by_side_ratio']:.1f}× | "
+                             f"{'closed' if closes_thin_blocks(r) else 'kept'} | {landing_window(r)} | {r['side_by_side_ratio']:.3f} | {1 / r['side_by_side_ratio']:.1f}× | "
                              f"{'yes' if r['lands'] else 'no'} | {fresh} | {within} of {checks} | "
                              f"{r['macs_ratio']:.3f} |")
         lines.append("")
@@ -306,6 +333,11 @@ def main() -> int:
                    "the median of its paired ratios over them (default: %(default)s)")
     p.add_argument("--out", type=Path, help="writes OUT.json, OUT.md, OUT.png (default experiments/results/"
                                             "latency_MODEL, or latency_MODEL_seedN)")
+    p.add_argument("--carry", type=Path, help="an earlier run's JSON of this page: its rows that are not in the "
+                   "out-dirs (their models gone with an earlier session) keep the latency that run measured, marked "
+                   "with its date")
+    p.add_argument("--carry-as", action="append", default=[], metavar="OLD=NEW",
+                   help="with --carry: a method's current name (e.g. ours_latency_bs1=ours_latency_bs1_keepthin)")
     p.add_argument("--summary-only", action="store_true", help="only regenerate the pages (every latency_MODEL*.md "
                    "and latency.md) from their JSON results")
     args = p.parse_args()
@@ -329,8 +361,12 @@ def main() -> int:
             **finished_rows(args.latency_dir, latency_methods, args.latency_targets)}
     if not rows:
         raise SystemExit(f"no finished rows in {args.macs_dir} or {args.latency_dir}: pass --run to train them")
+    previous = json.loads(args.carry.read_text()) if args.carry else None
+    rename = dict(pair.split("=", 1) for pair in args.carry_as)
+    carried = carried_points(previous, rename, set(rows)) if previous else {}
     dense, _ = compare.load_parent(compare.SHIPPED, args.model, 10)
-    dense_acc = json.loads((args.macs_dir / "dense.json").read_text())["test_acc"]
+    dense_json = next((d / "dense.json" for d in (args.macs_dir, args.latency_dir) if (d / "dense.json").is_file()))
+    dense_acc = json.loads(dense_json.read_text())["test_acc"]
     models = {"dense": dense.eval()}
     for key, row in rows.items():
         models[key] = load_pruned_with_metadata(row["model_file"])[0].eval()
@@ -355,6 +391,7 @@ def main() -> int:
                                    "latency_ratio": statistics.median(ratios[key][bs]),
                                    "latency_ratios": ratios[key][bs],
                                    "latency_ms": bench["models"][key]["latency"][bs]["median_ms"]})
+            points += carried.get(str(bs), {}).get(method, [])
             if len(points) > 1:
                 curves[str(bs)][method] = points
         matched[str(bs)] = {m: [at_latency([(q["latency_ratio"], q["test_acc"]) for q in pts], x) for x in MATCHED]
@@ -368,6 +405,13 @@ def main() -> int:
         "dense": {"test_acc": dense_acc}, "labels": LABELS,
         "rows": {k: {f: r.get(f) for f in ("method", "target", "target_metric", "test_acc", "macs_ratio", "info",
                                            "epochs", "seed")} for k, r in rows.items()},
+        "carried": None if previous is None else {
+            "from": previous["date"], "command": previous["command"], "rename": rename,
+            "compare_commands": previous.get("compare_commands", []),
+            "machine": previous["machine"], "threads": previous["threads"],
+            "rows": {f"{rename.get(r['method'], r['method'])}@{r['target']:g}": {**r, "method": rename.get(r["method"], r["method"])}
+                     for r in previous["rows"].values()
+                     if f"{rename.get(r['method'], r['method'])}@{r['target']:g}" not in rows}},
         "bench": bench, "timings": args.timings, "curves": curves, "matched": matched, "figure": out.name + ".png",
         "compare_commands": [shlex.join(["python", "experiments/compare.py", *compare_args(args, d, m, t)])
                              for d, m, t in ((args.macs_dir, macs_methods, args.macs_targets),

@@ -33,7 +33,7 @@ import torch
 from dnas_prune.device.timing import compare_latency
 from dnas_prune.io.checkpoint import atomic_write_json, atomic_write_text
 from dnas_prune.io.pruned import load_pretrained, load_pruned_with_metadata
-from dnas_prune.search.pruner import pinned_try
+from dnas_prune.search.pruner import SearchConfig, pinned_try
 
 from peers import machine
 
@@ -141,6 +141,7 @@ def main() -> int:
             "ratio_of_medians": 1.0 / timed["ratios"]["pruned"][bs]["speedup"],
             "lands": count_within([side_by_side], target)[0] == 1,
             "macs_ratio": summary["final"]["macs_ratio"], "acc_before_finetune": summary["accuracy"]["test"],
+            "closes_thin_blocks": SearchConfig(**summary["config"]["search"]).closes_thin_blocks,
             "timing": timed,
         })
         rows[-1]["fresh_processes"] = fresh_process_ratios(args, out / "pruned.pt",
@@ -161,6 +162,12 @@ def fresh(row: dict) -> str:
     runs = row.get("fresh_processes", {})
     return "; ".join(f"{t} thread{'s' if t != '1' else ''}: " + ", ".join(f"{x['ratio']:.3f}" for x in timed)
                      for t, timed in runs.items()) or "-"
+
+
+def closes_thin_blocks(row: dict) -> bool:
+    """Whether the row's search closed thin blocks; rows written before it was recorded (when keeping them was the
+    default) say it by their flag."""
+    return row.get("closes_thin_blocks", "--close-thin-blocks" in row["search"].split())
 
 
 def checks_within(row: dict, threads: int) -> tuple[int, int]:
