@@ -186,9 +186,11 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("carried"):
         c = report["carried"]
-        lines.append(f"- rows marked *timed {c['from']}* were trained and timed by an earlier run of this page "
-                     f"(`{c['command']}`, {c['threads']} thread(s), {_cpu(c['machine'])}), their models gone with that "
-                     "session: their fractions of dense are that run's, each timed side by side with dense there"
+        dates = sorted({p["timed"] for points in report["curves"].values() for q in points.values() for p in q
+                        if p.get("timed")})
+        lines.append(f"- rows marked *timed {' / '.join(dates)}* were trained and timed by an earlier run of this page "
+                     f"(its previous run: `{c['command']}`, {c['threads']} thread(s), {_cpu(c['machine'])}), their models gone "
+                     "with that session: their fractions of dense are that run's, each timed side by side with dense there"
                      + ("; renamed since: " + ", ".join(f"{a} → {b}" for a, b in c["rename"].items())
                         if c["rename"] else ""))
     lines += ["", f"![accuracy vs measured latency]({report['figure']})", ""]
@@ -254,7 +256,7 @@ def summary_markdown(results: Path = RESULTS) -> str:
                   + ", ".join(f"{v['median_ms']:.3g} ms at batch {bs}"
                               for bs, v in b["bench"]["models"]["dense"]["latency"].items())
                   + " in the first timing"
-                  + (f"; rows from the run of {b['carried']['from']} keep the latency it measured (see the page)"
+                  + ("; rows of an earlier run keep the latency it measured (marked on the page)"
                      if b.get("carried") else "") + ".", "", f"![{name}]({b['figure']})", "",
                   "| batch | method | " + " | ".join(f"acc at {x:g} of dense latency" for x in MATCHED) + " |",
                   "|---:|---|" + "---:|" * len(MATCHED)]
