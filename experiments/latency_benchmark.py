@@ -188,9 +188,10 @@ def markdown(report: dict[str, Any]) -> str:
         c = report["carried"]
         dates = sorted({p["timed"] for points in report["curves"].values() for q in points.values() for p in q
                         if p.get("timed")})
-        lines.append(f"- rows marked *timed {' / '.join(dates)}* were trained and timed by an earlier run of this page "
-                     f"(its previous run: `{c['command']}`, {c['threads']} thread(s), {_cpu(c['machine'])}), their models gone "
-                     "with that session: their fractions of dense are that run's, each timed side by side with dense there"
+        lines.append(f"- rows marked *timed {' / '.join(dates)}* were trained and timed by an earlier run of this "
+                     f"page (its previous run: `{c['command']}`, {c['threads']} thread(s), {_cpu(c['machine'])}), their "
+                     "models gone with that session: their fractions of dense are that run's, each timed side by side "
+                     "with dense there"
                      + ("; renamed since: " + ", ".join(f"{a} → {b}" for a, b in c["rename"].items())
                         if c["rename"] else ""))
     lines += ["", f"![accuracy vs measured latency]({report['figure']})", ""]
@@ -307,7 +308,8 @@ def summary_markdown(results: Path = RESULTS) -> str:
                 fresh = "; ".join(f"{t} thr: {min(x['ratio'] for x in v):.3f}–{max(x['ratio'] for x in v):.3f}"
                                   for t, v in r.get("fresh_processes", {}).items()) or "-"
                 lines.append(f"| [{f.stem}]({f.stem}.md) | {r['model']} | {r['batch_size']} | {r['target']:g} | "
-                             f"{'closed' if closes_thin_blocks(r) else 'kept'} | {landing_window(r)} | {r['side_by_side_ratio']:.3f} | {1 / r['side_by_side_ratio']:.1f}× | "
+                             f"{'closed' if closes_thin_blocks(r) else 'kept'} | {landing_window(r)} | "
+                             f"{r['side_by_side_ratio']:.3f} | {1 / r['side_by_side_ratio']:.1f}× | "
                              f"{'yes' if r['lands'] else 'no'} | {fresh} | {within} of {checks} | "
                              f"{r['macs_ratio']:.3f} |")
         lines.append("")
@@ -367,7 +369,9 @@ def main() -> int:
     rename = dict(pair.split("=", 1) for pair in args.carry_as)
     carried = carried_points(previous, rename, set(rows)) if previous else {}
     dense, _ = compare.load_parent(compare.SHIPPED, args.model, 10)
-    dense_json = next((d / "dense.json" for d in (args.macs_dir, args.latency_dir) if (d / "dense.json").is_file()))
+    dense_json = next((d / "dense.json" for d in (args.macs_dir, args.latency_dir) if (d / "dense.json").is_file()), None)
+    if dense_json is None:
+        raise SystemExit(f"no dense.json in {args.macs_dir} or {args.latency_dir}: pass --run to write it")
     dense_acc = json.loads(dense_json.read_text())["test_acc"]
     models = {"dense": dense.eval()}
     for key, row in rows.items():
@@ -411,9 +415,9 @@ def main() -> int:
             "from": previous["date"], "command": previous["command"], "rename": rename,
             "compare_commands": previous.get("compare_commands", []),
             "machine": previous["machine"], "threads": previous["threads"],
-            "rows": {f"{rename.get(r['method'], r['method'])}@{r['target']:g}": {**r, "method": rename.get(r["method"], r["method"])}
-                     for r in previous["rows"].values()
-                     if f"{rename.get(r['method'], r['method'])}@{r['target']:g}" not in rows}},
+            "rows": {f"{r['method']}@{r['target']:g}": r for r in
+                     ({**r, "method": rename.get(r["method"], r["method"])} for r in previous["rows"].values())
+                     if f"{r['method']}@{r['target']:g}" not in rows}},
         "bench": bench, "timings": args.timings, "curves": curves, "matched": matched, "figure": out.name + ".png",
         "compare_commands": [shlex.join(["python", "experiments/compare.py", *compare_args(args, d, m, t)])
                              for d, m, t in ((args.macs_dir, macs_methods, args.macs_targets),
