@@ -122,6 +122,14 @@ METHODS = _methods(
     Method("ours_latency_bs64_keepthin", "as ours_latency_bs1_keepthin, at batch 64", "ours",
            {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
             "close_thin_blocks": False}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs1_respend", "as ours_latency_bs1 with thin blocks closed by the projection "
+           "(--close-thin-blocks-at projection): the search keeps them, the projection closes them and spends their "
+           "latency on the other blocks' channels", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
+            "close_thin_blocks_at": "projection"}, search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_respend", "as ours_latency_bs1_respend, at batch 64", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
+            "close_thin_blocks_at": "projection"}, search_epochs=1, one_schedule=True),
     Method("ours_latency_bs1_noblockgates", "as ours_latency_bs1 without block gates (--no-block-gates: a block goes "
            "when all its inner channels close), the latency defaults before block gates", "ours",
            {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,

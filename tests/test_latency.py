@@ -485,13 +485,15 @@ def latency_search(target: dict, steps: int = 30, seed: int = 0, **config):
     return pruner, table, device
 
 
-@pytest.mark.parametrize("close_thin_blocks, deviation", [(False, 0.05), (None, 0.25)])
-def test_latency_budget_tracks_the_target_and_lands_on_the_measurement(close_thin_blocks, deviation) -> None:
+@pytest.mark.parametrize("thin_blocks, deviation", [({"close_thin_blocks": False}, 0.05), ({}, 0.25),
+                                                     ({"close_thin_blocks_at": "projection"}, 0.05)])
+def test_latency_budget_tracks_the_target_and_lands_on_the_measurement(thin_blocks, deviation) -> None:
     """The hard latency ratio follows the ramped target during the search (the table's), and the landing corrects
     the table's error with the device's measurement: the final model measures at most the target, within
-    latency_tolerance under it. Channel by channel the ratio tracks closely; with thin blocks closed (the
-    default) a block leaves with its second channel step, so the ratio can fall a block's latency under."""
-    pruner, table, device = latency_search({"target_latency": 0.5}, close_thin_blocks=close_thin_blocks)
+    latency_tolerance under it. Channel by channel the ratio tracks closely; with thin blocks closed by the
+    search (the default) a block leaves with its second channel step, so the ratio can fall a block's latency
+    under; closed by the projection, the search tracks as if it kept them."""
+    pruner, table, device = latency_search({"target_latency": 0.5}, **thin_blocks)
     assert pruner.config.metric == "latency" and pruner.max_deviation <= deviation
     assert set(pruner.hard_ratios) == {"macs", "params", "latency"}
     said: list[str] = []
@@ -730,3 +732,50 @@ def test_with_close_thin_blocks_a_block_lives_only_while_two_channel_steps_of_it
             for block in net.blocks:
                 if block.gate is not None and decided.blocks[block.name]:
                     assert all(decided.widths[g] >= 2 for g in block.inner), (target, block.name)
+
+
+def test_thin_blocks_closed_at_the_projection_give_their_latency_to_the_living_blocks_channels() -> None:
+    """close_thin_blocks_at="projection": the search keeps blocks one channel step wide, and every projection closes
+    them and spends what they cost on channels of the blocks left, best-scored first, down to channels that cost
+    nothing on the table; a closed block reopens (two steps wide) only when channels cannot reach the budget."""
+    from dnas_prune import Pruner, SearchConfig
+    from dnas_prune.errors import DnasPruneError
+    from dnas_prune.search.budget import budget_state, cost_ratios
+
+    with pytest.raises(DnasPruneError, match="close_thin_blocks_at"):
+        SearchConfig(close_thin_blocks_at="finetune")
+    model = create_model("cifar_resnet20")
+    pruner = Pruner(model, (3, 16, 16), total_steps=10, latency=synthetic_table(spec_of(model), (3, 16, 16)),
+                    target_latency=0.5, close_thin_blocks_at="projection")
+    net = pruner.net
+    assert net.budget["close_thin_blocks"] == "projection"
+    with torch.no_grad():
+        inner = net.gate("layer1.0.conv1").logits
+        inner.fill_(-4.0)
+        inner.view(-1)[3] = 5.0  # one strong channel, the rest weak
+        net.gate("layer1.0").logits.fill_(6.0)
+    pruner._hold_blocks_under_their_channels()
+    assert float(net.gate("layer1.0").logits.flatten()[0]) == 6.0  # the search leaves the block gate alone
+    decided = net.decisions()
+    assert decided.blocks["layer1.0"] and decided.widths["layer1.0.conv1"] == 1  # a thin block, kept while searching
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        target = 0.3 + 0.65 * float(torch.rand(1, generator=rng))
+        state = budget_state(net, "latency", target, strict=False)
+        with net.pinned(state):
+            decided = net.decisions()
+            ratio = cost_ratios(net, *net.counts_and_blocks(hard=True))["latency"]
+            assert ratio <= target + 0.01 + 1e-9
+            open_blocks = [b for b in net.blocks if b.gate is not None and decided.blocks[b.name]]
+            for block in open_blocks:
+                assert not all(decided.widths[g] <= 1 for g in block.inner), (target, block.name)
+            # re-spent: no closed channel of a living block fits under the target any more
+            for block in open_blocks:
+                for g in block.inner:
+                    mask = state[g]
+                    if not mask.all():
+                        grown = mask.clone()
+                        grown[int((~mask).nonzero()[0])] = True
+                        with net.pinned({g: grown}):
+                            assert cost_ratios(net, *net.counts_and_blocks(hard=True))["latency"] > target + 1e-9
+        assert not (state["layer1.0"] and int(state["layer1.0.conv1"].sum()) == 1)

@@ -214,7 +214,11 @@ def budget_state(
     # close_thin_blocks (Pruner._hold_blocks_under_their_channels): a gated block lives only while two steps of each
     # inner group do. Its inner groups go from two steps to none and back, never to one; a block found thinner goes
     # now (what it cost is spent below); and a block ranks no higher than its inner groups' second steps.
-    closes_thin = bool((net.budget or {}).get("close_thin_blocks"))
+    rule = (net.budget or {}).get("close_thin_blocks")
+    closes_thin = rule is True
+    # "projection": the search kept thin blocks; a block whose every inner group is one step wide (or less) goes here,
+    # what it cost goes to the living blocks' channels, and no block reopens (experiments/results/thin_blocks.md, B)
+    respends_thin = rule == "projection"
     held = {g for b in block_score for g in inner_of[b]
             if closes_thin and steps[g] and 2 * steps[g] <= net.groups[names[g]].size}
     for b in block_score:
@@ -227,8 +231,8 @@ def budget_state(
         cost = net.metric_from_counts(metric, torch.tensor(w, dtype=torch.float64), torch.tensor(f, dtype=torch.float64))
         return float(cost) / dense
 
-    def units(grow: bool) -> list[tuple[tuple[float, float], str, int]]:
-        """Movable units, best first: (sort key, "channels" | "block", index)."""
+    def units(grow: bool, reopen: bool = True) -> list[tuple[tuple[float, float], str, int]]:
+        """Movable units, best first: (sort key, "channels" | "block", index); closed blocks only with ``reopen``."""
         found = []
         for i in order:
             size = net.groups[names[i]].size
@@ -238,7 +242,7 @@ def budget_state(
                 fraction = widths[i] / size
                 found.append(((-score, fraction) if grow else (score, -fraction), "channels", i))
         for b, score in block_score.items():
-            if blocks[b] == (0.0 if grow else 1.0):
+            if blocks[b] == (0.0 if grow else 1.0) and not (grow and not reopen):
                 found.append(((-score, 1.0) if grow else (score, -1.0), "block", b))
         return sorted(found)
 
@@ -248,13 +252,23 @@ def budget_state(
             f[i] = 1.0 if grow else 0.0
             if grow:  # a reopened block starts from the fewest inner channels it may have and grows from there
                 for g in inner_of[i]:
-                    w[g] = (2 if g in held else 1) * steps[g] or net.groups[names[g]].size
+                    w[g] = (2 if g in held or respends_thin else 1) * steps[g] or net.groups[names[g]].size
         elif i in held and (w[i] == 0 if grow else w[i] < 3 * steps[i]):
             w[i] = 2 * steps[i] if grow else 0
         else:
             w[i] += steps[i] if grow else -steps[i]
         return w, f
 
+    def close_thin() -> bool:
+        """Close every open gated block whose gated inner groups are all at most one step wide; whether any was."""
+        thin = [b for b in block_score if blocks[b] and inner_of[b]
+                and all(steps[g] and widths[g] <= steps[g] for g in inner_of[b])]
+        for b in thin:
+            blocks[b] = 0.0
+        return bool(thin)
+
+    if respends_thin:
+        close_thin()
     current = ratio_of(widths, blocks)
     while current > target + 1e-12:
         fallback = None
@@ -269,16 +283,30 @@ def budget_state(
         if fallback is None:
             break
         widths, blocks, current = fallback
-    for limit in (target, target + tolerance):
-        progress = current < target - tolerance
+    def grow_to(limit: float, reopen: bool = True) -> None:
+        """Reopen the best-scored units that fit under ``limit``; when re-spending, also those that cost nothing or
+        less (a measured latency need not grow with every channel), so no channel that fits stays closed."""
+        nonlocal widths, blocks, current
+        progress = True
         while progress:
             progress = False
-            for _, kind, i in units(grow=True):
+            for _, kind, i in units(grow=True, reopen=reopen):
                 w, f = moved(kind, i, grow=True)
                 r = ratio_of(w, f)
-                if current + 1e-12 < r <= limit + 1e-12:
+                if (respends_thin or current + 1e-12 < r) and r <= limit + 1e-12:
                     widths, blocks, current, progress = w, f, r, True
                     break
+
+    while True:
+        if respends_thin:  # channels of the living blocks first; a block reopens (two steps wide) only if they fall short
+            grow_to(target, reopen=False)
+        if current < target - tolerance:
+            grow_to(target)
+        if current < target - tolerance:
+            grow_to(target + tolerance)
+        if not (respends_thin and close_thin()):  # shrinking may have left a block thin: close it, spend again
+            break
+        current = ratio_of(widths, blocks)
     if strict and not (target - tolerance - 1e-9 <= current <= target + tolerance + 1e-9):
         raise BudgetError(
             f"could not place the {metric} ratio within ±{tolerance:g} of {target:g} (reached {current:.4f}); "

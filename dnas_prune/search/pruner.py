@@ -77,6 +77,7 @@ STREAM_GROUPS = ("stem", "*.stream")  # patterns naming every residual-stream gr
 BLOCK_GROUPS = ("layer*.[0-9]", "layer*.[0-9][0-9]")  # patterns naming every block gate (layerS.B, B < 100)
 PRIORS = ("gamma", "taylor")
 CHANNEL_ORDERS = ("l1", "learned")
+THIN_BLOCK_CLOSERS = ("search", "projection")
 RANK_COSTS = ("auto", "budget", "macs")
 # SearchConfig fields that one of the target_* keys sets (budget_fields), not knobs of their own
 BUDGET_FIELDS = ("metric", "target", "target_ms", "target_ms_dense")
@@ -124,6 +125,9 @@ class SearchConfig:
     # with block gates: a block lives only while two channel steps of each inner group do, never one channel wide;
     # None: True for a latency budget (see closes_thin_blocks)
     close_thin_blocks: bool | None = None
+    # which closes them: "search" holds each block gate under its channels while it trains; "projection" lets the
+    # search keep them and the projection closes them, spending what that frees on the living blocks' channels
+    close_thin_blocks_at: str = "search"
     recalibrate_batches: int = 20
 
     @property
@@ -172,6 +176,9 @@ class SearchConfig:
         if self.channel_order not in CHANNEL_ORDERS:
             raise DnasPruneError(f"channel_order (--channel-order) must be one of {', '.join(CHANNEL_ORDERS)}, "
                                  f"got {self.channel_order!r}")
+        if self.close_thin_blocks_at not in THIN_BLOCK_CLOSERS:
+            raise DnasPruneError(f"close_thin_blocks_at (--close-thin-blocks-at) must be one of "
+                                 f"{', '.join(THIN_BLOCK_CLOSERS)}, got {self.close_thin_blocks_at!r}")
         if self.prior == "taylor" and self.warmup <= 0:
             raise DnasPruneError("prior (--prior) 'taylor' ranks gates by the gradients seen during warm-up: set "
                                  "warmup (--warmup) > 0, or use --prior gamma")
@@ -320,8 +327,11 @@ class Pruner:
             self._attach_latency(latency)
         cfg = self.config
         check_feasible(self.net, cfg.metric, cfg.target, cfg.round_to)
-        self.net.budget = {"metric": cfg.metric, "target": cfg.target,
-                           "close_thin_blocks": cfg.closes_thin_blocks}  # budget_state keeps it too
+        # budget_state reads it: True holds thin blocks shut while searching, "projection" closes them at the end
+        closes: bool | str = False
+        if cfg.closes_thin_blocks:
+            closes = True if cfg.close_thin_blocks_at == "search" else "projection"
+        self.net.budget = {"metric": cfg.metric, "target": cfg.target, "close_thin_blocks": closes}
         if cfg.metric == "latency":
             self.net.budget["latency_table"] = self.net.latency.table.settings
         self.total_steps = max(1, int(total_steps))
@@ -541,7 +551,7 @@ class Pruner:
         without the cap a latency budget closed nearly every channel before such a block, and kept the block
         (experiments/results/thin_blocks.md). Only with ``close_thin_blocks`` (as ``net.budget`` records it for
         ``budget_state``)."""
-        if not self.net.budget.get("close_thin_blocks"):
+        if self.net.budget.get("close_thin_blocks") is not True:  # False, or "projection": the projection does it
             return
         for block in self.net.blocks:
             if block.gate is None or not self.net.groups[block.gate].gated:
