@@ -83,7 +83,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--close-thin-blocks-at", choices=THIN_BLOCK_CLOSERS, default=SEARCH_DEFAULTS.close_thin_blocks_at,
                    help="which closes thin blocks: search = the search holds a block under its inner channels while "
                         "it trains; projection = the search keeps them, the projection closes them and spends their "
-                        "cost on the other blocks' channels (default: %(default)s)")
+                        "cost on the other blocks' channels; experiments/results/latency.md compares the two "
+                        "(default: %(default)s)")
     p.add_argument("--exclude", nargs="*", default=[], help="gate groups kept open (glob patterns, e.g. 'layer1.*')")
     add_training_args(p, DEFAULTS)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")

@@ -173,7 +173,8 @@ def budget_state(
     ``round_to`` channels of a group, or of one gate's channels, or a whole block); then it reopens the
     highest-scored units that still fit. Within a group the channels kept are always those of the top-scored
     gates; equal scores shrink groups evenly. A measured cost (latency) need not grow with every unit, so it
-    may not reach the window: ``strict=False`` then returns the state reached instead of raising.
+    may not reach the window: ``strict=False`` then returns the state reached instead of raising. How blocks one
+    channel step wide are treated follows ``net.budget["close_thin_blocks"]`` (see the comment below).
     """
     check_feasible(net, metric, target, round_to)
     dense = net.dense_metric(metric)
@@ -242,7 +243,7 @@ def budget_state(
                 fraction = widths[i] / size
                 found.append(((-score, fraction) if grow else (score, -fraction), "channels", i))
         for b, score in block_score.items():
-            if blocks[b] == (0.0 if grow else 1.0) and not (grow and not reopen):
+            if blocks[b] == (0.0 if grow else 1.0) and (reopen or not grow):
                 found.append(((-score, 1.0) if grow else (score, -1.0), "block", b))
         return sorted(found)
 
