@@ -2,8 +2,9 @@
 
 - A: searched with ``--no-close-thin-blocks`` (the default when this page was measured), as it landed;
 - B: A with every block whose inner width is one channel step closed, and the latency that frees (on the search's
-  own table) spent on channels of the blocks left, best-scored first (no block reopened): what
-  ``--close-thin-blocks-at projection`` does since;
+  own table) spent on channels of the blocks left, best-scored first (no block reopened):
+  ``--close-thin-blocks-at projection`` since, which also reopens a block (two steps wide) when channels cannot
+  reach its landing window;
 - C: searched with ``--close-thin-blocks`` (the default since): a block goes once two channel steps of its inner
   group would not stay;
 - D: A's search projected again onto A's latency on its table, as the projection does with ``close_thin_blocks``
