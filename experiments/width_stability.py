@@ -1,6 +1,6 @@
 """Do rounded widths make a multi-threaded latency ratio steadier? For each latency search given: its landed model
-(``pruned.pt`` beside the supernet) and the same search projected onto the landed model's table latency with every
-width a multiple of 8 and of 16 (``budget_state(..., round_to=R)``), timed with the dense parent, all interleaved,
+and the same search finalized with every width a multiple of 8 and of 16 (``dnas-prune finalize --round-to R``:
+re-projected around where it landed, on its table), timed with the dense parent, all interleaved,
 at the table's batch size and threads, once in each of ``--rounds`` new processes per search (a shared machine's
 load changes over minutes, not within one timing). Reports each model's median per-round ratio per process and
 their spread (max over min).
@@ -27,12 +27,10 @@ import torch
 
 from dnas_prune.device.timing import Runner, time_interleaved
 from dnas_prune.io.checkpoint import atomic_write_json, atomic_write_text
+from dnas_prune.finalize import finalize
 from dnas_prune.io.pruned import load_pretrained, load_pruned_with_metadata, save_pruned
 from dnas_prune.models import spec_of
-from dnas_prune.search.budget import budget_state
-from dnas_prune.search.fold import fold
 from dnas_prune.search.hooks import load_supernet
-from dnas_prune.search.latency import table_for_settings
 
 from peers import machine
 
@@ -42,25 +40,18 @@ ROUNDINGS = (8, 16)
 
 @torch.no_grad()
 def build(run: Path, out: Path) -> dict:
-    """The landed model and the search's projections with rounded widths, saved in ``out``; their table ratios."""
+    """The landed model and ``finalize(net, round_to=R)`` of the same search (what ``dnas-prune finalize --round-to
+    R`` gives: re-projected around where it landed, on its latency table), saved in ``out``; their table ratios."""
     net = load_supernet(run / "supernet.pt")
-    settings = net.budget["latency_table"]
-    table = table_for_settings(settings)
-    net.latency = table.for_supernet(net)
-    dense_ms = table.predict_ms(table.dense_spec)
-    landed, _ = load_pruned_with_metadata(run / "pruned.pt")
-    ratio = table.predict_ms(spec_of(landed)) / dense_ms
     out.mkdir(parents=True, exist_ok=True)
-    save_pruned(landed, out / "landed.pt")
-    models = {"landed": ratio}
-    net.release_gates()
-    for r in ROUNDINGS:
-        with net.pinned(budget_state(net, "latency", ratio, r, strict=False)):
-            model = fold(net).eval()
-        save_pruned(model, out / f"round{r}.pt")
-        models[f"round{r}"] = table.predict_ms(spec_of(model)) / dense_ms
-    return {"run": str(run), "batch_size": table.batch_size, "threads": settings["threads"],
-            "memory_format": table.memory_format, "table_ratio": models}
+    models = {"landed": finalize(net), **{f"round{r}": finalize(net, round_to=r) for r in ROUNDINGS}}
+    table = net.latency.table  # finalize attached the search's table
+    dense_ms = table.predict_ms(table.dense_spec)
+    for name, model in models.items():
+        save_pruned(model, out / f"{name}.pt")
+    return {"run": str(run), "batch_size": table.batch_size, "threads": table.settings["threads"],
+            "memory_format": table.memory_format,
+            "table_ratio": {name: table.predict_ms(spec_of(model)) / dense_ms for name, model in models.items()}}
 
 
 def one_round(folder: Path, batch_size: int, threads: int, memory_format: str) -> dict[str, float]:
@@ -95,7 +86,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="*", type=Path, help="latency search outputs (supernet.pt and pruned.pt)")
+    p.add_argument("runs", nargs="*", type=Path, help="latency search outputs (their supernet.pt)")
     p.add_argument("--rounds", type=int, default=6, help="new processes per search")
     p.add_argument("--work", type=Path, default=Path("runs/width_stability"))
     p.add_argument("--name", default="width_stability")
@@ -106,10 +97,10 @@ def main() -> None:
         print(json.dumps(one_round(Path(folder), int(batch), int(threads), fmt)))
         return
     if not args.runs:
-        p.error("pass one or more latency search outputs (folders with supernet.pt and pruned.pt)")
+        p.error("pass one or more latency search outputs (folders with supernet.pt)")
     for run in args.runs:
-        if not (run / "supernet.pt").is_file() or not (run / "pruned.pt").is_file():
-            p.error(f"{run} has no supernet.pt and pruned.pt (pass a finalized latency search's folder)")
+        if not (run / "supernet.pt").is_file():
+            p.error(f"{run} has no supernet.pt (pass a latency search's --out folder)")
     runs = [build(run, args.work / f"{i}") for i, run in enumerate(args.runs)]
     for i, run in enumerate(runs):
         run["rounds"] = []
