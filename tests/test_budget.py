@@ -40,6 +40,22 @@ def test_round_to_keeps_every_width_a_multiple(round_to: int) -> None:
     assert all(w % round_to == 0 for w in widths), widths
 
 
+def test_a_block_one_rounded_step_wide_is_not_thin() -> None:
+    """close_thin_blocks closes a block whose branch is one gate wide (a rank-one update); a branch one ``round_to``
+    step wide (16 channels of a 32- or 64-channel stage) is a branch of its own, and the projection may keep it."""
+    from dnas_prune import spec_of
+    from dnas_prune.search.budget import can_be_thin
+
+    net = searched_like("cifar_resnet56", seed=3)
+    net.budget = {"metric": "macs", "target": 0.3, "close_thin_blocks": True}
+    assert can_be_thin(net, "layer2.0.conv1", None) and not can_be_thin(net, "layer2.0.conv1", 16)
+    widths = set()
+    for target in (0.5, 0.3):
+        project_to_budget(net, "macs", target, round_to=16)
+        widths |= {b["inner"][0] for s in spec_of(finalize(net))["stages"][1:] for b in s["blocks"] if b["inner"]}
+    assert 16 in widths and all(w % 16 == 0 for w in widths), widths
+
+
 def test_projection_keeps_the_highest_logits_even_where_the_sigmoid_saturates() -> None:
     """At the search's final temperature every open gate has P(open) == 1.0 in float32; the projection must
     still drop the weakest open channels, not the last ones by index."""

@@ -35,6 +35,13 @@ def channel_step(net: Supernet, name: str, round_to: int | None) -> int:
     return min(net.groups[name].size, math.lcm(round_to or 1, net.channels_per_gate_of(name)))
 
 
+def can_be_thin(net: Supernet, name: str, round_to: int | None) -> bool:
+    """Whether a block's inner group ``name`` one step wide makes the block thin (close_thin_blocks): only while its
+    width moves by one gate's channels. A branch one gate wide is a rank-one update paying most of a block's time;
+    one whole SIMD block of channels (``round_to``) is not, and closing it would leave few widths to search."""
+    return net.groups[name].gated and channel_step(net, name, round_to) == net.channels_per_gate_of(name)
+
+
 def min_width(net: Supernet, name: str, round_to: int | None) -> int:
     """The narrowest a gated group may get: an inner group may empty (its block goes), a stream keeps one step
     (a stream closed whole would cut the network in two)."""
@@ -220,8 +227,9 @@ def budget_state(
     # "projection": the search kept thin blocks; a block whose every inner group is one step wide (or less) goes here,
     # what it cost goes to the living blocks' channels, and no block reopens (experiments/results/thin_blocks.md, B)
     respends_thin = rule == "projection"
+    thin_able = [can_be_thin(net, name, round_to) for name in names]
     held = {g for b in block_score for g in inner_of[b]
-            if closes_thin and steps[g] and 2 * steps[g] <= net.groups[names[g]].size}
+            if closes_thin and thin_able[g] and steps[g] and 2 * steps[g] <= net.groups[names[g]].size}
     for b in block_score:
         for g in set(inner_of[b]) & held:
             block_score[b] = min(block_score[b], float(torch.sort(scores[g], descending=True).values[2 * steps[g] - 1]))
@@ -263,7 +271,7 @@ def budget_state(
     def close_thin() -> bool:
         """Close every open gated block whose gated inner groups are all at most one step wide; whether any was."""
         thin = [b for b in block_score if blocks[b] and inner_of[b]
-                and all(steps[g] and widths[g] <= steps[g] for g in inner_of[b])]
+                and all(thin_able[g] and steps[g] and widths[g] <= steps[g] for g in inner_of[b])]
         for b in thin:
             blocks[b] = 0.0
         return bool(thin)

@@ -52,6 +52,7 @@ built. What the offset gives is measured in experiments/results/search_stability
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -66,10 +67,10 @@ from torch import nn
 from ..device.policy import process_rank
 from ..errors import DnasPruneError
 from ..models import spec_of
-from .budget import (budget_state, channel_step, check_feasible, check_target, cost_floor, cost_ratios,
+from .budget import (budget_state, can_be_thin, channel_step, check_feasible, check_target, cost_floor, cost_ratios,
                      min_width, project_to_budget, solve_offset)
 from .fold import fold
-from .latency import LatencyTable, latency_table
+from .latency import LatencyTable, channel_block, latency_table
 from .gate_optimizer import make_gate_optimizer
 from .supernet import Supernet
 
@@ -84,6 +85,7 @@ BUDGET_FIELDS = ("metric", "target", "target_ms", "target_ms_dense")
 
 
 LANDING_TIMINGS = 5  # side-by-side timings per landing try of a latency budget, at least (see landing_ratio)
+LANDING_SHAPE_PROBES = 40  # 1 % steps of the aim a landing tries past a shape already timed, at most
 
 
 @dataclass
@@ -116,6 +118,8 @@ class SearchConfig:
     # the cost gates are ranked per (gradient normalization, Taylor prior): "budget" = the budget's metric, "macs",
     # "auto" = the budget's, except MACs for a latency budget's channel gates (see _rank_metric)
     rank_cost: str = "auto"
+    # every kept width a multiple of this; None: under a latency budget the channel block of the table's device
+    # (channel_block: 16 on AVX-512, 8 on AVX2), otherwise 1; 1 turns rounding off
     round_to: int | None = None
     channels_per_gate: int = 1  # one gate per K channels: every searched width is a multiple of K
     exclude: list[str] = field(default_factory=list)
@@ -299,8 +303,9 @@ class Pruner:
 
     The budget is one of ``target_macs``, ``target_params``, ``target_latency`` (a fraction of the dense model's
     latency on this device) or ``target_latency_ms``. Latency is counted in a per-layer table of this device
-    (``latency``, or measured once and cached), and the landing re-aims the projection until the finalized model,
-    timed beside the dense one, is at most the target and within ``latency_tolerance`` under it.
+    (``latency``, or measured once and cached), widths stay in whole channel blocks of the device's kernels
+    (``round_to``), and the landing re-aims the projection until the finalized model, timed beside the dense one,
+    is at most the target and within ``latency_tolerance`` under it.
 
     Readable state, what the search computes and a monitor logs: :attr:`net`, :attr:`target` (the current, ramped
     target), :attr:`offset` and :attr:`temperature` (the schedule it set), :attr:`hard_ratio` (the cost ratio of
@@ -558,7 +563,7 @@ class Pruner:
                 continue
             caps = []
             for name in block.inner:
-                if not self.net.groups[name].gated:
+                if not self.net.groups[name].gated or not can_be_thin(self.net, name, self.config.round_to):
                     continue
                 logits = self.net.gate(name).logits.detach().flatten()
                 per_step = -(-channel_step(self.net, name, self.config.round_to) // self.net.channels_per_gate_of(name))
@@ -585,6 +590,11 @@ class Pruner:
         elif table.batch_size != cfg.latency_batch_size:
             self.config = cfg = replace(cfg, latency_batch_size=table.batch_size)
         self.net.latency = table.for_supernet(self.net)
+        block = channel_block(table.settings["device"])
+        if cfg.round_to is None and block:
+            # whole blocks: a part-filled one costs what the threads' split of it makes it, which moves between
+            # runs on a shared machine, so a landing's measurement would not hold (width_stability.md)
+            self.config = cfg = replace(cfg, round_to=math.lcm(block, cfg.channels_per_gate))
         if cfg.target_ms is not None:
             dense_ms = cfg.target_ms_dense or table.measure(table.dense_spec)["median_ms"]
             if cfg.target_ms >= dense_ms:
@@ -597,8 +607,8 @@ class Pruner:
     def _land_on_measured_latency(self, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
         """Project on the latency model, time the model that gives against the dense one, side by side, and
         re-project where the table must read for the device to read the middle of the window ``[target x (1 -
-        latency_tolerance), target]``, until the measurement is in it (at most four tries; the one nearest the
-        window, then its middle, is pinned).
+        latency_tolerance), target]``, until the measurement is in it (at most four tries, each a shape not timed
+        before, see :meth:`_untried_shape`; the one nearest the window, then its middle, is pinned).
         The window lies under the target: a budget is a cap, and a later timing on a shared machine reads a narrow
         model relatively slower more often than faster (see ``landing_ratio``). The table is a model of the device;
         this makes the landing the device's. Each try times the pair for ``latency_landing_seconds``, in a new
@@ -619,10 +629,11 @@ class Pruner:
             net.eval()
             say = log or (lambda line: None)
             for attempt in range(1, 5):
-                trial = min(1.0, max(trial, floor))
-                with net.pinned(budget_state(net, "latency", trial, cfg.round_to, strict=False)):
-                    spec = spec_of(fold(net))
-                    predicted = self.hard_ratios_now()["latency"]
+                found = self._untried_shape(min(1.0, max(trial, floor)), floor, tries)
+                if found is None:
+                    say("latency landing: no other shape between the tries; keeping the one nearest the window")
+                    break
+                trial, spec, predicted = found
                 started, table = time.monotonic(), net.latency.table
                 say(f"latency landing, try {attempt}/4: the table puts the projected model at {predicted:.3f} of "
                     f"dense; timing it beside the dense model for {cfg.latency_landing_seconds:g} s")
@@ -632,6 +643,7 @@ class Pruner:
                                                                   f"{pair[2]:.3f} of dense"))
                 ratios = sorted(pair[2] for pair in pairs)
                 tries.append({"projected_to": trial, "predicted_ratio": predicted, "own_ratio": landing_ratio(ratios),
+                              "shape": json.dumps(spec, sort_keys=True),
                               "dense_ms": statistics.median(pair[0] for pair in pairs), "measured_ratios": ratios,
                               "seconds": time.monotonic() - started})
                 # the device over the table, from every timing so far: one try's timings can all fall in one spell
@@ -649,6 +661,8 @@ class Pruner:
                 aim = middle * (cfg.target_ms / tries[-1]["dense_ms"] if cfg.target_ms is not None else cfg.target)
                 trial = aim / device_over_table  # where the table must read for the device to read the aim
             net.train(was_training)
+            for t in tries:
+                del t["shape"]
             pinned = try_to_pin(tries, cfg.latency_tolerance)
             pinned["pinned"] = True
             trial = pinned["projected_to"]
@@ -658,6 +672,36 @@ class Pruner:
             trial = float(chosen)
         project_to_budget(net, "latency", trial, cfg.round_to, strict=False)
         return tries
+
+    def _untried_shape(self, trial: float, floor: float,
+                       tries: list[dict[str, Any]]) -> tuple[float, dict[str, Any], float] | None:
+        """(aim, architecture spec, table ratio) of the landing's next try: the projection at ``trial``, or, when
+        that gives a shape already timed (widths move in coarse steps, so nearby aims share a shape), the nearest
+        aim past it, towards where that try erred, that gives a new one without reaching a try on the far side.
+        None when there is no such aim: the landing has timed every shape it could pin."""
+        cfg, net = self.config, self.net
+
+        def shape_at(aim: float) -> tuple[dict[str, Any], float]:
+            with net.pinned(budget_state(net, "latency", aim, cfg.round_to, strict=False)):
+                return spec_of(fold(net)), self.hard_ratios_now()["latency"]
+
+        spec, predicted = shape_at(trial)
+        timed = {t["shape"]: t for t in tries}
+        same = timed.get(json.dumps(spec, sort_keys=True))
+        if same is None:
+            return trial, spec, predicted
+        up = same["error"] < 0  # it ran too fast: a larger model
+        beyond = [t["projected_to"] for t in tries if (t["error"] > 0) == up and (t["projected_to"] > trial) == up]
+        bound = (min(beyond, default=1.0) if up else max(beyond, default=floor))
+        aim = trial
+        for _ in range(LANDING_SHAPE_PROBES):
+            aim = min(1.0, aim * 1.01) if up else max(floor, aim / 1.01)
+            if (aim >= bound) if up else (aim <= bound):
+                return None
+            spec, predicted = shape_at(aim)
+            if json.dumps(spec, sort_keys=True) not in timed:
+                return aim, spec, predicted
+        return None
 
     def hard_ratios_now(self) -> dict[str, float]:
         """The cost ratios of the decisions the supernet holds now (pins included), every metric it counts."""

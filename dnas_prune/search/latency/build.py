@@ -133,6 +133,19 @@ def device_name(device: str) -> str:
     return f"cpu:{model}:{torch.backends.cpu.get_cpu_capability()}"
 
 
+# Output channels a CPU convolution kernel computes per vector (fp32 lanes; oneDNN's bf16 kernels block by the same
+# count), by the ISA torch dispatches to: a width that is not a multiple leaves a part-filled block per layer, whose
+# cost moves with how the threads split the blocks (experiments/results/width_stability.md).
+CHANNEL_BLOCKS = {"AVX512": 16, "AVX2": 8}
+
+
+def channel_block(device: str) -> int | None:
+    """The channel block of the convolution kernels on ``device`` (a table's ``settings["device"]``, as
+    :func:`device_name` writes it), or None where it is not known (GPUs, other CPUs)."""
+    kind, _, rest = device.partition(":")
+    return CHANNEL_BLOCKS.get(rest.rpartition(":")[2]) if kind == "cpu" else None
+
+
 @functools.lru_cache(maxsize=None)
 def _registry_spec(name: str) -> str:
     with torch.device("meta"):
