@@ -463,14 +463,15 @@ class FakeDevice:
         return found
 
 
-def latency_search(target: dict, steps: int = 30, seed: int = 0, device: str = "cpu:test", **config):
+def latency_search(target: dict, steps: int = 30, seed: int = 0, device: str = "cpu:test", threads: int = 1,
+                   **config):
     """A Pruner on cifar_resnet20 (16x16 inputs) with a synthetic table and a fake device, trained on random data.
-    ``device``: the table's device name ("cpu:test": no known channel block, so widths are not rounded)."""
+    ``device``, ``threads``: the table's (by default no known channel block, so widths are not rounded)."""
     from dnas_prune import Pruner
 
     torch.manual_seed(seed)
     model = create_model("cifar_resnet20")
-    table = synthetic_table(spec_of(model), (3, 16, 16), device=device)
+    table = synthetic_table(spec_of(model), (3, 16, 16), device=device, threads=threads)
     device = FakeDevice(table)
     table.measure, table.measure_pair, table.time_pairs = device, device.pair, device.pairs  # type: ignore[method-assign]
     config.setdefault("latency_landing_seconds", 0.0)  # a fake device's timings do not drift: the minimum count
@@ -625,20 +626,22 @@ def test_budget_targets_are_checked(targets: dict, needle: str) -> None:
         budget_fields(*(targets.get(f"target_{k}") for k in ("macs", "params", "latency", "latency_ms")))
 
 
-@pytest.mark.parametrize("device, config, round_to", [("cpu:AMD EPYC:AVX512", {}, 16), ("cpu:Intel Xeon:AVX2", {}, 8),
-                                                       ("cpu:test", {}, None), ("cuda:A100", {}, None),
-                                                       ("cpu:AMD EPYC:AVX512", {"round_to": 1}, 1),
-                                                       ("cpu:AMD EPYC:AVX2", {"channels_per_gate": 16}, 16)])
-def test_a_latency_budget_keeps_widths_in_whole_channel_blocks_of_its_device(device, config, round_to) -> None:
-    """Unless told otherwise (round_to=1 turns it off), a latency budget keeps every width a multiple of the
-    channel block of the table's device's convolution kernels, and the landing times each shape once: nearby aims
-    share a shape when widths move in coarse steps, and a shape timed again would be a try wasted."""
+@pytest.mark.parametrize("device, threads, config, round_to", [
+    ("cpu:AMD EPYC:AVX512", 2, {}, 16), ("cpu:Intel Xeon:AVX2", 4, {}, 8), ("cpu:AMD EPYC:AVX512", 1, {}, None),
+    ("cpu:test", 2, {}, None), ("cuda:A100", 2, {}, None), ("cpu:AMD EPYC:AVX512", 2, {"round_to": 1}, 1),
+    ("cpu:AMD EPYC:AVX2", 2, {"channels_per_gate": 16}, 16)])
+def test_a_latency_budget_keeps_widths_in_whole_channel_blocks_of_its_device(device, threads, config,
+                                                                             round_to) -> None:
+    """Unless told otherwise (round_to=1 turns it off), a latency budget timed at several threads keeps every width
+    a multiple of the channel block of the table's device's convolution kernels, and the landing times each shape
+    once: nearby aims share a shape when widths move in coarse steps, and a shape timed again would be a try
+    wasted."""
     from dnas_prune.search.latency import channel_block
 
     assert channel_block("cpu:AMD EPYC 9R14:AVX512") == 16 and channel_block("cpu:x:AVX2") == 8
     assert channel_block("cpu:x:DEFAULT") is None and channel_block("cuda:NVIDIA A100") is None
-    pruner, table, _ = latency_search({"target_latency": 0.5}, steps=10, device=device, latency_tolerance=1e-6,
-                                      **config)
+    pruner, table, _ = latency_search({"target_latency": 0.5}, steps=10, device=device, threads=threads,
+                                      latency_tolerance=1e-6, **config)
     assert pruner.config.round_to == round_to
     model = pruner.finalize()
     widths = [w for s in spec_of(model)["stages"] for b in s["blocks"] for w in (b["inner"] or [])]
