@@ -162,7 +162,8 @@ METHODS = _methods(
                     "gate_streams": True, "exclude": ["layer[2-9].stream"], "block_gates": False},
            search_epochs=1, one_schedule=True),
     Method("ours_latency_bs1_round16", "as ours_latency_bs1 with every kept width a multiple of 16 channels "
-           "(--round-to 16), the channel block of AVX-512 fp32 convolution kernels", "ours",
+           "(--round-to 16), the channel block of AVX-512 convolution kernels: the default for a table timed at several "
+           "threads on AVX-512", "ours",
            {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1, "round_to": 16},
            search_epochs=1, one_schedule=True),
     Method("ours_latency_bs64_round16", "as ours_latency_bs1_round16, at batch 64", "ours",

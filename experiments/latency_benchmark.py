@@ -49,15 +49,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT = "ours_1sched_taylor_1search_l1order"  # what `dnas-prune run` does, with a MACs target
 PEERS = ("tp_magnitude", "uniform_l1")
 LATENCY_METHODS = {1: "ours_latency_bs1", 64: "ours_latency_bs64"}
-# shown beside, when their rows exist: thin blocks closed by the projection, the latency defaults before closing thin
+# shown beside, when their rows exist: widths in multiples of 16 (the default on AVX-512 for tables timed at several
+# threads), thin blocks closed by the projection, the latency defaults before closing thin
 # blocks, before block gates, and two variants of the latter (gates ranked per unit of latency, the first latency
 # search; the residual streams pruned too)
-VARIANTS = {bs: [f"ours_latency_bs{bs}_respend", f"ours_latency_bs{bs}_keepthin", f"ours_latency_bs{bs}_noblockgates",
+VARIANTS = {bs: [f"ours_latency_bs{bs}_round16", f"ours_latency_bs{bs}_respend", f"ours_latency_bs{bs}_keepthin", f"ours_latency_bs{bs}_noblockgates",
                  f"ours_latency_bs{bs}_rankbudget", f"ours_latency_bs{bs}_streams"] for bs in LATENCY_METHODS}
 MATCHED = (0.5, 0.25)
 LABELS = {DEFAULT: "dnas_prune defaults, MACs target", "tp_magnitude": "Torch-Pruning (magnitude), MACs target",
           "uniform_l1": "uniform L1, MACs target", "ours_latency_bs1": "dnas_prune, latency target at batch 1",
           "ours_latency_bs64": "dnas_prune, latency target at batch 64",
+          "ours_latency_bs1_round16": "dnas_prune, latency target at batch 1, widths in multiples of 16",
+          "ours_latency_bs64_round16": "dnas_prune, latency target at batch 64, widths in multiples of 16",
           "ours_latency_bs1_respend": "dnas_prune, latency target at batch 1, thin blocks closed by the projection",
           "ours_latency_bs64_respend": "dnas_prune, latency target at batch 64, thin blocks closed by the projection",
           "ours_latency_bs1_keepthin": "dnas_prune, latency target at batch 1, thin blocks kept",
