@@ -5,8 +5,8 @@ For each target: ``dnas-prune search --target-latency T --latency-batch-size B``
 run, interleaved (``compare_latency``), at batch B. Records the table's predicted ratio, each landing try's
 measured ratio and the side-by-side ratio: the median of ``--timings`` side-by-side timings, each the median over
 rounds of pruned/dense in the same round (a shared CPU's speed drifts between timings; all are listed); "lands" is
-that ratio within ±10 % of the target. Each landing try lists the ratio it aimed at the target (the midhinge of
-its timings, ``landing_ratio``) and the range its timings spanned. Then the same pair is timed again in ``--fresh-processes`` new processes
+that ratio within ±10 % of the target. Each landing try lists the ratio it aimed at the target (``landing_ratio``
+of all tries' timings over the table, times its table ratio) and the range its own timings spanned. Then the same pair is timed again in ``--fresh-processes`` new processes
 one after another, at the table's threads and at one thread: how far a later check on this machine can read from the
 landing's (a shared CPU has quiet and busy spells of minutes, which move a multi-threaded ratio more than a
 single-threaded one).

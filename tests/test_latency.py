@@ -528,16 +528,17 @@ class SpellDevice(FakeDevice):
 
 
 @pytest.mark.parametrize("seconds", [0.0, 0.05])
-def test_the_landing_aims_between_a_shared_hosts_quiet_and_busy_readings(seconds: float) -> None:
-    """Timings that saw both spells put the target between the two readings (near their middle), not on the
-    quiet one: a later check in either spell then reads as near the target as the spread
-    allows. A try keeps timing for ``latency_landing_seconds``, at least LANDING_TIMINGS times."""
+def test_the_landing_aims_a_shared_hosts_quiet_readings_at_the_target(seconds: float) -> None:
+    """A busy spell slows the pruned model relatively more; the landing puts the quiet readings in its window,
+    ignoring one stray timing, even when most timings were busy. A try keeps timing for
+    ``latency_landing_seconds``, at least LANDING_TIMINGS times."""
     from dnas_prune.search.pruner import landing_ratio
 
-    assert landing_ratio([0.5, 0.5, 0.5, 0.58, 0.58]) == pytest.approx(0.54)
-    assert landing_ratio([0.5, 0.5, 0.5, 0.5, 0.9]) == pytest.approx(0.5)  # one stray timing is ignored
+    assert landing_ratio([0.5, 0.58, 0.5, 0.58, 0.58]) == pytest.approx(0.5)
+    assert landing_ratio([0.45, 0.5, 0.5, 0.5, 0.9]) == pytest.approx(0.5)  # one stray timing is ignored
+    assert landing_ratio([0.6, 0.5]) == landing_ratio([0.5]) == 0.5
     pruner, table, _ = latency_search({"target_latency": 0.5}, steps=10, latency_landing_seconds=seconds)
-    device = SpellDevice(table, busy=1.16)
+    device = SpellDevice(table, busy=1.3)
     clock = time.monotonic()
     table.measure_pair, table.time_pairs = device.pair, device.pairs  # type: ignore[method-assign]
     model = pruner.finalize()
@@ -545,16 +546,18 @@ def test_the_landing_aims_between_a_shared_hosts_quiet_and_busy_readings(seconds
     assert all(len(t["measured_ratios"]) >= LANDING_TIMINGS for t in tries)
     assert all(t["seconds"] >= seconds for t in tries) and time.monotonic() - clock >= seconds
     quiet = device(model)["median_ms"] / device(table.dense_spec)["median_ms"]
-    busy = quiet * device.busy
-    assert quiet < 0.5 < busy
     tolerance = pruner.config.latency_tolerance
-    assert 0.5 * (1 - tolerance) <= tries[-1]["measured_ratio"] <= 0.5  # the landing's reading, in its window
-    assert (quiet + busy) / 2 == pytest.approx(0.5, rel=tolerance)  # which is the spells' middle, give or take
+    # the model is in the window on a quiet machine, give or take how the device's error differs between the
+    # shapes tried (the readings of all tries calibrate one factor); aiming between the spells would put it a
+    # seventh under the target here
+    assert 0.5 * (1 - tolerance) * 0.98 <= quiet <= 0.5 * 1.02
+    assert tries[-1]["measured_ratio"] == pytest.approx(quiet, rel=0.02)  # what the landing read
 
 
 def test_a_landing_that_never_fits_its_window_stops_after_four_tries() -> None:
-    """When no try measures inside ``[target x (1 - tolerance), target]`` (here a device whose timings swing by
-    more than the window), the landing stops after four tries and pins the one nearest the window."""
+    """When no try measures inside ``[target x (1 - tolerance), target]`` (here a window narrower than any step
+    between shapes), the landing stops after four tries, or sooner when no untimed shape is left between them, and
+    pins the one nearest the window."""
     from dnas_prune.search.pruner import off_window, pinned_try, try_to_pin
 
     inside, outside = [{"error": -0.01}, {"error": -0.03}, {"error": 0.02}], [{"error": 0.03}, {"error": -0.09}]
@@ -569,7 +572,7 @@ def test_a_landing_that_never_fits_its_window_stops_after_four_tries() -> None:
     table.measure_pair, table.time_pairs = device.pair, device.pairs  # type: ignore[method-assign]
     pruner.finalize()
     tries = pruner.projection["measured"]
-    assert len(tries) == 4 and all(off_window(t["error"], 1e-6) > 0 for t in tries)
+    assert 2 <= len(tries) <= 4 and all(off_window(t["error"], 1e-6) > 0 for t in tries)
     nearest = min(tries, key=lambda t: off_window(t["error"], 1e-6))
     assert pruner.hard_ratio == pytest.approx(nearest["predicted_ratio"], rel=1e-9)  # its state is the one pinned
     assert [t.get("pinned", False) for t in tries] == [t is nearest for t in tries]  # and the record says which

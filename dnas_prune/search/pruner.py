@@ -229,12 +229,14 @@ def budget_fields(macs: float | None = None, params: float | None = None, latenc
 
 
 def landing_ratio(ratios: list[float]) -> float:
-    """The ratio a landing aims at the target: the midhinge (mean of the quartiles) of its side-by-side timings.
-    On a shared CPU the pruned/dense ratio at several threads is two-valued, low in the host's quiet spells and
-    higher in its busy ones, and a later check may fall in either: the midhinge sits between the two modes when the
-    timings saw both, is the median when they saw one, and ignores a single stray timing."""
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-    return (q1 + q3) / 2
+    """The ratio a landing reads from side-by-side timings: their quiet end, the second lowest (the lowest of one
+    or two). On a shared CPU the pruned/dense ratio at several threads holds steady while the host is quiet and
+    jumps up in its busy spells (a narrow model waits on the threads relatively more than the dense one), often by
+    more than any window around a target spans, so no shape reads within it in both; the landing aims what the model
+    runs at on a quiet machine (latency_budget_blocks_s*.md: each try's timings). The second lowest ignores one
+    stray timing."""
+    ordered = sorted(ratios)
+    return ordered[1] if len(ordered) > 2 else ordered[0]
 
 
 def off_window(error: float, tolerance: float) -> float:
@@ -615,8 +617,8 @@ class Pruner:
         this makes the landing the device's. Each try times the pair for ``latency_landing_seconds``, in a new
         process as a deployment would run it (``LatencyTable.time_pairs``). The device is read as the table times
         a factor, estimated from every timing of every try so far (``landing_ratio`` of timing / table): on a shared
-        machine one try's timings can all fall in a quiet or a busy spell, and re-aiming on each try's own reading
-        would chase the host. With several processes, rank 0 measures, the others follow. ``log`` gets a line
+        machine one try's timings can all fall in a busy spell, and re-aiming on each try's own reading would chase
+        the host. With several processes, rank 0 measures, the others follow. ``log`` gets a line
         per try and per timing, so a landing of tens of seconds does not go quiet."""
         cfg, net = self.config, self.net
         floor = cost_floor(net, "latency", cfg.round_to)
