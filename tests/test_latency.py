@@ -529,14 +529,12 @@ class SpellDevice(FakeDevice):
 
 @pytest.mark.parametrize("seconds", [0.0, 0.05])
 def test_the_landing_aims_a_shared_hosts_quiet_readings_at_the_target(seconds: float) -> None:
-    """A busy spell slows the pruned model relatively more; the landing puts the quiet readings in its window,
-    ignoring one stray timing, even when most timings were busy. A try keeps timing for
-    ``latency_landing_seconds``, at least LANDING_TIMINGS times."""
+    """A busy spell slows the pruned model relatively more; the landing puts the quiet readings in its window, even
+    when most timings were busy. A try keeps timing for ``latency_landing_seconds``, at least LANDING_TIMINGS
+    times."""
     from dnas_prune.search.pruner import landing_ratio
 
-    assert landing_ratio([0.5, 0.58, 0.5, 0.58, 0.58]) == pytest.approx(0.5)
-    assert landing_ratio([0.45, 0.5, 0.5, 0.5, 0.9]) == pytest.approx(0.5)  # one stray timing is ignored
-    assert landing_ratio([0.6, 0.5]) == landing_ratio([0.5]) == 0.5
+    assert landing_ratio([0.58, 0.58, 0.5, 0.58, 0.58]) == landing_ratio([0.6, 0.5]) == landing_ratio([0.5]) == 0.5
     pruner, table, _ = latency_search({"target_latency": 0.5}, steps=10, latency_landing_seconds=seconds)
     device = SpellDevice(table, busy=1.3)
     clock = time.monotonic()

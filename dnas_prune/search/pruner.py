@@ -229,14 +229,13 @@ def budget_fields(macs: float | None = None, params: float | None = None, latenc
 
 
 def landing_ratio(ratios: list[float]) -> float:
-    """The ratio a landing reads from side-by-side timings: their quiet end, the second lowest (the lowest of one
-    or two). On a shared CPU the pruned/dense ratio at several threads holds steady while the host is quiet and
-    jumps up in its busy spells (a narrow model waits on the threads relatively more than the dense one), often by
-    more than any window around a target spans, so no shape reads within it in both; the landing aims what the model
-    runs at on a quiet machine (latency_budget_blocks_s*.md: each try's timings). The second lowest ignores one
-    stray timing."""
-    ordered = sorted(ratios)
-    return ordered[1] if len(ordered) > 2 else ordered[0]
+    """The ratio a landing reads from side-by-side timings: the lowest. On a shared CPU the pruned/dense ratio at
+    several threads holds steady while the host is quiet and jumps up in its busy spells (a narrow model waits on
+    the threads relatively more than the dense one), often by more than any window around a target spans, so no
+    shape reads within it in both; the landing aims what the model runs at on a quiet machine. Busy spells can last
+    a whole try, so a single quiet timing is worth keeping (latency_budget_quiet_s2.md: the second lowest; the
+    midhinge: latency_budget_blocks_s*.md)."""
+    return min(ratios)
 
 
 def off_window(error: float, tolerance: float) -> float:
