@@ -233,8 +233,8 @@ def landing_ratio(ratios: list[float]) -> float:
     several threads holds steady while the host is quiet and jumps up in its busy spells (a narrow model waits on
     the threads relatively more than the dense one), often by more than any window around a target spans, so no
     shape reads within it in both; the landing aims what the model runs at on a quiet machine. Busy spells can last
-    a whole try, so a single quiet timing is worth keeping (latency_budget_quiet_s2.md: the second lowest; the
-    midhinge: latency_budget_blocks_s*.md)."""
+    most of a try, so a single quiet timing is worth keeping (latency_budget_blocks_s*.md: each try's timings,
+    landed on their midhinge)."""
     return min(ratios)
 
 
