@@ -15,8 +15,8 @@ The pieces, in the order a table is made and used:
 """
 
 from .build import (DEFAULT_CHANNEL_STEP, DEFAULT_POINTS, FIT_KEEP_LEVELS, STALE_ERROR, axis_pads, build_table,
-                    cache_path, cached_table, channel_block, device_name, latency_table, pad_probe_widths, random_spec, stale_error,
-                    table_for_settings, table_settings)
+                    cache_path, cached_table, channel_block, device_name, latency_table, pad_probe_widths,
+                    random_spec, stale_error, table_for_settings, table_settings)
 from .cells import DTYPES, Timing, cell_module
 from .table import (TABLE_FORMAT, LatencyTable, LatencyTerms, LayerTable, SupernetLatency, padded_width,
                     supernet_terms)
@@ -25,7 +25,7 @@ from .units import LayerUse, grid_axis, layer_uses, plan_layers, spec_uses, unit
 __all__ = [
     "DEFAULT_CHANNEL_STEP", "DEFAULT_POINTS", "DTYPES", "FIT_KEEP_LEVELS", "STALE_ERROR", "TABLE_FORMAT",
     "LatencyTable", "LatencyTerms", "LayerTable", "LayerUse", "SupernetLatency", "Timing", "axis_pads", "build_table",
-    "cache_path", "cached_table", "cell_module", "channel_block", "device_name", "grid_axis", "latency_table", "layer_uses",
-    "pad_probe_widths", "padded_width", "plan_layers", "random_spec", "spec_uses", "stale_error", "supernet_terms",
-    "table_for_settings", "table_settings", "unit_key",
+    "cache_path", "cached_table", "cell_module", "channel_block", "device_name", "grid_axis", "latency_table",
+    "layer_uses", "pad_probe_widths", "padded_width", "plan_layers", "random_spec", "spec_uses", "stale_error",
+    "supernet_terms", "table_for_settings", "table_settings", "unit_key",
 ]
