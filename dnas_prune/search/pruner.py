@@ -85,6 +85,7 @@ BUDGET_FIELDS = ("metric", "target", "target_ms", "target_ms_dense")
 
 
 LANDING_TIMINGS = 5  # side-by-side timings per landing try of a latency budget, at least (see landing_ratio)
+LANDING_ANCHOR_TIMINGS = 2  # side-by-side timings at one thread per landing try, when the table has several
 LANDING_SHAPE_PROBES = 40  # 1 % steps of the aim a landing tries past a shape already timed, at most
 
 
@@ -98,9 +99,9 @@ class SearchConfig:
     # the dense model's ms that target_ms was resolved against, set then; a resumed search keeps it (no re-timing)
     target_ms_dense: float | None = None
     latency_batch_size: int = 1  # metric "latency": the batch size the latency is measured and budgeted at
-    # metric "latency": the measured landing stops within this under the target (a budget is a cap; and on a shared
-    # machine a later timing reads a narrow model slower more often than faster)
-    latency_tolerance: float = 0.05
+    # metric "latency": the measured landing pins within this under the target, aiming at its middle (a budget is a
+    # cap; and on a shared machine a later timing reads a narrow model slower more often than faster)
+    latency_tolerance: float = 0.1
     # metric "latency": each landing try times the pair (in a new process) for this long, so that its timings see
     # more than one spell of a shared machine's load (a narrow model slows more than the dense one in a busy spell)
     latency_landing_seconds: float = 30.0
@@ -236,6 +237,12 @@ def landing_ratio(ratios: list[float]) -> float:
     most of a try, so a single quiet timing is worth keeping (latency_budget_blocks_s*.md: each try's timings,
     landed on their midhinge)."""
     return min(ratios)
+
+
+def settled(error: float, tolerance: float) -> bool:
+    """Whether a landing try's relative ``error`` from its target lies in the middle half of the window
+    ``[-tolerance, 0]``, where the landing stops: an edge is one drift of the host away from leaving it."""
+    return abs(error + tolerance / 2) <= tolerance / 4
 
 
 def off_window(error: float, tolerance: float) -> float:
@@ -608,17 +615,20 @@ class Pruner:
 
     def _land_on_measured_latency(self, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
         """Project on the latency model, time the model that gives against the dense one, side by side, and
-        re-project where the table must read for the device to read the middle of the window ``[target x (1 -
-        latency_tolerance), target]``, until the measurement is in it (at most four tries, each a shape not timed
-        before, see :meth:`_untried_shape`; the one nearest the window, then its middle, is pinned).
-        The window lies under the target: a budget is a cap, and a later timing on a shared machine reads a narrow
-        model relatively slower more often than faster (see ``landing_ratio``). The table is a model of the device;
-        this makes the landing the device's. Each try times the pair for ``latency_landing_seconds``, in a new
-        process as a deployment would run it (``LatencyTable.time_pairs``). The device is read as the table times
-        a factor, estimated from every timing of every try so far (``landing_ratio`` of timing / table): on a shared
-        machine one try's timings can all fall in a busy spell, and re-aiming on each try's own reading would chase
-        the host. With several processes, rank 0 measures, the others follow. ``log`` gets a line
-        per try and per timing, so a landing of tens of seconds does not go quiet."""
+        re-project until the measurement is in the middle half of the window ``[target x (1 - latency_tolerance),
+        target]`` (at most four tries, each a shape not timed before, see :meth:`_untried_shape`; the one nearest
+        the window, then its middle, is pinned). The window lies under the target: a budget is a cap, and a later
+        timing on a shared machine reads a narrow model relatively slower more often than faster.
+
+        Each try times the pair for ``latency_landing_seconds`` in a new process, as a deployment would run it
+        (``LatencyTable.time_pairs``), at the table's threads. At several threads a shared host's busy spells
+        slow the narrow model by more than the window (``landing_ratio``) and can last a whole try; at one thread
+        the pair's ratio holds steady. So each try also times the pair at one thread (its *anchor*), and a try
+        reads as its anchor times one factor, the table's threads over one, taken at the quietest timing of all
+        tries: a try that fell wholly in a busy spell is read through the others' quiet timings, and what is
+        pinned is the shape's own measurement, not the table's guess for it. The next try aims through the table
+        as the nearest try reads it. With several processes, rank 0 measures, the others follow. ``log`` gets a
+        line per try and per timing, so a landing of tens of seconds does not go quiet."""
         cfg, net = self.config, self.net
         floor = cost_floor(net, "latency", cfg.round_to)
         rank, world_size = process_rank()
@@ -630,38 +640,49 @@ class Pruner:
             was_training = net.training
             net.eval()
             say = log or (lambda line: None)
+            table = net.latency.table
+            threads = table.settings["threads"]
             for attempt in range(1, 5):
                 found = self._untried_shape(min(1.0, max(trial, floor)), floor, tries)
                 if found is None:
                     say("latency landing: no other shape between the tries; keeping the one nearest the window")
                     break
                 trial, spec, predicted = found
-                started, table = time.monotonic(), net.latency.table
+                started = time.monotonic()
                 say(f"latency landing, try {attempt}/4: the table puts the projected model at {predicted:.3f} of "
                     f"dense; timing it beside the dense model for {cfg.latency_landing_seconds:g} s")
+
+                def show(pair: tuple[float, float, float], at: str = "") -> None:
+                    say(f"  dense {pair[0]:.3g} ms, pruned {pair[1]:.3g} ms: {pair[2]:.3f} of dense{at}")
+
                 pairs = table.time_pairs(table.dense_spec, spec, at_least=LANDING_TIMINGS,
-                                         seconds=cfg.latency_landing_seconds,
-                                         on_pair=lambda pair: say(f"  dense {pair[0]:.3g} ms, pruned {pair[1]:.3g} ms: "
-                                                                  f"{pair[2]:.3f} of dense"))
+                                         seconds=cfg.latency_landing_seconds, on_pair=show)
                 ratios = sorted(pair[2] for pair in pairs)
+                anchors = ratios if threads == 1 else sorted(
+                    pair[2] for pair in table.time_pairs(table.dense_spec, spec, at_least=LANDING_ANCHOR_TIMINGS,
+                                                         seconds=0.0, threads=1,
+                                                         on_pair=lambda pair: show(pair, " (1 thread)")))
                 tries.append({"projected_to": trial, "predicted_ratio": predicted, "own_ratio": landing_ratio(ratios),
                               "shape": json.dumps(spec, sort_keys=True),
                               "dense_ms": statistics.median(pair[0] for pair in pairs), "measured_ratios": ratios,
+                              "anchor_ratios": anchors, "anchor_ratio": statistics.median(anchors),
                               "seconds": time.monotonic() - started})
-                # the device over the table, from every timing so far: one try's timings can all fall in one spell
-                device_over_table = landing_ratio([r / t["predicted_ratio"] for t in tries for r in t["measured_ratios"]])
+                # the table's threads over one thread, at the quietest timing of any try (one spell can fill a try)
+                over_anchor = landing_ratio([r / t["anchor_ratio"] for t in tries for r in t["measured_ratios"]])
                 for t in tries:
-                    t["measured_ratio"] = device_over_table * t["predicted_ratio"]
+                    t["measured_ratio"] = over_anchor * t["anchor_ratio"]
                     t["measured_ms"] = t["measured_ratio"] * t["dense_ms"]
                     t["error"] = (t["measured_ms"] / cfg.target_ms if cfg.target_ms is not None
                                   else t["measured_ratio"] / cfg.target) - 1.0
                 say(f"  the device reads {tries[-1]['measured_ratio']:.3f} of dense here "
-                    f"({100 * tries[-1]['error']:+.1f} % from the target; the landing takes "
-                    f"-{100 * cfg.latency_tolerance:g} % to 0)")
-                if off_window(tries[-1]["error"], cfg.latency_tolerance) == 0.0:
+                    f"({100 * tries[-1]['error']:+.1f} % from the target; the landing aims at "
+                    f"{-50 * cfg.latency_tolerance:g} %, within -{100 * cfg.latency_tolerance:g} % to 0)")
+                if settled(tries[-1]["error"], cfg.latency_tolerance):
                     break
                 aim = middle * (cfg.target_ms / tries[-1]["dense_ms"] if cfg.target_ms is not None else cfg.target)
-                trial = aim / device_over_table  # where the table must read for the device to read the aim
+                nearest = min(tries, key=lambda t: abs(t["measured_ratio"] - aim))
+                # where the table must read for the device to read the aim, as the nearest try's shape reads it
+                trial = aim * nearest["predicted_ratio"] / nearest["measured_ratio"]
             net.train(was_training)
             for t in tries:
                 del t["shape"]
@@ -692,8 +713,10 @@ class Pruner:
         same = timed.get(json.dumps(spec, sort_keys=True))
         if same is None:
             return trial, spec, predicted
-        up = same["error"] < 0  # it ran too fast: a larger model
-        beyond = [t["projected_to"] for t in tries if (t["error"] > 0) == up and (t["projected_to"] > trial) == up]
+        centre = -cfg.latency_tolerance / 2  # the landing's aim, relative to the target
+        up = same["error"] < centre  # it ran faster than the aim: a larger model
+        beyond = [t["projected_to"] for t in tries
+                  if (t["error"] > centre) == up and (t["projected_to"] > trial) == up]
         bound = (min(beyond, default=1.0) if up else max(beyond, default=floor))
         aim = trial
         for _ in range(LANDING_SHAPE_PROBES):

@@ -31,23 +31,24 @@ OnPair = Callable[[Pair], None]  # called with each timing as it is done
 
 
 def time_pairs_here(table: "LatencyTable", dense: Spec, pruned: Spec, at_least: int, seconds: float,
-                    timing: Timing = Timing(), on_pair: OnPair | None = None) -> list[Pair]:
-    """``table.measure_pair`` repeated until ``seconds`` have passed and at least ``at_least`` times."""
+                    timing: Timing = Timing(), on_pair: OnPair | None = None, threads: int | None = None) -> list[Pair]:
+    """``table.measure_pair`` repeated until ``seconds`` have passed and at least ``at_least`` times (at
+    ``threads``, or the table's)."""
     pairs: list[Pair] = []
     started = time.monotonic()
     while len(pairs) < at_least or time.monotonic() - started < seconds:
-        pairs.append(table.measure_pair(dense, pruned, timing))
+        pairs.append(table.measure_pair(dense, pruned, timing, threads))
         if on_pair is not None:
             on_pair(pairs[-1])
     return pairs
 
 
 def time_pairs_apart(table: "LatencyTable", dense: Spec, pruned: Spec, at_least: int, seconds: float,
-                     timing: Timing = Timing(), on_pair: OnPair | None = None) -> list[Pair]:
+                     timing: Timing = Timing(), on_pair: OnPair | None = None, threads: int | None = None) -> list[Pair]:
     """:func:`time_pairs_here`, run in a new Python process with this process's interpreter and environment; here,
     with a warning, where no new process can run (an embedded interpreter, a sandbox)."""
     request = {"table": table.to_dict(), "dense": dense, "pruned": pruned, "at_least": at_least, "seconds": seconds,
-               "timing": asdict(timing)}
+               "timing": asdict(timing), "threads": threads}
     pairs: list[Pair] = []
     try:
         with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: a chatty child cannot block on it
@@ -70,7 +71,7 @@ def time_pairs_apart(table: "LatencyTable", dense: Spec, pruned: Spec, at_least:
         return pairs
     warnings.warn(f"could not time the pruned model in a new process ({failure}); timing it in this one, which "
                   "can read a multi-threaded ratio lower than a deployment will", stacklevel=2)
-    return time_pairs_here(table, dense, pruned, at_least, seconds, timing, on_pair)
+    return time_pairs_here(table, dense, pruned, at_least, seconds, timing, on_pair, threads)
 
 
 def main() -> int:
@@ -79,7 +80,8 @@ def main() -> int:
     request: dict[str, Any] = json.loads(sys.stdin.read())
     table = LatencyTable.from_dict(request["table"])
     time_pairs_here(table, request["dense"], request["pruned"], request["at_least"], request["seconds"],
-                    Timing(**request["timing"]), on_pair=lambda pair: print(json.dumps(pair), flush=True))
+                    Timing(**request["timing"]), on_pair=lambda pair: print(json.dumps(pair), flush=True),
+                    threads=request.get("threads"))
     return 0
 
 

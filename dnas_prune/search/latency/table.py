@@ -335,33 +335,33 @@ class LatencyTable:
         return {"dense_ms": dense_ms, "models": out}
 
     def measure_pair(self, dense: nn.Module | Spec, pruned: nn.Module | Spec,
-                     timing: Timing = Timing()) -> tuple[float, float, float]:
+                     timing: Timing = Timing(), threads: int | None = None) -> tuple[float, float, float]:
         """Median ms of two models (or specs) and the pruned/dense ratio, timed in one run with interleaved repeats
         on a CPU (``compare_latency``; the ratio is its paired one), so that the machine's noise of the moment falls
-        on both alike. Threads, dtype and batch are the table's; each model runs in its faster memory format, as
-        the report and ``dnas-prune profile`` time it and as it would be deployed."""
+        on both alike. Threads (unless given), dtype and batch are the table's; each model runs in its faster
+        memory format, as the report and ``dnas-prune profile`` time it and as it would be deployed."""
         models = [build_model(m) if isinstance(m, dict) else m for m in (dense, pruned)]
         s = self.settings
         if s["device"].split(":")[0] == "cuda":
             dense_ms, pruned_ms = (self.measure(m, timing)["median_ms"] for m in models)
             return dense_ms, pruned_ms, pruned_ms / dense_ms
         timed = compare_latency({"dense": models[0], "pruned": models[1]}, self.input_size, [self.batch_size],
-                                warmup=timing.model_warmup, repeats=timing.model_repeats, threads=s["threads"],
+                                warmup=timing.model_warmup, repeats=timing.model_repeats, threads=threads or s["threads"],
                                 memory_format="auto", dtype=DTYPES[s["dtype"]], max_seconds=timing.model_seconds,
                                 with_cost=False)["models"]
         dense_t, pruned_t = (timed[n]["latency"][self.batch_size] for n in ("dense", "pruned"))
         return dense_t["median_ms"], pruned_t["median_ms"], pruned_t["paired_ratio"]
 
     def time_pairs(self, dense: Spec, pruned: Spec, *, at_least: int, seconds: float, timing: Timing = Timing(),
-                   on_pair: "OnPair | None" = None) -> list[tuple[float, float, float]]:
+                   on_pair: "OnPair | None" = None, threads: int | None = None) -> list[tuple[float, float, float]]:
         """``measure_pair`` of two specs repeated for ``seconds`` (at least ``at_least`` times): on a CPU in a new
         process, as a deployment runs the model (see pairs.py), on a GPU here. ``on_pair`` sees each timing as it
-        is done."""
+        is done; ``threads`` overrides the table's."""
         from .pairs import time_pairs_apart, time_pairs_here  # not at import: pairs.py runs as ``python -m``
 
         if self.settings["device"].split(":")[0] == "cpu":
-            return time_pairs_apart(self, dense, pruned, at_least, seconds, timing, on_pair)
-        return time_pairs_here(self, dense, pruned, at_least, seconds, timing, on_pair)
+            return time_pairs_apart(self, dense, pruned, at_least, seconds, timing, on_pair, threads)
+        return time_pairs_here(self, dense, pruned, at_least, seconds, timing, on_pair, threads)
 
     # ---- persistence
     def to_dict(self) -> dict[str, Any]:
