@@ -634,6 +634,7 @@ class Pruner:
         rank, world_size = process_rank()
         leader, distributed = rank == 0, world_size > 1
         tries: list[dict[str, Any]] = []
+        shapes: list[str] = []  # each try's architecture, as JSON: a shape is timed once
         middle = 1.0 - cfg.latency_tolerance / 2  # of the window, relative to the target
         trial = cfg.target * middle  # on the table, first
         if leader:
@@ -643,7 +644,7 @@ class Pruner:
             table = net.latency.table
             threads = table.settings["threads"]
             for attempt in range(1, 5):
-                found = self._untried_shape(min(1.0, max(trial, floor)), floor, tries)
+                found = self._untried_shape(min(1.0, max(trial, floor)), floor, dict(zip(shapes, tries)))
                 if found is None:
                     say("latency landing: no other shape between the tries; keeping the one nearest the window")
                     break
@@ -663,10 +664,10 @@ class Pruner:
                                                          seconds=0.0, threads=1,
                                                          on_pair=lambda pair: show(pair, " (1 thread)")))
                 tries.append({"projected_to": trial, "predicted_ratio": predicted, "own_ratio": landing_ratio(ratios),
-                              "shape": json.dumps(spec, sort_keys=True),
                               "dense_ms": statistics.median(pair[0] for pair in pairs), "measured_ratios": ratios,
                               "anchor_ratios": anchors, "anchor_ratio": statistics.median(anchors),
                               "seconds": time.monotonic() - started})
+                shapes.append(json.dumps(spec, sort_keys=True))
                 # the table's threads over one thread, at the quietest timing of any try (one spell can fill a try)
                 over_anchor = landing_ratio([r / t["anchor_ratio"] for t in tries for r in t["measured_ratios"]])
                 for t in tries:
@@ -684,8 +685,6 @@ class Pruner:
                 # where the table must read for the device to read the aim, as the nearest try's shape reads it
                 trial = aim * nearest["predicted_ratio"] / nearest["measured_ratio"]
             net.train(was_training)
-            for t in tries:
-                del t["shape"]
             pinned = try_to_pin(tries, cfg.latency_tolerance)
             pinned["pinned"] = True
             trial = pinned["projected_to"]
@@ -697,11 +696,12 @@ class Pruner:
         return tries
 
     def _untried_shape(self, trial: float, floor: float,
-                       tries: list[dict[str, Any]]) -> tuple[float, dict[str, Any], float] | None:
+                       timed: dict[str, dict[str, Any]]) -> tuple[float, dict[str, Any], float] | None:
         """(aim, architecture spec, table ratio) of the landing's next try: the projection at ``trial``, or, when
         that gives a shape already timed (widths move in coarse steps, so nearby aims share a shape), the nearest
         aim past it, towards where that try erred, that gives a new one without reaching a try on the far side.
-        None when there is no such aim: the landing has timed every shape it could pin."""
+        None when there is no such aim: the landing has timed every shape it could pin. ``timed``: the tries so
+        far by their architecture spec's JSON."""
         cfg, net = self.config, self.net
 
         def shape_at(aim: float) -> tuple[dict[str, Any], float]:
@@ -709,13 +709,12 @@ class Pruner:
                 return spec_of(fold(net)), self.hard_ratios_now()["latency"]
 
         spec, predicted = shape_at(trial)
-        timed = {t["shape"]: t for t in tries}
         same = timed.get(json.dumps(spec, sort_keys=True))
         if same is None:
             return trial, spec, predicted
         centre = -cfg.latency_tolerance / 2  # the landing's aim, relative to the target
         up = same["error"] < centre  # it ran faster than the aim: a larger model
-        beyond = [t["projected_to"] for t in tries
+        beyond = [t["projected_to"] for t in timed.values()
                   if (t["error"] > centre) == up and (t["projected_to"] > trial) == up]
         bound = (min(beyond, default=1.0) if up else max(beyond, default=floor))
         aim = trial
