@@ -17,6 +17,8 @@ from torch import nn
 from dnas_prune.errors import DnasPruneError
 from dnas_prune.search import latency
 from dnas_prune.search.latency import build as latency_build
+from dnas_prune.search.latency import pairs as latency_pairs
+from dnas_prune.search.latency import table as latency_table_module
 from dnas_prune.cli import main
 from dnas_prune.models import build_model, create_model, spec_of, validate_spec
 from dnas_prune.search.fold import fold
@@ -275,6 +277,33 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         m.setattr(sys, "executable", str(tmp_path / "no-python"))
         with pytest.warns(UserWarning, match="could not time the pruned model in a new process"):
             assert len(loaded.time_pairs(TINY, smaller, at_least=2, seconds=0.0, timing=FAST)) == 2
+    asked: list[int] = []  # a landing's one-thread anchor: threads given override the table's, here and apart
+    with monkeypatch.context() as m:
+        m.setattr(latency_table_module, "compare_latency", lambda *a, **k: asked.append(k["threads"]) or {
+            "models": {n: {"latency": {1: {"median_ms": 1.0, "paired_ratio": 1.0}}} for n in ("dense", "pruned")}})
+        loaded.measure_pair(TINY, smaller, FAST)
+        loaded.measure_pair(TINY, smaller, FAST, threads=3)
+    assert asked == [1, 3]
+
+    class Child:  # what a new process is sent
+        sent: list[dict] = []
+
+        def __init__(self, *args, **kwargs) -> None:
+            self.stdin, self.stdout, self.returncode = self, iter(()), 0
+
+        def write(self, text: str) -> None:
+            Child.sent.append(json.loads(text))
+
+        def close(self) -> None: ...
+
+        def wait(self) -> int:
+            return 0
+
+    with monkeypatch.context() as m:
+        m.setattr(latency_pairs.subprocess, "Popen", Child)
+        loaded.time_pairs(TINY, smaller, at_least=1, seconds=0.0, timing=FAST, threads=2)
+        loaded.time_pairs(TINY, smaller, at_least=1, seconds=0.0, timing=FAST)
+    assert [request["threads"] for request in Child.sent] == [2, None]
     assert latency.cache_path(table_settings(TINY, 2, input_size=(3, 8, 8), threads=1, memory_format="nchw",
                                              channel_step=4, points=2), tmp_path) != path
     monkeypatch.undo()
