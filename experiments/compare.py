@@ -109,7 +109,8 @@ METHODS = _methods(
     Method("ours_latency_bs1", "dnas_prune defaults with a latency budget (--target-latency T --latency-batch-size 1): "
            "T is a fraction of the dense model's latency at batch 1, measured on this machine with the threads the run "
            "has; a gate per residual block, ranked per unit of latency, channel gates per MACs (--rank-cost auto); "
-           "a block goes once its inner width would fall to one channel step (--close-thin-blocks)",
+           "a block goes once its inner width would fall to one channel step (--close-thin-blocks); on a CPU whose "
+           "convolution kernels work in channel blocks (16 on AVX-512, 8 on AVX2) every width is a whole number of them",
            "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1},
            search_epochs=1, one_schedule=True),
     Method("ours_latency_bs64", "as ours_latency_bs1, at batch 64 (--latency-batch-size 64)", "ours",
@@ -161,9 +162,16 @@ METHODS = _methods(
            "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
                     "gate_streams": True, "exclude": ["layer[2-9].stream"], "block_gates": False},
            search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs1_free", "as ours_latency_bs1 with widths free of the CPU's channel blocks (--round-to 1): "
+           "the latency default for a table timed at one thread before whole blocks held at every thread count", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1, "round_to": 1},
+           search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_free", "as ours_latency_bs1_free, at batch 64", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64, "round_to": 1},
+           search_epochs=1, one_schedule=True),
     Method("ours_latency_bs1_round16", "as ours_latency_bs1 with every kept width a multiple of 16 channels "
-           "(--round-to 16), the channel block of AVX-512 convolution kernels: the default for a table timed at several "
-           "threads on AVX-512", "ours",
+           "(--round-to 16), the channel block of AVX-512 convolution kernels: what the default does on AVX-512 "
+           "since whole blocks hold at every thread count", "ours",
            {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1, "round_to": 16},
            search_epochs=1, one_schedule=True),
     Method("ours_latency_bs64_round16", "as ours_latency_bs1_round16, at batch 64", "ours",

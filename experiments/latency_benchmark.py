@@ -49,16 +49,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT = "ours_1sched_taylor_1search_l1order"  # what `dnas-prune run` does, with a MACs target
 PEERS = ("tp_magnitude", "uniform_l1")
 LATENCY_METHODS = {1: "ours_latency_bs1", 64: "ours_latency_bs64"}
-# shown beside, when their rows exist: widths in multiples of 16 (the default on AVX-512 for tables timed at several
-# threads), thin blocks closed by the projection, the latency defaults before closing thin
+# shown beside, when their rows exist: widths free of the CPU's channel blocks (the default at one thread before
+# blocks held at every thread count), thin blocks closed by the projection, the latency defaults before closing thin
 # blocks, before block gates, and two variants of the latter (gates ranked per unit of latency, the first latency
 # search; the residual streams pruned too)
-VARIANTS = {bs: [f"ours_latency_bs{bs}_round16", f"ours_latency_bs{bs}_respend", f"ours_latency_bs{bs}_keepthin", f"ours_latency_bs{bs}_noblockgates",
-                 f"ours_latency_bs{bs}_rankbudget", f"ours_latency_bs{bs}_streams"] for bs in LATENCY_METHODS}
+VARIANTS = {bs: [f"ours_latency_bs{bs}_free", f"ours_latency_bs{bs}_respend", f"ours_latency_bs{bs}_keepthin",
+                 f"ours_latency_bs{bs}_noblockgates", f"ours_latency_bs{bs}_rankbudget", f"ours_latency_bs{bs}_streams"]
+            for bs in LATENCY_METHODS}
 MATCHED = (0.5, 0.25)
 LABELS = {DEFAULT: "dnas_prune defaults, MACs target", "tp_magnitude": "Torch-Pruning (magnitude), MACs target",
           "uniform_l1": "uniform L1, MACs target", "ours_latency_bs1": "dnas_prune, latency target at batch 1",
           "ours_latency_bs64": "dnas_prune, latency target at batch 64",
+          "ours_latency_bs1_free": "dnas_prune, latency target at batch 1, widths free (--round-to 1)",
+          "ours_latency_bs64_free": "dnas_prune, latency target at batch 64, widths free (--round-to 1)",
           "ours_latency_bs1_round16": "dnas_prune, latency target at batch 1, widths in multiples of 16",
           "ours_latency_bs64_round16": "dnas_prune, latency target at batch 64, widths in multiples of 16",
           "ours_latency_bs1_respend": "dnas_prune, latency target at batch 1, thin blocks closed by the projection",
@@ -200,6 +203,9 @@ def markdown(report: dict[str, Any]) -> str:
                      "with dense there"
                      + ("; renamed since: " + ", ".join(f"{a} → {b}" for a, b in c["rename"].items())
                         if c["rename"] else ""))
+    for r in report.get("renamed", []):
+        lines.append(f"- rows renamed on {r['date']}, when a default changed (each trained under its old name, with the "
+                     "same settings on this CPU): " + ", ".join(f"{a} → {b}" for a, b in r["mapping"].items()))
     lines += ["", f"![accuracy vs measured latency]({report['figure']})", ""]
     for bs in report["batch_sizes"]:
         lines += [f"## Batch {bs}", "", "| method | " + " | ".join(f"acc at {x:g} of dense latency" for x in MATCHED)
@@ -325,6 +331,39 @@ def summary_markdown(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def renamed_page(report: dict[str, Any], mapping: dict[str, str], date: str) -> dict[str, Any]:
+    """``report`` (a page's JSON) with its rows' methods renamed at once by ``mapping`` (OLD -> NEW; a swap is one
+    mapping): when a default changes, the old default's rows become a variant and a variant's rows the default, with
+    their accuracies and the latencies they measured unchanged. The commands keep the names they ran with; the page
+    records the mapping and its date under ``renamed``."""
+    def name(key: str) -> str:
+        method, at, target = key.partition("@")
+        return mapping.get(method, method) + at + target
+
+    def keys(d: dict) -> dict:
+        return {name(k): v for k, v in d.items()}
+
+    def points(ps: list[dict]) -> list[dict]:
+        return [{**q, "method": name(q["method"])} for q in ps]
+
+    out = json.loads(json.dumps(report))
+    out["rows"] = {name(k): {**r, "method": name(r["method"])} for k, r in out["rows"].items()}
+    if out.get("carried"):
+        out["carried"]["rows"] = {name(k): {**r, "method": name(r["method"])} for k, r in out["carried"]["rows"].items()}
+    for part in ("models", "ratios"):
+        out["bench"][part] = keys(out["bench"][part])
+    for bs in out["curves"]:
+        order = [DEFAULT, *PEERS, LATENCY_METHODS[int(bs)], *VARIANTS[int(bs)]]
+        rank = {m: i for i, m in enumerate(order)}
+        curves = {name(m): points(ps) for m, ps in out["curves"][bs].items()}
+        out["curves"][bs] = dict(sorted(curves.items(), key=lambda mp: rank.get(mp[0], len(order))))
+        out["matched"][bs] = {m: [at_latency([(q["latency_ratio"], q["test_acc"]) for q in ps], x) for x in MATCHED]
+                              for m, ps in out["curves"][bs].items()}
+    out["labels"] = {**out["labels"], **LABELS}
+    out["renamed"] = [*out.get("renamed", []), {"date": date, "mapping": mapping}]
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cifar_resnet20")
@@ -350,10 +389,22 @@ def main() -> int:
                    help="with --carry: a method's current name (e.g. ours_latency_bs1=ours_latency_bs1_keepthin)")
     p.add_argument("--summary-only", action="store_true", help="only regenerate the pages (every latency_MODEL*.md "
                    "and latency.md) from their JSON results")
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                   help="with --summary-only: rename rows' methods in every page's JSON at once (a default changed; "
+                        "e.g. ours_latency_bs1=ours_latency_bs1_free ours_latency_bs1_round16=ours_latency_bs1), "
+                        "recorded on the page, then regenerate its figure and pages")
     args = p.parse_args()
+    if args.rename and not args.summary_only:
+        p.error("--rename goes with --summary-only")
     if args.summary_only:
+        mapping = dict(pair.split("=", 1) for pair in args.rename)
         for path in benchmark_results():
-            atomic_write_text(markdown(json.loads(path.read_text())), path.with_suffix(".md"))
+            report = json.loads(path.read_text())
+            if mapping:
+                report = renamed_page(report, mapping, time.strftime("%Y-%m-%d", time.gmtime()))
+                save_figure(figure(report), path.with_suffix(".png"))
+                atomic_write_json(report, path)
+            atomic_write_text(markdown(report), path.with_suffix(".md"))
         atomic_write_text(summary_markdown(), RESULTS / "latency.md")
         return 0
     if args.macs_dir is None or args.latency_dir is None:
@@ -424,6 +475,7 @@ def main() -> int:
             "rows": {f"{r['method']}@{r['target']:g}": r for r in
                      ({**r, "method": rename.get(r["method"], r["method"])} for r in previous["rows"].values())
                      if f"{r['method']}@{r['target']:g}" not in rows}},
+        "renamed": previous.get("renamed", []) if previous else [],
         "bench": bench, "timings": args.timings, "curves": curves, "matched": matched, "figure": out.name + ".png",
         "compare_commands": [shlex.join(["python", "experiments/compare.py", *compare_args(args, d, m, t)])
                              for d, m, t in ((args.macs_dir, macs_methods, args.macs_targets),

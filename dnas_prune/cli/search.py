@@ -68,8 +68,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "channel gates (default: %(default)s)")
     p.add_argument("--round-to", type=int,
                    help="keep channel counts multiples of K (honoured by the final projection); default: for a latency "
-                        "budget timed at several threads, the channel block of this CPU's convolution kernels (16 on "
-                        "AVX-512, 8 on AVX2), otherwise 1; 1 turns rounding off")
+                        "budget, the channel block of this CPU's convolution kernels (16 on AVX-512, 8 on AVX2), "
+                        "otherwise 1; 1 turns rounding off")
     p.add_argument("--channels-per-gate", type=int, default=SEARCH_DEFAULTS.channels_per_gate,
                    help="one gate per K channels, so every searched width is a multiple of K (8 or 16 keep pruned "
                         "layers on fast CPU kernels; default: %(default)s)")

@@ -119,8 +119,8 @@ class SearchConfig:
     # the cost gates are ranked per (gradient normalization, Taylor prior): "budget" = the budget's metric, "macs",
     # "auto" = the budget's, except MACs for a latency budget's channel gates (see _rank_metric)
     rank_cost: str = "auto"
-    # every kept width a multiple of this; None: under a latency budget timed at several threads, the channel block
-    # of the table's device (channel_block: 16 on AVX-512, 8 on AVX2), otherwise 1; 1 turns rounding off
+    # every kept width a multiple of this; None: under a latency budget, the channel block of the table's device
+    # (channel_block: 16 on AVX-512, 8 on AVX2), otherwise 1; 1 turns rounding off
     round_to: int | None = None
     channels_per_gate: int = 1  # one gate per K channels: every searched width is a multiple of K
     exclude: list[str] = field(default_factory=list)
@@ -599,10 +599,10 @@ class Pruner:
             self.config = cfg = replace(cfg, latency_batch_size=table.batch_size)
         self.net.latency = table.for_supernet(self.net)
         block = channel_block(table.settings["device"])
-        if cfg.round_to is None and block and table.settings["threads"] > 1:
-            # whole blocks: a part-filled one costs what the threads' split of it makes it, which moves between
-            # runs on a shared machine, so a landing's measurement would not hold (width_stability.md). One thread
-            # has no split, and the table prices the padding of a part-filled block, so widths stay free there.
+        if cfg.round_to is None and block:
+            # whole blocks: at several threads a part-filled one costs what the threads' split of it makes it, which
+            # moves between runs on a shared machine, so a landing's measurement would not hold (width_stability.md);
+            # at one thread too, the channels a part-filled block pads are better spent elsewhere (latency_*.md).
             self.config = cfg = replace(cfg, round_to=math.lcm(block, cfg.channels_per_gate))
         if cfg.target_ms is not None:
             dense_ms = cfg.target_ms_dense or table.measure(table.dense_spec)["median_ms"]
