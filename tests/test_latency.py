@@ -845,3 +845,41 @@ def test_thin_blocks_closed_at_the_projection_give_their_latency_to_the_living_b
                         with net.pinned({g: grown}):
                             assert cost_ratios(net, *net.counts_and_blocks(hard=True))["latency"] > target + 1e-9
         assert not (state["layer1.0"] and int(state["layer1.0.conv1"].sum()) == 1)
+
+
+def test_a_results_page_renames_its_rows_at_once_when_a_default_changes() -> None:
+    """latency_benchmark.py --rename: a swap (the old default becomes a variant, a variant the default) moves every
+    row, curve and timing to its new name at once, keeps accuracies and measured latencies, and says so on the page."""
+    import importlib
+    import sys
+
+    experiments = str(Path(__file__).resolve().parents[1] / "experiments")
+    sys.path.insert(0, experiments)
+    try:
+        bench = importlib.import_module("latency_benchmark")
+    finally:
+        sys.path.remove(experiments)
+    dense = {"method": "dense", "latency_ratio": 1.0, "test_acc": 0.9}
+
+    def point(method: str, ratio: float, acc: float) -> dict:
+        return {"method": method, "target": 0.5, "latency_ratio": ratio, "test_acc": acc}
+
+    page = {"rows": {"ours_latency_bs1@0.5": {"method": "ours_latency_bs1", "test_acc": 0.80},
+                     "ours_latency_bs1_round16@0.5": {"method": "ours_latency_bs1_round16", "test_acc": 0.82}},
+            "carried": None, "labels": {},
+            "bench": {"models": {"dense": {}, "ours_latency_bs1@0.5": {"ms": 1}, "ours_latency_bs1_round16@0.5": {"ms": 2}},
+                      "ratios": {"ours_latency_bs1@0.5": [0.5], "ours_latency_bs1_round16@0.5": [0.4]}},
+            "curves": {"1": {"ours_latency_bs1": [dense, point("ours_latency_bs1", 0.5, 0.80)],
+                             "ours_latency_bs1_round16": [dense, point("ours_latency_bs1_round16", 0.4, 0.82)]}},
+            "matched": {"1": {}}}
+    mapping = {"ours_latency_bs1": "ours_latency_bs1_free", "ours_latency_bs1_round16": "ours_latency_bs1"}
+    out = bench.renamed_page(page, mapping, "2026-12-06")
+    assert out["rows"]["ours_latency_bs1@0.5"] == {"method": "ours_latency_bs1", "test_acc": 0.82}
+    assert out["rows"]["ours_latency_bs1_free@0.5"]["test_acc"] == 0.80
+    assert out["bench"]["ratios"] == {"ours_latency_bs1_free@0.5": [0.5], "ours_latency_bs1@0.5": [0.4]}
+    assert list(out["curves"]["1"]) == ["ours_latency_bs1", "ours_latency_bs1_free"]  # the default first
+    assert [q["method"] for q in out["curves"]["1"]["ours_latency_bs1"]] == ["dense", "ours_latency_bs1"]
+    assert out["matched"]["1"]["ours_latency_bs1"] == [pytest.approx(0.82 + 0.08 / 6), None]  # between 0.4 and dense
+    assert out["matched"]["1"]["ours_latency_bs1_free"] == [pytest.approx(0.80), None]
+    assert out["renamed"] == [{"date": "2026-12-06", "mapping": mapping}]
+    assert page["rows"]["ours_latency_bs1@0.5"]["test_acc"] == 0.80  # the input is left as it was
