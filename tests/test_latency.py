@@ -5,9 +5,11 @@ asserts a wall-clock time."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -589,6 +591,61 @@ def test_the_landing_aims_a_shared_hosts_quiet_readings_at_the_target(seconds: f
     assert pinned["measured_ratio"] == pytest.approx(quiet, rel=1e-6)  # the shape's own quiet reading
     # in the window on a quiet machine; aiming between the spells would put it a seventh under the target here
     assert 0.5 * (1 - tolerance) <= quiet <= 0.5
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the kernel's CPU counters are Linux's")
+def test_others_cpu_counts_the_cores_other_processes_keep_busy() -> None:
+    """A process spinning beside a block shows as about a core of others' use; this process's own work and its
+    finished children's do not; crowded() says when the others leave a timing fewer cores than its threads."""
+    import subprocess
+
+    from dnas_prune.device.load import OthersCpu, crowded
+
+    spin = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)  # started
+        with OthersCpu() as others:
+            time.sleep(0.8)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert others.cores is not None and others.cores > 0.5
+    with OthersCpu() as mine:  # a child that finished within the block is this process's
+        subprocess.run([sys.executable, "-c", spin.replace("30", "0.8")], check=True)
+    assert mine.cores is not None and mine.cores < others.cores - 0.3
+    cores = os.cpu_count() or 1
+    assert not crowded(None, 1) and not crowded(0.0, cores) and crowded(1.0, cores)
+    assert crowded(cores, 1) and not crowded(cores - 1.0, 1)
+
+
+def test_a_landing_says_when_other_processes_crowded_its_timings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each try records the cores other processes kept busy while it was timed, and a landing timed on a crowded
+    machine says so (in its log and as a warning): its readings can be off by more than the window."""
+    from dnas_prune.search import pruner as pruner_module
+
+    class Crowd:
+        cores = 64.0 + (os.cpu_count() or 1)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None: ...
+
+    pruner, _, _ = latency_search({"target_latency": 0.5}, steps=10)
+    monkeypatch.setattr(pruner_module, "OthersCpu", Crowd)
+    said: list[str] = []
+    with pytest.warns(UserWarning, match="other processes used the cores the latency landing timed on"):
+        pruner.finalize(log=said.append)
+    tries = pruner.projection["measured"]
+    assert [t["others_cores"] for t in tries] == [Crowd.cores] * len(tries)
+    assert sum("other processes kept" in line for line in said) == len(tries)
+    quiet, _, _ = latency_search({"target_latency": 0.5}, steps=10)  # an idle machine: nothing said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monkeypatch.setattr(pruner_module, "OthersCpu", type("Idle", (Crowd,), {"cores": 0.0}))
+        quiet.finalize()
+    assert all(t["others_cores"] == 0.0 for t in quiet.projection["measured"])
 
 
 def test_a_landing_that_never_fits_its_window_stops_after_four_tries() -> None:

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 import warnings
@@ -64,6 +65,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator
 import torch
 from torch import nn
 
+from ..device.load import OthersCpu, crowded
 from ..device.policy import process_rank
 from ..errors import DnasPruneError
 from ..models import spec_of
@@ -656,8 +658,12 @@ class Pruner:
                 def show(pair: tuple[float, float, float], at: str = "") -> None:
                     say(f"  dense {pair[0]:.3g} ms, pruned {pair[1]:.3g} ms: {pair[2]:.3f} of dense{at}")
 
-                pairs = table.time_pairs(table.dense_spec, spec, at_least=LANDING_TIMINGS,
-                                         seconds=cfg.latency_landing_seconds, on_pair=show)
+                with OthersCpu() as others:
+                    pairs = table.time_pairs(table.dense_spec, spec, at_least=LANDING_TIMINGS,
+                                             seconds=cfg.latency_landing_seconds, on_pair=show)
+                if crowded(others.cores, threads):
+                    say(f"  other processes kept {others.cores:.1f} of this machine's {os.cpu_count()} cores busy "
+                        f"meanwhile: these readings can be off by more than the window")
                 ratios = sorted(pair[2] for pair in pairs)
                 anchors = ratios if threads == 1 else sorted(
                     pair[2] for pair in table.time_pairs(table.dense_spec, spec, at_least=LANDING_ANCHOR_TIMINGS,
@@ -666,7 +672,7 @@ class Pruner:
                 tries.append({"projected_to": trial, "predicted_ratio": predicted, "own_ratio": landing_ratio(ratios),
                               "dense_ms": statistics.median(pair[0] for pair in pairs), "measured_ratios": ratios,
                               "anchor_ratios": anchors, "anchor_ratio": statistics.median(anchors),
-                              "seconds": time.monotonic() - started})
+                              "others_cores": others.cores, "seconds": time.monotonic() - started})
                 shapes.append(json.dumps(spec, sort_keys=True))
                 # the table's threads over one thread, at the quietest timing of any try (one spell can fill a try)
                 over_anchor = landing_ratio([r / t["anchor_ratio"] for t in tries for r in t["measured_ratios"]])
@@ -685,6 +691,10 @@ class Pruner:
                 # where the table must read for the device to read the aim, as the nearest try's shape reads it
                 trial = aim * nearest["predicted_ratio"] / nearest["measured_ratio"]
             net.train(was_training)
+            if any(crowded(t["others_cores"], threads) for t in tries):
+                warnings.warn("other processes used the cores the latency landing timed on: its measurements can be "
+                              "off by more than the window; search and finalize on an otherwise idle machine (the "
+                              "tries' others_cores in search.json)", stacklevel=3)
             pinned = try_to_pin(tries, cfg.latency_tolerance)
             pinned["pinned"] = True
             trial = pinned["projected_to"]
