@@ -184,14 +184,17 @@ def render(result: dict) -> str:
              f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {result['threads']} threads, torch {m['torch']}, "
              f"load average at the end {m['load_average'][0]:.2f}; search {result['epochs']} epoch(s) on "
              f"{result['limit_train']} training images, seed {result['seed']}; fp32 timing.\n",
-             "| model | batch | target | table's ratio | landing tries: read ratio (its timings' range; at one thread) | "
+             "| model | batch | target | table's ratio | landing tries: read ratio (its timings' range; at one thread; "
+             "others' CPU) | "
              "side-by-side ratio, median (all timings) | within ±10 % | fresh processes, ratio per thread count "
              "(in order) | checks within ±10 % | MACs ratio | acc before finetune |",
              "|---|---:|---:|---:|---|---:|---|---|---:|---:|---:|"]
     for r in result["rows"]:
         tries = ", ".join(f"{t['measured_ratio']:.3f} ({min(t['measured_ratios']):.3f}-{max(t['measured_ratios']):.3f}"
                           + (f", {len(t['measured_ratios'])} over {t['seconds']:.0f} s" if "seconds" in t else "")
-                          + (f"; 1 thread {t['anchor_ratio']:.3f}" if "anchor_ratio" in t else "") + ")"
+                          + (f"; 1 thread {t['anchor_ratio']:.3f}" if "anchor_ratio" in t else "")
+                          + (f"; other processes {t['others_cores']:.2f} cores" if t.get("others_cores") is not None
+                             else "") + ")"
                           for t in r["landing_tries"])
         within, checks = checks_within(r, result["threads"])
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['target']:g} | {r['predicted_ratio']:.3f} | {tries} | "
