@@ -121,6 +121,12 @@ def at_latency(points: list[tuple[float, float]], latency: float) -> float | Non
     return None
 
 
+def matched_accuracies(curves: dict[str, list[dict]]) -> dict[str, list[float | None]]:
+    """Each curve's accuracy at the MATCHED latencies (None where it does not get there)."""
+    return {m: [at_latency([(q["latency_ratio"], q["test_acc"]) for q in points], x) for x in MATCHED]
+            for m, points in curves.items()}
+
+
 def goals(matched: dict[str, list[float | None]], bs: int) -> list[dict[str, float | None]]:
     """Per matched latency: the latency-targeted row's accuracy and its margins over the MACs-targeted defaults and
     over the best peer, each None when that curve does not get so fast (judged separately: a peer that cannot reach
@@ -357,8 +363,7 @@ def renamed_page(report: dict[str, Any], mapping: dict[str, str], date: str) -> 
         rank = {m: i for i, m in enumerate(order)}
         curves = {name(m): points(ps) for m, ps in out["curves"][bs].items()}
         out["curves"][bs] = dict(sorted(curves.items(), key=lambda mp: rank.get(mp[0], len(order))))
-        out["matched"][bs] = {m: [at_latency([(q["latency_ratio"], q["test_acc"]) for q in ps], x) for x in MATCHED]
-                              for m, ps in out["curves"][bs].items()}
+        out["matched"][bs] = matched_accuracies(out["curves"][bs])
     out["labels"] = {**out["labels"], **LABELS}
     out["renamed"] = [*out.get("renamed", []), {"date": date, "mapping": mapping}]
     return out
@@ -396,6 +401,9 @@ def main() -> int:
     args = p.parse_args()
     if args.rename and not args.summary_only:
         p.error("--rename goes with --summary-only")
+    for pair in args.rename + args.carry_as:
+        if "=" not in pair:
+            p.error(f"{pair!r}: give a renaming as OLD=NEW")
     if args.summary_only:
         mapping = dict(pair.split("=", 1) for pair in args.rename)
         for path in benchmark_results():
@@ -457,8 +465,7 @@ def main() -> int:
             points += carried.get(str(bs), {}).get(method, [])
             if len(points) > 1:
                 curves[str(bs)][method] = points
-        matched[str(bs)] = {m: [at_latency([(q["latency_ratio"], q["test_acc"]) for q in pts], x) for x in MATCHED]
-                            for m, pts in curves[str(bs)].items()}
+        matched[str(bs)] = matched_accuracies(curves[str(bs)])
     report = {
         "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
         "model": args.model, "seed": args.seed, "epochs": args.search_epochs + args.finetune_epochs,

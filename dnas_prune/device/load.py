@@ -19,7 +19,7 @@ CROWDED_MARGIN = 0.1  # cores: what daemons use in the background stays well und
 
 def _busy_seconds() -> float | None:
     """CPU seconds every process on this machine has run (user, nice, system, irq, softirq), or None off Linux.
-    Steal is not counted: the hypervisor's other guests do not show in this machine's counters otherwise."""
+    Steal is left out: it is time the hypervisor gave to other machines, not to processes here."""
     try:
         with open("/proc/stat") as stat:
             fields = stat.readline().split()
