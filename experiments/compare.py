@@ -177,6 +177,11 @@ METHODS = _methods(
     Method("ours_latency_bs64_round16", "as ours_latency_bs1_round16, at batch 64", "ours",
            {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64, "round_to": 16},
            search_epochs=1, one_schedule=True),
+    Method("ours_latency_bs64_round32", "as ours_latency_bs64 with every kept width a multiple of 32 channels "
+           "(--round-to 32), two AVX-512 channel blocks: fewer narrow branches, which a shared host's busy spells slow "
+           "most at several threads (busy_spells_round32.md)", "ours",
+           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64, "round_to": 32},
+           search_epochs=1, one_schedule=True),
     Method("ours_1sched_taylor_l1order", "as the defaults (Taylor prior, one lr schedule, filter-norm channel order) "
            "with --search-epochs of search instead of one", "ours", {"prior": "taylor", "channel_order": "l1"},
            one_schedule=True),
