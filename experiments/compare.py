@@ -83,6 +83,14 @@ def _methods(*methods: Method) -> dict[str, Method]:
     return {m.name: m for m in methods}
 
 
+def latency_method(name: str, label: str, batch_size: int, **overrides: Any) -> Method:
+    """A latency-budget row: the defaults of its time (Taylor prior, filter-norm channel order, one search epoch,
+    one lr schedule) at ``batch_size``, with ``overrides`` on top."""
+    return Method(name, label, "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency",
+                                        "latency_batch_size": batch_size, **overrides},
+                  search_epochs=1, one_schedule=True)
+
+
 # Rows named in results from before the Pruner (e5a8561) ran the Lagrangian search: compare_summary.py keeps them
 # apart by the report's "search" field, and a name reused here (ours, ours_g8, ...) means the search of today.
 METHODS = _methods(
@@ -106,82 +114,53 @@ METHODS = _methods(
            "and within each group the channels of largest filter L1 norm stay (--channel-order l1: the gates set how "
            "many); as `dnas-prune run` does", "ours", {"prior": "taylor", "channel_order": "l1"}, search_epochs=1,
            one_schedule=True),
-    Method("ours_latency_bs1", "dnas_prune defaults with a latency budget (--target-latency T --latency-batch-size 1): "
-           "T is a fraction of the dense model's latency at batch 1, measured on this machine with the threads the run "
-           "has; a gate per residual block, ranked per unit of latency, channel gates per MACs (--rank-cost auto); "
-           "a block goes once its inner width would fall to one channel step (--close-thin-blocks); on a CPU whose "
-           "convolution kernels work in channel blocks (16 on AVX-512, 8 on AVX2) every width is a whole number of them",
-           "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1},
-           search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64", "as ours_latency_bs1, at batch 64 (--latency-batch-size 64)", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64},
-           search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs1_keepthin", "as ours_latency_bs1 keeping blocks one channel wide (--no-close-thin-blocks), "
-           "the latency defaults before --close-thin-blocks", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
-            "close_thin_blocks": False}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_keepthin", "as ours_latency_bs1_keepthin, at batch 64", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
-            "close_thin_blocks": False}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs1_respend", "as ours_latency_bs1 with thin blocks closed by the projection "
-           "(--close-thin-blocks-at projection): the search keeps them, the projection closes them and spends their "
-           "latency on the other blocks' channels", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
-            "close_thin_blocks_at": "projection"}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_respend", "as ours_latency_bs1_respend, at batch 64", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
-            "close_thin_blocks_at": "projection"}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs1_noblockgates", "as ours_latency_bs1 without block gates (--no-block-gates: a block goes "
-           "when all its inner channels close), the latency defaults before block gates", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
-            "block_gates": False}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_noblockgates", "as ours_latency_bs1_noblockgates, at batch 64", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
-            "block_gates": False}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs1_rankmacs", "as ours_latency_bs1 with block gates ranked per MACs too (--rank-cost macs)",
-           "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
-                    "rank_cost": "macs"}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs1_rankbudget", "as ours_latency_bs1_noblockgates with gates ranked per unit of latency "
-           "(--rank-cost budget), the first latency search", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
-            "rank_cost": "budget", "block_gates": False}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_rankbudget", "as ours_latency_bs64_noblockgates with gates ranked per unit of latency "
-           "(--rank-cost budget)", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
-            "rank_cost": "budget", "block_gates": False}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs1_streams", "as ours_latency_bs1_noblockgates with the residual streams gated too "
-           "(--gate-streams): the stem, projection and every branch's last BN lose channels, as Torch-Pruning's do",
-           "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1,
-                    "gate_streams": True, "block_gates": False}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_streams", "as ours_latency_bs64_noblockgates with the residual streams gated too "
-           "(--gate-streams)", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
-            "gate_streams": True, "block_gates": False}, search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_stream1", "as ours_latency_bs64_noblockgates with the first stage's residual stream "
-           "gated too (the stem and layer1's block outputs, the widest activations; the later streams stay whole)",
-           "ours", {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64,
-                    "gate_streams": True, "exclude": ["layer[2-9].stream"], "block_gates": False},
-           search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs1_free", "as ours_latency_bs1 with widths free of the CPU's channel blocks (--round-to 1): "
-           "the latency default for a table timed at one thread before whole blocks held at every thread count", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1, "round_to": 1},
-           search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_free", "as ours_latency_bs1_free, at batch 64", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64, "round_to": 1},
-           search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs1_round16", "as ours_latency_bs1 with every kept width a multiple of 16 channels "
-           "(--round-to 16), the channel block of AVX-512 convolution kernels: what the default does on AVX-512 "
-           "since whole blocks hold at every thread count", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 1, "round_to": 16},
-           search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_round16", "as ours_latency_bs1_round16, at batch 64", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64, "round_to": 16},
-           search_epochs=1, one_schedule=True),
-    Method("ours_latency_bs64_round32", "as ours_latency_bs64 with every kept width a multiple of 32 channels "
-           "(--round-to 32), two AVX-512 channel blocks: fewer narrow branches, which a shared host's busy spells slow "
-           "most at several threads (busy_spells_round32.md)", "ours",
-           {"prior": "taylor", "channel_order": "l1", "metric": "latency", "latency_batch_size": 64, "round_to": 32},
-           search_epochs=1, one_schedule=True),
+    latency_method("ours_latency_bs1", "dnas_prune defaults with a latency budget (--target-latency T "
+                   "--latency-batch-size 1): T is a fraction of the dense model's latency at batch 1, measured on this "
+                   "machine with the threads the run has; a gate per residual block, ranked per unit of latency, "
+                   "channel gates per MACs (--rank-cost auto); a block goes once its inner width would fall to one "
+                   "channel step (--close-thin-blocks); on a CPU whose convolution kernels work in channel blocks "
+                   "(16 on AVX-512, 8 on AVX2) every width is a whole number of them", 1),
+    latency_method("ours_latency_bs64", "as ours_latency_bs1, at batch 64 (--latency-batch-size 64)", 64),
+    latency_method("ours_latency_bs1_keepthin", "as ours_latency_bs1 keeping blocks one channel wide "
+                   "(--no-close-thin-blocks), the latency defaults before --close-thin-blocks", 1,
+                   close_thin_blocks=False),
+    latency_method("ours_latency_bs64_keepthin", "as ours_latency_bs1_keepthin, at batch 64", 64,
+                   close_thin_blocks=False),
+    latency_method("ours_latency_bs1_respend", "as ours_latency_bs1 with thin blocks closed by the projection "
+                   "(--close-thin-blocks-at projection): the search keeps them, the projection closes them and spends "
+                   "their latency on the other blocks' channels", 1, close_thin_blocks_at="projection"),
+    latency_method("ours_latency_bs64_respend", "as ours_latency_bs1_respend, at batch 64", 64,
+                   close_thin_blocks_at="projection"),
+    latency_method("ours_latency_bs1_noblockgates", "as ours_latency_bs1 without block gates (--no-block-gates: a "
+                   "block goes when all its inner channels close), the latency defaults before block gates", 1,
+                   block_gates=False),
+    latency_method("ours_latency_bs64_noblockgates", "as ours_latency_bs1_noblockgates, at batch 64", 64,
+                   block_gates=False),
+    latency_method("ours_latency_bs1_rankmacs", "as ours_latency_bs1 with block gates ranked per MACs too "
+                   "(--rank-cost macs)", 1, rank_cost="macs"),
+    latency_method("ours_latency_bs1_rankbudget", "as ours_latency_bs1_noblockgates with gates ranked per unit of "
+                   "latency (--rank-cost budget), the first latency search", 1, rank_cost="budget", block_gates=False),
+    latency_method("ours_latency_bs64_rankbudget", "as ours_latency_bs64_noblockgates with gates ranked per unit of "
+                   "latency (--rank-cost budget)", 64, rank_cost="budget", block_gates=False),
+    latency_method("ours_latency_bs1_streams", "as ours_latency_bs1_noblockgates with the residual streams gated too "
+                   "(--gate-streams): the stem, projection and every branch's last BN lose channels, as "
+                   "Torch-Pruning's do", 1, gate_streams=True, block_gates=False),
+    latency_method("ours_latency_bs64_streams", "as ours_latency_bs64_noblockgates with the residual streams gated "
+                   "too (--gate-streams)", 64, gate_streams=True, block_gates=False),
+    latency_method("ours_latency_bs64_stream1", "as ours_latency_bs64_noblockgates with the first stage's residual "
+                   "stream gated too (the stem and layer1's block outputs, the widest activations; the later streams "
+                   "stay whole)", 64, gate_streams=True, exclude=["layer[2-9].stream"], block_gates=False),
+    latency_method("ours_latency_bs1_free", "as ours_latency_bs1 with widths free of the CPU's channel blocks "
+                   "(--round-to 1): the latency default for a table timed at one thread before whole blocks held at "
+                   "every thread count", 1, round_to=1),
+    latency_method("ours_latency_bs64_free", "as ours_latency_bs1_free, at batch 64", 64, round_to=1),
+    latency_method("ours_latency_bs1_round16", "as ours_latency_bs1 with every kept width a multiple of 16 channels "
+                   "(--round-to 16), the channel block of AVX-512 convolution kernels: what the default does on "
+                   "AVX-512 since whole blocks hold at every thread count", 1, round_to=16),
+    latency_method("ours_latency_bs64_round16", "as ours_latency_bs1_round16, at batch 64", 64, round_to=16),
+    latency_method("ours_latency_bs64_round32", "as ours_latency_bs64 with every kept width a multiple of 32 "
+                   "channels (--round-to 32), two AVX-512 channel blocks: fewer narrow branches, which a shared "
+                   "host's busy spells slow most at several threads (busy_spells_round32.md)", 64, round_to=32),
     Method("ours_1sched_taylor_l1order", "as the defaults (Taylor prior, one lr schedule, filter-norm channel order) "
            "with --search-epochs of search instead of one", "ours", {"prior": "taylor", "channel_order": "l1"},
            one_schedule=True),
