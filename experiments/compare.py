@@ -91,6 +91,13 @@ def latency_method(name: str, label: str, batch_size: int, **overrides: Any) -> 
                   search_epochs=1, one_schedule=True)
 
 
+def latency_pair(variant: str, label: str, **overrides: Any) -> tuple[Method, Method]:
+    """``ours_latency_bs1_{variant}`` (``label``) and the same at batch 64."""
+    name = f"ours_latency_bs1_{variant}"
+    return (latency_method(name, label, 1, **overrides),
+            latency_method(f"ours_latency_bs64_{variant}", f"as {name}, at batch 64", 64, **overrides))
+
+
 # Rows named in results from before the Pruner (e5a8561) ran the Lagrangian search: compare_summary.py keeps them
 # apart by the report's "search" field, and a name reused here (ours, ours_g8, ...) means the search of today.
 METHODS = _methods(
@@ -121,21 +128,13 @@ METHODS = _methods(
                    "channel step (--close-thin-blocks); on a CPU whose convolution kernels work in channel blocks "
                    "(16 on AVX-512, 8 on AVX2) every width is a whole number of them", 1),
     latency_method("ours_latency_bs64", "as ours_latency_bs1, at batch 64 (--latency-batch-size 64)", 64),
-    latency_method("ours_latency_bs1_keepthin", "as ours_latency_bs1 keeping blocks one channel wide "
-                   "(--no-close-thin-blocks), the latency defaults before --close-thin-blocks", 1,
-                   close_thin_blocks=False),
-    latency_method("ours_latency_bs64_keepthin", "as ours_latency_bs1_keepthin, at batch 64", 64,
-                   close_thin_blocks=False),
-    latency_method("ours_latency_bs1_respend", "as ours_latency_bs1 with thin blocks closed by the projection "
-                   "(--close-thin-blocks-at projection): the search keeps them, the projection closes them and spends "
-                   "their latency on the other blocks' channels", 1, close_thin_blocks_at="projection"),
-    latency_method("ours_latency_bs64_respend", "as ours_latency_bs1_respend, at batch 64", 64,
-                   close_thin_blocks_at="projection"),
-    latency_method("ours_latency_bs1_noblockgates", "as ours_latency_bs1 without block gates (--no-block-gates: a "
-                   "block goes when all its inner channels close), the latency defaults before block gates", 1,
-                   block_gates=False),
-    latency_method("ours_latency_bs64_noblockgates", "as ours_latency_bs1_noblockgates, at batch 64", 64,
-                   block_gates=False),
+    *latency_pair("keepthin", "as ours_latency_bs1 keeping blocks one channel wide (--no-close-thin-blocks), the "
+                  "latency defaults before --close-thin-blocks", close_thin_blocks=False),
+    *latency_pair("respend", "as ours_latency_bs1 with thin blocks closed by the projection (--close-thin-blocks-at "
+                  "projection): the search keeps them, the projection closes them and spends their latency on the "
+                  "other blocks' channels", close_thin_blocks_at="projection"),
+    *latency_pair("noblockgates", "as ours_latency_bs1 without block gates (--no-block-gates: a block goes when all "
+                  "its inner channels close), the latency defaults before block gates", block_gates=False),
     latency_method("ours_latency_bs1_rankmacs", "as ours_latency_bs1 with block gates ranked per MACs too "
                    "(--rank-cost macs)", 1, rank_cost="macs"),
     latency_method("ours_latency_bs1_rankbudget", "as ours_latency_bs1_noblockgates with gates ranked per unit of "
@@ -150,14 +149,12 @@ METHODS = _methods(
     latency_method("ours_latency_bs64_stream1", "as ours_latency_bs64_noblockgates with the first stage's residual "
                    "stream gated too (the stem and layer1's block outputs, the widest activations; the later streams "
                    "stay whole)", 64, gate_streams=True, exclude=["layer[2-9].stream"], block_gates=False),
-    latency_method("ours_latency_bs1_free", "as ours_latency_bs1 with widths free of the CPU's channel blocks "
-                   "(--round-to 1): the latency default for a table timed at one thread before whole blocks held at "
-                   "every thread count", 1, round_to=1),
-    latency_method("ours_latency_bs64_free", "as ours_latency_bs1_free, at batch 64", 64, round_to=1),
-    latency_method("ours_latency_bs1_round16", "as ours_latency_bs1 with every kept width a multiple of 16 channels "
-                   "(--round-to 16), the channel block of AVX-512 convolution kernels: what the default does on "
-                   "AVX-512 since whole blocks hold at every thread count", 1, round_to=16),
-    latency_method("ours_latency_bs64_round16", "as ours_latency_bs1_round16, at batch 64", 64, round_to=16),
+    *latency_pair("free", "as ours_latency_bs1 with widths free of the CPU's channel blocks (--round-to 1): the "
+                  "latency default for a table timed at one thread before whole blocks held at every thread count",
+                  round_to=1),
+    *latency_pair("round16", "as ours_latency_bs1 with every kept width a multiple of 16 channels (--round-to 16), "
+                  "the channel block of AVX-512 convolution kernels: what the default does on AVX-512 since whole "
+                  "blocks hold at every thread count", round_to=16),
     latency_method("ours_latency_bs64_round32", "as ours_latency_bs64 with every kept width a multiple of 32 "
                    "channels (--round-to 32), two AVX-512 channel blocks: fewer narrow branches, which a shared "
                    "host's busy spells slow most at several threads (busy_spells_round32.md)", 64, round_to=32),
