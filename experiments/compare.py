@@ -158,6 +158,10 @@ METHODS = _methods(
     latency_method("ours_latency_bs64_round32", "as ours_latency_bs64 with every kept width a multiple of 32 "
                    "channels (--round-to 32), two AVX-512 channel blocks: fewer narrow branches, which a shared "
                    "host's busy spells slow most at several threads (busy_spells_round32.md)", 64, round_to=32),
+    latency_method("ours_latency_bs64_thinstep", "as ours_latency_bs64 with a branch one channel block (--round-to "
+                   "step) wide counted thin, so its block goes (--thin-branch step): no narrow branch on a wider "
+                   "stream, the shapes a shared host's busy spells slow most at several threads (busy_spells.md)",
+                   64, thin_branch="step"),
     Method("ours_1sched_taylor_l1order", "as the defaults (Taylor prior, one lr schedule, filter-norm channel order) "
            "with --search-epochs of search instead of one", "ours", {"prior": "taylor", "channel_order": "l1"},
            one_schedule=True),

@@ -940,3 +940,39 @@ def test_a_results_page_renames_its_rows_at_once_when_a_default_changes() -> Non
     assert out["matched"]["1"]["ours_latency_bs1_free"] == [pytest.approx(0.80), None]
     assert out["renamed"] == [{"date": "2026-12-06", "mapping": mapping}]
     assert page["rows"]["ours_latency_bs1@0.5"]["test_acc"] == 0.80  # the input is left as it was
+
+
+def test_thin_branch_step_closes_blocks_one_rounding_step_wide() -> None:
+    """thin_branch="step": under rounding, a branch one ``round_to`` step wide is thin too, so a living block keeps
+    at least two steps of each inner group (or the whole group when two do not fit); the default ("gate") keeps such
+    blocks one step wide."""
+    from dnas_prune import Pruner, SearchConfig
+    from dnas_prune.errors import DnasPruneError
+    from dnas_prune.search.budget import budget_state
+
+    with pytest.raises(DnasPruneError, match="thin_branch"):
+        SearchConfig(thin_branch="channel")
+    model = create_model("cifar_resnet20")
+    table = synthetic_table(spec_of(model), (3, 16, 16))
+    narrowest = {}
+    for rule in ("gate", "step"):
+        pruner = Pruner(create_model("cifar_resnet20"), (3, 16, 16), total_steps=10, latency=table,
+                        target_latency=0.5, round_to=8, thin_branch=rule)
+        net = pruner.net
+        assert net.budget["thin_branch"] == rule
+        rng = torch.Generator().manual_seed(0)
+        widths = []
+        for _ in range(8):
+            with torch.no_grad():
+                for name in net.gated_groups:
+                    net.gate(name).logits.copy_(3 * torch.randn(net.gate(name).logits.shape, generator=rng))
+            pruner._hold_blocks_under_their_channels()
+            target = 0.3 + 0.5 * float(torch.rand(1, generator=rng))
+            with net.pinned(budget_state(net, "latency", target, 8, strict=False)):
+                decided = net.decisions()
+                for block in net.blocks:
+                    if block.gate is not None and decided.blocks[block.name]:
+                        widths += [decided.widths[g] for g in block.inner]
+        narrowest[rule] = min(widths)
+    assert narrowest["gate"] == 8  # one step wide blocks live by default
+    assert narrowest["step"] >= 16  # with "step" a living block is two steps (16) wide or more

@@ -16,7 +16,7 @@ from ..io.pruned import load_pretrained
 from ..models import MODEL_NAMES, check_model_name, create_model
 from ..search.gate_optimizer import GATE_OPTIMIZERS
 from ..search.gates import GATE_KINDS
-from ..search.pruner import CHANNEL_ORDERS, PRIORS, RANK_COSTS, THIN_BLOCK_CLOSERS, SearchConfig, budget_fields
+from ..search.pruner import CHANNEL_ORDERS, PRIORS, RANK_COSTS, THIN_BLOCK_CLOSERS, THIN_BRANCHES, SearchConfig, budget_fields
 from ..train.recipes import SEARCH_RECIPE, seed_everything
 from .common import add_training_args, load_data, train_config_from
 
@@ -88,6 +88,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "it trains; projection = the search keeps them, the projection closes them and spends their "
                         "cost on the other blocks' channels; experiments/results/latency.md compares the two "
                         "(default: %(default)s)")
+    p.add_argument("--thin-branch", choices=THIN_BRANCHES, default=SEARCH_DEFAULTS.thin_branch,
+                   help="which branches count as thin (closed with their block): gate = one gate's channels wide; "
+                        "step = also one --round-to step wide (default: %(default)s)")
     p.add_argument("--exclude", nargs="*", default=[], help="gate groups kept open (glob patterns, e.g. 'layer1.*')")
     add_training_args(p, DEFAULTS)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs to OUT/tb")
@@ -104,7 +107,8 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
                         channel_order=args.channel_order, rank_cost=args.rank_cost,
                         round_to=args.round_to, channels_per_gate=args.channels_per_gate, exclude=list(args.exclude),
                         gate_streams=args.gate_streams, block_gates=args.block_gates,
-                        close_thin_blocks=args.close_thin_blocks, close_thin_blocks_at=args.close_thin_blocks_at)
+                        close_thin_blocks=args.close_thin_blocks, close_thin_blocks_at=args.close_thin_blocks_at,
+                        thin_branch=args.thin_branch)
 
 
 def run(args: argparse.Namespace) -> int:

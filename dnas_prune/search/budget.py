@@ -36,10 +36,18 @@ def channel_step(net: Supernet, name: str, round_to: int | None) -> int:
 
 
 def can_be_thin(net: Supernet, name: str, round_to: int | None) -> bool:
-    """Whether a block's inner group ``name`` one step wide makes the block thin (close_thin_blocks): only while its
-    width moves by one gate's channels. A branch one gate wide is a rank-one update paying most of a block's time;
-    one whole SIMD block of channels (``round_to``) is not, and closing it would leave few widths to search."""
-    return net.groups[name].gated and channel_step(net, name, round_to) == net.channels_per_gate_of(name)
+    """Whether a block's inner group ``name`` one step wide makes the block thin (close_thin_blocks).
+
+    ``net.budget["thin_branch"]`` says which branches are thin: ``"gate"``, only while the width moves by one
+    gate's channels, since a branch one gate wide is a rank-one update paying most of a block's time, while one
+    whole SIMD block of channels (``round_to``) is not, and closing it would leave few widths to search; ``"step"``,
+    also one ``round_to`` step wide: at several threads such a branch on a wider stream spends most of its time in
+    memory-bound ops (BN, the add) that a shared host's busy spells slow most (busy_spells.md)."""
+    if not net.groups[name].gated:
+        return False
+    if (net.budget or {}).get("thin_branch", "gate") == "step":
+        return True
+    return channel_step(net, name, round_to) == net.channels_per_gate_of(name)
 
 
 def min_width(net: Supernet, name: str, round_to: int | None) -> int:

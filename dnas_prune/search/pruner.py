@@ -81,6 +81,7 @@ BLOCK_GROUPS = ("layer*.[0-9]", "layer*.[0-9][0-9]")  # patterns naming every bl
 PRIORS = ("gamma", "taylor")
 CHANNEL_ORDERS = ("l1", "learned")
 THIN_BLOCK_CLOSERS = ("search", "projection")
+THIN_BRANCHES = ("gate", "step")  # a block's branch is thin one gate, or one round_to step, wide (can_be_thin)
 RANK_COSTS = ("auto", "budget", "macs")
 # SearchConfig fields that one of the target_* keys sets (budget_fields), not knobs of their own
 BUDGET_FIELDS = ("metric", "target", "target_ms", "target_ms_dense")
@@ -135,6 +136,8 @@ class SearchConfig:
     # which closes them: "search" holds each block gate under its channels while it trains; "projection" lets the
     # search keep them and the projection closes them, spending what that frees on the living blocks' channels
     close_thin_blocks_at: str = "search"
+    # which branches are thin: "gate", one gate's channels wide; "step", also one round_to step (a SIMD block) wide
+    thin_branch: str = "gate"
     recalibrate_batches: int = 20
 
     @property
@@ -183,6 +186,9 @@ class SearchConfig:
         if self.channel_order not in CHANNEL_ORDERS:
             raise DnasPruneError(f"channel_order (--channel-order) must be one of {', '.join(CHANNEL_ORDERS)}, "
                                  f"got {self.channel_order!r}")
+        if self.thin_branch not in THIN_BRANCHES:
+            raise DnasPruneError(f"thin_branch (--thin-branch) must be one of {', '.join(THIN_BRANCHES)}, "
+                                 f"got {self.thin_branch!r}")
         if self.close_thin_blocks_at not in THIN_BLOCK_CLOSERS:
             raise DnasPruneError(f"close_thin_blocks_at (--close-thin-blocks-at) must be one of "
                                  f"{', '.join(THIN_BLOCK_CLOSERS)}, got {self.close_thin_blocks_at!r}")
@@ -346,7 +352,8 @@ class Pruner:
         closes: bool | str = False
         if cfg.closes_thin_blocks:
             closes = True if cfg.close_thin_blocks_at == "search" else "projection"
-        self.net.budget = {"metric": cfg.metric, "target": cfg.target, "close_thin_blocks": closes}
+        self.net.budget = {"metric": cfg.metric, "target": cfg.target, "close_thin_blocks": closes,
+                           "thin_branch": cfg.thin_branch}
         if cfg.metric == "latency":
             self.net.budget["latency_table"] = self.net.latency.table.settings
         self.total_steps = max(1, int(total_steps))
