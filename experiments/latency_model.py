@@ -226,6 +226,8 @@ def main() -> None:
                         "device, and measured again if they no longer match) instead of measuring afresh")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", help="page name (default: latency_model, with _step/_threads suffixes when those "
+                        "are set), e.g. for a run on another CPU")
     args = parser.parse_args()
     configs = []
     for item in args.configs:
@@ -254,6 +256,7 @@ def main() -> None:
     # count asked for, a page of its own
     stem = ("latency_model" + ("" if report["arch_step"] == args.channel_step else f"_step{report['arch_step']}")
             + ("" if args.threads is None else f"_threads{args.threads}"))
+    stem = args.name or stem
     report["figure"] = f"{stem}.png"
     save_figure(figure(results, f"Latency table vs measurement: {report['machine']['cpu'].get('model', 'CPU')}, "
                                 f"threads: {threads}, {args.precision}, architectures in steps of "
