@@ -40,6 +40,7 @@ from dnas_prune.train.cifar import CifarData, load_cifar10, resolve_data_root
 from dnas_prune.finalize import finalize
 from dnas_prune.stages import finetune
 from dnas_prune.models import create_model, spec_of
+from dnas_prune.device.policy import resolve_precision
 from dnas_prune.device.timing import compare_latency
 from dnas_prune.io.pruned import load_pruned_with_metadata, save_pruned
 from dnas_prune.search.pruner import SearchConfig, pinned_try
@@ -356,7 +357,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- epochs: ours = {report['search_epochs']} search + {report['finetune_epochs']} finetune; TP magnitude and "
         f"uniform L1 = prune at once + {report['search_epochs'] + report['finetune_epochs']} finetune; TP slimming = "
         f"{report['search_epochs']} sparse-training + {report['finetune_epochs']} finetune. Recipe: SGD lr 0.05, cosine, "
-        "0.5 warm-up epoch, batch 256, bf16, label smoothing 0.1"
+        "0.5 warm-up epoch, batch 256, precision auto (bf16 where the CPU runs it natively, else fp32; "
+        f"{report.get('precision', 'bf16')} on the machine that wrote this page), label smoothing 0.1"
         + (f"; every method distills from the dense model (weight {report['recipe']['distill_weight']}, temperature "
            f"{report['recipe']['distill_temperature']}) in all its epochs" if report["recipe"].get("distill_weight")
            else ""),
@@ -440,6 +442,7 @@ def write_report(args: argparse.Namespace, rows: dict[str, dict], dense: nn.Modu
     report = {
         "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "threads": threads, "model": args.model, "dense_path": args.parent,
+        "precision": resolve_precision("auto", torch.device("cpu")),  # the recipe's "auto" on the machine writing this
         "parent": args.parent_id, "series": args.series, "search": "pruner",
         "data": args.data, "train_images": len(data.train),
         "val_images": len(data.val), "test_images": len(data.test), "seed": args.seed, "seeds": [args.seed],

@@ -80,8 +80,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "all its inner channels close)")
     p.add_argument("--close-thin-blocks", action=argparse.BooleanOptionalAction,
                    default=SEARCH_DEFAULTS.close_thin_blocks,
-                   help="with block gates: a block goes when its inner width would fall to one channel step, so no "
-                        "block one channel wide pays a block's latency (experiments/results/thin_blocks.md; default: "
+                   help="with block gates: a block goes when its inner width would fall to one gate's channels "
+                        "(see --thin-branch), so no block one channel wide pays a block's latency (experiments/results/thin_blocks.md; default: "
                         "under a latency budget)")
     p.add_argument("--close-thin-blocks-at", choices=THIN_BLOCK_CLOSERS, default=SEARCH_DEFAULTS.close_thin_blocks_at,
                    help="which closes thin blocks: search = the search holds a block under its inner channels while "

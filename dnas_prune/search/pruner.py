@@ -130,8 +130,8 @@ class SearchConfig:
     gate_streams: bool = False  # also gate the residual streams (stem, projections and every branch's last BN)
     # True: a gate per residual block too; False: a block goes when its channels do; None: True for a latency budget
     block_gates: bool | None = None
-    # with block gates: a block lives only while two channel steps of each inner group do, never one channel wide;
-    # None: True for a latency budget (see closes_thin_blocks)
+    # with block gates: a block lives only while two steps of each inner group do, never one gate's channels wide
+    # (thin_branch "step": never one round_to step); None: True for a latency budget (see closes_thin_blocks)
     close_thin_blocks: bool | None = None
     # which closes them: "search" holds each block gate under its channels while it trains; "projection" lets the
     # search keep them and the projection closes them, spending what that frees on the living blocks' channels
