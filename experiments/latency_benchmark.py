@@ -315,18 +315,21 @@ def summary_markdown(results: Path = RESULTS) -> str:
     landings = sorted(results.glob("latency_budget*.json"))
     if landings:
         lines += ["## Landing on the target (deliverable 4, acceptance 1)", "",
-                  "| page | model | batch | target | thin blocks | landing window | measured, side by side (median) | "
+                  "| page | CPU | model | batch | target | thin blocks | landing window | measured, side by side (median) | "
                   "speed-up | within ±10 % | fresh processes, range per thread count | later readings within ±10 % | "
                   "MACs ratio |",
-                  "|---|---|---:|---:|---|---|---:|---:|---|---|---:|---:|"]
+                  "|---|---|---|---:|---:|---|---|---:|---:|---|---|---:|---:|"]
         for f in landings:
             landing = json.loads(f.read_text())
             for r in landing["rows"]:
                 within, checks = checks_within(r, landing["threads"])
                 fresh = "; ".join(f"{t} thr: {min(x['ratio'] for x in v):.3f}–{max(x['ratio'] for x in v):.3f}"
                                   for t, v in r.get("fresh_processes", {}).items()) or "-"
-                lines.append(f"| [{f.stem}]({f.stem}.md) | {r['model']} | {r['batch_size']} | {r['target']:g} | "
-                             f"{'closed' if closes_thin_blocks(r) else 'kept'} | {landing_window(r)} | "
+                isa = "AVX-512" if "avx512f" in landing["machine"].get("cpu_flags", []) else "AVX2"
+                thin = ("closed" + (", one step wide too" if re.search(r"--thin-branch[= ]step", r["search"]) else "")
+                        if closes_thin_blocks(r) else "kept")
+                lines.append(f"| [{f.stem}]({f.stem}.md) | {isa} | {r['model']} | {r['batch_size']} | {r['target']:g} | "
+                             f"{thin} | {landing_window(r)} | "
                              f"{r['side_by_side_ratio']:.3f} | {1 / r['side_by_side_ratio']:.1f}× | "
                              f"{'yes' if r['lands'] else 'no'} | {fresh} | {within} of {checks} | "
                              f"{r['macs_ratio']:.3f} |")
