@@ -16,7 +16,8 @@ from ..io.pruned import load_pretrained
 from ..models import MODEL_NAMES, check_model_name, create_model
 from ..search.gate_optimizer import GATE_OPTIMIZERS
 from ..search.gates import GATE_KINDS
-from ..search.pruner import CHANNEL_ORDERS, PRIORS, RANK_COSTS, THIN_BLOCK_CLOSERS, THIN_BRANCHES, SearchConfig, budget_fields
+from ..search.pruner import (CHANNEL_ORDERS, PRIORS, RANK_COSTS, THIN_BLOCK_CLOSERS, THIN_BRANCHES, SearchConfig,
+                             budget_fields)
 from ..train.recipes import SEARCH_RECIPE, seed_everything
 from .common import add_training_args, load_data, train_config_from
 
@@ -81,8 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--close-thin-blocks", action=argparse.BooleanOptionalAction,
                    default=SEARCH_DEFAULTS.close_thin_blocks,
                    help="with block gates: a block goes when its inner width would fall to one gate's channels "
-                        "(see --thin-branch), so no block one channel wide pays a block's latency (experiments/results/thin_blocks.md; default: "
-                        "under a latency budget)")
+                        "(see --thin-branch), so no block one channel wide pays a block's latency "
+                        "(experiments/results/thin_blocks.md; default: under a latency budget)")
     p.add_argument("--close-thin-blocks-at", choices=THIN_BLOCK_CLOSERS, default=SEARCH_DEFAULTS.close_thin_blocks_at,
                    help="which closes thin blocks: search = the search holds a block under its inner channels while "
                         "it trains; projection = the search keeps them, the projection closes them and spends their "
