@@ -39,6 +39,22 @@ def cifar_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def small_cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A slice of the real CIFAR-10 tree (symlinks to 200 training and 50 test images a class), for CLI runs whose
+    checks do not depend on how much data there is: evaluating the whole test split would be most of their time."""
+    real = Path(os.environ.get("DNAS_PRUNE_DATA") or REPO / ".." / "shared" / "data" / "cifar10-jpeg").resolve()
+    if not (real / "train").is_dir():
+        pytest.skip(f"CIFAR-10 JPEGs not found at {real}")
+    root = tmp_path_factory.mktemp("cifar10-slice")
+    for split, per_class in (("train", 200), ("test", 50)):
+        for folder in sorted(p for p in (real / split).iterdir() if p.is_dir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:per_class]:
+                (root / split / folder.name / image.name).symlink_to(image)
+    return root
+
+
 def write_tree(root: Path, splits: dict[str, int], classes=TINY_CLASSES, seed: int = 0, size: int = 32) -> Path:
     """An ImageFolder tree of random ``size``x``size`` JPEGs, ``splits`` mapping split name -> images per class."""
     generator = torch.Generator().manual_seed(seed)

@@ -69,9 +69,10 @@ def test_resumed_search_equals_an_uninterrupted_one(synthetic_data, tmp_path: Pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", [0.5, 0.2])
-def test_cli_search_then_finalize_on_cifar_hits_the_target(cifar_root: Path, tmp_path: Path, target: float) -> None:
+def test_cli_search_then_finalize_on_cifar_hits_the_target(small_cifar_root: Path, tmp_path: Path,
+                                                            target: float) -> None:
     out = tmp_path / "run"
-    assert main(["search", "--model", "cifar_resnet20", "--data", str(cifar_root), "--target-macs", str(target),
+    assert main(["search", "--model", "cifar_resnet20", "--data", str(small_cifar_root), "--target-macs", str(target),
                  "--epochs", "1", "--limit-train", "1024", "--val-size", "256", "--out", str(out), "--no-progress",
                  "--memory-format", "contiguous"]) == 0
     events = read_events(out / "tb")
