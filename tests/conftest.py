@@ -30,10 +30,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.real_data)
 
 
+def real_cifar_root() -> Path:
+    """Where the real CIFAR-10 tree is: ``$DNAS_PRUNE_DATA``, else ``../shared/data/cifar10-jpeg`` next to the repo."""
+    return Path(os.environ.get("DNAS_PRUNE_DATA") or REPO / ".." / "shared" / "data" / "cifar10-jpeg").resolve()
+
+
 @pytest.fixture
 def cifar_root() -> Path:
-    """The real CIFAR-10 tree: ``$DNAS_PRUNE_DATA``, else ``../shared/data/cifar10-jpeg`` next to the repo."""
-    root = Path(os.environ.get("DNAS_PRUNE_DATA") or REPO / ".." / "shared" / "data" / "cifar10-jpeg").resolve()
+    """The real CIFAR-10 tree (real_cifar_root), or the test is skipped."""
+    root = real_cifar_root()
     if not (root / "train").is_dir() and not (root / "cifar-10-batches-py").is_dir():
         pytest.skip(f"CIFAR-10 not found at {root}")
     return root
@@ -43,7 +48,7 @@ def cifar_root() -> Path:
 def small_cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A slice of the real CIFAR-10 tree (symlinks to 200 training and 50 test images a class), for CLI runs whose
     checks do not depend on how much data there is: evaluating the whole test split would be most of their time."""
-    real = Path(os.environ.get("DNAS_PRUNE_DATA") or REPO / ".." / "shared" / "data" / "cifar10-jpeg").resolve()
+    real = real_cifar_root()
     if not (real / "train").is_dir():
         pytest.skip(f"CIFAR-10 JPEGs not found at {real}")
     root = tmp_path_factory.mktemp("cifar10-slice")
