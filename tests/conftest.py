@@ -18,7 +18,8 @@ from dnas_prune.train.loop import TrainConfig, TrainHooks
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Unit tests use tiny tensors: one intra-op thread avoids OpenMP spin-waiting when cores are shared.
+# Unit tests use tiny tensors: one intra-op thread avoids OpenMP spin-waiting when cores are shared, and leaves
+# the parallelism to pytest-xdist's workers, one per core (pyproject.toml).
 torch.set_num_threads(1)
 TINY_CLASSES = ("cat", "dog", "frog")
 
