@@ -126,30 +126,36 @@ METHODS = _methods(
                    "--latency-batch-size 1): T is a fraction of the dense model's latency at batch 1, measured on this "
                    "machine with the threads the run has; a gate per residual block, ranked per unit of latency, "
                    "channel gates per MACs (--rank-cost auto); a block goes once its inner width would fall to one "
-                   "channel step (--close-thin-blocks); on a CPU whose convolution kernels work in channel blocks "
+                   "gate's channels (--close-thin-blocks); on a CPU whose convolution kernels work in channel blocks "
                    "(16 on AVX-512, 8 on AVX2) every width is a whole number of them", 1),
     latency_method("ours_latency_bs64", "as ours_latency_bs1, at batch 64 (--latency-batch-size 64)", 64),
-    *latency_pair("keepthin", "as ours_latency_bs1 keeping blocks one channel wide (--no-close-thin-blocks), the "
-                  "latency defaults before --close-thin-blocks", close_thin_blocks=False),
+    # The variants below were run before widths came in channel blocks: --round-to 1 reproduces their rows (under
+    # rounding no block is one gate wide, so --no-close-thin-blocks would search exactly as the default).
+    *latency_pair("keepthin", "as ours_latency_bs1_free keeping blocks one channel wide (--no-close-thin-blocks), "
+                  "the latency defaults before --close-thin-blocks, widths free (--round-to 1)",
+                  close_thin_blocks=False, round_to=1),
     *latency_pair("respend", "as ours_latency_bs1 with thin blocks closed by the projection (--close-thin-blocks-at "
                   "projection): the search keeps them, the projection closes them and spends their latency on the "
                   "other blocks' channels", close_thin_blocks_at="projection"),
-    *latency_pair("noblockgates", "as ours_latency_bs1 without block gates (--no-block-gates: a block goes when all "
-                  "its inner channels close), the latency defaults before block gates", block_gates=False),
-    latency_method("ours_latency_bs1_rankmacs", "as ours_latency_bs1 with block gates ranked per MACs too "
-                   "(--rank-cost macs)", 1, rank_cost="macs"),
+    *latency_pair("noblockgates", "as ours_latency_bs1_free without block gates (--no-block-gates: a block goes when "
+                  "all its inner channels close), the latency defaults before block gates, widths free (--round-to 1)",
+                  block_gates=False, round_to=1),
+    latency_method("ours_latency_bs1_rankmacs", "as ours_latency_bs1_free with block gates ranked per MACs too "
+                   "(--rank-cost macs)", 1, rank_cost="macs", round_to=1),
     latency_method("ours_latency_bs1_rankbudget", "as ours_latency_bs1_noblockgates with gates ranked per unit of "
-                   "latency (--rank-cost budget), the first latency search", 1, rank_cost="budget", block_gates=False),
+                   "latency (--rank-cost budget), the first latency search", 1, rank_cost="budget", block_gates=False,
+                   round_to=1),
     latency_method("ours_latency_bs64_rankbudget", "as ours_latency_bs64_noblockgates with gates ranked per unit of "
-                   "latency (--rank-cost budget)", 64, rank_cost="budget", block_gates=False),
+                   "latency (--rank-cost budget)", 64, rank_cost="budget", block_gates=False, round_to=1),
     latency_method("ours_latency_bs1_streams", "as ours_latency_bs1_noblockgates with the residual streams gated too "
                    "(--gate-streams): the stem, projection and every branch's last BN lose channels, as "
-                   "Torch-Pruning's do", 1, gate_streams=True, block_gates=False),
+                   "Torch-Pruning's do", 1, gate_streams=True, block_gates=False, round_to=1),
     latency_method("ours_latency_bs64_streams", "as ours_latency_bs64_noblockgates with the residual streams gated "
-                   "too (--gate-streams)", 64, gate_streams=True, block_gates=False),
+                   "too (--gate-streams)", 64, gate_streams=True, block_gates=False, round_to=1),
     latency_method("ours_latency_bs64_stream1", "as ours_latency_bs64_noblockgates with the first stage's residual "
                    "stream gated too (the stem and layer1's block outputs, the widest activations; the later streams "
-                   "stay whole)", 64, gate_streams=True, exclude=["layer[2-9].stream"], block_gates=False),
+                   "stay whole)", 64, gate_streams=True, exclude=["layer[2-9].stream"], block_gates=False,
+                   round_to=1),
     *latency_pair("free", "as ours_latency_bs1 with widths free of the CPU's channel blocks (--round-to 1): the "
                   "latency default for a table timed at one thread before whole blocks held at every thread count",
                   round_to=1),

@@ -66,10 +66,10 @@ LABELS = {DEFAULT: "dnas_prune defaults, MACs target", "tp_magnitude": "Torch-Pr
           "ours_latency_bs64_round16": "dnas_prune, latency target at batch 64, widths in multiples of 16",
           "ours_latency_bs1_respend": "dnas_prune, latency target at batch 1, thin blocks closed by the projection",
           "ours_latency_bs64_respend": "dnas_prune, latency target at batch 64, thin blocks closed by the projection",
-          "ours_latency_bs1_keepthin": "dnas_prune, latency target at batch 1, thin blocks kept",
-          "ours_latency_bs64_keepthin": "dnas_prune, latency target at batch 64, thin blocks kept",
-          "ours_latency_bs1_noblockgates": "dnas_prune, latency target at batch 1, before block gates",
-          "ours_latency_bs64_noblockgates": "dnas_prune, latency target at batch 64, before block gates",
+          "ours_latency_bs1_keepthin": "dnas_prune, latency target at batch 1, widths free, thin blocks kept",
+          "ours_latency_bs64_keepthin": "dnas_prune, latency target at batch 64, widths free, thin blocks kept",
+          "ours_latency_bs1_noblockgates": "dnas_prune, latency target at batch 1, widths free, no block gates",
+          "ours_latency_bs64_noblockgates": "dnas_prune, latency target at batch 64, widths free, no block gates",
           "ours_latency_bs1_rankbudget": "before block gates, ranked per latency, batch 1",
           "ours_latency_bs64_rankbudget": "before block gates, ranked per latency, batch 64",
           "ours_latency_bs1_streams": "before block gates, streams gated too, batch 1",
@@ -396,7 +396,7 @@ def main() -> int:
     p.add_argument("--carry-as", action="append", default=[], metavar="OLD=NEW",
                    help="with --carry: a method's current name (e.g. ours_latency_bs1=ours_latency_bs1_keepthin)")
     p.add_argument("--summary-only", action="store_true", help="only regenerate the pages (every latency_MODEL*.md "
-                   "and latency.md) from their JSON results")
+                   "and latency.md) from their JSON results, with the methods' labels of today (LABELS)")
     p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
                    help="with --summary-only: rename rows' methods in every page's JSON at once (a default changed; "
                         "e.g. ours_latency_bs1=ours_latency_bs1_free ours_latency_bs1_round16=ours_latency_bs1), "
@@ -413,6 +413,9 @@ def main() -> int:
             report = json.loads(path.read_text())
             if mapping:
                 report = renamed_page(report, mapping, time.strftime("%Y-%m-%d", time.gmtime()))
+            labels = {**report["labels"], **{m: LABELS[m] for m in report["labels"] if m in LABELS}}
+            if mapping or labels != report["labels"]:  # a label said what a method did less well than today's
+                report["labels"] = labels
                 save_figure(figure(report), path.with_suffix(".png"))
                 atomic_write_json(report, path)
             atomic_write_text(markdown(report), path.with_suffix(".md"))
