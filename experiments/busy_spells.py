@@ -11,6 +11,10 @@ split, if the groups' medians differ by over ``--min-gap``): a rule on one shape
 Then the same shapes at one thread for a minute. Writes experiments/results/{name}.{json,md}; run it with
 nothing else on the machine.
 
+``--spin-seconds S`` makes a known busy spell: a second process spins on one core for S seconds, rests S, and so on
+(started and stopped between windows, each window records which); the page then also gives each shape's ratio with
+and without it, the host's own spells aside.
+
     python experiments/busy_spells.py --pruned runs/latency_budget/cifar_resnet20_0.5_bs64/pruned.pt
 """
 
@@ -21,6 +25,7 @@ import copy
 import json
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,25 +69,47 @@ def shapes_of(dense: dict, pruned: list[Path]) -> dict[str, dict]:
     return shapes
 
 
+class Spinner:
+    """A second process spinning on one core while ``on``: a busy spell whose times are known."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+
+    def set(self, on: bool) -> None:
+        if on and self.process is None:
+            self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        elif not on and self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
 def time_windows(shapes: dict[str, dict], batch_size: int, threads: int, seconds: float,
-                 rounds: int) -> list[dict[str, float]]:
-    """Each window: every shape's median ms over ``rounds`` interleaved forwards (channels_last, fp32)."""
+                 rounds: int, spin_seconds: float = 0.0) -> list[dict[str, float]]:
+    """Each window: every shape's median ms over ``rounds`` interleaved forwards (channels_last, fp32), and whether
+    the spinner ran (``spin_seconds`` on, as long off, from the start; 0: never)."""
     windows: list[dict[str, float]] = []
+    spinner = Spinner()
     with using_threads(threads), torch.inference_mode():
         runners = {k: Runner(build_model(spec), (3, 32, 32), batch_size, "channels_last", torch.float32)
                    for k, spec in shapes.items()}
         for runner in runners.values():
             runner.warmup(5, 10.0)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            times: dict[str, list[float]] = {k: [] for k in runners}
-            for _ in range(rounds):
-                for k, runner in runners.items():
-                    times[k].append(runner.once())
-            windows.append({"at": time.strftime("%H:%M:%S"),
-                            **{k: statistics.median(v) * 1e3 for k, v in times.items()}})
-            print(" ".join(f"{k}={windows[-1][k] / windows[-1]['dense']:.3f}" for k in runners if k != "dense"),
-                  f"dense={windows[-1]['dense']:.2f} ms", flush=True)
+        start = time.monotonic()
+        try:
+            while time.monotonic() < start + seconds:
+                spinning = spin_seconds > 0 and int((time.monotonic() - start) // spin_seconds) % 2 == 0
+                spinner.set(spinning)
+                times: dict[str, list[float]] = {k: [] for k in runners}
+                for _ in range(rounds):
+                    for k, runner in runners.items():
+                        times[k].append(runner.once())
+                windows.append({"at": time.strftime("%H:%M:%S"), "spinner": spinning,
+                                **{k: statistics.median(v) * 1e3 for k, v in times.items()}})
+                print(" ".join(f"{k}={windows[-1][k] / windows[-1]['dense']:.3f}" for k in runners if k != "dense"),
+                      f"dense={windows[-1]['dense']:.2f} ms", "spinner" if spinning else "", flush=True)
+        finally:
+            spinner.set(False)
     return windows
 
 
@@ -121,6 +148,15 @@ def summarize(windows: list[dict[str, float]], shapes: dict[str, dict], min_gap:
     summary["dense"] = {"quiet_ms": statistics.median(dense_quiet) if dense_quiet else None,
                         "busy_ms": statistics.median(dense_busy) if dense_busy else None}
     summary["windows"] = {"busy": sum(busy), "all": len(windows), "threshold": threshold}
+    spun = [bool(w.get("spinner")) for w in windows]
+    if any(spun):  # the known spell: each shape's median ratio with the spinner and without
+        summary["spinner"] = {"windows": sum(spun), "busy_windows": sum(b and s for b, s in zip(busy, spun))}
+        for k in shapes:
+            name = "dense_ms" if k == "dense" else "ratio"
+            for on in (True, False):
+                values = [w[k] if k == "dense" else w[k] / w["dense"] for w, s in zip(windows, spun) if s == on]
+                summary["spinner"].setdefault(k, {})[f"{name}_{'on' if on else 'off'}"] = (
+                    statistics.median(values) if values else None)
     return summary
 
 
@@ -152,6 +188,19 @@ def render(result: dict) -> str:
                      f"{fmt(e['busy_over_quiet'])} | {fmt(result['one_thread'][k])} |")
     lines += ["", "Ratios are medians over windows of each window's median time over the dense model's in the same "
               "window. The windows in order are in the JSON.", ""]
+    if "spinner" in s:
+        spin = s["spinner"]
+        lines += [f"A second process spun on one core for {result['spin_seconds']:g} s, then rested as long, in turn "
+                  f"from the start, over {spin['windows']} of the {s['windows']['all']} windows ({spin['busy_windows']} "
+                  f"of them busy by the rule above). Dense: {fmt(spin['dense']['dense_ms_off'], 2)} ms without it, "
+                  f"{fmt(spin['dense']['dense_ms_on'], 2)} ms with it.", "",
+                  "| shape | ratio to dense, spinner off | spinner on | on / off |", "|---|---:|---:|---:|"]
+        for k in result["shapes"]:
+            if k == "dense":
+                continue
+            off, on = spin[k]["ratio_off"], spin[k]["ratio_on"]
+            lines.append(f"| {k} | {fmt(off)} | {fmt(on)} | {fmt(on / off if on and off else None)} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -166,6 +215,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=15, help="interleaved forwards per shape in a window")
     p.add_argument("--min-gap", type=float, default=0.05, help="how far apart the medians of the sentinel's two "
                    "groups of readings must be for the upper one to count as busy")
+    p.add_argument("--spin-seconds", type=float, default=0.0, help="a second process spins on one core this long, "
+                   "then rests as long, in turn (0: none): a busy spell of known times")
     p.add_argument("--name", default="busy_spells")
     p.add_argument("--summary-only", action="store_true", help="only split and render again, from {name}.json")
     args = p.parse_args()
@@ -183,12 +234,15 @@ def main() -> int:
     keep_freed_memory()
     torch.manual_seed(0)
     shapes = shapes_of(spec_of(create_model(args.model)), args.pruned)
-    windows = time_windows(shapes, args.batch_size, args.threads, 60 * args.minutes, args.rounds)
+    if args.spin_seconds < 0:
+        p.error(f"--spin-seconds {args.spin_seconds:g}: give 0 (no spinner) or a positive number of seconds")
+    windows = time_windows(shapes, args.batch_size, args.threads, 60 * args.minutes, args.rounds, args.spin_seconds)
     single = time_windows(shapes, args.batch_size, 1, 60 * args.one_thread_minutes, args.rounds)
     one_thread = {k: statistics.median(w[k] / w["dense"] for w in single) for k in shapes}
     result = {"command": "python experiments/busy_spells.py " + shlex.join(sys.argv[1:]), "machine": machine(),
               "model": args.model, "batch_size": args.batch_size, "threads": args.threads, "minutes": args.minutes,
               "one_thread_minutes": args.one_thread_minutes, "rounds": args.rounds, "min_gap": args.min_gap,
+              "spin_seconds": args.spin_seconds,
               "seed": 0, "shapes": shapes, "windows": windows, "one_thread_windows": single,
               "one_thread": one_thread, "summary": summarize(windows, shapes, args.min_gap)}
     atomic_write_json(result, RESULTS / f"{args.name}.json")
