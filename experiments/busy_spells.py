@@ -228,14 +228,14 @@ def main() -> int:
         atomic_write_json(result, RESULTS / f"{args.name}.json")
         atomic_write_text(render(result), RESULTS / f"{args.name}.md")
         return 0
+    if args.spin_seconds < 0:
+        p.error(f"--spin-seconds {args.spin_seconds:g}: give 0 (no spinner) or a positive number of seconds")
     for path in args.pruned:
         if not path.is_file():
             p.error(f"--pruned {path}: no such file; pass a dnas-prune finalize output")
     keep_freed_memory()
     torch.manual_seed(0)
     shapes = shapes_of(spec_of(create_model(args.model)), args.pruned)
-    if args.spin_seconds < 0:
-        p.error(f"--spin-seconds {args.spin_seconds:g}: give 0 (no spinner) or a positive number of seconds")
     windows = time_windows(shapes, args.batch_size, args.threads, 60 * args.minutes, args.rounds, args.spin_seconds)
     single = time_windows(shapes, args.batch_size, 1, 60 * args.one_thread_minutes, args.rounds)
     one_thread = {k: statistics.median(w[k] / w["dense"] for w in single) for k in shapes}
