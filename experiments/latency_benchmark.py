@@ -241,6 +241,11 @@ def _cpu(m: dict[str, Any]) -> str:
     return f"{m['cpu']} ({', '.join(m['cpu_flags'])})"
 
 
+def _cpu_isa(m: dict[str, Any]) -> str:
+    """AVX-512 or AVX2, from peers.machine()'s record: the ISA a CPU timing depends on most."""
+    return "AVX-512" if "avx512f" in m.get("cpu_flags", []) else "AVX2"
+
+
 def benchmark_results(results: Path = RESULTS) -> list[Path]:
     """This script's JSON results: latency_MODEL.json and latency_MODEL_seedN.json."""
     return sorted(f for f in results.glob("latency_*.json")
@@ -325,7 +330,7 @@ def summary_markdown(results: Path = RESULTS) -> str:
                 within, checks = checks_within(r, landing["threads"])
                 fresh = "; ".join(f"{t} thr: {min(x['ratio'] for x in v):.3f}–{max(x['ratio'] for x in v):.3f}"
                                   for t, v in r.get("fresh_processes", {}).items()) or "-"
-                isa = "AVX-512" if "avx512f" in landing["machine"].get("cpu_flags", []) else "AVX2"
+                isa = _cpu_isa(landing["machine"])
                 thin = ("closed" + (", one step wide too" if re.search(r"--thin-branch[= ]step", r["search"]) else "")
                         if closes_thin_blocks(r) else "kept")
                 lines.append(f"| [{f.stem}]({f.stem}.md) | {isa} | {r['model']} | {r['batch_size']} | {r['target']:g} | "
@@ -337,7 +342,35 @@ def summary_markdown(results: Path = RESULTS) -> str:
         if (results / "landing_process.md").exists():
             lines += ["Why the landing times the pair in a new process: [landing_process.md](landing_process.md) (the "
                       "process that ran the search reads the pair steadily, new processes beside it do not).", ""]
+    lines += thin_step_markdown(results)
     return "\n".join(lines)
+
+
+THIN_STEP = ("ours_latency_bs64", "ours_latency_bs64_thinstep")  # compare.py methods: the default, --thin-branch step
+
+
+def thin_step_markdown(results: Path) -> list[str]:
+    """latency.md's section on ``--thin-branch step``: compare.py pages (thin_step_*.json) that ran it and the
+    default in one run (same parent, seed, epochs), their accuracies at the latency each measured side by side."""
+    pages = sorted(results.glob("thin_step_*.json"))
+    if not pages:
+        return []
+    lines = ["## `--thin-branch step` against the default, in the same run", "",
+             "| page | CPU | model | seed | epochs | target | default: acc (measured latency) | step: acc (measured "
+             "latency) | step − default |", "|---|---|---|---:|---|---:|---:|---:|---:|"]
+    for f in pages:
+        page = json.loads(f.read_text())
+        epochs = f"{page['search_epochs']}+{page['finetune_epochs']}, {page['threads']} thread(s)"
+        for target, table in page["tables"].items():
+            rows, timed = table["rows"], table["latency"]["bench"]["models"]
+            if any(rows.get(m, {}).get("status") != "done" or m not in timed for m in THIN_STEP):
+                continue
+            acc = [rows[m]["test_acc"] for m in THIN_STEP]
+            cells = [f"{100 * a:.2f} ({timed[m]['latency']['64']['paired_ratio']:.3f})" for a, m in zip(acc, THIN_STEP)]
+            lines.append(f"| [{f.stem}]({f.stem}.md) | {_cpu_isa(page['machine'])} | {page['model']} | {page['seed']} | "
+                         f"{epochs} | {float(target):g} | {cells[0]} | {cells[1]} | {100 * (acc[1] - acc[0]):+.2f} |")
+    return lines + ["", "Measured latency: each model's fraction of dense at batch 64 in the page's own side-by-side "
+                    "timing.", ""]
 
 
 def renamed_page(report: dict[str, Any], mapping: dict[str, str], date: str) -> dict[str, Any]:
