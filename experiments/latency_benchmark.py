@@ -42,7 +42,7 @@ from dnas_prune.models import MODEL_NAMES  # noqa: E402
 from dnas_prune.report.report import save_figure  # noqa: E402
 
 import compare  # noqa: E402
-from latency_budget import checks_within, closes_thin_blocks  # noqa: E402
+from latency_budget import checks_within, closes_thin_blocks, thin_branch  # noqa: E402
 from peers import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -331,7 +331,7 @@ def summary_markdown(results: Path = RESULTS) -> str:
                 fresh = "; ".join(f"{t} thr: {min(x['ratio'] for x in v):.3f}–{max(x['ratio'] for x in v):.3f}"
                                   for t, v in r.get("fresh_processes", {}).items()) or "-"
                 isa = _cpu_isa(landing["machine"])
-                thin = ("closed" + (", one step wide too" if re.search(r"--thin-branch[= ]step", r["search"]) else "")
+                thin = ("closed" + (", one step wide too" if thin_branch(r) == "step" else "")
                         if closes_thin_blocks(r) else "kept")
                 lines.append(f"| [{f.stem}]({f.stem}.md) | {isa} | {r['model']} | {r['batch_size']} | {r['target']:g} | "
                              f"{thin} | {landing_window(r)} | "

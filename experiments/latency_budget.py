@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -132,6 +133,7 @@ def main() -> int:
         side_by_side = statistics.median(ratios)  # each: the median of per-round pruned/dense ratios
         timed = timings[0]
         tries = summary["projection"]["measured"]
+        config = SearchConfig(**summary["config"]["search"])
         rows.append({
             "model": args.model, "target": target, "batch_size": args.batch_size, "search": shlex.join(search),
             "finalize": shlex.join(finalize), "seconds": seconds, "predicted_ratio": summary["final"]["latency_ratio"],
@@ -141,7 +143,7 @@ def main() -> int:
             "ratio_of_medians": 1.0 / timed["ratios"]["pruned"][bs]["speedup"],
             "lands": count_within([side_by_side], target)[0] == 1,
             "macs_ratio": summary["final"]["macs_ratio"], "acc_before_finetune": summary["accuracy"]["test"],
-            "closes_thin_blocks": SearchConfig(**summary["config"]["search"]).closes_thin_blocks,
+            "closes_thin_blocks": config.closes_thin_blocks, "thin_branch": config.thin_branch,
             "timing": timed,
         })
         rows[-1]["fresh_processes"] = fresh_process_ratios(args, out / "pruned.pt",
@@ -168,6 +170,11 @@ def closes_thin_blocks(row: dict) -> bool:
     """Whether the row's search closed thin blocks; rows written before it was recorded (when keeping them was the
     default) say it by their flag."""
     return row.get("closes_thin_blocks", "--close-thin-blocks" in row["search"].split())
+
+
+def thin_branch(row: dict) -> str:
+    """The row's --thin-branch; rows written before it was recorded say ``step`` only by their flag."""
+    return row.get("thin_branch", "step" if re.search(r"--thin-branch[= ]step", row["search"]) else "gate")
 
 
 def checks_within(row: dict, threads: int) -> tuple[int, int]:
