@@ -27,7 +27,7 @@ TINY_CLASSES = ("cat", "dog", "frog")
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that reads the real CIFAR-10 tree is marked ``real_data``: the fixture is the mark."""
     for item in items:
-        if "cifar_root" in getattr(item, "fixturenames", ()):
+        if {"cifar_root", "small_cifar_root"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_data)
 
 
