@@ -360,7 +360,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"test acc {dense['test_acc']:.4f}, "
         f"{dense['macs'] / 1e6:.2f} M MACs, {dense['params'] / 1e6:.4f} M params"
         + (f"; series: {report['series']}" if report.get("series") else ""),
-        f"- epochs: ours = {report['search_epochs']} search + {report['finetune_epochs']} finetune; TP magnitude and "
+        f"- epochs: ours = {report['search_epochs']} search + {report['finetune_epochs']} finetune unless a row's notes "
+        "say otherwise (`search+finetune ep`); TP magnitude and "
         f"uniform L1 = prune at once + {report['search_epochs'] + report['finetune_epochs']} finetune; TP slimming = "
         f"{report['search_epochs']} sparse-training + {report['finetune_epochs']} finetune. Recipe: SGD lr 0.05, cosine, "
         "0.5 warm-up epoch, batch 256, precision auto (bf16 where the CPU runs it natively, else fp32; "

@@ -944,6 +944,41 @@ def test_a_results_page_renames_its_rows_at_once_when_a_default_changes() -> Non
     assert page["rows"]["ours_latency_bs1@0.5"]["test_acc"] == 0.80  # the input is left as it was
 
 
+def test_the_thin_step_section_reads_each_rows_epochs_and_skips_unfinished_pairs(tmp_path: Path) -> None:
+    """latency.md's ``--thin-branch step`` section: a row's epochs are its own split (a method may search fewer epochs
+    than the page's --search-epochs), and a target where either method has not finished and been timed is left out."""
+    import importlib
+    import json
+    import sys
+
+    experiments = str(Path(__file__).resolve().parents[1] / "experiments")
+    sys.path.insert(0, experiments)
+    try:
+        bench = importlib.import_module("latency_benchmark")
+    finally:
+        sys.path.remove(experiments)
+
+    def row(acc: float, status: str = "done") -> dict:
+        return {"status": status, "test_acc": acc, "epochs": {"before_finetune": 1, "finetune": 4}}
+
+    def timed(ratio: float) -> dict:
+        return {"latency": {"64": {"paired_ratio": ratio}}}
+
+    page = {"machine": {"cpu_flags": ["avx2"]}, "model": "cifar_resnet56", "seed": 4, "threads": 1,
+            "search_epochs": 2, "finetune_epochs": 3,
+            "tables": {"0.5": {"rows": {"ours_latency_bs64": row(0.80), "ours_latency_bs64_thinstep": row(0.825)},
+                               "latency": {"bench": {"models": {"ours_latency_bs64": timed(0.48),
+                                                                "ours_latency_bs64_thinstep": timed(0.47)}}}},
+                       "0.25": {"rows": {"ours_latency_bs64": row(0.7),
+                                         "ours_latency_bs64_thinstep": row(0.0, status="running")},
+                                "latency": {"bench": {"models": {"ours_latency_bs64": timed(0.24)}}}}}}
+    (tmp_path / "thin_step_x.json").write_text(json.dumps(page))
+    rows = [line for line in bench.thin_step_markdown(tmp_path) if line.startswith("| [thin_step_x]")]
+    assert rows == ["| [thin_step_x](thin_step_x.md) | AVX2 | cifar_resnet56 | 4 | 1+4, 1 thread(s) | 0.5 | "
+                    "80.00 (0.480) | 82.50 (0.470) | +2.50 |"]
+    assert bench.thin_step_markdown(tmp_path / "empty") == []
+
+
 def test_thin_branch_step_closes_blocks_one_rounding_step_wide() -> None:
     """thin_branch="step": under rounding, a branch one ``round_to`` step wide is thin too, so a living block keeps
     at least two steps of each inner group (or the whole group when two do not fit); the default ("gate") keeps such

@@ -15,7 +15,7 @@ the blocks' Python calls, flatten) nor that in a real forward a layer's weights 
 previous repeat. So whole models are measured too: the dense model and sixteen shrunk ones (random finalized
 architectures at evenly spaced keep levels, seeded), and ``measured = constant + scale * sum(units)`` is fitted
 through the dense model's point exactly (a budget is a fraction of the dense model, so the dense model must read
-right: a fit free to miss it by 15 % skewed every predicted fraction by as much) and by least squares on the
+right: a fit free to miss it skewed every predicted fraction by as much) and by least squares on the
 others' relative error (the error the budget feels). Two numbers, fitted on models spanning the latency range the
 search moves through, keep the per-layer structure while anchoring the total to what the device measures; a scale
 that is not positive is refused and the fit falls back to a constant offset alone. ``experiments/latency_model.py``
