@@ -906,18 +906,22 @@ def test_thin_blocks_closed_at_the_projection_give_their_latency_to_the_living_b
         assert not (state["layer1.0"] and int(state["layer1.0.conv1"].sum()) == 1)
 
 
-def test_a_results_page_renames_its_rows_at_once_when_a_default_changes() -> None:
-    """latency_benchmark.py --rename: a swap (the old default becomes a variant, a variant the default) moves every
-    row, curve and timing to its new name at once, keeps accuracies and measured latencies, and says so on the page."""
+def _latency_benchmark():
+    """experiments/latency_benchmark.py as a module (experiments/ is not a package)."""
     import importlib
-    import sys
 
     experiments = str(Path(__file__).resolve().parents[1] / "experiments")
     sys.path.insert(0, experiments)
     try:
-        bench = importlib.import_module("latency_benchmark")
+        return importlib.import_module("latency_benchmark")
     finally:
         sys.path.remove(experiments)
+
+
+def test_a_results_page_renames_its_rows_at_once_when_a_default_changes() -> None:
+    """latency_benchmark.py --rename: a swap (the old default becomes a variant, a variant the default) moves every
+    row, curve and timing to its new name at once, keeps accuracies and measured latencies, and says so on the page."""
+    bench = _latency_benchmark()
     dense = {"method": "dense", "latency_ratio": 1.0, "test_acc": 0.9}
 
     def point(method: str, ratio: float, acc: float) -> dict:
@@ -947,16 +951,7 @@ def test_a_results_page_renames_its_rows_at_once_when_a_default_changes() -> Non
 def test_the_thin_step_section_reads_each_rows_epochs_and_skips_unfinished_pairs(tmp_path: Path) -> None:
     """latency.md's ``--thin-branch step`` section: a row's epochs are its own split (a method may search fewer epochs
     than the page's --search-epochs), and a target where either method has not finished and been timed is left out."""
-    import importlib
-    import json
-    import sys
-
-    experiments = str(Path(__file__).resolve().parents[1] / "experiments")
-    sys.path.insert(0, experiments)
-    try:
-        bench = importlib.import_module("latency_benchmark")
-    finally:
-        sys.path.remove(experiments)
+    bench = _latency_benchmark()
 
     def row(acc: float, status: str = "done") -> dict:
         return {"status": status, "test_acc": acc, "epochs": {"before_finetune": 1, "finetune": 4}}
