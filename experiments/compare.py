@@ -417,9 +417,14 @@ def _latency_row(name: str, cells: str, bench: dict, notes: str) -> str:
     return out + f" {notes} |"
 
 
+def epoch_split(row: dict) -> str:
+    """A row's own epochs, ``search+finetune`` (a method may search fewer than the page's --search-epochs)."""
+    return f"{row['epochs']['before_finetune']}+{row['epochs']['finetune']}"
+
+
 def _notes(row: dict) -> str:
-    info, epochs = row["info"], row["epochs"]
-    parts = [f"{epochs['before_finetune']}+{epochs['finetune']} ep"]
+    info = row["info"]
+    parts = [f"{epoch_split(row)} ep"]
     if "blocks_open" in info:
         parts.append(f"{info['blocks_open']}/{info['blocks_total']} blocks")
     if "max_rel_deviation_after_warmup" in info:

@@ -364,8 +364,7 @@ def thin_step_markdown(results: Path) -> list[str]:
             rows, timed = table["rows"], table["latency"]["bench"]["models"]
             if any(rows.get(m, {}).get("status") != "done" or m not in timed for m in THIN_STEP):
                 continue
-            # each row's own split (a method may search fewer epochs than the page's --search-epochs)
-            splits = sorted({f"{rows[m]['epochs']['before_finetune']}+{rows[m]['epochs']['finetune']}" for m in THIN_STEP})
+            splits = sorted({compare.epoch_split(rows[m]) for m in THIN_STEP})
             epochs = f"{' / '.join(splits)}, {page['threads']} thread(s)"
             acc = [rows[m]["test_acc"] for m in THIN_STEP]
             cells = [f"{100 * a:.2f} ({timed[m]['latency']['64']['paired_ratio']:.3f})" for a, m in zip(acc, THIN_STEP)]
