@@ -13,7 +13,8 @@ nothing else on the machine.
 
 ``--spin-seconds S`` makes a known busy spell: a second process spins on one core for S seconds, rests S, and so on
 (started and stopped between windows, each window records which); the page then also gives each shape's ratio with
-and without it, the host's own spells aside.
+and without it, the host's own spells aside. ``--hog memory`` makes it stream through arrays larger than any cache
+instead: a neighbour's memory traffic rather than its CPU time (with ``--threads 1`` it takes no core from the timing).
 
     python experiments/busy_spells.py --pruned runs/latency_budget/cifar_resnet20_0.5_bs64/pruned.pt
 """
@@ -69,15 +70,24 @@ def shapes_of(dense: dict, pruned: list[Path]) -> dict[str, dict]:
     return shapes
 
 
-class Spinner:
-    """A second process spinning on one core while ``on``: a busy spell whose times are known."""
+HOGS = {  # what the second process of --spin-seconds runs: a known busy spell of one kind
+    "spin": "while True: pass",  # one core's time, no memory traffic
+    # one core streaming two 256 MB arrays (far past any cache): memory bandwidth and the shared cache
+    "memory": "import torch\ntorch.set_num_threads(1)\na = torch.ones(1 << 26)\nb = torch.empty_like(a)\n"
+              "while True:\n    b.copy_(a)",
+}
 
-    def __init__(self) -> None:
+
+class Spinner:
+    """A second process running ``HOGS[hog]`` while ``on``: a busy spell whose times are known."""
+
+    def __init__(self, hog: str = "spin") -> None:
+        self.code = HOGS[hog]
         self.process: subprocess.Popen | None = None
 
     def set(self, on: bool) -> None:
         if on and self.process is None:
-            self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            self.process = subprocess.Popen([sys.executable, "-c", self.code])
         elif not on and self.process is not None:
             self.process.kill()
             self.process.wait()
@@ -85,11 +95,11 @@ class Spinner:
 
 
 def time_windows(shapes: dict[str, dict], batch_size: int, threads: int, seconds: float,
-                 rounds: int, spin_seconds: float = 0.0) -> list[dict[str, float]]:
+                 rounds: int, spin_seconds: float = 0.0, hog: str = "spin") -> list[dict[str, float]]:
     """Each window: every shape's median ms over ``rounds`` interleaved forwards (channels_last, fp32), and whether
-    the spinner ran (``spin_seconds`` on, as long off, from the start; 0: never)."""
+    the spinner ran (``spin_seconds`` on, as long off, from the start; 0: never; ``hog``: what it runs)."""
     windows: list[dict[str, float]] = []
-    spinner = Spinner()
+    spinner = Spinner(hog)
     with using_threads(threads), torch.inference_mode():
         runners = {k: Runner(build_model(spec), (3, 32, 32), batch_size, "channels_last", torch.float32)
                    for k, spec in shapes.items()}
@@ -170,7 +180,8 @@ def render(result: dict) -> str:
     lines = ["# Busy spells: which shapes a shared host slows at several threads\n",
              f"Command: `{result['command']}`  ",
              f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), torch {m['torch']}; {result['model']}, batch "
-             f"{result['batch_size']}, fp32, channels_last, {result['threads']} threads for {result['minutes']:g} min "
+             f"{result['batch_size']}, fp32, channels_last, {result['threads']} thread{'s' * (result['threads'] != 1)} "
+             f"for {result['minutes']:g} min "
              f"({s['windows']['all']} windows of {result['rounds']} interleaved forwards per shape), then 1 thread "
              f"for {result['one_thread_minutes']:g} min.\n",
              f"A window is busy when `{SENTINEL}` reads in the upper of its two groups of readings (Otsu's split, "
@@ -190,7 +201,9 @@ def render(result: dict) -> str:
               "window. The windows in order are in the JSON.", ""]
     if "spinner" in s:
         spin = s["spinner"]
-        lines += [f"A second process spun on one core for {result['spin_seconds']:g} s, then rested as long, in turn "
+        what = {"spin": "spun on one core", "memory": "streamed through two 256 MB arrays on one core"}
+        lines += [f"A second process {what[result.get('hog', 'spin')]} for {result['spin_seconds']:g} s, then rested "
+                  f"as long, in turn "
                   f"from the start, over {spin['windows']} of the {s['windows']['all']} windows ({spin['busy_windows']} "
                   f"of them busy by the rule above). Dense: {fmt(spin['dense']['dense_ms_off'], 2)} ms without it, "
                   f"{fmt(spin['dense']['dense_ms_on'], 2)} ms with it.", "",
@@ -217,6 +230,8 @@ def main() -> int:
                    "groups of readings must be for the upper one to count as busy")
     p.add_argument("--spin-seconds", type=float, default=0.0, help="a second process spins on one core this long, "
                    "then rests as long, in turn (0: none): a busy spell of known times")
+    p.add_argument("--hog", choices=sorted(HOGS), default="spin", help="what the second process of --spin-seconds "
+                   "runs: spin = a loop on one core; memory = a copy of 256 MB arrays on one core (default: spin)")
     p.add_argument("--name", default="busy_spells")
     p.add_argument("--summary-only", action="store_true", help="only split and render again, from {name}.json")
     args = p.parse_args()
@@ -236,13 +251,14 @@ def main() -> int:
     keep_freed_memory()
     torch.manual_seed(0)
     shapes = shapes_of(spec_of(create_model(args.model)), args.pruned)
-    windows = time_windows(shapes, args.batch_size, args.threads, 60 * args.minutes, args.rounds, args.spin_seconds)
+    windows = time_windows(shapes, args.batch_size, args.threads, 60 * args.minutes, args.rounds, args.spin_seconds,
+                           args.hog)
     single = time_windows(shapes, args.batch_size, 1, 60 * args.one_thread_minutes, args.rounds)
     one_thread = {k: statistics.median(w[k] / w["dense"] for w in single) for k in shapes}
     result = {"command": "python experiments/busy_spells.py " + shlex.join(sys.argv[1:]), "machine": machine(),
               "model": args.model, "batch_size": args.batch_size, "threads": args.threads, "minutes": args.minutes,
               "one_thread_minutes": args.one_thread_minutes, "rounds": args.rounds, "min_gap": args.min_gap,
-              "spin_seconds": args.spin_seconds,
+              "spin_seconds": args.spin_seconds, "hog": args.hog,
               "seed": 0, "shapes": shapes, "windows": windows, "one_thread_windows": single,
               "one_thread": one_thread, "summary": summarize(windows, shapes, args.min_gap)}
     atomic_write_json(result, RESULTS / f"{args.name}.json")

@@ -906,14 +906,14 @@ def test_thin_blocks_closed_at_the_projection_give_their_latency_to_the_living_b
         assert not (state["layer1.0"] and int(state["layer1.0.conv1"].sum()) == 1)
 
 
-def _latency_benchmark():
-    """experiments/latency_benchmark.py as a module (experiments/ is not a package)."""
+def _experiment(name: str):
+    """experiments/{name}.py as a module (experiments/ is not a package)."""
     import importlib
 
     experiments = str(Path(__file__).resolve().parents[1] / "experiments")
     sys.path.insert(0, experiments)
     try:
-        return importlib.import_module("latency_benchmark")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(experiments)
 
@@ -921,7 +921,7 @@ def _latency_benchmark():
 def test_a_results_page_renames_its_rows_at_once_when_a_default_changes() -> None:
     """latency_benchmark.py --rename: a swap (the old default becomes a variant, a variant the default) moves every
     row, curve and timing to its new name at once, keeps accuracies and measured latencies, and says so on the page."""
-    bench = _latency_benchmark()
+    bench = _experiment("latency_benchmark")
     dense = {"method": "dense", "latency_ratio": 1.0, "test_acc": 0.9}
 
     def point(method: str, ratio: float, acc: float) -> dict:
@@ -951,7 +951,7 @@ def test_a_results_page_renames_its_rows_at_once_when_a_default_changes() -> Non
 def test_the_thin_step_section_reads_each_rows_epochs_and_skips_unfinished_pairs(tmp_path: Path) -> None:
     """latency.md's ``--thin-branch step`` section: a row's epochs are its own split (a method may search fewer epochs
     than the page's --search-epochs), and a target where either method has not finished and been timed is left out."""
-    bench = _latency_benchmark()
+    bench = _experiment("latency_benchmark")
 
     def row(acc: float, status: str = "done") -> dict:
         return {"status": status, "test_acc": acc, "epochs": {"before_finetune": 1, "finetune": 4}}
@@ -1008,3 +1008,28 @@ def test_thin_branch_step_closes_blocks_one_rounding_step_wide() -> None:
         narrowest[rule] = min(widths)
     assert narrowest["gate"] == 8  # one step wide blocks live by default
     assert narrowest["step"] >= 16  # with "step" a living block is two steps (16) wide or more
+
+
+def test_busy_spells_tells_a_memory_hog_from_a_spinner_and_splits_its_windows() -> None:
+    """busy_spells.py's known spell: each hog is a program that runs, the page says which hog ran, and each shape's
+    ratio is split by the windows the hog ran in, apart from the sentinel's own busy split."""
+    spells = _experiment("busy_spells")
+    for code in spells.HOGS.values():
+        compile(code, "<hog>", "exec")
+    spec = spec_of(create_model("cifar_resnet20"))
+    shapes = {"dense": spec, "depth_cut": spec, spells.SENTINEL: spec}
+    windows = [{"at": "00:00:00", "spinner": on, "dense": 10.0, "depth_cut": 8.0, spells.SENTINEL: 6.0 + 3.0 * on}
+               for on in (True, False) * 4]
+    result = {"command": "c", "machine": {"cpu": "cpu", "cpu_flags": ["avx2"], "torch": "2"}, "model": "cifar_resnet20",
+              "batch_size": 64, "threads": 1, "minutes": 1.0, "one_thread_minutes": 1.0, "rounds": 3,
+              "min_gap": 0.05, "spin_seconds": 30.0, "hog": "memory", "shapes": shapes,
+              "one_thread": {k: 0.5 for k in shapes},
+              "summary": spells.summarize(windows, shapes, 0.05)}
+    spin = result["summary"]["spinner"]
+    assert spin[spells.SENTINEL] == {"ratio_on": 0.9, "ratio_off": 0.6}
+    assert spin["depth_cut"] == {"ratio_on": 0.8, "ratio_off": 0.8}
+    page = spells.render(result)
+    assert "streamed through two 256 MB arrays on one core for 30 s" in page
+    assert f"| {spells.SENTINEL} | 0.600 | 0.900 | 1.500 |" in page
+    result["hog"] = "spin"
+    assert "spun on one core for 30 s" in spells.render(result)
