@@ -273,7 +273,9 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     dense_ms, smaller_ms, ratio = loaded.measure_pair(TINY, smaller, FAST)  # interleaved, with the table's settings
     assert dense_ms > 0 and smaller_ms > 0 and ratio > 0
     streamed: list[tuple[float, float, float]] = []
-    pairs = loaded.time_pairs(TINY, smaller, at_least=3, seconds=0.0, timing=FAST, on_pair=streamed.append)  # in a new process
+    with warnings.catch_warnings():  # in a new process (pairs.CHILD), which runs: no warning of timing here instead
+        warnings.simplefilter("error")
+        pairs = loaded.time_pairs(TINY, smaller, at_least=3, seconds=0.0, timing=FAST, on_pair=streamed.append)
     assert len(pairs) == 3 and all(d > 0 and p > 0 and r > 0 for d, p, r in pairs) and streamed == pairs
     with monkeypatch.context() as m:  # no new process can start: timed here, said so
         m.setattr(sys, "executable", str(tmp_path / "no-python"))
@@ -300,6 +302,11 @@ def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
         def wait(self) -> int:
             return 0
+
+        def __enter__(self) -> "Child":
+            return self
+
+        def __exit__(self, *exc: object) -> None: ...
 
     with monkeypatch.context() as m:
         m.setattr(latency_pairs.subprocess, "Popen", Child)

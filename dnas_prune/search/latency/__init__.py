@@ -9,7 +9,8 @@ The pieces, in the order a table is made and used:
   scale: the predicted latency of a finalized model, or the differentiable expected latency of a supernet;
 - ``build``: measuring a table (cells beside a reference, whole models beside the dense one), caching it per device
   setting and checking a cached one against the device before a search trusts it;
-- ``pairs``: the dense and a pruned model timed side by side for a while in a new process, what a landing measures.
+- ``pairs``: the dense and a pruned model timed side by side for a while in a new process (``apart``), what a
+  landing measures.
 
 ``latency_table(model, batch_size)`` is the entry point: from the cache, or measured now.
 """

@@ -5,8 +5,8 @@ against the dense one steadily, while a process that only loaded the two (a depl
 same pair from that value to well above it as the host's load comes and goes (experiments/results/
 landing_process.md). A landing timed inside the search would aim at a reading no later process
 sees; timed here, it sees what they see. The parent sends the table and the two specs as JSON on stdin; the child
-prints one JSON line ``[dense_ms, pruned_ms, ratio]`` per timing as it is done, so the parent can show each one
-(a landing times for tens of seconds and should not go quiet meanwhile).
+(``apart.py``) prints one JSON line ``[dense_ms, pruned_ms, ratio]`` per timing as it is done, so the parent can
+show each one (a landing times for tens of seconds and should not go quiet meanwhile).
 """
 
 from __future__ import annotations
@@ -18,19 +18,25 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from ...models.spec import Spec
 from .cells import Timing
 
-if TYPE_CHECKING:
-    from .table import LatencyTable
-
 Pair = tuple[float, float, float]  # dense ms, pruned ms, their paired ratio
 OnPair = Callable[[Pair], None]  # called with each timing as it is done
+CHILD = __name__.rpartition(".")[0] + ".apart"  # the module the new process runs
 
 
-def time_pairs_here(table: "LatencyTable", dense: Spec, pruned: Spec, at_least: int, seconds: float,
+class PairTimer(Protocol):
+    """What these functions need of a latency table (``LatencyTable`` is one)."""
+
+    def measure_pair(self, dense: Spec, pruned: Spec, timing: Timing = ..., threads: int | None = ...) -> Pair: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def time_pairs_here(table: PairTimer, dense: Spec, pruned: Spec, at_least: int, seconds: float,
                     timing: Timing = Timing(), on_pair: OnPair | None = None, threads: int | None = None) -> list[Pair]:
     """``table.measure_pair`` repeated until ``seconds`` have passed and at least ``at_least`` times (at
     ``threads``, or the table's)."""
@@ -43,7 +49,7 @@ def time_pairs_here(table: "LatencyTable", dense: Spec, pruned: Spec, at_least: 
     return pairs
 
 
-def time_pairs_apart(table: "LatencyTable", dense: Spec, pruned: Spec, at_least: int, seconds: float,
+def time_pairs_apart(table: PairTimer, dense: Spec, pruned: Spec, at_least: int, seconds: float,
                      timing: Timing = Timing(), on_pair: OnPair | None = None, threads: int | None = None) -> list[Pair]:
     """:func:`time_pairs_here`, run in a new Python process with this process's interpreter and environment; here,
     with a warning, where no new process can run (an embedded interpreter, a sandbox)."""
@@ -51,9 +57,10 @@ def time_pairs_apart(table: "LatencyTable", dense: Spec, pruned: Spec, at_least:
                "timing": asdict(timing), "threads": threads}
     pairs: list[Pair] = []
     try:
-        with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: a chatty child cannot block on it
-            child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=errors, text=True)
+        # errors go to a file, not a pipe: a chatty child cannot block on it; leaving Popen closes its pipes
+        with tempfile.TemporaryFile("w+") as errors, \
+                subprocess.Popen([sys.executable, "-m", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=errors, text=True) as child:
             assert child.stdin is not None and child.stdout is not None
             child.stdin.write(json.dumps(request))
             child.stdin.close()
@@ -72,18 +79,3 @@ def time_pairs_apart(table: "LatencyTable", dense: Spec, pruned: Spec, at_least:
     warnings.warn(f"could not time the pruned model in a new process ({failure}); timing it in this one, which "
                   "can read a multi-threaded ratio lower than a deployment will", stacklevel=2)
     return time_pairs_here(table, dense, pruned, at_least, seconds, timing, on_pair, threads)
-
-
-def main() -> int:
-    from .table import LatencyTable
-
-    request: dict[str, Any] = json.loads(sys.stdin.read())
-    table = LatencyTable.from_dict(request["table"])
-    time_pairs_here(table, request["dense"], request["pruned"], request["at_least"], request["seconds"],
-                    Timing(**request["timing"]), on_pair=lambda pair: print(json.dumps(pair), flush=True),
-                    threads=request.get("threads"))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

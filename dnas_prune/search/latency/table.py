@@ -42,11 +42,11 @@ from ...io.checkpoint import atomic_write_json
 from ...models import build_model
 from ...models.spec import Spec
 from .cells import DTYPES, CellTimer, Timing
+from .pairs import OnPair, Pair, time_pairs_apart, time_pairs_here
 from .units import FIXED_ROLES, layer_uses, spec_uses, unit_key
 
 if TYPE_CHECKING:
     from ..supernet import Supernet
-    from .pairs import OnPair
 
 TABLE_FORMAT = 5  # 2: constant and scale fitted on 16 shrunk models; 3: cells and models timed beside a reference;
 # 4: outlier cells timed again; 5: padded axes measured
@@ -335,7 +335,7 @@ class LatencyTable:
         return {"dense_ms": dense_ms, "models": out}
 
     def measure_pair(self, dense: nn.Module | Spec, pruned: nn.Module | Spec,
-                     timing: Timing = Timing(), threads: int | None = None) -> tuple[float, float, float]:
+                     timing: Timing = Timing(), threads: int | None = None) -> Pair:
         """Median ms of two models (or specs) and the pruned/dense ratio, timed in one run with interleaved repeats
         on a CPU (``compare_latency``; the ratio is its paired one), so that the machine's noise of the moment falls
         on both alike. Threads (unless given), dtype and batch are the table's; each model runs in its faster
@@ -353,12 +353,10 @@ class LatencyTable:
         return dense_t["median_ms"], pruned_t["median_ms"], pruned_t["paired_ratio"]
 
     def time_pairs(self, dense: Spec, pruned: Spec, *, at_least: int, seconds: float, timing: Timing = Timing(),
-                   on_pair: "OnPair | None" = None, threads: int | None = None) -> list[tuple[float, float, float]]:
+                   on_pair: OnPair | None = None, threads: int | None = None) -> list[Pair]:
         """``measure_pair`` of two specs repeated for ``seconds`` (at least ``at_least`` times): on a CPU in a new
         process, as a deployment runs the model (see pairs.py), on a GPU here. ``on_pair`` sees each timing as it
         is done; ``threads`` overrides the table's."""
-        from .pairs import time_pairs_apart, time_pairs_here  # not at import: pairs.py runs as ``python -m``
-
         if self.settings["device"].split(":")[0] == "cpu":
             return time_pairs_apart(self, dense, pruned, at_least, seconds, timing, on_pair, threads)
         return time_pairs_here(self, dense, pruned, at_least, seconds, timing, on_pair, threads)
