@@ -43,7 +43,8 @@ from dnas_prune.models import create_model, spec_of
 from dnas_prune.device.policy import resolve_precision
 from dnas_prune.device.timing import compare_latency
 from dnas_prune.io.pruned import load_pruned_with_metadata, save_pruned
-from dnas_prune.search.pruner import SearchConfig, pinned_try
+from dnas_prune.search.landing import pinned_try
+from dnas_prune.search.pruner import SearchConfig
 from dnas_prune.search.hooks import load_supernet
 from dnas_prune.io.pruned import load_pretrained
 from dnas_prune.stages import search

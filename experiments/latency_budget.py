@@ -34,7 +34,8 @@ import torch
 from dnas_prune.device.timing import compare_latency
 from dnas_prune.io.checkpoint import atomic_write_json, atomic_write_text
 from dnas_prune.io.pruned import load_pretrained, load_pruned_with_metadata
-from dnas_prune.search.pruner import SearchConfig, pinned_try
+from dnas_prune.search.landing import pinned_try
+from dnas_prune.search.pruner import SearchConfig
 
 from peers import machine
 

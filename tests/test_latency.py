@@ -26,7 +26,7 @@ from dnas_prune.models import build_model, create_model, spec_of, validate_spec
 from dnas_prune.search.fold import fold
 from dnas_prune.search.latency import (LatencyTable, LayerTable, Timing, grid_axis, latency_table, plan_layers,
                                        random_spec, spec_uses, table_settings)
-from dnas_prune.search.pruner import LANDING_TIMINGS, settled
+from dnas_prune.search.landing import LANDING_TIMINGS, settled
 from dnas_prune.search.supernet import Supernet
 
 from test_cli_errors import assert_one_line_error, cli
@@ -579,7 +579,7 @@ def test_the_landing_aims_a_shared_hosts_quiet_readings_at_the_target(seconds: f
     case: the first try's, read through the next try's quiet ones). A try keeps timing for
     ``latency_landing_seconds``, at least LANDING_TIMINGS times, and times the pair at one thread, steady, for
     each try's own reading."""
-    from dnas_prune.search.pruner import LANDING_ANCHOR_TIMINGS, landing_ratio
+    from dnas_prune.search.landing import LANDING_ANCHOR_TIMINGS, landing_ratio
 
     assert landing_ratio([0.58, 0.58, 0.5, 0.58, 0.58]) == landing_ratio([0.6, 0.5]) == landing_ratio([0.5]) == 0.5
     pruner, table, _ = latency_search({"target_latency": 0.5}, steps=10, latency_landing_seconds=seconds, threads=2)
@@ -631,7 +631,7 @@ def test_others_cpu_counts_the_cores_other_processes_keep_busy() -> None:
 def test_a_landing_says_when_other_processes_crowded_its_timings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each try records the cores other processes kept busy while it was timed, and a landing timed on a crowded
     machine says so (in its log and as a warning): its readings can be off by more than the window."""
-    from dnas_prune.search import pruner as pruner_module
+    from dnas_prune.search import landing as landing_module
 
     class Crowd:
         cores = 64.0 + (os.cpu_count() or 1)
@@ -642,7 +642,7 @@ def test_a_landing_says_when_other_processes_crowded_its_timings(monkeypatch: py
         def __exit__(self, *exc) -> None: ...
 
     pruner, _, _ = latency_search({"target_latency": 0.5}, steps=10)
-    monkeypatch.setattr(pruner_module, "OthersCpu", Crowd)
+    monkeypatch.setattr(landing_module, "OthersCpu", Crowd)
     said: list[str] = []
     with pytest.warns(UserWarning, match="other processes used the cores the latency landing timed on"):
         pruner.finalize(log=said.append)
@@ -652,7 +652,7 @@ def test_a_landing_says_when_other_processes_crowded_its_timings(monkeypatch: py
     quiet, _, _ = latency_search({"target_latency": 0.5}, steps=10)  # an idle machine: nothing said
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        monkeypatch.setattr(pruner_module, "OthersCpu", type("Idle", (Crowd,), {"cores": 0.0}))
+        monkeypatch.setattr(landing_module, "OthersCpu", type("Idle", (Crowd,), {"cores": 0.0}))
         quiet.finalize()
     assert all(t["others_cores"] == 0.0 for t in quiet.projection["measured"])
 
@@ -661,7 +661,7 @@ def test_a_landing_that_never_fits_its_window_stops_after_four_tries() -> None:
     """When no try measures inside ``[target x (1 - tolerance), target]`` (here a window narrower than any step
     between shapes), the landing stops after four tries, or sooner when no untimed shape is left between them, and
     pins the one nearest the window."""
-    from dnas_prune.search.pruner import off_window, pinned_try, try_to_pin
+    from dnas_prune.search.landing import off_window, pinned_try, try_to_pin
 
     inside, outside = [{"error": -0.01}, {"error": -0.03}, {"error": 0.02}], [{"error": 0.03}, {"error": -0.09}]
     assert try_to_pin(inside, 0.05) is inside[1] and try_to_pin(outside, 0.05) is outside[0]

@@ -26,7 +26,7 @@ from ..device.timing import compare_latency
 from ..io.checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from ..models import Spec, spec_of
 from ..models.cost import Cost
-from ..search.pruner import pinned_try
+from ..search.landing import pinned_try
 from .summary import width_table
 
 DPI = 110

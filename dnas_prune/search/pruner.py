@@ -52,11 +52,7 @@ built. What the offset gives is measured in experiments/results/search_stability
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import statistics
-import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -65,13 +61,12 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator
 import torch
 from torch import nn
 
-from ..device.load import OthersCpu, crowded
 from ..device.policy import process_rank
 from ..errors import DnasPruneError
-from ..models import spec_of
-from .budget import (budget_state, can_be_thin, channel_step, check_feasible, check_target, cost_floor, cost_ratios,
-                     min_width, project_to_budget, solve_offset)
+from .budget import (can_be_thin, channel_step, check_feasible, check_target, cost_ratios, min_width,
+                     project_to_budget, solve_offset)
 from .fold import fold
+from .landing import Landing
 from .latency import LatencyTable, channel_block, latency_table
 from .gate_optimizer import make_gate_optimizer
 from .supernet import Supernet
@@ -85,11 +80,6 @@ THIN_BRANCHES = ("gate", "step")  # a block's branch is thin one gate, or one ro
 RANK_COSTS = ("auto", "budget", "macs")
 # SearchConfig fields that one of the target_* keys sets (budget_fields), not knobs of their own
 BUDGET_FIELDS = ("metric", "target", "target_ms", "target_ms_dense")
-
-
-LANDING_TIMINGS = 5  # side-by-side timings per landing try of a latency budget, at least (see landing_ratio)
-LANDING_ANCHOR_TIMINGS = 2  # side-by-side timings at one thread per landing try, when the table has several
-LANDING_SHAPE_PROBES = 40  # 1 % steps of the aim a landing tries past a shape already timed, at most
 
 
 @dataclass
@@ -235,40 +225,6 @@ def budget_fields(macs: float | None = None, params: float | None = None, latenc
     if not (isinstance(value, (int, float)) and 0.0 < float(value) <= 1.0):
         raise DnasPruneError(f"{name(kind)} must be a fraction of the dense model's in (0, 1], got {value}")
     return {"metric": kind, "target": float(value), "target_ms": None}
-
-
-def landing_ratio(ratios: list[float]) -> float:
-    """The ratio a landing reads from side-by-side timings: the lowest. On a shared CPU the pruned/dense ratio at
-    several threads holds steady while the host is quiet and jumps up in its busy spells (a narrow model waits on
-    the threads relatively more than the dense one), often by more than any window around a target spans, so no
-    shape reads within it in both; the landing aims what the model runs at on a quiet machine. Busy spells can last
-    most of a try, so a single quiet timing is worth keeping (latency_budget_blocks_s*.md: each try's timings,
-    landed on their midhinge)."""
-    return min(ratios)
-
-
-def settled(error: float, tolerance: float) -> bool:
-    """Whether a landing try's relative ``error`` from its target lies in the middle half of the window
-    ``[-tolerance, 0]``, where the landing stops: an edge is one drift of the host away from leaving it."""
-    return abs(error + tolerance / 2) <= tolerance / 4
-
-
-def off_window(error: float, tolerance: float) -> float:
-    """How far a landing's relative ``error`` from its target lies outside the window ``[-tolerance, 0]``."""
-    return max(0.0, error, -tolerance - error)
-
-
-def try_to_pin(tries: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
-    """The landing try to finalize: the one nearest the window ``[-tolerance, 0]`` (relative error from the target),
-    and among tries inside it, the one nearest its middle (each try's reading is revised with every new timing, so
-    several can end up inside)."""
-    return min(tries, key=lambda t: (off_window(t["error"], tolerance), abs(t["error"] + tolerance / 2)))
-
-
-def pinned_try(tries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The landing try that was finalized, from a search summary's ``projection["measured"]`` (records written
-    before tries were marked: the one nearest its target, which was the rule then)."""
-    return next((t for t in tries if t.get("pinned")), None) or min(tries, key=lambda t: abs(t["error"]))
 
 
 def ramped_target(target: float, elapsed: float, ramp: float) -> float:
@@ -622,128 +578,6 @@ class Pruner:
             self.config = cfg = replace(cfg, target=cfg.target_ms / dense_ms, target_ms_dense=dense_ms)
         check_target("latency", cfg.target)
 
-    def _land_on_measured_latency(self, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-        """Project on the latency model, time the model that gives against the dense one, side by side, and
-        re-project until the measurement is in the middle half of the window ``[target x (1 - latency_tolerance),
-        target]`` (at most four tries, each a shape not timed before, see :meth:`_untried_shape`; the one nearest
-        the window, then its middle, is pinned). The window lies under the target: a budget is a cap, and a later
-        timing on a shared machine reads a narrow model relatively slower more often than faster.
-
-        Each try times the pair for ``latency_landing_seconds`` in a new process, as a deployment would run it
-        (``LatencyTable.time_pairs``), at the table's threads. At several threads a shared host's busy spells
-        slow the narrow model by more than the window (``landing_ratio``) and can last a whole try; at one thread
-        the pair's ratio holds steady. So each try also times the pair at one thread (its *anchor*), and a try
-        reads as its anchor times one factor, the table's threads over one, taken at the quietest timing of all
-        tries: a try that fell wholly in a busy spell is read through the others' quiet timings, and what is
-        pinned is the shape's own measurement, not the table's guess for it. The next try aims through the table
-        as the nearest try reads it. With several processes, rank 0 measures, the others follow. ``log`` gets a
-        line per try and per timing, so a landing of tens of seconds does not go quiet."""
-        cfg, net = self.config, self.net
-        floor = cost_floor(net, "latency", cfg.round_to)
-        rank, world_size = process_rank()
-        leader, distributed = rank == 0, world_size > 1
-        tries: list[dict[str, Any]] = []
-        shapes: list[str] = []  # each try's architecture, as JSON: a shape is timed once
-        middle = 1.0 - cfg.latency_tolerance / 2  # of the window, relative to the target
-        trial = cfg.target * middle  # on the table, first
-        if leader:
-            was_training = net.training
-            net.eval()
-            say = log or (lambda line: None)
-            table = net.latency.table
-            threads = table.settings["threads"]
-            for attempt in range(1, 5):
-                found = self._untried_shape(min(1.0, max(trial, floor)), floor, dict(zip(shapes, tries)))
-                if found is None:
-                    say("latency landing: no other shape between the tries; keeping the one nearest the window")
-                    break
-                trial, spec, predicted = found
-                started = time.monotonic()
-                say(f"latency landing, try {attempt}/4: the table puts the projected model at {predicted:.3f} of "
-                    f"dense; timing it beside the dense model for {cfg.latency_landing_seconds:g} s")
-
-                def show(pair: tuple[float, float, float], at: str = "") -> None:
-                    say(f"  dense {pair[0]:.3g} ms, pruned {pair[1]:.3g} ms: {pair[2]:.3f} of dense{at}")
-
-                with OthersCpu() as others:
-                    pairs = table.time_pairs(table.dense_spec, spec, at_least=LANDING_TIMINGS,
-                                             seconds=cfg.latency_landing_seconds, on_pair=show)
-                if crowded(others.cores, threads):
-                    say(f"  other processes kept {others.cores:.1f} of this machine's {os.cpu_count()} cores busy "
-                        f"meanwhile: these readings can be off by more than the window")
-                ratios = sorted(pair[2] for pair in pairs)
-                anchors = ratios if threads == 1 else sorted(
-                    pair[2] for pair in table.time_pairs(table.dense_spec, spec, at_least=LANDING_ANCHOR_TIMINGS,
-                                                         seconds=0.0, threads=1,
-                                                         on_pair=lambda pair: show(pair, " (1 thread)")))
-                tries.append({"projected_to": trial, "predicted_ratio": predicted, "own_ratio": landing_ratio(ratios),
-                              "dense_ms": statistics.median(pair[0] for pair in pairs), "measured_ratios": ratios,
-                              "anchor_ratios": anchors, "anchor_ratio": statistics.median(anchors),
-                              "others_cores": others.cores, "seconds": time.monotonic() - started})
-                shapes.append(json.dumps(spec, sort_keys=True))
-                # the table's threads over one thread, at the quietest timing of any try (one spell can fill a try)
-                over_anchor = landing_ratio([r / t["anchor_ratio"] for t in tries for r in t["measured_ratios"]])
-                for t in tries:
-                    t["measured_ratio"] = over_anchor * t["anchor_ratio"]
-                    t["measured_ms"] = t["measured_ratio"] * t["dense_ms"]
-                    t["error"] = (t["measured_ms"] / cfg.target_ms if cfg.target_ms is not None
-                                  else t["measured_ratio"] / cfg.target) - 1.0
-                say(f"  the device reads {tries[-1]['measured_ratio']:.3f} of dense here "
-                    f"({100 * tries[-1]['error']:+.1f} % from the target; the landing aims at "
-                    f"{-50 * cfg.latency_tolerance:g} %, within -{100 * cfg.latency_tolerance:g} % to 0)")
-                if settled(tries[-1]["error"], cfg.latency_tolerance):
-                    break
-                aim = middle * (cfg.target_ms / tries[-1]["dense_ms"] if cfg.target_ms is not None else cfg.target)
-                nearest = min(tries, key=lambda t: abs(t["measured_ratio"] - aim))
-                # where the table must read for the device to read the aim, as the nearest try's shape reads it
-                trial = aim * nearest["predicted_ratio"] / nearest["measured_ratio"]
-            net.train(was_training)
-            if any(crowded(t["others_cores"], threads) for t in tries):
-                warnings.warn("other processes used the cores the latency landing timed on: its measurements can be "
-                              "off by more than the window; search and finalize on an otherwise idle machine (the "
-                              "tries' others_cores in search.json)", stacklevel=3)
-            pinned = try_to_pin(tries, cfg.latency_tolerance)
-            pinned["pinned"] = True
-            trial = pinned["projected_to"]
-        if distributed:
-            chosen = torch.tensor([trial], dtype=torch.float64)
-            torch.distributed.broadcast(chosen, src=0)
-            trial = float(chosen)
-        project_to_budget(net, "latency", trial, cfg.round_to, strict=False)
-        return tries
-
-    def _untried_shape(self, trial: float, floor: float,
-                       timed: dict[str, dict[str, Any]]) -> tuple[float, dict[str, Any], float] | None:
-        """(aim, architecture spec, table ratio) of the landing's next try: the projection at ``trial``, or, when
-        that gives a shape already timed (widths move in coarse steps, so nearby aims share a shape), the nearest
-        aim past it, towards where that try erred, that gives a new one without reaching a try on the far side.
-        None when there is no such aim: the landing has timed every shape it could pin. ``timed``: the tries so
-        far by their architecture spec's JSON."""
-        cfg, net = self.config, self.net
-
-        def shape_at(aim: float) -> tuple[dict[str, Any], float]:
-            with net.pinned(budget_state(net, "latency", aim, cfg.round_to, strict=False)):
-                return spec_of(fold(net)), self.hard_ratios_now()["latency"]
-
-        spec, predicted = shape_at(trial)
-        same = timed.get(json.dumps(spec, sort_keys=True))
-        if same is None:
-            return trial, spec, predicted
-        centre = -cfg.latency_tolerance / 2  # the landing's aim, relative to the target
-        up = same["error"] < centre  # it ran faster than the aim: a larger model
-        beyond = [t["projected_to"] for t in timed.values()
-                  if (t["error"] > centre) == up and (t["projected_to"] > trial) == up]
-        bound = (min(beyond, default=1.0) if up else max(beyond, default=floor))
-        aim = trial
-        for _ in range(LANDING_SHAPE_PROBES):
-            aim = min(1.0, aim * 1.01) if up else max(floor, aim / 1.01)
-            if (aim >= bound) if up else (aim <= bound):
-                return None
-            spec, predicted = shape_at(aim)
-            if json.dumps(spec, sort_keys=True) not in timed:
-                return aim, spec, predicted
-        return None
-
     def hard_ratios_now(self) -> dict[str, float]:
         """The cost ratios of the decisions the supernet holds now (pins included), every metric it counts."""
         return cost_ratios(self.net, *self.net.counts_and_blocks(hard=True))
@@ -758,7 +592,8 @@ class Pruner:
         before = self.hard_ratios_now()[cfg.metric]
         measured = None
         if cfg.metric == "latency":
-            measured = self._land_on_measured_latency(log)
+            measured = Landing(self.net, cfg.target, cfg.target_ms, cfg.latency_tolerance, cfg.latency_landing_seconds,
+                               cfg.round_to).run(log)
         else:
             project_to_budget(self.net, cfg.metric, cfg.target, cfg.round_to)
         self.hard_ratios = self.hard_ratios_now()
