@@ -72,10 +72,11 @@ def shapes_of(dense: dict, pruned: list[Path]) -> dict[str, dict]:
 
 HOGS = {  # what the second process of --spin-seconds runs: a known busy spell of one kind
     "spin": "while True: pass",  # one core's time, no memory traffic
-    # one core streaming two 256 MB arrays (far past any cache): memory bandwidth and the shared cache
+    # far past any cache: memory bandwidth and the shared cache
     "memory": "import torch\ntorch.set_num_threads(1)\na = torch.ones(1 << 26)\nb = torch.empty_like(a)\n"
               "while True:\n    b.copy_(a)",
 }
+HOG_DOES = {"spin": "spun on one core", "memory": "streamed through two 256 MB arrays on one core"}  # for the page
 
 
 class Spinner:
@@ -201,8 +202,7 @@ def render(result: dict) -> str:
               "window. The windows in order are in the JSON.", ""]
     if "spinner" in s:
         spin = s["spinner"]
-        what = {"spin": "spun on one core", "memory": "streamed through two 256 MB arrays on one core"}
-        lines += [f"A second process {what[result.get('hog', 'spin')]} for {result['spin_seconds']:g} s, then rested "
+        lines += [f"A second process {HOG_DOES[result.get('hog', 'spin')]} for {result['spin_seconds']:g} s, then rested "
                   f"as long, in turn "
                   f"from the start, over {spin['windows']} of the {s['windows']['all']} windows ({spin['busy_windows']} "
                   f"of them busy by the rule above). Dense: {fmt(spin['dense']['dense_ms_off'], 2)} ms without it, "
@@ -231,7 +231,7 @@ def main() -> int:
     p.add_argument("--spin-seconds", type=float, default=0.0, help="a second process spins on one core this long, "
                    "then rests as long, in turn (0: none): a busy spell of known times")
     p.add_argument("--hog", choices=sorted(HOGS), default="spin", help="what the second process of --spin-seconds "
-                   "runs: spin = a loop on one core; memory = a copy of 256 MB arrays on one core (default: spin)")
+                   "does: " + "; ".join(f"{k}: {v}" for k, v in HOG_DOES.items()) + " (default: spin)")
     p.add_argument("--name", default="busy_spells")
     p.add_argument("--summary-only", action="store_true", help="only split and render again, from {name}.json")
     args = p.parse_args()

@@ -30,7 +30,6 @@ LANDING_ANCHOR_TIMINGS = 2  # side-by-side timings at one thread per landing try
 LANDING_SHAPE_PROBES = 40  # 1 % steps of the aim a landing tries past a shape already timed, at most
 
 
-
 def landing_ratio(ratios: list[float]) -> float:
     """The ratio a landing reads from side-by-side timings: the lowest. On a shared CPU the pruned/dense ratio at
     several threads holds steady while the host is quiet and jumps up in its busy spells (a narrow model waits on
@@ -63,7 +62,6 @@ def pinned_try(tries: list[dict[str, Any]]) -> dict[str, Any]:
     """The landing try that was finalized, from a search summary's ``projection["measured"]`` (records written
     before tries were marked: the one nearest its target, which was the rule then)."""
     return next((t for t in tries if t.get("pinned")), None) or min(tries, key=lambda t: abs(t["error"]))
-
 
 
 @dataclass
