@@ -2,7 +2,8 @@
 
 Layered as the pipeline, each part importing only those below: ``models/`` (ResNets, spec, exact cost),
 ``device/`` (precision, memory format, latency timing), ``io/`` and ``train/``, ``search/`` (gates, supernet, cost,
-budget, Pruner), ``finalize``, ``report/``, ``stages`` (one function per stage), ``pipeline`` and ``cli/``.
+budget, Pruner), ``finalize``, ``report/``, ``stages`` (one function per stage), ``config``
+(the TOML recipe), ``pipeline`` and ``cli/``.
 ``dnas_prune.search`` is the search stage's function; reach the subpackage's modules with ``from dnas_prune.search.X
 import Y``.
 """

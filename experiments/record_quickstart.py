@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from dnas_prune.io.checkpoint import atomic_write_json, atomic_write_text
-from dnas_prune.pipeline import tomllib
+from dnas_prune.config import tomllib
 
 from peers import machine
 

@@ -9,7 +9,7 @@ from dnas_prune.cli import finetune as finetune_cli
 from dnas_prune.cli import search as search_cli
 from dnas_prune.cli import train as train_cli
 from dnas_prune.cli.common import train_config_from
-from dnas_prune.pipeline import SCHEMA
+from dnas_prune.config import SCHEMA
 from dnas_prune.search.pruner import BUDGET_FIELDS, SearchConfig
 
 

@@ -128,7 +128,8 @@ def test_run_pipeline_finetune_distills_from_its_pretrained_model(tiny_cifar: Pa
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from test_pipeline import QUICKSTART, TINY
 
-    from dnas_prune.pipeline import Pipeline, load_config
+    from dnas_prune.config import load_config
+    from dnas_prune.pipeline import Pipeline
 
     teachers = []
     original = Trainer.__init__

@@ -14,7 +14,7 @@ PACKAGE = Path(dnas_prune.__file__).parent
 # Bottom to top. A module may import its own package (subpackage) and any lower layer; layers of one rank are
 # beside each other and do not import each other.
 LAYERS = [("errors",), ("models",), ("device", "io"), ("train",), ("search",), ("finalize",), ("report",),
-          ("stages",), ("pipeline",), ("cli",)]
+          ("stages", "config"), ("pipeline",), ("cli",)]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).as_posix() not in ("__init__.py", "__main__.py"))
 

@@ -23,7 +23,8 @@ from dnas_prune.io.checkpoint import atomic_torch_save
 from dnas_prune.cli import COMMANDS, build_parser, main
 from dnas_prune.errors import DnasPruneError
 from dnas_prune.io.export import export
-from dnas_prune.pipeline import Pipeline, RunClock, load_config, to_toml, train_config_of
+from dnas_prune.config import load_config, to_toml, train_config_of
+from dnas_prune.pipeline import Pipeline, RunClock
 from dnas_prune.device.timing import compare_latency, measure_latency
 from dnas_prune.device.policy import MEMORY_FORMAT_CHOICES
 from dnas_prune.train.progress import Progress

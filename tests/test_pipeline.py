@@ -9,7 +9,8 @@ from matplotlib.image import imread
 from dnas_prune.cli import build_parser, main
 from dnas_prune.cli.common import train_config_from
 from dnas_prune.errors import DnasPruneError
-from dnas_prune.pipeline import Pipeline, load_config, parse_override, train_config_of
+from dnas_prune.config import load_config, parse_override, train_config_of
+from dnas_prune.pipeline import Pipeline
 from dnas_prune.io.pruned import load_pruned_with_metadata
 from dnas_prune.train.loop import Trainer
 

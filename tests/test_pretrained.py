@@ -13,7 +13,7 @@ from dnas_prune.train.data import load_dataset
 from dnas_prune.train.cifar import CIFAR10_MEAN, CIFAR10_STD, Split
 from dnas_prune.models import available_weights, weights_info
 from dnas_prune.models import pretrained
-from dnas_prune.pipeline import load_config
+from dnas_prune.config import load_config
 from dnas_prune.io.pruned import load_pretrained
 
 SHIPPED = [key.split(".", 1) for key in pretrained._index()]

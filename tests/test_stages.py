@@ -12,7 +12,8 @@ import dnas_prune
 from dnas_prune import SearchConfig, TrainConfig, create_model, stages
 from dnas_prune.cli import main
 from dnas_prune.io.pruned import load_pruned_with_metadata
-from dnas_prune.pipeline import Pipeline, load_config
+from dnas_prune.config import load_config
+from dnas_prune.pipeline import Pipeline
 from dnas_prune.report.summary import layer_widths
 from dnas_prune.search.hooks import load_supernet
 

@@ -10,7 +10,7 @@ import torch
 from dnas_prune import SearchConfig, create_model, save_pruned, search
 from dnas_prune.cli import main
 from dnas_prune.errors import CheckpointError, DnasPruneError
-from dnas_prune.pipeline import load_config
+from dnas_prune.config import load_config
 from dnas_prune.io.pruned import load_pruned_with_metadata
 from dnas_prune.train.loop import Trainer, TrainHooks
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..pipeline import Pipeline, load_config
+from ..config import load_config
+from ..pipeline import Pipeline
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
