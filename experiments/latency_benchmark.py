@@ -339,11 +339,47 @@ def summary_markdown(results: Path = RESULTS) -> str:
                              f"{'yes' if r['lands'] else 'no'} | {fresh} | {within} of {checks} | "
                              f"{r['macs_ratio']:.3f} |")
         lines.append("")
+        lines += repeatability_markdown([(json.loads(f.read_text())) for f in landings])
         if (results / "landing_process.md").exists():
             lines += ["Why the landing times the pair in a new process: [landing_process.md](landing_process.md) (the "
                       "process that ran the search reads the pair steadily, new processes beside it do not).", ""]
     lines += thin_step_markdown(results)
     return "\n".join(lines)
+
+
+def repeatability_markdown(landings: list[dict[str, Any]]) -> list[str]:
+    """How far one finalized pair reads apart from itself, per CPU ISA: each landing page's fresh-process readings of
+    the same dense/pruned pair, tens of seconds apart, at one thread and at the table's threads. Where the spread at
+    several threads is wider than the ±10 % window (max/min over 1.1/0.9), no landing can keep every later reading
+    of that pair inside it, whatever it aims at: that part of acceptance 1 is the host's, not the search's."""
+    per_isa: dict[str, list[dict[str, Any]]] = {}
+    for landing in landings:
+        for r in landing["rows"]:
+            if r.get("fresh_processes"):
+                per_isa.setdefault(_cpu_isa(landing["machine"]), []).append({"row": r, "threads": landing["threads"]})
+    if not per_isa:
+        return []
+
+    def spread(readings: list[dict[str, Any]]) -> float:
+        ratios = [x["ratio"] for x in readings]
+        return max(ratios) / min(ratios)
+
+    def quantiles(values: list[float]) -> str:
+        values = sorted(values)
+        return f"{statistics.median(values):.3f} / {values[round(0.9 * (len(values) - 1))]:.3f}"
+
+    lines = ["How far one pair reads apart from itself: every row above with fresh-process readings (the same "
+             "finalized model and dense model, each reading in a new process, tens of seconds apart), per CPU.",
+             "", "| CPU | rows | landed within ±10 % | max/min of the pair's readings at the table's threads, median / "
+             "p90 | at 1 thread, median / p90 | rows whose readings span more than the window (max/min > 1.1/0.9) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    window = 1.1 / 0.9
+    for isa, rows in sorted(per_isa.items()):
+        several = [spread(x["row"]["fresh_processes"][str(x["threads"])]) for x in rows]
+        one = [spread(x["row"]["fresh_processes"]["1"]) for x in rows if "1" in x["row"]["fresh_processes"]]
+        lines.append(f"| {isa} | {len(rows)} | {sum(x['row']['lands'] for x in rows)} | {quantiles(several)} | "
+                     f"{quantiles(one) if one else '-'} | {sum(s > window for s in several)} |")
+    return lines + [""]
 
 
 THIN_STEP = ("ours_latency_bs64", "ours_latency_bs64_thinstep")  # compare.py methods: the default, --thin-branch step

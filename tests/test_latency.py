@@ -981,6 +981,24 @@ def test_the_thin_step_section_reads_each_rows_epochs_and_skips_unfinished_pairs
     assert bench.thin_step_markdown(tmp_path / "empty") == []
 
 
+def test_the_repeatability_rows_count_pairs_whose_own_readings_span_more_than_the_window() -> None:
+    """latency.md: per CPU ISA, how far each landed pair's fresh-process readings spread at the table's threads and
+    at one; a spread over 1.1/0.9 is counted, since then no aim keeps every reading within ±10 %."""
+    bench = _experiment("latency_benchmark")
+
+    def row(several: list[float], one: list[float], lands: bool) -> dict:
+        return {"lands": lands, "fresh_processes": {"2": [{"ratio": r} for r in several],
+                                                    "1": [{"ratio": r} for r in one]}}
+
+    busy = {"machine": {"cpu_flags": ["avx2", "avx512f"]}, "threads": 2,
+            "rows": [row([0.48, 0.60], [0.46, 0.465], False), row([0.49, 0.50], [0.47, 0.47], True), {"lands": True}]}
+    quiet = {"machine": {"cpu_flags": ["avx2"]}, "threads": 2, "rows": [row([0.48, 0.50], [0.46, 0.46], True)]}
+    lines = bench.repeatability_markdown([busy, quiet])
+    assert "| AVX-512 | 2 | 1 | 1.135 / 1.250 | 1.005 / 1.011 | 1 |" in lines
+    assert "| AVX2 | 1 | 1 | 1.042 / 1.042 | 1.000 / 1.000 | 0 |" in lines
+    assert bench.repeatability_markdown([{"machine": {}, "threads": 2, "rows": [{"lands": True}]}]) == []
+
+
 def test_thin_branch_step_closes_blocks_one_rounding_step_wide() -> None:
     """thin_branch="step": under rounding, a branch one ``round_to`` step wide is thin too, so a living block keeps
     at least two steps of each inner group (or the whole group when two do not fit); the default ("gate") keeps such
