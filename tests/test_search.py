@@ -251,6 +251,29 @@ def test_taylor_prior_resumes_mid_warm_up_exactly() -> None:
             torch.testing.assert_close(resumed.net.gate(name).logits, straight.net.gate(name).logits, msg=name)
 
 
+def test_a_warm_up_without_gate_gradients_warns_and_still_orders_channels_and_holds_streams() -> None:
+    """pruner.step() called without a backward before it (or after zero_grad): no saliency reaches the gates, so the
+    Taylor prior cannot rank them. The user is told how to call it; the gates keep the |BN gamma| prior, and the
+    filter-norm channel order and the open streams are still set up at warm-up's end."""
+    from dnas_prune.search.pruner import Pruner
+
+    torch.manual_seed(0)
+    pruner = Pruner(create_model("cifar_resnet20"), (3, 16, 16), total_steps=10, target_macs=0.5, warmup=0.2,
+                    gate_streams=True)
+    before = {n: pruner.net.gate(n).logits.detach().clone() for n in pruner.net.groups if pruner.net.groups[n].gated}
+    pruner.step()
+    assert not pruner.prior_set and not pruner.channel_order
+    with pytest.warns(UserWarning, match="no gate gradient reached .*call pruner.step\\(\\) after loss.backward"):
+        pruner.step()
+    assert pruner.prior_set and len(pruner.channel_order) == 9 + 3  # the inner groups and the three streams
+    for name, order in pruner.channel_order.items():
+        held = pruner.net.gate(name).logits.detach().flatten()[order]
+        assert torch.all(held[1:] >= held[:-1]), name
+        assert torch.equal(held.sort().values, before[name].flatten().sort().values), name  # the gamma prior's logits
+    stream = pruner.net.gate("layer3.stream")
+    assert stream.forced.flatten()[pruner.channel_order["layer3.stream"][-1]] == 1  # its strongest filter held open
+
+
 @pytest.mark.parametrize("prior", ["gamma", "taylor"])
 def test_channel_order_l1_keeps_the_filter_norm_order_while_the_gates_set_widths(prior) -> None:
     """With channel_order "l1" the gates decide how many channels each group keeps and the filters' L1 norms,

@@ -67,8 +67,9 @@ from .budget import (can_be_thin, channel_step, check_feasible, check_target, co
                      project_to_budget, solve_offset)
 from .fold import fold
 from .landing import Landing
-from .latency import LatencyTable, channel_block, latency_table
 from .gate_optimizer import make_gate_optimizer
+from .latency import LatencyTable, channel_block, latency_table
+from .priors import add_saliency, hold_channel_order, l1_channel_order, set_gamma_prior, set_taylor_prior
 from .supernet import Supernet
 
 STREAM_GROUPS = ("stem", "*.stream")  # patterns naming every residual-stream group
@@ -336,12 +337,12 @@ class Pruner:
     def step(self) -> None:
         """After ``loss.backward()``: update the gates and set up the next step."""
         if self.config.prior == "taylor" and not self.prior_set:
-            self._accumulate_saliency()
+            add_saliency(self.net, self.saliency)
         if self.config.cost_normalized:
             self.normalize_gate_gradients()
         self.gate_optimizer.step()
         self.gate_optimizer.zero_grad(set_to_none=True)
-        self._hold_channel_order()
+        hold_channel_order(self.net, self.channel_order)
         self.steps_done += 1
         self._prepare()
 
@@ -411,67 +412,19 @@ class Pruner:
             if grad is not None:
                 grad.div_(max(cost, floor))
 
-    @torch.no_grad()
     def _set_prior(self) -> None:
-        """Logits at ``init_logit`` plus ``prior_spread`` times each gate's |BN gamma| rank within its group,
-        from -1 (weakest) to +1; block gates start at the top. The whole prior of ``prior="gamma"``; with
-        ``"taylor"`` only the start of warm-up, which closes nothing, and replaced at its end."""
-        spread = self.config.prior_spread
-        importance = self.net.channel_importance()
-        for name, info in self.net.groups.items():
-            if not info.gated:
-                continue
-            gate = self.net.gate(name)
-            if info.kind == "block" or gate.size < 2:
-                gate.logits.fill_(self.net.init_logit + spread)
-                continue
-            assign = self.net.channel_assignment(name).to(importance[name].device)
-            per_gate = torch.zeros(gate.size, dtype=torch.float64, device=assign.device).index_add_(
-                0, assign, importance[name])
-            rank = torch.empty(gate.size, dtype=torch.float64)
-            rank[torch.argsort(per_gate.cpu(), stable=True)] = torch.linspace(-1.0, 1.0, gate.size, dtype=torch.float64)
-            gate.logits.copy_((self.net.init_logit + spread * rank).to(gate.logits))
+        set_gamma_prior(self.net, self.config.prior_spread)
 
-    @torch.no_grad()
-    def _accumulate_saliency(self) -> None:
-        """Add each gate's squared gradient with respect to its value (the logit's gradient divided by
-        d P(open) / d logit): the second-order estimate of what closing it would cost the loss."""
-        for name, info in self.net.groups.items():
-            if not info.gated or info.kind == "block":  # block gates keep their logits: no saliency needed
-                continue
-            gate = self.net.gate(name)
-            if gate.logits.grad is None:
-                continue
-            with torch.enable_grad():  # autograd.grad returns the slope without touching .grad
-                slope, = torch.autograd.grad(gate.probability().sum(), gate.logits)
-            value_grad = gate.logits.grad.double() / slope.double().clamp_min(1e-6)
-            self.saliency[name] = self.saliency.get(name, 0.0) + value_grad.square()
-
-    @torch.no_grad()
     def _set_taylor_prior(self) -> None:
-        """At the end of warm-up: restart every channel gate's logit at ``init_logit`` plus ``prior_spread`` times
-        its rank, from -1 to +1, over all groups at once, by saliency per unit of marginal cost. The search then
-        starts from a global knapsack order (as a global Taylor pruning would cut) rather than from the same cut
-        fraction in every group; block gates keep their logits."""
+        """At the end of warm-up: rank every channel gate over all groups at once by its saliency per unit of
+        marginal cost (:func:`~dnas_prune.search.priors.set_taylor_prior`), then fix the channel order and hold
+        the streams open from there."""
         self.prior_set = True
-        costs = self.rank_costs()
-        gated = [n for n, info in self.net.groups.items() if info.gated and info.kind != "block"]
-        names = [n for n in gated if n in self.saliency and n in costs]
-        if len(names) < len(gated):
-            warnings.warn(f"no gate gradient reached {', '.join(sorted(set(gated) - set(names)))} during warm-up "
-                          "(call pruner.step() after loss.backward() and before zero_grad); those gates keep their "
-                          "|BN gamma| prior", stacklevel=3)
-        if not names:
-            return
-        scores = torch.cat([self.saliency[n].cpu() / max(costs[n], 1e-12) for n in names])
-        rank = torch.empty_like(scores)
-        rank[torch.argsort(scores, stable=True)] = torch.linspace(-1.0, 1.0, len(scores), dtype=scores.dtype)
-        start = 0
-        for name in names:
-            gate = self.net.gate(name)
-            part = rank[start:start + gate.size]
-            start += gate.size
-            gate.logits.copy_((self.net.init_logit + self.config.prior_spread * part).to(gate.logits))
+        missing = set_taylor_prior(self.net, self.saliency, self.rank_costs(), self.config.prior_spread)
+        if missing:
+            warnings.warn(f"no gate gradient reached {', '.join(missing)} during warm-up (call pruner.step() after "
+                          "loss.backward() and before zero_grad); those gates keep their |BN gamma| prior",
+                          stacklevel=3)
         self.saliency = {}
         if self.config.channel_order == "l1":
             self._fix_channel_order()
@@ -493,32 +446,10 @@ class Pruner:
                 order = torch.argsort(gate.logits.detach().flatten().cpu(), stable=True)
             gate.forced.view(-1)[order[-keep:].to(gate.forced.device)] = 1
 
-    @torch.no_grad()
     def _fix_channel_order(self) -> None:
-        """``channel_order="l1"``, once the prior is set: order each channel group's gates by the L1 norm of the
-        filters they scale, now, and hand the group's logits out in that order (see :meth:`_hold_channel_order`)."""
-        filters = self.net.channel_importance("l1")
-        for name, info in self.net.groups.items():
-            gate = self.net.gate(name) if info.gated and info.kind != "block" else None
-            if gate is None or gate.size < 2:
-                continue
-            assign = self.net.channel_assignment(name).to(filters[name].device)
-            per_gate = torch.zeros(gate.size, dtype=torch.float64, device=assign.device).index_add_(
-                0, assign, filters[name])
-            self.channel_order[name] = torch.argsort(per_gate.cpu(), stable=True)
-        self._hold_channel_order()
-
-    @torch.no_grad()
-    def _hold_channel_order(self) -> None:
-        """Re-sort each ordered group's logits so that a channel with a larger filter norm never has the smaller
-        logit: the gradients still move the group's logits, so the group still widens or narrows, but which of
-        its channels stay is the filter-norm order's."""
-        for name, order in self.channel_order.items():
-            logits = self.net.gate(name).logits
-            flat = logits.detach().flatten()
-            held = torch.empty_like(flat)
-            held[order.to(flat.device)] = torch.sort(flat).values
-            logits.copy_(held.view_as(logits))
+        """``channel_order="l1"``, once the prior is set: each group's channels stay in their filters' L1 order."""
+        self.channel_order = l1_channel_order(self.net)
+        hold_channel_order(self.net, self.channel_order)
 
     @torch.no_grad()
     def _hold_blocks_under_their_channels(self) -> None:
