@@ -20,16 +20,16 @@ current target allows, and the forward is hard with a straight-through gradient 
   keeping a unit per unit of cost, so the threshold drops units in knapsack order. A closed unit still gets a
   gradient (its BN output is computed, then multiplied by 0) and comes back when reopening it helps more than
   the weakest open unit;
-- where the search starts is set by a prior. By default (``prior="taylor"``) every gate's squared gradient with
-  respect to its value is summed over the warm-up, when the network is still dense; at the end of warm-up all
-  channel gates are ranked at once by that saliency per unit of marginal cost, and the logits restart at
-  ``init_logit`` plus ``prior_spread`` times that global rank. The first cuts then follow a global second-order
-  criterion, as a global Taylor/Fisher pruning would, and the gradients refine it from there. (With Bernoulli
-  gates the warm-up network is sampled, not dense.) The older prior,
-  ``"gamma"``, ranks channels by |BN gamma| within each group, so the first offset cuts every group at the same
-  fraction (a uniform L1 cut). The mean gradient of a converged parent is near zero for every gate, so the
-  logits alone hardly moved away from that start; its architectures stayed close to uniform. The two are
-  compared in experiments/results/compare.md ("pruner search" rows).
+- where the search starts is set by a prior (search/priors.py). By default (``prior="taylor"``) every gate's
+  squared gradient with respect to its value is summed over the warm-up, when the network is still dense; at the
+  end of warm-up all channel gates are ranked at once by that saliency per unit of marginal cost, and the logits
+  restart at ``init_logit`` plus ``prior_spread`` times that global rank. The first cuts then follow a global
+  second-order criterion, as a global Taylor/Fisher pruning would, and the gradients refine it from there. (With
+  Bernoulli gates the warm-up network is sampled, not dense.) The older prior, ``"gamma"``, ranks channels by
+  |BN gamma| within each group, so the first offset cuts every group at the same fraction (a uniform L1 cut). The
+  mean gradient of a converged parent is near zero for every gate, so the logits alone hardly moved away from that
+  start; its architectures stayed close to uniform. The two are compared in experiments/results/compare.md ("pruner
+  search" rows).
 - which channels of a group stay is not the gates' call by default (``channel_order="l1"``): once the prior is
   set, each group's gates are ordered by the L1 norm of the filters they scale, and after every gate step the
   group's logits are re-sorted into that order. The gradients still widen or narrow a group (the re-sort keeps
