@@ -28,6 +28,7 @@ from .report.monitor import MonitorHooks, log_text
 from .report.report import write_report
 from .report.summary import layer_widths, width_table
 from .search.hooks import SearchHooks, gate_summary, load_supernet, recalibrate_bn
+from .search.landing import pinned_try
 from .search.pruner import Pruner, SearchConfig
 from .search.supernet import Supernet
 from .train.data import TrainingData
@@ -107,10 +108,14 @@ def search(
         raise DnasPruneError(f"ema_decay {train_config.ema_decay} applies to dense training and finetuning, not the "
                              "search, whose gates and BN statistics are fitted on the live weights; set it to 0 here")
     out = Path(out_dir)
+    checkpoint = out / "supernet.pt"
+    check_search_out(out, resume)
+    if resume and checkpoint.is_file() and (out / "search.json").is_file():
+        return _finished_search(checkpoint, train_config, search_config, log)
     input_size = input_size or data.train.input_size
     teacher = copy.deepcopy(model) if train_config.distill_weight > 0 else None
     steps = train_config.epochs * (len(data.train) // train_config.batch_size)
-    resume = resume and (out / "supernet.pt").is_file()
+    resume = resume and checkpoint.is_file()
     if resume:
         search_config = _resumed_ms_target(search_config, out / "supernet.pt")
     pruner = Pruner(model, input_size, total_steps=steps, config=search_config)
@@ -131,12 +136,50 @@ def search(
     return net, summary
 
 
+def check_search_out(out: Path, resume: bool, strict: bool = False) -> None:
+    """Refuse to start a search over one already in ``out`` (its files would be overwritten), and with
+    ``strict`` (the CLI) to resume one that is not there (a mistyped --out would silently start afresh; the
+    pipeline resumes whatever is there)."""
+    checkpoint = out / "supernet.pt"
+    if checkpoint.is_file() and not resume:
+        raise DnasPruneError(f"{out} already holds a search ({checkpoint.name}); resume it (--resume) or choose "
+                             "another --out")
+    if strict and resume and not checkpoint.is_file():
+        raise DnasPruneError(f"{checkpoint}: no such file (expected a dnas_prune search checkpoint); check --out, "
+                             "or drop --resume to start a search")
+
+
 def search_line(summary: dict) -> str:
-    """The search's result in one line."""
-    final = summary["final"]
-    return (f"{final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
+    """The search's result in one line; for a latency budget, first the latency the landing timed and the table's."""
+    final, measured = summary["final"], summary["projection"].get("measured")
+    latency = ""
+    if measured:
+        timed = pinned_try(measured)
+        latency = (f"latency {timed['measured_ratio']:.3f} of dense as timed here at batch "
+                   f"{final['latency_batch_size']} (target {summary['target']['ratio']:g}; the table says "
+                   f"{final['latency_ratio']:.3f}), ")
+    return (f"{latency}{final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
             f"{summary['gates']['blocks_open']}/{summary['gates']['blocks_total']} blocks; "
             f"hard-supernet test acc {summary['accuracy']['test']:.4f}")
+
+
+def _finished_search(checkpoint: Path, train_config: TrainConfig, search_config: SearchConfig,
+                     log: Callable[[str], None]) -> tuple[Supernet, dict]:
+    """A resume of a search that has finished (``search.json`` is written last): its projected supernet and
+    summary, as the search returned them, if it ran with these settings; else a one-line refusal, since a finished
+    search cannot continue under others (its gates are pinned)."""
+    state = safe_load(checkpoint, "a dnas_prune search checkpoint")
+    saved = (state.get("metadata") or {}).get("search") or {}
+    skip = {"target_ms_dense"} | ({"target"} if search_config.target_ms is not None else set())
+    differ = [k for k, v in asdict(search_config).items()
+              if k in saved and k not in skip and v is not None and v != saved[k]]
+    if (state.get("config") or {}).get("epochs") != train_config.epochs:
+        differ.append("epochs")
+    if differ:
+        raise DnasPruneError(f"{checkpoint.parent} holds a finished search with other settings ({', '.join(differ)}); "
+                             "choose another --out")
+    log(f"{checkpoint.parent} holds this search, finished: nothing to resume")
+    return load_supernet(checkpoint), json.loads((checkpoint.parent / "search.json").read_text())
 
 
 def _resumed_ms_target(config: SearchConfig, checkpoint: Path) -> SearchConfig:
@@ -180,6 +223,12 @@ def _land(trainer: Trainer, pruner: Pruner, data: TrainingData, train_config: Tr
     }
 
 
+def _refuse_to_overwrite(source: str | Path, output: str | Path) -> None:
+    """A stage never writes over the file it reads: that file (a search, a pruned model) would be lost."""
+    if Path(output).exists() and Path(output).resolve() == Path(source).resolve():
+        raise DnasPruneError(f"{output} is also the input: writing it would destroy {source}; choose another output")
+
+
 # ---------------------------------------------------------------------------------------------- finalize
 def finalize(checkpoint: str | Path, output: str | Path, *, round_to: int | None = None,
              tensorboard: bool = False) -> tuple[nn.Module, str]:
@@ -187,6 +236,7 @@ def finalize(checkpoint: str | Path, output: str | Path, *, round_to: int | None
     dense cost, the search's accuracy and the kept width of every layer. Returns the model and the Markdown
     table of dense vs pruned widths (also logged next to the search's TensorBoard logs with ``tensorboard``)."""
     checkpoint = Path(checkpoint)
+    _refuse_to_overwrite(checkpoint, output)
     if round_to is not None and round_to < 1:
         raise DnasPruneError(f"--round-to must be a positive integer, got {round_to}")
     net = load_supernet(checkpoint)
@@ -210,8 +260,9 @@ def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, o
     (the same metadata plus the new accuracies). Returns the trainer and its final metrics.
 
     ``teacher`` (usually the dense parent) is distilled from when ``config.distill_weight > 0``."""
-    model, metadata = load_pruned_with_metadata(pruned_path)
     out = Path(out_dir)
+    _refuse_to_overwrite(pruned_path, out / "pruned.pt")
+    model, metadata = load_pruned_with_metadata(pruned_path)
     with _monitor(out, tensorboard) as monitors:
         trainer = Trainer(model.train(), data, config, out, callbacks=[*callbacks, *monitors],
                           checkpoint_name="finetune.pt", metadata={"kind": "dnas_prune.finetune",
@@ -233,6 +284,7 @@ def export(pruned_path: str | Path, output: str | Path, fmt: str, *, input_size:
     """Export the model in ``pruned_path`` (at the input size stored in the file unless given); with ``check``,
     run the export against the model on a batch it was not traced with, and delete it if they differ. Returns
     the path and the check's result (None without ``check``)."""
+    _refuse_to_overwrite(pruned_path, output)
     model, metadata = load_pruned_with_metadata(pruned_path)
     input_size = tuple(input_size or metadata.get("input_size") or default_input_size(spec_of(model)))
     path = export_model(model, output, fmt, input_size, batch_size, dynamic_batch=dynamic_batch, check=False)

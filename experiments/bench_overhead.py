@@ -105,7 +105,7 @@ def search_setup(seed: int) -> tuple[Pruner, torch.optim.Optimizer]:
     """A Pruner (default search, 10 epochs) at ``MID_STEP`` and the SGD of its model's weights."""
     torch.manual_seed(seed)
     model = create_model(MODEL)
-    pruner = Pruner(model, (3, 32, 32), total_steps=TOTAL_STEPS)
+    pruner = Pruner(model, (3, 32, 32), total_steps=TOTAL_STEPS, target_macs=0.5)
     pruner.net.to(memory_format=torch.channels_last).train()
     pruner.load_state_dict({**pruner.state_dict(), "steps_done": MID_STEP - 1})
     return pruner, sgd(model.parameters())

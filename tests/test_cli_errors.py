@@ -162,6 +162,62 @@ def test_more_clean_epochs_than_epochs_is_refused(capsys, tmp_path: Path) -> Non
     assert_one_line_error(outcome, "clean_epochs", "[0, epochs=2]")
 
 
+def test_a_mistyped_or_shortened_flag_is_named(capsys, tmp_path: Path) -> None:
+    """A mistyped budget flag is named (not "a budget is required"), a prefix is not taken for the flag it begins,
+    and a subcommand's unknown flag points at that subcommand's help."""
+    out = str(tmp_path / "r")
+    for typo in ("--target-macss", "--target-mac"):
+        assert_one_line_error(cli(capsys, "search", "--model", "cifar_resnet20", typo, "0.5", "--out", out),
+                              f"unrecognized arguments: {typo}", "dnas-prune search --help")
+    assert_one_line_error(cli(capsys, "search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--out", out,
+                              "--limit-trian", "5"), "--limit-trian", "dnas-prune search --help")
+    assert not (tmp_path / "r").exists()
+
+
+def test_unshipped_weights_and_another_architectures_state_dict_are_named(capsys, tiny_cifar: Path,
+                                                                          tmp_path: Path) -> None:
+    common = ("--target-macs", "0.5", "--out", str(tmp_path / "r"), "--data", str(tiny_cifar), "--batch-size", "8",
+              "--val-size", "6")
+    assert_one_line_error(cli(capsys, "search", "--model", "cifar_resnet32", "--pretrained", "cifar10", *common),
+                          "no 'cifar10' weights are shipped for cifar_resnet32", "cifar_resnet20 (weights='cifar10')")
+    other = tmp_path / "resnet32.pt"
+    torch.save(create_model("cifar_resnet32").state_dict(), other)
+    outcome = cli(capsys, "search", "--model", "cifar_resnet20", "--pretrained", str(other), *common)
+    assert_one_line_error(outcome, "another architecture than cifar_resnet20's", "unexpected", "check --model")
+    assert len(outcome[1]) < 400, outcome[1]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_stage_never_writes_over_its_own_input(capsys, files: dict[str, Path]) -> None:
+    pruned = files["pruned"]
+    before = pruned.read_bytes()
+    assert_one_line_error(cli(capsys, "export", str(pruned), "--format", "torchscript", "-o", str(pruned)),
+                          "is also the input")
+    assert_one_line_error(cli(capsys, "finetune", str(pruned), "--out", str(pruned.parent)), "is also the input")
+    assert pruned.read_bytes() == before
+
+
+def test_search_out_dirs_are_never_overwritten_and_resume_needs_a_search(capsys, tiny_cifar: Path,
+                                                                         tmp_path: Path) -> None:
+    """A finished search is read back on --resume, not re-run; other settings, a search over it without
+    --resume, a --resume of nothing and finalize -o onto the checkpoint are refused, and the files stay."""
+    run = tmp_path / "r"
+    common = ["search", "--model", "cifar_resnet20", "--out", str(run), "--data", str(tiny_cifar), "--batch-size",
+              "8", "--val-size", "6", "--epochs", "1", "--no-progress", "--no-tensorboard"]
+    assert_one_line_error(cli(capsys, *common, "--target-macs", "0.5", "--resume"), "no such file",
+                          "drop --resume")
+    assert not run.exists()
+    assert cli(capsys, *common, "--target-macs", "0.5")[0] == 0
+    files = {name: (run / name).read_bytes() for name in ("supernet.pt", "search.json")}
+    assert cli(capsys, *common, "--target-macs", "0.5", "--resume")[0] == 0  # read back: the files stay as they are
+    assert_one_line_error(cli(capsys, *common, "--target-macs", "0.3", "--resume"), "finished search",
+                          "target", "another --out")
+    assert_one_line_error(cli(capsys, *common, "--target-macs", "0.3"), "already holds a search", "--resume")
+    assert_one_line_error(cli(capsys, "finalize", str(run / "supernet.pt"), "-o", str(run / "supernet.pt")),
+                          "is also the input")
+    assert {name: (run / name).read_bytes() for name in files} == files
+
+
 def run_process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dnas_prune", *args], capture_output=True, text=True, cwd=REPO,
                           timeout=300)

@@ -135,3 +135,20 @@ def test_example_script_refuses_bad_input_in_one_line(tiny_cifar: Path, tmp_path
     assert err.count("\n") == 1 and err.startswith("custom_loop: error:"), err
     assert all(word in err for word in words), err
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_the_readme_python_api_snippet_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README.md's "Python API" code, given only what its comment says the user brings (``loader``, ``epochs``),
+    runs and leaves a pruned model on the budget, saved, reloaded and exported."""
+    pytest.importorskip("onnxruntime")
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    g = torch.Generator().manual_seed(0)
+    loader = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(6)]
+    monkeypatch.chdir(tmp_path)
+    scope = {"loader": loader, "epochs": 1}
+    exec(compile(snippet, "README.md (Python API)", "exec"), scope)
+    macs = scope["pruner"].hard_ratios["macs"]
+    assert abs(macs / 0.5 - 1) <= 0.01, macs
+    assert (tmp_path / "pruned.pt").is_file() and (tmp_path / "model.onnx").is_file()
+    assert type(scope["model"]).__name__ == "CifarResNet"

@@ -378,3 +378,28 @@ def test_a_gated_stream_never_closes_whole_during_the_search(prior) -> None:
     for n in streams:
         open_now = int(net.gate(n).hard_open().sum())
         assert open_now == 1, (n, open_now)
+
+
+def test_the_pruner_names_an_unknown_setting_and_wants_a_budget() -> None:
+    from dnas_prune.search.pruner import Pruner
+
+    with pytest.raises(DnasPruneError, match="unknown setting 'warmpu'; did you mean 'warmup'"):
+        Pruner(create_model("cifar_resnet20"), (3, 16, 16), total_steps=10, target_macs=0.5, warmpu=0.1)
+    with pytest.raises(DnasPruneError, match="pass a budget"):  # no silent default budget
+        Pruner(create_model("cifar_resnet20"), (3, 16, 16), total_steps=10)
+
+
+def test_the_search_line_of_a_latency_budget_says_what_the_landing_timed() -> None:
+    """The last line of `dnas-prune search` under a latency budget: the pinned try's timed ratio first, the table's
+    beside it (a busy host can set them far apart); a MACs budget's line has no latency."""
+    from dnas_prune.stages import search_line
+
+    summary = {"final": {"macs_ratio": 0.55, "params_ratio": 0.5, "latency_ratio": 0.883, "latency_batch_size": 8},
+               "projection": {"measured": [{"measured_ratio": 0.61}, {"measured_ratio": 0.497, "pinned": True}]},
+               "target": {"metric": "latency", "ratio": 0.5}, "gates": {"blocks_open": 9, "blocks_total": 9},
+               "accuracy": {"test": 0.5}}
+    line = search_line(summary)
+    assert line.startswith("latency 0.497 of dense as timed here at batch 8 (target 0.5; the table says 0.883), "
+                           "0.5500 of dense MACs"), line
+    summary["projection"] = {"metric": "macs"}
+    assert search_line(summary).startswith("0.5500 of dense MACs")

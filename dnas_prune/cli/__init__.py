@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
-from typing import NoReturn, Sequence
+import warnings
+from typing import Any, NoReturn, Sequence
 
 from ..device.policy import close_distributed
 from ..errors import DnasPruneError
@@ -38,9 +40,24 @@ data: --data DIR or $DNAS_PRUNE_DATA (CIFAR-10, else downloaded); `dnas-prune CO
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes (unknown flag, conflicting flags) get the same one-line error as everything else."""
+    """Usage mistakes (unknown flag, conflicting flags) get the same one-line error as everything else. A flag is
+    never taken for a longer one it begins (``--target-mac``), and a mistyped flag is named even when it leaves a
+    required one missing (``--target-macss``: argparse would only say a budget is required)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.parsed: list[str] = []
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        self.parsed = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
+        known = set(re.findall(r"--[\w-]+", self.format_help()))  # every flag of this command is in its help
+        unknown = [a.split("=", 1)[0] for a in self.parsed if a.startswith("--") and a.split("=", 1)[0] not in known]
+        if unknown and "required" in message:
+            message = f"unrecognized arguments: {' '.join(unknown)}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -48,16 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="dnas-prune", description=DESCRIPTION, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}  # name -> its parser, which reports its own unknown flags
     for name in COMMANDS:
         module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
         command = module.add_parser(sub)
         command.set_defaults(_run=module.run)
+        parser.commands[name] = command
     return parser
+
+
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     line: str | None = None) -> str:
+    """A warning as the CLI prints it: ``warning: ...``, one line, without the source line it was raised at."""
+    return f"warning: {message}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    formatwarning, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         result = args._run(args)
     except DnasPruneError as exc:
@@ -67,5 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dnas-prune: interrupted", file=sys.stderr)
         return 130
     finally:
+        warnings.formatwarning = formatwarning
         close_distributed()
     return int(result or 0)

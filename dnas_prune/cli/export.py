@@ -12,7 +12,7 @@ from ..io.export import FORMATS, SUFFIXES
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("export", help="export a pruned model (onnx, torchscript, pt2)")
     parser.add_argument("pruned", type=Path, help="pruned-model file written by finalize / save_pruned")
-    parser.add_argument("--format", choices=FORMATS, default="onnx")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="default: %(default)s")
     parser.add_argument("-o", "--output", type=Path, help="output file (default: next to the input)")
     parser.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                         help="input size (default: the one stored in the file)")

@@ -75,7 +75,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="one gate per K channels, so every searched width is a multiple of K (8 or 16 keep pruned "
                         "layers on fast CPU kernels; default: %(default)s)")
     p.add_argument("--gate-streams", action="store_true",
-                   help="also gate the residual streams (default: keep them whole; see README)")
+                   help="also gate the residual streams: the stem, the projections and every block's last BN, one "
+                        "gate set per stage (default: keep them whole; compare.md's *_streams rows: gating them "
+                        "finetuned worse)")
     p.add_argument("--block-gates", action=argparse.BooleanOptionalAction, default=SEARCH_DEFAULTS.block_gates,
                    help="also a gate per residual block (default: under a latency budget; otherwise a block goes when "
                         "all its inner channels close)")
@@ -119,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         check_model_name(args.model)
     search_config = search_config_from(args)
     train_config = train_config_from(args)
+    out = Path(args.out)
+    stages.check_search_out(out, args.resume, strict=True)  # before the data loads
     init_distributed()
     data, _ = load_data(args)
     seed_everything(args.seed)
@@ -126,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(args.pretrained, args.model, data.num_classes)
     else:
         model = create_model(args.model, num_classes=data.num_classes)
-    out = Path(args.out)
     _, summary = stages.search(model, data, train_config, search_config, out, resume=args.resume,
                                tensorboard=not args.no_tensorboard)
     print(f"search done: {stages.search_line(summary)}; wrote {out / 'supernet.pt'}")

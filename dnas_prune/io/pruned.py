@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models import available_weights, build_model, create_model, spec_of
+from ..models import available_weights, build_model, create_model, shipped_weights, spec_of
 from ..models.cost import count_cost
 from ..models.spec import SpecError
 from .checkpoint import atomic_torch_save, safe_load
@@ -141,6 +141,10 @@ def load_pretrained(path: str | Path, model_name: str | None, num_classes: int) 
     state_dict (then ``model_name`` says which architecture), or the tag of shipped weights such as ``cifar10``."""
     if not Path(path).exists() and model_name is not None and str(path) in available_weights(model_name):
         return create_model(model_name, num_classes=num_classes, weights=str(path))
+    if not Path(path).exists() and Path(path).name == str(path) and not Path(path).suffix:  # a tag, not a file
+        raise CheckpointError(f"{path}: no such file, and no {str(path)!r} weights are shipped for "
+                              f"{model_name or 'a model without --model'} (shipped: {shipped_weights()}); "
+                              "pass a model file or one of those")
     state = safe_load(path, "a dnas_prune model or a state_dict")
     if isinstance(state, dict) and "spec" in state and "state_dict" in state:
         model, weights = build_model(state["spec"]), state["state_dict"]
@@ -155,9 +159,23 @@ def load_pretrained(path: str | Path, model_name: str | None, num_classes: int) 
         model, weights = create_model(model_name, num_classes=num_classes), state
     else:
         raise CheckpointError(f"{path} is neither a dnas_prune model file nor a state_dict")
+    missing, unexpected = _misfit(model, weights)
+    if missing or unexpected:
+        raise CheckpointError(f"{path} holds weights of another architecture than {model_name or 'its spec'}'s "
+                              f"({len(missing)} of the model's tensors missing, e.g. {missing[:1] or '-'}; "
+                              f"{len(unexpected)} unexpected, e.g. {unexpected[:1] or '-'}); check --model")
     try:
         model.load_state_dict(weights)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # same names, other shapes
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise CheckpointError(f"{path} does not fit the model: {lines[min(1, len(lines) - 1)]}") from None
+        raise CheckpointError(f"{path} does not fit {model_name or 'the model'}: "
+                              f"{lines[min(1, len(lines) - 1)][:300]}; check --model") from None
     return model
+
+
+def _misfit(model: nn.Module, weights: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The model's state_dict keys ``weights`` lacks, and the keys it has that the model does not, sorted (BN's
+    ``num_batches_tracked`` may be absent: older state_dicts lack it and load)."""
+    expected = set(model.state_dict())
+    missing = {k for k in expected - set(weights) if not k.endswith("num_batches_tracked")}
+    return sorted(missing), sorted(set(weights) - expected)

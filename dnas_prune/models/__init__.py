@@ -9,7 +9,7 @@ from torchvision.models import resnet as tv
 
 from ..errors import DnasPruneError
 from .cifar_resnet import BasicBlock, CifarResNet, ProjectionBlock, cifar_resnet
-from .pretrained import available_weights, load_weights, weights_info
+from .pretrained import available_weights, load_weights, shipped_weights, weights_info
 from .spec import Spec, SpecError, build_model, spec_of, validate_spec
 
 _CIFAR_DEPTHS = {"cifar_resnet20": 20, "cifar_resnet32": 32, "cifar_resnet44": 44, "cifar_resnet56": 56, "cifar_resnet110": 110}
@@ -66,5 +66,5 @@ def create_model(name: str, num_classes: int | None = None, weights: Any = None,
 
 __all__ = [
     "BasicBlock", "CifarResNet", "ProjectionBlock", "MODEL_NAMES", "Spec", "SpecError", "UnknownModelError",
-    "available_weights", "build_model", "check_model_name", "load_weights", "weights_info", "cifar_resnet", "create_model", "is_cifar_model", "spec_of", "validate_spec",
+    "available_weights", "build_model", "shipped_weights", "check_model_name", "load_weights", "weights_info", "cifar_resnet", "create_model", "is_cifar_model", "spec_of", "validate_spec",
 ]

@@ -38,12 +38,16 @@ def available_weights(name: str) -> list[str]:
     return sorted(key.split(".", 1)[1] for key in _index() if key.split(".", 1)[0] == name)
 
 
+def shipped_weights() -> str:
+    """Every shipped (model, tag), for an error message: ``cifar_resnet20 (weights='cifar10'), ...``."""
+    return ", ".join(f"{k.split('.', 1)[0]} (weights={k.split('.', 1)[1]!r})" for k in _index()) or "none"
+
+
 def weights_info(name: str, weights: str) -> dict[str, Any]:
     """The metadata of shipped weights: file, sha256, test_acc, recipe, command, machine, normalization."""
     entry = _index().get(weights_key(name, weights))
     if entry is None:
-        shipped = ", ".join(f"{k.split('.', 1)[0]} (weights={k.split('.', 1)[1]!r})" for k in _index()) or "none"
-        raise DnasPruneError(f"no {weights!r} weights are shipped for {name}; shipped: {shipped}")
+        raise DnasPruneError(f"no {weights!r} weights are shipped for {name}; shipped: {shipped_weights()}")
     return dict(entry)
 
 

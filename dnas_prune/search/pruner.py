@@ -52,10 +52,11 @@ built. What the offset gives is measured in experiments/results/search_stability
 
 from __future__ import annotations
 
+import difflib
 import math
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import torch
@@ -290,9 +291,19 @@ class Pruner:
                  target_macs: float | None = None, target_params: float | None = None,
                  target_latency: float | None = None, target_latency_ms: float | None = None,
                  latency: LatencyTable | None = None, config: SearchConfig | None = None, **overrides: Any) -> None:
+        targets = (target_macs, target_params, target_latency, target_latency_ms)
+        if config is None and all(t is None for t in targets) and not {"metric", "target", "target_ms"} & set(overrides):
+            raise DnasPruneError("Pruner: pass a budget, one of target_macs, target_params, target_latency or "
+                                 "target_latency_ms (or a SearchConfig)")
         config = config or SearchConfig()
-        if any(t is not None for t in (target_macs, target_params, target_latency, target_latency_ms)):
-            overrides = {**budget_fields(target_macs, target_params, target_latency, target_latency_ms), **overrides}
+        known = [f.name for f in fields(SearchConfig)]
+        for name in overrides:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                raise DnasPruneError(f"Pruner: unknown setting {name!r}" + (f"; did you mean {close[0]!r}?" if close
+                                     else "; the settings are SearchConfig's fields"))
+        if any(t is not None for t in targets):
+            overrides = {**budget_fields(*targets), **overrides}
         self.config = replace(config, **overrides)
         if isinstance(model, Supernet):
             self.net = model
