@@ -387,6 +387,8 @@ def test_the_pruner_names_an_unknown_setting_and_wants_a_budget() -> None:
         Pruner(create_model("cifar_resnet20"), (3, 16, 16), total_steps=10, target_macs=0.5, warmpu=0.1)
     with pytest.raises(DnasPruneError, match="pass a budget"):  # no silent default budget
         Pruner(create_model("cifar_resnet20"), (3, 16, 16), total_steps=10)
+    with pytest.raises(DnasPruneError, match="^target_macs must be a fraction"):  # its own name, not the CLI flag
+        Pruner(create_model("cifar_resnet20"), (3, 16, 16), total_steps=10, target_macs=1.5)
 
 
 def test_the_search_line_of_a_latency_budget_says_what_the_landing_timed() -> None:

@@ -303,7 +303,7 @@ class Pruner:
                 raise DnasPruneError(f"Pruner: unknown setting {name!r}" + (f"; did you mean {close[0]!r}?" if close
                                      else "; the settings are SearchConfig's fields"))
         if any(t is not None for t in targets):
-            overrides = {**budget_fields(*targets), **overrides}
+            overrides = {**budget_fields(*targets, flag="target_{}"), **overrides}  # named as the arguments
         self.config = replace(config, **overrides)
         if isinstance(model, Supernet):
             self.net = model
