@@ -79,7 +79,9 @@ class Pipeline:
         """Refuse to continue a run directory made with different settings for the stages already run."""
         saved_path = self.out / "config.toml"
         text = to_toml(self.config)
-        if saved_path.is_file():
+        # settings hold once a stage has written anything: a run that failed before (a wrong data.root) is not locked
+        started = self.out.is_dir() and any(p.name != saved_path.name for p in self.out.iterdir())
+        if saved_path.is_file() and started:
             differ = changed_settings(tomllib.loads(saved_path.read_text()), self.config)
             if differ:
                 raise DnasPruneError(f"{self.out} was started with different settings ({', '.join(differ)}); "

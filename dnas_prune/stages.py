@@ -46,6 +46,22 @@ def _monitor(out: Path, enabled: bool, pruner: Pruner | None = None) -> Iterator
             monitor.close()
 
 
+CHECKPOINTS = {"train": "train.pt", "search": "supernet.pt", "finetune": "finetune.pt"}  # each stage's, in OUT
+
+
+def check_out(stage: str, out: str | Path, resume: bool, strict: bool = False) -> None:
+    """Refuse to start ``stage`` (train, search or finetune) over a run of it already in ``out``: its files would be
+    overwritten. With ``strict`` (the CLI) also refuse to resume one that is not there: a mistyped --out would
+    silently start afresh (the pipeline resumes whatever is there)."""
+    checkpoint = Path(out) / CHECKPOINTS[stage]
+    if checkpoint.is_file() and not resume:
+        raise DnasPruneError(f"{out} already holds a {stage} run ({checkpoint.name}); resume it (--resume) or choose "
+                             "another --out")
+    if strict and resume and not checkpoint.is_file():
+        raise DnasPruneError(f"{checkpoint}: no such file (expected a dnas_prune {stage} checkpoint); check --out, "
+                             f"or drop --resume to start a {stage} run")
+
+
 # ---------------------------------------------------------------------------------------------- dense
 def train(model: nn.Module, data: TrainingData, config: TrainConfig, out_dir: str | Path, *,
           metadata: dict[str, Any] | None = None, resume: bool = False, tensorboard: bool = False,
@@ -53,6 +69,7 @@ def train(model: nn.Module, data: TrainingData, config: TrainConfig, out_dir: st
     """Train a dense model; writes ``OUT/train.pt`` (resumable, every epoch) and ``OUT/model.pt``. Returns the
     trainer and the final metrics. ``resume`` continues from ``OUT/train.pt``, which must exist."""
     out = Path(out_dir)
+    check_out("train", out, resume)
     with _monitor(out, tensorboard) as monitors:
         trainer = Trainer(model, data, config, out, callbacks=[*callbacks, *monitors], metadata=metadata)
         metrics = trainer.fit(resume=resume)
@@ -108,8 +125,8 @@ def search(
         raise DnasPruneError(f"ema_decay {train_config.ema_decay} applies to dense training and finetuning, not the "
                              "search, whose gates and BN statistics are fitted on the live weights; set it to 0 here")
     out = Path(out_dir)
-    checkpoint = out / "supernet.pt"
-    check_search_out(out, resume)
+    checkpoint = out / CHECKPOINTS["search"]
+    check_out("search", out, resume)
     if resume and checkpoint.is_file() and (out / "search.json").is_file():
         return _finished_search(checkpoint, train_config, search_config, log)
     input_size = input_size or data.train.input_size
@@ -134,19 +151,6 @@ def search(
         trainer.save_checkpoint()
         atomic_write_json(summary, out / "search.json")
     return net, summary
-
-
-def check_search_out(out: Path, resume: bool, strict: bool = False) -> None:
-    """Refuse to start a search over one already in ``out`` (its files would be overwritten), and with
-    ``strict`` (the CLI) to resume one that is not there (a mistyped --out would silently start afresh; the
-    pipeline resumes whatever is there)."""
-    checkpoint = out / "supernet.pt"
-    if checkpoint.is_file() and not resume:
-        raise DnasPruneError(f"{out} already holds a search ({checkpoint.name}); resume it (--resume) or choose "
-                             "another --out")
-    if strict and resume and not checkpoint.is_file():
-        raise DnasPruneError(f"{checkpoint}: no such file (expected a dnas_prune search checkpoint); check --out, "
-                             "or drop --resume to start a search")
 
 
 def search_line(summary: dict) -> str:
@@ -262,6 +266,7 @@ def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, o
     ``teacher`` (usually the dense parent) is distilled from when ``config.distill_weight > 0``."""
     out = Path(out_dir)
     _refuse_to_overwrite(pruned_path, out / "pruned.pt")
+    check_out("finetune", out, resume)
     model, metadata = load_pruned_with_metadata(pruned_path)
     with _monitor(out, tensorboard) as monitors:
         trainer = Trainer(model.train(), data, config, out, callbacks=[*callbacks, *monitors],

@@ -212,10 +212,26 @@ def test_search_out_dirs_are_never_overwritten_and_resume_needs_a_search(capsys,
     assert cli(capsys, *common, "--target-macs", "0.5", "--resume")[0] == 0  # read back: the files stay as they are
     assert_one_line_error(cli(capsys, *common, "--target-macs", "0.3", "--resume"), "finished search",
                           "target", "another --out")
-    assert_one_line_error(cli(capsys, *common, "--target-macs", "0.3"), "already holds a search", "--resume")
+    assert_one_line_error(cli(capsys, *common, "--target-macs", "0.3"), "already holds a search run", "--resume")
     assert_one_line_error(cli(capsys, "finalize", str(run / "supernet.pt"), "-o", str(run / "supernet.pt")),
                           "is also the input")
     assert {name: (run / name).read_bytes() for name in files} == files
+
+
+def test_train_and_finetune_never_start_over_a_run_and_resume_needs_one(capsys, files: dict[str, Path],
+                                                                          tiny_cifar: Path, tmp_path: Path) -> None:
+    data = ("--data", str(tiny_cifar), "--batch-size", "8", "--val-size", "6", "--epochs", "1", "--no-progress",
+            "--no-tensorboard")
+    dense, tuned = tmp_path / "dense", tmp_path / "tuned"
+    train = ("train", "--model", "cifar_resnet20", "--out", str(dense), *data)
+    finetune = ("finetune", str(files["pruned"]), "--out", str(tuned), *data)
+    for command, run in ((train, dense), (finetune, tuned)):
+        assert_one_line_error(cli(capsys, *command, "--resume"), "no such file", "drop --resume")
+        assert not run.exists()
+        assert cli(capsys, *command)[0] == 0
+        written = {f.name: f.read_bytes() for f in run.glob("*.pt")}
+        assert_one_line_error(cli(capsys, *command), "already holds a", "--resume")
+        assert {f.name: f.read_bytes() for f in run.glob("*.pt")} == written
 
 
 def run_process(*args: str) -> subprocess.CompletedProcess:

@@ -1058,3 +1058,16 @@ def test_busy_spells_tells_a_memory_hog_from_a_spinner_and_splits_its_windows() 
     assert f"| {spells.SENTINEL} | 0.600 | 0.900 | 1.500 |" in page
     result["hog"] = "spin"
     assert "spun on one core for 30 s" in spells.render(result)
+
+
+def test_a_ms_target_below_the_floor_is_refused_in_ms() -> None:
+    """--target-latency-ms below what the model can reach: the refusal speaks in ms, the user's unit, with the dense
+    timing the target was read against (a busy machine's high dense timing shows there)."""
+    from dnas_prune import Pruner
+    from dnas_prune.errors import BudgetError
+
+    model = create_model("cifar_resnet20")
+    table = synthetic_table(spec_of(model), (3, 16, 16))
+    with pytest.raises(BudgetError, match=r"^--target-latency-ms 0\.5 is below what this model can reach: .* ms per "
+                                          r"batch, its floor, with the dense model measured at 10 ms here"):
+        Pruner(model, (3, 16, 16), total_steps=10, latency=table, target_latency_ms=0.5, target_ms_dense=10.0)

@@ -84,6 +84,7 @@ def test_a_run_dir_from_before_a_changed_default_keeps_its_old_behaviour(tmp_pat
     silently switched."""
     out = tmp_path / "run"
     Pipeline(load_config(_write(tmp_path, MINIMAL), out=str(out)))._check_run_dir()
+    (out / "pretrain").mkdir()  # a stage has started: the settings hold from here
     saved = out / "config.toml"
     saved.write_text(saved.read_text().replace("continue_schedule = true\n", "").replace('prior = "taylor"\n', "")
                      .replace('channel_order = "l1"\n', ""))
@@ -147,11 +148,20 @@ def test_settings_added_later_are_read_as_their_defaults(tmp_path: Path) -> None
     out = tmp_path / "run"
     config = load_config(_write(tmp_path, MINIMAL), ["data.workers=2"], out=str(out))
     Pipeline(config)._check_run_dir()
+    (out / "pretrain").mkdir()  # a stage has started: the settings hold from here
     saved = out / "config.toml"
     saved.write_text(saved.read_text().replace("image_size = 224\n", ""))
     Pipeline(load_config(_write(tmp_path, MINIMAL), out=str(out)))._check_run_dir()
     with pytest.raises(DnasPruneError, match=r"different settings \(data.image_size\)"):
         Pipeline(load_config(_write(tmp_path, MINIMAL), ["data.image_size=64"], out=str(out)))._check_run_dir()
+
+
+def test_a_run_that_wrote_nothing_but_its_config_may_change_settings(tmp_path: Path) -> None:
+    """A run that stopped before any stage wrote a file (a wrong data.root) does not lock its directory."""
+    out = tmp_path / "run"
+    Pipeline(load_config(_write(tmp_path, MINIMAL), ["data.root='/nonexistent'"], out=str(out)))._check_run_dir()
+    Pipeline(load_config(_write(tmp_path, MINIMAL), out=str(out)))._check_run_dir()
+    assert "nonexistent" not in (out / "config.toml").read_text()
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.teacher and not config.distill_weight > 0:
         raise DnasPruneError("--teacher is only used with --distill-weight > 0 (e.g. --distill-weight 0.5)")
     load_pruned_with_metadata(args.pruned)  # a wrong file fails now, before the data is loaded
+    stages.check_out("finetune", args.out, args.resume, strict=True)
     data, root = load_data(args)
     teacher = load_pretrained(args.teacher, None, data.num_classes) if args.teacher else None
     seed_everything(args.seed)

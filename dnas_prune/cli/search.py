@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     search_config = search_config_from(args)
     train_config = train_config_from(args)
     out = Path(args.out)
-    stages.check_search_out(out, args.resume, strict=True)  # before the data loads
+    stages.check_out("search", out, args.resume, strict=True)  # before the data loads
     init_distributed()
     data, _ = load_data(args)
     seed_everything(args.seed)

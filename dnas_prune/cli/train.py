@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     check_model_name(args.model)
     rank, _ = init_distributed()
     config = train_config_from(args)
+    stages.check_out("train", args.out, args.resume, strict=True)  # before the data loads
     data, root = load_data(args)
     seed_everything(args.seed)
     model = create_model(args.model, num_classes=data.num_classes, zero_init_residual=args.zero_init_residual)

@@ -72,10 +72,17 @@ def cost_floor(net: Supernet, metric: str, round_to: int | None = None) -> float
     return float(cost) / net.dense_metric(metric)
 
 
-def check_feasible(net: Supernet, metric: str, target: float, round_to: int | None = None) -> None:
-    """Raise before any training when the target is below what cannot be pruned."""
+def check_feasible(net: Supernet, metric: str, target: float, round_to: int | None = None,
+                   dense_ms: float | None = None) -> None:
+    """Raise before any training when the target is below what cannot be pruned. ``dense_ms``: the dense model's
+    measured ms that a target in ms was resolved against, so the refusal speaks in ms, as the user did."""
     check_target(metric, target)
     floor = cost_floor(net, metric, round_to)
+    if target < floor and dense_ms is not None:
+        raise BudgetError(f"--target-latency-ms {target * dense_ms:g} is below what this model can reach: "
+                          f"{floor * dense_ms:.3g} ms per batch, its floor, with the dense model measured at "
+                          f"{dense_ms:.3g} ms here now (timings on a busy machine run high); choose a target >= "
+                          f"{math.ceil(floor * dense_ms * 100) / 100:g} ms")
     if target < floor:
         raise BudgetError(
             f"target {metric} {target:g} is below the floor {floor:.4f} of this model (stem, fc, projections, ungated "

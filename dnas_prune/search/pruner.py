@@ -315,7 +315,8 @@ class Pruner:
         if self.config.metric == "latency":
             self._attach_latency(latency)
         cfg = self.config
-        check_feasible(self.net, cfg.metric, cfg.target, cfg.round_to)
+        check_feasible(self.net, cfg.metric, cfg.target, cfg.round_to,
+                       dense_ms=cfg.target_ms_dense if cfg.target_ms is not None else None)
         # budget_state reads it: True holds thin blocks shut while searching, "projection" closes them at the end
         closes: bool | str = False
         if cfg.closes_thin_blocks:

@@ -40,7 +40,7 @@ def resolve_data_root(data: str | os.PathLike | None, download: bool = True) -> 
     if chosen is not None:
         root = Path(chosen).expanduser()
         if not root.is_dir():
-            raise DataError(f"data directory {root} does not exist; expected {LAYOUT} (pass --data or set DNAS_PRUNE_DATA)")
+            raise DataError(f"data directory {root} does not exist; expected {LAYOUT} (pass --data, data.root in a config, or set DNAS_PRUNE_DATA)")
         return root
     root = user_cache_home() / "cifar10"
     if (root / _OFFICIAL).is_dir():
