@@ -258,9 +258,11 @@ def to_toml(config: Config) -> str:
     return "\n".join(parts) + "\n"
 
 
-def changed_settings(saved: dict[str, Any], config: Config) -> list[str]:
+def changed_settings(saved: dict[str, Any], config: Config, rerunnable: bool = False) -> list[str]:
     """The keys whose value in ``config`` differs from a run directory's ``saved`` config.toml (parsed), leaving out
-    what does not change what earlier stages computed; a saved config without a newer key ran that key's old way."""
+    what does not change what earlier stages computed (with ``rerunnable``: only those, the export and report
+    settings, whose stages a re-run redoes); a saved config without a newer key ran that key's old way."""
     current = tomllib.loads(to_toml(config))
-    return [_label(section, key) for section in SCHEMA if section not in _RERUNNABLE for key in SCHEMA[section]
+    return [_label(section, key) for section in SCHEMA if (section in _RERUNNABLE) == rerunnable
+            for key in SCHEMA[section]
             if (section, key) not in _IGNORED and _get(saved, section, key, saved=True) != _get(current, section, key)]

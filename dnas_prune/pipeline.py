@@ -75,19 +75,24 @@ class Pipeline:
         except DnasPruneError:
             return None
 
-    def _check_run_dir(self) -> None:
-        """Refuse to continue a run directory made with different settings for the stages already run."""
+    def _check_run_dir(self) -> list[str]:
+        """Refuse to continue a run directory made with different settings for the stages already run; returns the
+        changed export and report settings, whose stages the run then redoes (the report shows them)."""
         saved_path = self.out / "config.toml"
         text = to_toml(self.config)
         # settings hold once a stage has written anything: a run that failed before (a wrong data.root) is not locked
         started = self.out.is_dir() and any(p.name != saved_path.name for p in self.out.iterdir())
+        redo = []
         if saved_path.is_file() and started:
-            differ = changed_settings(tomllib.loads(saved_path.read_text()), self.config)
+            saved = tomllib.loads(saved_path.read_text())
+            differ = changed_settings(saved, self.config)
             if differ:
                 raise DnasPruneError(f"{self.out} was started with different settings ({', '.join(differ)}); "
                                      "use another --out or restore them")
+            redo = changed_settings(saved, self.config, rerunnable=True)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(text, saved_path)
+        return redo
 
     # ----------------------------------------------------------------- stages
     def pretrain(self) -> None:
@@ -171,10 +176,13 @@ class Pipeline:
     def run(self) -> dict[str, str]:
         """Run every unfinished stage in order; returns ``{stage: "ran" | "skipped"}``. Prints one line as each
         stage starts and ends, with its place (i/N) and the whole run's ETA; every epoch line carries the ETA."""
-        self._check_run_dir()
+        redo = self._check_run_dir()
         status: dict[str, str] = {}
         stages = self.outputs()
-        pending = [stage for stage, outputs in stages.items() if not all(p.is_file() for p in outputs)]
+        pending = [stage for stage, outputs in stages.items() if not all(p.is_file() for p in outputs)
+                   or (stage == "report" and redo)]  # a new export is made by its missing file
+        if redo:
+            self.log(f"changed since the last run: {', '.join(redo)}; the report is made again")
         clock = RunClock(self, pending)
         with epoch_note(clock.note):
             for i, (stage, outputs) in enumerate(stages.items(), 1):

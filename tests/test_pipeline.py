@@ -164,6 +164,18 @@ def test_a_run_that_wrote_nothing_but_its_config_may_change_settings(tmp_path: P
     assert "nonexistent" not in (out / "config.toml").read_text()
 
 
+def test_changed_report_and_export_settings_are_redone_not_ignored(tmp_path: Path) -> None:
+    """A finished run re-run with other report or export settings makes its report again (it shows them), and
+    tells so; other changes are still refused."""
+    out = tmp_path / "run"
+    assert Pipeline(load_config(_write(tmp_path, MINIMAL), out=str(out)))._check_run_dir() == []
+    (out / "report.json").write_text("{}")  # the run has finished
+    changed = load_config(_write(tmp_path, MINIMAL), ["report.batch_sizes=[1]", "export.formats=['onnx', 'pt2']"],
+                          out=str(out))
+    assert Pipeline(changed)._check_run_dir() == ["export.formats", "report.batch_sizes"]
+    assert Pipeline(changed)._check_run_dir() == []  # now saved
+
+
 @pytest.mark.slow
 def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
