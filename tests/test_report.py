@@ -145,3 +145,21 @@ def test_run_summary_says_what_to_do_when_a_cost_budget_buys_little_speed() -> N
     # a latency budget was already priced on the device; a model faster everywhere needs no note
     assert "note" not in run_summary(summary_result("latency", {1: 2.9, 64: 34.0}, {1: 3.1, 64: 24.0}), "p", {}, "o")
     assert "note" not in run_summary(summary_result("macs", {1: 2.9, 64: 34.0}, {1: 2.0, 64: 17.0}), "p", {}, "o")
+
+
+def test_report_md_warns_beside_a_latency_it_knows_is_unreliable(pruned_run, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timing's noise warning (a busy machine) reaches report.md next to the figures, not only report.json."""
+    import dnas_prune.device.timing as timing_module
+
+    monkeypatch.setattr(timing_module, "noise_warning", lambda median, p90: "p90 is 9x the median: busy")
+    dense, pruned, layers = pruned_run
+    write_report(tmp_path, dense=dense, dense_metrics={"test_acc": 0.9}, pruned=pruned,
+                 pruned_metadata={"input_size": [3, 32, 32], "test_acc": 0.85, "layers": layers},
+                 search_summary={"target": {"metric": "macs", "ratio": 0.5}, "accuracy": {"test": 0.6},
+                                 "final": {"macs": 20e6}},
+                 config={"": {"out": str(tmp_path)}, "model": {"name": "cifar_resnet20"}}, config_toml="", exports={},
+                 batch_sizes=(1,), max_seconds=0.05, threads=1)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "**Warning**, latency dense at batch 1: p90 is 9x the median: busy." in markdown
+    assert "**Warning**, latency pruned at batch 1: p90 is 9x the median: busy." in markdown

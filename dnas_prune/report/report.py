@@ -260,6 +260,10 @@ def _markdown(r: dict[str, Any], table: str, config_toml: str) -> str:
         pruned_ms = lat["models"]["pruned"]["latency"][bs]["median_ms"]
         lines.append(f"| latency, batch {bs} (median) | {dense_ms:.2f} ms | {pruned_ms:.2f} ms "
                      f"(speedup {lat['ratios']['pruned'][bs]['speedup']:.2f}x) |")
+    unreliable = [f"{name} at batch {bs}: {entry['latency'][bs]['warning']}" for name, entry in lat["models"].items()
+                  for bs in lat["batch_sizes"] if entry["latency"][bs].get("warning")]
+    if unreliable:  # the figures above are not to be trusted
+        lines += [""] + [f"**Warning**, latency {line}." for line in unreliable]
     lines += [
         "",
         f"Test accuracy right after the search (hard supernet, before finetuning): {_pct(p['search_test_acc'])}.",
