@@ -252,3 +252,14 @@ def test_entry_point_error_from_a_real_process(files: dict[str, Path], tmp_path:
     result = run_process("finalize", str(files["payload"]), "-o", str(tmp_path / "out.pt"))
     assert_one_line_error((result.returncode, result.stderr), files["payload"].name)
     assert not (tmp_path / "out.pt").exists() and not (tmp_path / "marker").exists()
+
+
+def test_an_interrupt_says_how_to_continue(capsys, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import dnas_prune.cli.search as search_command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_command, "run", interrupted)
+    assert main(["search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--out", str(tmp_path / "r")]) == 130
+    assert capsys.readouterr().err == "dnas-prune: interrupted; pass --resume with the same --out to continue\n"

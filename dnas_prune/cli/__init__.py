@@ -92,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dnas-prune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dnas-prune: interrupted", file=sys.stderr)
+        resume = ("re-run the same command to continue" if args.command == "run" else
+                  "pass --resume with the same --out to continue" if args.command in ("train", "search", "finetune")
+                  else "no output was left half-written")
+        print(f"dnas-prune: interrupted; {resume}", file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = formatwarning

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     train_config = train_config_from(args)
     out = Path(args.out)
     stages.check_out("search", out, args.resume, strict=True)  # before the data loads
-    init_distributed()
+    rank, _ = init_distributed()
     data, _ = load_data(args)
     seed_everything(args.seed)
     if args.pretrained:
@@ -132,5 +132,6 @@ def run(args: argparse.Namespace) -> int:
         model = create_model(args.model, num_classes=data.num_classes)
     _, summary = stages.search(model, data, train_config, search_config, out, resume=args.resume,
                                tensorboard=not args.no_tensorboard)
-    print(f"search done: {stages.search_line(summary)}; wrote {out / 'supernet.pt'}")
+    if rank == 0:  # under torchrun, once
+        print(f"search done: {stages.search_line(summary)}; wrote {out / 'supernet.pt'}")
     return 0
