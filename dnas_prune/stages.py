@@ -134,7 +134,7 @@ def search(
     steps = train_config.epochs * (len(data.train) // train_config.batch_size)
     resume = resume and checkpoint.is_file()
     if resume:
-        search_config = _resumed_ms_target(search_config, out / "supernet.pt")
+        search_config = _resumed_ms_target(search_config, checkpoint)
     pruner = Pruner(model, input_size, total_steps=steps, config=search_config)
     net, search_config = pruner.net, pruner.config  # a ms latency target is resolved to a fraction of dense
     metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config)}
