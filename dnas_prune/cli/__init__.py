@@ -15,6 +15,7 @@ from typing import Any, NoReturn, Sequence
 
 from ..device.policy import close_distributed
 from ..errors import DnasPruneError
+from ..stages import CHECKPOINTS
 
 COMMANDS = ("train", "search", "finalize", "finetune", "export", "profile", "latency-table", "run")
 
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         resume = ("re-run the same command to continue" if args.command == "run" else
-                  "pass --resume with the same --out to continue" if args.command in ("train", "search", "finetune")
+                  "pass --resume with the same --out to continue" if args.command in CHECKPOINTS
                   else "no output was left half-written")
         print(f"dnas-prune: interrupted; {resume}", file=sys.stderr)
         return 130
