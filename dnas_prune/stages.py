@@ -141,7 +141,7 @@ def search(
     with _monitor(out, tensorboard, pruner) as monitors:
         trainer = Trainer(net, data, train_config, out, callbacks=[SearchHooks(pruner), *callbacks, *monitors],
                           checkpoint_name="supernet.pt", metadata=metadata, teacher=teacher)
-        trainer.fit(resume=resume)
+        trainer.fit(resume=resume, evaluate_last=False)  # _land evaluates the network the projection pins
         summary = _land(trainer, pruner, data, train_config, search_config, log)
         for monitor in monitors:
             monitor.log_search_summary(summary)

@@ -141,6 +141,9 @@ class RecordEvalStatistics(TrainHooks):
     def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
         import copy
 
+        if "val_acc" not in metrics:  # the last epoch: the search evaluates after projecting (test below)
+            return
+
         from dnas_prune.search.hooks import recalibrate_bn
 
         def stats(net) -> dict[str, torch.Tensor]:
@@ -156,11 +159,30 @@ def test_mid_search_val_accuracy_is_that_of_the_hard_network(synthetic_data, tmp
     """Eval mode computes the hard network; its BN statistics must be its own, not the soft-gated ones training
     left behind, or TensorBoard shows chance accuracy during the search."""
     recorder = RecordEvalStatistics(calibration_batches=2)  # run_search's recalibrate_batches
-    run_search(synthetic_data, tmp_path, epochs=2, callbacks=[recorder])
+    run_search(synthetic_data, tmp_path, epochs=3, callbacks=[recorder])
     assert len(recorder.seen) == 2
     for used, hard in recorder.seen:
         for name in used:
             torch.testing.assert_close(used[name], hard[name], msg=name)
+
+
+def test_the_search_evaluates_each_split_once_at_its_end_on_the_projected_network(synthetic_data, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """The last epoch's evaluation would measure the network before the projection, which the search measures
+    again right after: time spent twice for a number nobody keeps."""
+    from dnas_prune.train.loop import Trainer
+
+    evaluated, evaluate = [], Trainer.evaluate
+
+    def counting(trainer, split, *args, **kwargs):
+        pinned = all(bool((gate.forced >= 0).all()) for gate in trainer.model.gates.values())
+        evaluated.append((trainer.epoch, pinned, split is trainer.data.test))
+        return evaluate(trainer, split, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", counting)
+    _, summary = run_search(synthetic_data, tmp_path, epochs=2)
+    assert evaluated == [(0, False, False), (2, True, False), (2, True, True)]  # epoch 1's val; val and test at the end
+    assert "val_acc" in summary["history"][0] and "val_acc" not in summary["history"][-1]
 
 
 def _warm_up_taylor(pruner, steps: int, seed: int = 0) -> None:

@@ -419,8 +419,10 @@ class Trainer:
         raise TrainingDiverged(f"loss became {value} at epoch {self.epoch + 1}, step {self.global_step}; {last}; "
                                "lower --lr or check the data")
 
-    def fit(self, resume: bool = False) -> dict:
-        """Train until ``config.epochs`` epochs are done (continuing from the checkpoint if ``resume``)."""
+    def fit(self, resume: bool = False, evaluate_last: bool = True) -> dict:
+        """Train until ``config.epochs`` epochs are done (continuing from the checkpoint if ``resume``).
+        ``evaluate_last=False`` leaves the last epoch unevaluated, for a caller that changes the model and evaluates
+        it afterwards (a search projects its gates first)."""
         cfg = self.config
         keep_freed_memory()  # steps stop page-faulting their activations afresh (see device/allocator.py)
         if resume:
@@ -448,11 +450,13 @@ class Trainer:
             epoch = self.epoch
             self.callbacks.on_epoch_start(self, epoch)
             metrics = {"epoch": epoch + 1, **self.train_epoch(epoch)}
-            testing = cfg.test_every_epoch or epoch + 1 == cfg.epochs
+            last = epoch + 1 == cfg.epochs
+            testing = (cfg.test_every_epoch or last) and (evaluate_last or not last)
+            validating = len(self.data.val) > 0 and (evaluate_last or not last)
             eval_start = time.perf_counter()
-            if len(self.data.val) or testing:
+            if validating or testing:
                 self.callbacks.before_evaluate(self, epoch)
-            if len(self.data.val):
+            if validating:
                 val = self.evaluate(self.data.val, desc="val")
                 metrics.update(val_acc=val["acc"], val_loss=val["loss"])
                 if self.ema is not None:  # side by side, so the average's effect is measured in the same run
