@@ -7,6 +7,7 @@ import copy
 import importlib.util
 import itertools
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from dnas_prune import Pruner, SearchConfig, TrainConfig, create_model, load_pruned_with_metadata, search
+from dnas_prune.errors import DnasPruneError
 from dnas_prune.train.loop import TrainHooks
 
 from conftest import REPO, make_synthetic
@@ -152,3 +154,105 @@ def test_the_readme_python_api_snippet_runs_as_written(tmp_path: Path, monkeypat
     assert abs(macs / 0.5 - 1) <= 0.01, macs
     assert (tmp_path / "pruned.pt").is_file() and (tmp_path / "model.onnx").is_file()
     assert type(scope["model"]).__name__ == "CifarResNet"
+
+
+def _pruner(**kw) -> Pruner:
+    torch.manual_seed(0)
+    budget = {} if any(k.startswith("target_") for k in kw) else {"target_macs": 0.5}
+    return Pruner(create_model("cifar_resnet20"), (3, 16, 16), **{"total_steps": 4, **budget, **kw})
+
+
+def _train_step(pruner: Pruner, optimizer: torch.optim.Optimizer) -> None:
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    nn.functional.cross_entropy(pruner.net(x), y).backward()
+    optimizer.step()
+    pruner.step()
+    optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"target_macs": True}, "got True"),
+    ({"target_macs": "0.5"}, "got '0.5'"),
+    ({"target_macs": torch.tensor([0.5, 0.5])}, "in \\(0, 1\\], got tensor"),
+    ({"total_steps": 0}, "total_steps must be the number .*positive whole number\\), got 0"),
+    ({"total_steps": 2.5}, "got 2.5"),
+    ({"total_steps": None}, "got None"),
+])
+def test_the_pruner_refuses_what_is_not_a_budget_or_a_step_count(kwargs, words) -> None:
+    with pytest.raises(DnasPruneError, match=words):
+        _pruner(**kwargs)
+
+
+def test_the_pruner_takes_numpy_and_tensor_scalars_as_budgets() -> None:
+    import numpy as np
+
+    assert _pruner(target_macs=np.float32(0.5)).config.target == 0.5
+    assert _pruner(target_params=torch.tensor(0.25)).config.target == 0.25
+    assert _pruner(total_steps=np.int64(4)).total_steps == 4
+
+
+def test_a_loop_that_steps_too_often_or_hands_the_gates_to_its_optimizer_is_warned_once_each() -> None:
+    pruner = _pruner(total_steps=2)
+    mixed = torch.optim.SGD(pruner.net.parameters(), lr=0.1)  # the gate logits too: a mistake
+    with pytest.warns(UserWarning, match="gate logits changed between Pruner steps.*weight_parameters") as seen:
+        for _ in range(4):  # SGD moves the logits before each pruner.step; four steps of two
+            _train_step(pruner, mixed)
+    assert [str(w.message).split(":")[0] for w in seen] == ["the gate logits changed between Pruner steps",
+                                                           "more Pruner steps than total_steps=2"]
+    clean = _pruner(total_steps=3)
+    optimizer = torch.optim.SGD(clean.weight_parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            _train_step(clean, optimizer)
+        clean.net.load_state_dict(clean.net.state_dict())  # a resume's load moves logits legitimately
+        next(iter(clean.net.gates.values())).logits.data.add_(1.0)
+        clean.net.load_state_dict(clean.net.state_dict())
+
+
+def test_a_step_without_gate_gradients_is_warned_and_a_step_after_finalize_refused() -> None:
+    pruner = _pruner()
+    with pytest.warns(UserWarning, match="no gate got a gradient this step"):
+        pruner.step()  # no backward before it
+    optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.1)
+    for _ in range(3):
+        _train_step(pruner, optimizer)
+    pruner.finalize()
+    with pytest.raises(DnasPruneError, match="Pruner.step after project\\(\\) or finalize\\(\\)"):
+        _train_step(pruner, optimizer)
+
+
+def test_a_pruner_state_resumes_only_under_its_budget() -> None:
+    state = _pruner(target_macs=0.3).state_dict()
+    with pytest.raises(DnasPruneError, match="saved with the budget .*0.3.*resume with the same budget"):
+        _pruner(target_macs=0.5).load_state_dict(state)
+    with pytest.warns(UserWarning, match="saved with total_steps=4, this Pruner has 8"):
+        _pruner(target_macs=0.3, total_steps=8).load_state_dict(state)
+
+
+def test_a_projection_far_from_its_target_is_warned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a small target one channel step or one block can be a large part of the budget: the projection's
+    tolerance (0.01 of the dense cost) is then a large part of the target, and the user is told."""
+    from dnas_prune.search import pruner as pruner_module
+
+    pruner = _pruner(target_macs=0.05)
+    monkeypatch.setattr(pruner_module, "project_to_budget", lambda *args, **kwargs: None)  # keeps the dense state
+    with pytest.warns(UserWarning, match="the projection pinned 1 of dense macs, \\+1900 % from the target 0.05"):
+        pruner.project()
+
+
+def test_a_look_at_the_finalized_model_mid_search_leaves_the_search_as_it_was() -> None:
+    """The README offers dnas_prune.finalize(pruner.net) as a look that leaves the search running."""
+    from dnas_prune import finalize
+
+    runs = []
+    for look in (False, True):
+        pruner = _pruner(total_steps=4)
+        optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.1)
+        torch.manual_seed(1)
+        for step in range(4):
+            _train_step(pruner, optimizer)
+            if look and step == 1:
+                finalize(pruner.net)
+        runs.append([gate.logits.detach().clone() for gate in pruner.net.gates.values()] + [pruner.offset])
+    assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(*runs))

@@ -126,7 +126,7 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
             continue
         logits.append(net.gate(name).logits.detach().double().cpu().reshape(1))
         slots.append(torch.tensor([b])), widths.append(torch.ones(1)), is_block.append(torch.ones(1, dtype=torch.bool))
-    if not logits:
+    if sum(len(x) for x in logits) == 0:  # every gate pinned: nothing to decide
         return 0.0, cost_ratios(net, counts, blocks)
     logit = torch.cat(logits)
     order = torch.argsort(logit, descending=True, stable=True)

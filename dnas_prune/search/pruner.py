@@ -12,8 +12,10 @@ How the search steers itself to the budget. Every step, before the forward, :fun
 shifts all gate logits by one offset so that the hard decisions (``logit + offset > 0``) cost exactly what the
 current target allows, and the forward is hard with a straight-through gradient from the first step. So:
 
-- the hard cost follows the target at every step by construction; nothing can overshoot below it, and the
-  network trained is the one eval, finalization and the user get;
+- the hard cost follows the target at every step by construction, and the network trained is the one eval,
+  finalization and the user get. It lies under the target by at most the unit at the threshold: one channel
+  step, or, with block gates, a block whose inner channels rank above its gate (they cost nothing while the block
+  is closed), which can be a large part of a small target; :attr:`max_deviation` records how far;
 - the target descends from the dense cost to the final budget along a cubic ramp (steep first, flat on
   arrival, as in gradual magnitude pruning), so the weights adapt while units leave a few at a time;
 - the logits only rank units: their gradient, divided by each unit's marginal cost, is the first-order gain of
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, replace
@@ -81,6 +84,7 @@ THIN_BLOCK_CLOSERS = ("search", "projection")
 THIN_BRANCHES = ("gate", "step")  # a block's branch is thin one gate, or one round_to step, wide (can_be_thin)
 RANK_COSTS = ("auto", "budget", "macs")
 # SearchConfig fields that one of the target_* keys sets (budget_fields), not knobs of their own
+PROJECTION_WARN = 0.05  # a projection pinned further than this from its target (relative) is warned of
 BUDGET_FIELDS = ("metric", "target", "target_ms", "target_ms_dense")
 
 
@@ -220,13 +224,24 @@ def budget_fields(macs: float | None = None, params: float | None = None, latenc
         raise DnasPruneError(f"give exactly one budget of {every}"
                              + (f", not {' and '.join(map(name, given))}" if given else ""))
     (kind, value), = given.items()
+    number = _real(value)
     if kind == "latency_ms":
-        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-            raise DnasPruneError(f"{name(kind)} must be a positive number of milliseconds, got {value}")
-        return {"metric": "latency", "target": 1.0, "target_ms": float(value)}
-    if not (isinstance(value, (int, float)) and 0.0 < float(value) <= 1.0):
-        raise DnasPruneError(f"{name(kind)} must be a fraction of the dense model's in (0, 1], got {value}")
-    return {"metric": kind, "target": float(value), "target_ms": None}
+        if not (number is not None and number > 0 and math.isfinite(number)):
+            raise DnasPruneError(f"{name(kind)} must be a positive number of milliseconds, got {value!r}")
+        return {"metric": "latency", "target": 1.0, "target_ms": number}
+    if not (number is not None and 0.0 < number <= 1.0):
+        raise DnasPruneError(f"{name(kind)} must be a fraction of the dense model's in (0, 1], got {value!r}")
+    return {"metric": kind, "target": number, "target_ms": None}
+
+
+def _real(value: Any) -> float | None:
+    """``value`` as a float if it is one real number (a Python, NumPy or one-element tensor scalar), else None;
+    a bool is not a budget."""
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 and not value.is_complex() else None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
 
 
 def ramped_target(target: float, elapsed: float, ramp: float) -> float:
@@ -325,13 +340,20 @@ class Pruner:
                            "thin_branch": cfg.thin_branch}
         if cfg.metric == "latency":
             self.net.budget["latency_table"] = self.net.latency.table.settings
-        self.total_steps = max(1, int(total_steps))
+        if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
+            raise DnasPruneError(f"Pruner: total_steps must be the number of optimizer steps the search will take (a "
+                                 f"positive whole number), got {total_steps!r}")
+        self.total_steps = int(total_steps)
         # Scaled to the search length: a consistently pushed gate crosses its prior's range and the initial
         # logit within a quarter of the budgeted steps, for 40 steps or 4000.
         budgeted = max(1.0, self.total_steps * (1.0 - cfg.warmup))
         self.gate_lr = cfg.gate_lr or min(0.5, max(0.005, cfg.init_logit / (0.25 * budgeted)))
         self.gate_optimizer = make_gate_optimizer(cfg.gate_optimizer, self.net.gate_parameters(), self.gate_lr)
         self.steps_done = 0
+        self._warned: set[str] = set()  # the loop's mistakes warned of (_check_the_loop)
+        self._logits_after_step: list[torch.Tensor] | None = None  # to see another optimizer move the gates
+        # a user's net.load_state_dict moves the logits legitimately
+        self.net.register_load_state_dict_post_hook(lambda module, keys: setattr(self, "_logits_after_step", None))
         self.trace_every = max(1, self.total_steps // 200)
         self.trace: list[tuple[int, float, float]] = []
         self.max_deviation = 0.0
@@ -348,6 +370,7 @@ class Pruner:
     # ------------------------------------------------------------------ the loop
     def step(self) -> None:
         """After ``loss.backward()``: update the gates and set up the next step."""
+        self._check_the_loop()
         if self.config.prior == "taylor" and not self.prior_set:
             add_saliency(self.net, self.saliency)
         if self.config.cost_normalized:
@@ -357,6 +380,31 @@ class Pruner:
         hold_channel_order(self.net, self.channel_order)
         self.steps_done += 1
         self._prepare()
+
+    def _check_the_loop(self) -> None:
+        """Mistakes of a training loop that would go unnoticed: stepping after the gates were pinned (an error);
+        gates without gradient (the forward did not go through :attr:`net` in training mode, or the gradients were
+        cleared before this step), gates moved by another optimizer, more steps than ``total_steps`` (warnings,
+        once each)."""
+        gates = list(self.net.gates.values())
+        if all(bool((gate.forced >= 0).all()) for gate in gates):
+            raise DnasPruneError("Pruner.step after project() or finalize(): every gate is pinned and the search is "
+                                 "over; train the model finalize() returned (or net.release_gates() to search on)")
+        if "no gradient" not in self._warned and all(gate.logits.grad is None for gate in gates):
+            self._warn_once("no gradient", "no gate got a gradient this step: call pruner.step() after "
+                            "loss.backward() and before zero_grad, on a loss of pruner.net(x) in train mode")
+        if self._logits_after_step is not None and not all(
+                torch.equal(gate.logits, kept) for gate, kept in zip(gates, self._logits_after_step)):
+            self._warn_once("moved", "the gate logits changed between Pruner steps: the weights' optimizer holds "
+                            "them too; give it pruner.weight_parameters(), not pruner.net.parameters()")
+        if self.steps_done == self.total_steps:
+            self._warn_once("overrun", f"more Pruner steps than total_steps={self.total_steps}: the budget's ramp "
+                            "was planned for that many; call pruner.step() once per optimizer step and count those")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=4)
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         """What the weights' optimizer should take: the model's parameters, never the gate logits, which the
@@ -387,6 +435,7 @@ class Pruner:
         due = self.steps_done % self.trace_every == 0 or self.steps_done == self.total_steps
         if due and not (self.trace and self.trace[-1][0] == self.steps_done):  # a resume prepares its step again
             self.trace.append((self.steps_done, self.target, self.hard_ratio))
+        self._logits_after_step = [gate.logits.detach().clone() for gate in self.net.gates.values()]
 
     @torch.no_grad()
     def _rank_metric(self, kind: str = "channels") -> str:
@@ -541,6 +590,10 @@ class Pruner:
             project_to_budget(self.net, cfg.metric, cfg.target, cfg.round_to)
         self.hard_ratios = self.hard_ratios_now()
         self.hard_ratio = after = self.hard_ratios[cfg.metric]
+        if measured is None and abs(after / cfg.target - 1.0) > PROJECTION_WARN:
+            warnings.warn(f"the projection pinned {after:.4g} of dense {cfg.metric}, {100 * (after / cfg.target - 1):+.0f} "
+                          f"% from the target {cfg.target:g}: at this size one channel step (round_to="
+                          f"{cfg.round_to}) or one block is a large part of the budget", stacklevel=2)
         result: dict[str, Any] = {"before": before, "after": after, "moved": after - before}
         if measured is not None:
             result["measured"] = measured  # the try finalized has "pinned"
@@ -566,12 +619,30 @@ class Pruner:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """The gate optimizer and the step count; the gates, offset and temperature are in ``net.state_dict()``."""
-        return {"gate_optimizer": self.gate_optimizer.state_dict(), "steps_done": self.steps_done,
+        return {"budget": self._budget(), "total_steps": self.total_steps,
+                "gate_optimizer": self.gate_optimizer.state_dict(), "steps_done": self.steps_done,
                 "trace": list(self.trace), "max_deviation": self.max_deviation,
                 "saliency": {k: v.clone() for k, v in self.saliency.items()}, "prior_set": self.prior_set,
                 "channel_order": {k: v.clone() for k, v in self.channel_order.items()}}
 
+    def _budget(self) -> dict[str, Any]:
+        """The budget as a resumed state must match it (a ms target is compared in ms: the fraction it gives
+        follows a timing of the dense model)."""
+        cfg = self.config
+        return {"metric": cfg.metric, **({"target_ms": cfg.target_ms} if cfg.target_ms is not None
+                                         else {"target": cfg.target})}
+
     def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`: refused if it was saved under another budget; a different
+        ``total_steps`` rescales the rest of the ramp, with a warning."""
+        saved = state.get("budget")
+        if saved is not None and saved != self._budget():
+            raise DnasPruneError(f"Pruner.load_state_dict: the state was saved with the budget {saved}, this Pruner has "
+                                 f"{self._budget()}; resume with the same budget")
+        if state.get("total_steps", self.total_steps) != self.total_steps:
+            warnings.warn(f"Pruner.load_state_dict: the state was saved with total_steps={state['total_steps']}, this "
+                          f"Pruner has {self.total_steps}: the rest of the budget's ramp follows the new length",
+                          stacklevel=2)
         self.gate_optimizer.load_state_dict(state["gate_optimizer"])
         self.steps_done = int(state["steps_done"])
         self.trace = [tuple(t) for t in state["trace"]]
