@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .errors import DnasPruneError
 from .search.budget import budget_state, cost_ratios
 from .search.fold import fold
 from .search.latency import table_for_settings
@@ -35,6 +36,8 @@ def finalize(net: Supernet, round_to: int | None = None) -> nn.Module:
 def final_decisions(net: Supernet, round_to: int | None = None) -> Iterator[Supernet]:
     """Within this block ``net`` holds the decisions :func:`finalize` folds: its own, or with ``round_to`` those
     re-projected onto its budget with every width a multiple of ``round_to``. Afterwards it is as before."""
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise DnasPruneError(f"round_to must be a positive whole number of channels (or None), got {round_to!r}")
     if not round_to:
         yield net
         return

@@ -20,7 +20,7 @@ from .device.timing import latency_progress
 from .errors import DnasPruneError
 from .finalize import final_decisions, finalize as finalize_net
 from .io.checkpoint import atomic_write_json, safe_load
-from .io.export import ExportError, export as export_model, verify_export
+from .io.export import check_batch, export as export_model, verify_export
 from .io.pruned import default_input_size, load_pruned_with_metadata, save_pruned
 from .models import spec_of
 from .models.cost import count_cost
@@ -296,9 +296,9 @@ def export(pruned_path: str | Path, output: str | Path, fmt: str, *, input_size:
     if not check:
         return path, None
     try:
-        return path, verify_export(path, model, fmt, input_size, batch_size + 1 if dynamic_batch else batch_size)
-    except ExportError:
-        path.unlink(missing_ok=True)  # a file that failed its check must not count as done
+        return path, verify_export(path, model, fmt, input_size, check_batch(batch_size, dynamic_batch))
+    except BaseException:
+        path.unlink(missing_ok=True)  # a file that failed (or did not finish) its check must not count as done
         raise
 
 

@@ -83,3 +83,35 @@ def test_cli_export(tmp_path: Path, model: torch.nn.Module, capsys: pytest.Captu
     printed = capsys.readouterr().out
     assert str(out) in printed and "check: passed" in printed
     assert main(["export", str(tmp_path / "missing.pt"), "--format", "pt2"]) == 2
+
+
+def test_the_check_runs_a_batch_the_export_was_not_traced_with(tmp_path: Path, model: torch.nn.Module,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of 1 is traced at 2 (torch.export specializes size 1), so the check must run 3, not 2."""
+    seen = []
+    monkeypatch.setattr(export_module, "verify_export", lambda path, m, fmt, size, batch: seen.append(batch))
+    for batch in (1, 2, 7):
+        export(model, tmp_path / "m.pt2", "pt2", (3, 32, 32), batch_size=batch)
+    export(model, tmp_path / "m.pt2", "pt2", (3, 32, 32), batch_size=4, dynamic_batch=False)
+    assert seen == [3, 3, 8, 4]
+
+
+@pytest.mark.parametrize("args, words", [
+    ({"input_size": (3, 0, 0)}, "input size must be three positive whole numbers"),
+    ({"batch_size": 0}, "batch size must be a positive whole number"),
+])
+def test_export_refuses_sizes_it_cannot_trace(tmp_path: Path, model: torch.nn.Module, args, words) -> None:
+    with pytest.raises(ExportError, match=words):
+        export(model, tmp_path / "m.pt2", "pt2", **args)
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_refuses_a_bf16_model_and_a_directory_as_output(tmp_path: Path, model: torch.nn.Module,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ExportError, match="export takes a float32 model; this one has torch.bfloat16 weights"):
+        export(model.bfloat16(), tmp_path / "m.onnx", "onnx", (3, 32, 32))
+    assert not any(tmp_path.iterdir())
+    pruned = save_pruned(model.float(), tmp_path / "pruned.pt")
+    (tmp_path / "taken").mkdir()
+    assert main(["export", str(pruned), "--format", "pt2", "-o", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err.strip().endswith("is a directory; give a file name")

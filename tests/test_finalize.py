@@ -139,3 +139,37 @@ def test_finalize_with_round_to_leaves_the_supernet_as_it_was() -> None:
     again = net.decisions().masks
     assert again.keys() == masks.keys() and all(torch.equal(again[k], masks[k]) for k in masks)
     assert int(again["layer1.0.conv1"].sum()) == 5  # the pin is still there
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_concrete"])
+def test_a_reloaded_supernet_finalizes_to_what_it_computes(gate: str) -> None:
+    """The gates keep the budget's offset as plain numbers; a supernet rebuilt from its state_dict (load_supernet,
+    the CLI's finalize) must fold the offset it loaded, not the gates' initial 0."""
+    torch.manual_seed(0)
+    searched = Supernet(create_model("cifar_resnet20"), gate=gate)
+    with torch.no_grad():
+        for g in searched.gates.values():
+            g.logits.copy_(torch.randn(g.logits.shape))
+    searched.set_schedule(offset=0.8)
+    reloaded = Supernet.from_config(searched.config(), searched.state_dict()).eval()
+    small = finalize(reloaded)  # before any forward of the reloaded supernet
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), reloaded(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("change, words", [({"eps": 1e-3}, "eps=0.001"), ({"momentum": None}, "momentum=None"),
+                                           ({"track_running_stats": False}, "track_running_stats=False")])
+def test_a_batchnorm_a_spec_cannot_rebuild_is_refused_before_the_search_and_at_save(tmp_path, change, words) -> None:
+    """build_model makes nn.BatchNorm2d(c): another eps would silently change what the pruned model computes."""
+    from functools import partial
+
+    from dnas_prune import save_pruned
+    from dnas_prune.models.spec import SpecError
+
+    model = create_model("resnet18", num_classes=10, norm_layer=partial(nn.BatchNorm2d, **change))
+    with pytest.raises(SpecError, match=f"bn1: BatchNorm2d\\({words}\\): .*build the model with those"):
+        Supernet(model, (3, 32, 32))
+    with pytest.raises(SpecError, match=words):
+        save_pruned(model, tmp_path / "pruned.pt")
+    assert not (tmp_path / "pruned.pt").exists()

@@ -169,3 +169,19 @@ def test_code_payload_is_refused_without_running(tmp_path: Path, writer: str) ->
             pickle.dump(obj, f)
     _assert_one_line_error(path, "refused")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda obj: obj["spec"].update(stages="abc"),
+    lambda obj: obj["spec"].update(stages=[None]),
+    lambda obj: obj["spec"]["stages"][0].update(blocks=None),
+    lambda obj: obj["state_dict"].update({"fc.weight": obj["state_dict"]["fc.weight"].long()}),
+])
+def test_a_spec_or_tensor_of_the_wrong_type_is_one_line(tmp_path: Path, corrupt) -> None:
+    path = save_pruned(create_model("cifar_resnet20"), tmp_path / "pruned.pt")
+    obj = torch.load(path, weights_only=True)
+    corrupt(obj)
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError, match="the file is corrupt") as info:
+        load_pruned(path)
+    assert "\n" not in str(info.value)

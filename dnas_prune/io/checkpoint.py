@@ -19,7 +19,7 @@ from typing import IO, Any, Callable, Iterator
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DnasPruneError
 
 
 def user_cache_home() -> Path:
@@ -45,8 +45,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     the file is fsynced, given the usual mode (0666 minus the umask: ``mkstemp`` creates it 0600) and renamed over
     ``path``. On an exception the temp file is removed and ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    if path.is_dir():
+        raise DnasPruneError(f"cannot write {path}: it is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    except OSError as exc:
+        raise DnasPruneError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(name)
     try:

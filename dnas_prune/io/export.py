@@ -78,6 +78,23 @@ _EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, bool], None]] = {
 }
 
 
+def check_batch(batch_size: int, dynamic_batch: bool) -> int:
+    """The batch an export is checked at: with ``dynamic_batch`` one more than the batch it was traced with (at
+    least 2, see :func:`export`), so a batch dimension baked into the graph fails the check."""
+    return max(2, batch_size) + 1 if dynamic_batch else batch_size
+
+
+def _check_inputs(model: nn.Module, input_size: Sequence[int], batch_size: int) -> None:
+    if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
+        raise ExportError(f"input size must be three positive whole numbers (C, H, W), got {tuple(input_size)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ExportError(f"the export's batch size must be a positive whole number, got {batch_size!r}")
+    other = {p.dtype for p in model.parameters() if p.is_floating_point()} - {torch.float32}
+    if other:
+        raise ExportError(f"export takes a float32 model; this one has {', '.join(map(str, sorted(other, key=str)))} "
+                          "weights: export model.float()")
+
+
 def export(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -93,6 +110,8 @@ def export(
     (``torch.export`` specializes size-1 dimensions, so tracing then uses a batch of at least 2).
     """
     _check_format(format)
+    input_size = tuple(input_size)
+    _check_inputs(model, input_size, batch_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     trace_batch = max(2, batch_size) if dynamic_batch else batch_size
@@ -105,7 +124,7 @@ def export(
     finally:
         model.train(was_training)
     if check:
-        verify_export(path, model, format, input_size, batch_size + 1 if dynamic_batch else batch_size)
+        verify_export(path, model, format, input_size, check_batch(batch_size, dynamic_batch))
     return path
 
 

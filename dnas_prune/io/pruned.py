@@ -88,6 +88,9 @@ def _check_tensors(path: Path, model: nn.Module, state_dict: dict[str, Any]) -> 
         if key not in state_dict:
             raise CheckpointError(f"{path}: spec and tensors disagree: {key} is missing; the file is corrupt")
         value = state_dict[key]
+        if isinstance(value, torch.Tensor) and value.shape == ref.shape and value.dtype != ref.dtype and \
+                (value.is_floating_point() != ref.is_floating_point() or not ref.is_floating_point()):
+            raise CheckpointError(f"{path}: {key} is {value.dtype}, the model wants {ref.dtype}; the file is corrupt")
         if not isinstance(value, torch.Tensor) or value.shape != ref.shape:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise CheckpointError(
@@ -126,6 +129,9 @@ def load_pruned_with_metadata(
         model = build_model(obj.get("spec"), device="meta")
     except SpecError as exc:
         raise CheckpointError(f"{path}: invalid architecture spec: {exc}") from None
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:  # a spec whose fields have the wrong types
+        raise CheckpointError(f"{path}: invalid architecture spec ({type(exc).__name__}: {exc}); the file is "
+                              "corrupt") from None
     _check_tensors(path, model, state_dict)
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval(), metadata

@@ -75,9 +75,26 @@ def family_of(model: nn.Module) -> str:
     raise SpecError(f"model of type {type(model).__name__} is not a CIFAR or torchvision ResNet")
 
 
+def check_batchnorms(model: nn.Module) -> None:
+    """Refuse BatchNorms a spec cannot rebuild: :func:`build_model` makes ``nn.BatchNorm2d(c)`` with torch's
+    defaults, so another eps would silently change what a finalized or reloaded model computes."""
+    default = nn.BatchNorm2d(1)
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        settings = {"eps": m.eps, "momentum": m.momentum, "affine": m.affine,
+                    "track_running_stats": m.track_running_stats}
+        differ = [f"{k}={v}" for k, v in settings.items() if v != getattr(default, k)]
+        if type(m) is not nn.BatchNorm2d or differ:
+            raise SpecError(f"{name}: {type(m).__name__}({', '.join(differ)}): a pruned model is rebuilt with "
+                            "nn.BatchNorm2d's defaults (eps=1e-05, momentum=0.1, affine, running statistics); "
+                            "build the model with those")
+
+
 def spec_of(model: nn.Module) -> Spec:
     """Read the architecture spec of a CIFAR ResNet or a torchvision ``ResNet`` instance."""
     family = family_of(model)
+    check_batchnorms(model)
     block_type = None
     stages = []
     for s, layer in enumerate(_stage_modules(model), start=1):

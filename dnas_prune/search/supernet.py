@@ -27,7 +27,7 @@ from torchvision.models import resnet as tv
 from ..errors import DnasPruneError, GatingError
 from ..models import CifarResNet, build_model, spec_of
 from ..models.cost import Cost, count_cost
-from ..models.spec import SpecError, block_kind
+from ..models.spec import SpecError, block_kind, check_batchnorms
 from .cost import CostTable
 from .gates import Gate, make_gate
 
@@ -134,6 +134,7 @@ class Supernet(nn.Module):
         if isinstance(channels_per_gate, bool) or not isinstance(channels_per_gate, int) or channels_per_gate < 1:
             raise DnasPruneError(f"channels_per_gate must be a positive integer, got {channels_per_gate!r}")
         self.family = _family(model)
+        check_batchnorms(model)  # before a search, not at its finalization
         self.model = model
         self.input_size = tuple(int(v) for v in input_size)
         self.gate_kind = gate
@@ -165,6 +166,8 @@ class Supernet(nn.Module):
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("offset", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("hard_forward", torch.tensor(False))
+        # each gate keeps the schedule as plain numbers: a loaded state_dict sets the buffers, so pass them on
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_schedule())
         self.channel_groups = [n for n, g in self.groups.items() if g.kind != "block"]
         self.branch_blocks = [info.name for info in self.blocks if info.kind != "projection"]
         self.group_sizes = torch.tensor([self.groups[n].size for n in self.channel_groups], dtype=torch.float64)
@@ -316,6 +319,7 @@ class Supernet(nn.Module):
 
     def eval_gate_values(self) -> dict[str, Tensor]:
         """Per channel, the value each gated group multiplies in under eval: what finalization folds."""
+        self._sync_schedule()
         return {name: self._per_channel(name, self.gates[key].eval_value()) for name, key in self._gate_key.items()}
 
     def gate_probabilities(self) -> dict[str, Tensor]:
