@@ -256,3 +256,17 @@ def test_a_look_at_the_finalized_model_mid_search_leaves_the_search_as_it_was() 
                 finalize(pruner.net)
         runs.append([gate.logits.detach().clone() for gate in pruner.net.gates.values()] + [pruner.offset])
     assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(*runs))
+
+
+def test_a_wrapped_model_wrong_input_size_dict_batches_and_an_empty_state_are_one_line() -> None:
+    model = create_model("cifar_resnet20")
+    with pytest.raises(DnasPruneError, match="DataParallel is not a CIFAR or torchvision ResNet.*pass the ResNet it "
+                                             "wraps \\(.module\\)"):
+        Pruner(nn.DataParallel(model), total_steps=4, target_macs=0.5)
+    with pytest.raises(DnasPruneError, match="input_size must be \\(C, H, W\\) with C = 3.*got \\(1, 32, 32\\)"):
+        Pruner(model, (1, 32, 32), total_steps=4, target_macs=0.5)
+    pruner = _pruner()
+    with pytest.raises(DnasPruneError, match="calibration batches must be image tensors or .*got a dict"):
+        pruner.finalize([{"image": torch.randn(2, 3, 16, 16)}])
+    with pytest.raises(DnasPruneError, match="not a state of Pruner.state_dict"):
+        _pruner().load_state_dict({})

@@ -173,3 +173,13 @@ def test_a_batchnorm_a_spec_cannot_rebuild_is_refused_before_the_search_and_at_s
     with pytest.raises(SpecError, match=words):
         save_pruned(model, tmp_path / "pruned.pt")
     assert not (tmp_path / "pruned.pt").exists()
+
+
+def test_finalizing_a_pruned_file_says_it_is_finalized_already(tmp_path) -> None:
+    from dnas_prune import save_pruned
+    from dnas_prune.errors import CheckpointError
+    from dnas_prune.search.hooks import load_supernet
+
+    path = save_pruned(create_model("cifar_resnet20"), tmp_path / "pruned.pt")
+    with pytest.raises(CheckpointError, match="found a pruned model: it is finalized already"):
+        load_supernet(path)

@@ -95,8 +95,9 @@ def load_supernet(path: str | Path) -> Supernet:
     state = safe_load(path, "a dnas_prune search checkpoint (RUN_DIR/supernet.pt)")
     meta = state.get("metadata", {}) if isinstance(state, dict) else {}
     if not isinstance(meta, dict) or meta.get("kind") != "dnas_prune.search" or "model" not in state:
-        kind = state.get("kind") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path} is not a search checkpoint (found {kind or 'an unknown file'}); "
+        kind = (state.get("kind") or state.get("format")) if isinstance(state, dict) else type(state).__name__
+        found = {"dnas_prune.pruned": "a pruned model: it is finalized already"}.get(kind, kind or "an unknown file")
+        raise CheckpointError(f"{path} is not a search checkpoint (found {found}); "
                               "pass the supernet.pt written by `dnas-prune search`")
     try:
         return Supernet.from_config(meta["supernet"], state["model"]).eval()

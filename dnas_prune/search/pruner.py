@@ -272,7 +272,11 @@ def refit_bn(net: nn.Module, batches: Iterable[Any], autocast: Callable[[], Cont
     device = next(net.parameters()).device
     used = 0
     for batch in batches:
-        x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, torch.Tensor):
+            raise DnasPruneError(f"calibration batches must be image tensors or (images, labels) pairs, got a "
+                                 f"{type(batch).__name__}; e.g. ((b['image'], b['label']) for b in loader)")
+        x = x.to(device)
         with autocast():
             net(x)
         used += 1
@@ -635,6 +639,9 @@ class Pruner:
     def load_state_dict(self, state: dict) -> None:
         """Resume from :meth:`state_dict`: refused if it was saved under another budget; a different
         ``total_steps`` rescales the rest of the ramp, with a warning."""
+        if not isinstance(state, dict) or "gate_optimizer" not in state or "steps_done" not in state:
+            raise DnasPruneError("Pruner.load_state_dict: not a state of Pruner.state_dict() (no gate_optimizer and "
+                                 "steps_done)")
         saved = state.get("budget")
         if saved is not None and saved != self._budget():
             raise DnasPruneError(f"Pruner.load_state_dict: the state was saved with the budget {saved}, this Pruner has "

@@ -105,7 +105,10 @@ def _family(model: nn.Module, name: str = "model") -> str:
         if type(model).forward is not tv.ResNet.forward:
             raise GatingError(f"{name}: {type(model).__name__} overrides ResNet.forward; cannot gate it exactly")
         return "torchvision"
-    raise GatingError(f"{name}: {type(model).__name__} is not a CIFAR or torchvision ResNet; cannot gate it")
+    inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)  # DataParallel/DDP, torch.compile
+    hint = f"; pass the ResNet it wraps ({'.module' if hasattr(model, 'module') else '._orig_mod'})" if isinstance(
+        inner, (CifarResNet, tv.ResNet)) else ""
+    raise GatingError(f"{name}: {type(model).__name__} is not a CIFAR or torchvision ResNet; cannot gate it{hint}")
 
 
 class Supernet(nn.Module):
@@ -137,6 +140,9 @@ class Supernet(nn.Module):
         check_batchnorms(model)  # before a search, not at its finalization
         self.model = model
         self.input_size = tuple(int(v) for v in input_size)
+        if len(self.input_size) != 3 or min(self.input_size) < 1 or self.input_size[0] != model.conv1.in_channels:
+            raise DnasPruneError(f"input_size must be (C, H, W) with C = {model.conv1.in_channels}, the model's input "
+                                 f"channels, got {tuple(input_size)}")
         self.gate_kind = gate
         self.exclude = tuple(exclude)
         self.init_logit = float(init_logit)
