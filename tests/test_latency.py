@@ -581,7 +581,9 @@ def test_the_landing_aims_a_shared_hosts_quiet_readings_at_the_target(seconds: f
     each try's own reading."""
     from dnas_prune.search.landing import LANDING_ANCHOR_TIMINGS, landing_ratio
 
-    assert landing_ratio([0.58, 0.58, 0.5, 0.58, 0.58]) == landing_ratio([0.6, 0.5]) == landing_ratio([0.5]) == 0.5
+    assert landing_ratio([(10, 5.8, 0.58), (10, 5.0, 0.5), (10, 5.8, 0.58)]) == landing_ratio([(10, 5, 0.5)]) == 0.5
+    # a dense timing caught by a spell is not the dense model's quickest: it does not pull the reading down
+    assert landing_ratio([(30, 5.7, 0.19), (10, 5.8, 0.58), (10, 6.0, 0.6)]) == pytest.approx(0.57)
     pruner, table, _ = latency_search({"target_latency": 0.5}, steps=10, latency_landing_seconds=seconds, threads=2)
     device = SpellDevice(table, busy=1.3, **({"busy_at": busy_at} if busy_at else {}))
     clock = time.monotonic()
@@ -598,6 +600,27 @@ def test_the_landing_aims_a_shared_hosts_quiet_readings_at_the_target(seconds: f
     assert pinned["measured_ratio"] == pytest.approx(quiet, rel=1e-6)  # the shape's own quiet reading
     # in the window on a quiet machine; aiming between the spells would put it a seventh under the target here
     assert 0.5 * (1 - tolerance) <= quiet <= 0.5
+
+
+class DenseHiccup(SpellDevice):
+    """A quiet device but for one dense timing at several threads, three times slower (a spell that caught it)."""
+
+    def pair(self, dense, pruned, timing=None, threads=None) -> tuple[float, float, float]:
+        dense_ms, pruned_ms, ratio = SpellDevice.pair(self, dense, pruned, timing, threads)
+        if (threads or self.table.settings["threads"]) != 1 and self.timed == 1:
+            return 3 * dense_ms, pruned_ms, ratio / 3
+        return dense_ms, pruned_ms, ratio
+
+
+def test_one_slow_dense_timing_does_not_send_the_landing_to_a_dense_model() -> None:
+    """Seen on a shared machine: one dense timing of five read three times slower, the landing took the pair's
+    ratio as the model's and re-aimed at a nearly dense model."""
+    pruner, table, _ = latency_search({"target_latency": 0.5}, steps=10, latency_landing_seconds=0.0, threads=2)
+    device = DenseHiccup(table, busy=1.0)
+    table.measure_pair, table.time_pairs = device.pair, device.pairs  # type: ignore[method-assign]
+    model = pruner.finalize()
+    quiet = device(model)["median_ms"] / device(table.dense_spec)["median_ms"]
+    assert 0.5 * (1 - pruner.config.latency_tolerance) <= quiet <= 0.5
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the kernel's CPU counters are Linux's")

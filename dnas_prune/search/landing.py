@@ -30,14 +30,16 @@ LANDING_ANCHOR_TIMINGS = 2  # side-by-side timings at one thread per landing try
 LANDING_SHAPE_PROBES = 40  # 1 % steps of the aim a landing tries past a shape already timed, at most
 
 
-def landing_ratio(ratios: list[float]) -> float:
-    """The ratio a landing reads from side-by-side timings: the lowest. On a shared CPU the pruned/dense ratio at
-    several threads holds steady while the host is quiet and jumps up in its busy spells (a narrow model waits on
-    the threads relatively more than the dense one), often by more than any window around a target spans, so no
-    shape reads within it in both; the landing aims what the model runs at on a quiet machine. Busy spells can last
-    most of a try, so a single quiet timing is worth keeping (latency_budget_blocks_s*.md: each try's timings,
-    landed on their midhinge)."""
-    return min(ratios)
+def landing_ratio(pairs: list[tuple[float, float, float]]) -> float:
+    """The ratio a landing reads from side-by-side timings ``(dense ms, pruned ms, ratio)``: each model's quickest
+    timing over the other's. On a shared CPU the pruned/dense ratio at several threads holds steady while the host
+    is quiet and jumps up in its busy spells (a narrow model waits on the threads relatively more than the dense
+    one), often by more than any window around a target spans, so no shape reads within it in both; the landing
+    aims what the model runs at on a quiet machine. Busy spells can last most of a try, so a single quiet timing
+    is worth keeping (latency_budget_blocks_s*.md: each try's timings, landed on their midhinge). The lowest
+    paired ratio would do that too, but one dense timing caught by a spell makes it far too low, and the landing
+    then aimed at a nearly dense model; a slow timing is never either model's quickest."""
+    return min(pair[1] for pair in pairs) / min(pair[0] for pair in pairs)
 
 
 def settled(error: float, tolerance: float) -> bool:
@@ -127,18 +129,18 @@ class Landing:
                 if crowded(others.cores, threads):
                     say(f"  other processes kept {others.cores:.1f} of this machine's {os.cpu_count()} cores busy "
                         f"meanwhile: these readings can be off by more than the window")
-                ratios = sorted(pair[2] for pair in pairs)
-                anchors = ratios if threads == 1 else sorted(
-                    pair[2] for pair in table.time_pairs(table.dense_spec, spec, at_least=LANDING_ANCHOR_TIMINGS,
-                                                         seconds=0.0, threads=1,
-                                                         on_pair=lambda pair: show(pair, " (1 thread)")))
-                tries.append({"projected_to": trial, "predicted_ratio": predicted, "own_ratio": landing_ratio(ratios),
-                              "dense_ms": statistics.median(pair[0] for pair in pairs), "measured_ratios": ratios,
-                              "anchor_ratios": anchors, "anchor_ratio": statistics.median(anchors),
+                anchor_pairs = pairs if threads == 1 else table.time_pairs(
+                    table.dense_spec, spec, at_least=LANDING_ANCHOR_TIMINGS, seconds=0.0, threads=1,
+                    on_pair=lambda pair: show(pair, " (1 thread)"))
+                tries.append({"projected_to": trial, "predicted_ratio": predicted, "own_ratio": landing_ratio(pairs),
+                              "dense_ms": statistics.median(pair[0] for pair in pairs),
+                              "measured_ratios": sorted(pair[2] for pair in pairs),
+                              "anchor_ratios": sorted(pair[2] for pair in anchor_pairs),
+                              "anchor_ratio": landing_ratio(anchor_pairs),
                               "others_cores": others.cores, "seconds": time.monotonic() - started})
                 shapes.append(json.dumps(spec, sort_keys=True))
-                # the table's threads over one thread, at the quietest timing of any try (one spell can fill a try)
-                over_anchor = landing_ratio([r / t["anchor_ratio"] for t in tries for r in t["measured_ratios"]])
+                # the table's threads over one thread, at the quietest try (one spell can fill a try)
+                over_anchor = min(t["own_ratio"] / t["anchor_ratio"] for t in tries)
                 for t in tries:
                     t["measured_ratio"] = over_anchor * t["anchor_ratio"]
                     t["measured_ms"] = t["measured_ratio"] * t["dense_ms"]
