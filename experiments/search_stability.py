@@ -59,13 +59,15 @@ def run_cell(model_name: str, source: str, data, target: float, epochs: int, see
         _, summary = search(model, data, train, config, out)
         seconds = time.perf_counter() - start
     steering, history = summary["steering"], summary["history"]
-    lowest = min(h["val_acc"] for h in history)
+    # the search evaluates its last epoch once, after the projection (accuracy); older summaries have it in history
+    val_by_epoch = [h.get("val_acc", summary["accuracy"]["val"]) for h in history]
+    lowest = min(val_by_epoch)
     deviation = steering["max_rel_deviation_after_warmup"]
     end = summary["before_projection"]["macs_ratio"] / target - 1.0
     return {
         "model": model_name, "parent": source, "target": target, "epochs": epochs, "seed": seed,
         "max_rel_deviation": deviation, "end_rel_deviation": end, "projection_moved": summary["projection"]["moved"],
-        "lowest_val_acc": lowest, "parent_val_acc": parent_val, "val_by_epoch": [h["val_acc"] for h in history],
+        "lowest_val_acc": lowest, "parent_val_acc": parent_val, "val_by_epoch": val_by_epoch,
         "hard_ratio_by_epoch": [h["hard_macs_ratio"] for h in history],
         "acc_before_finetune": summary["accuracy"]["test"], "final_macs_ratio": summary["final"]["macs_ratio"],
         "tracks": deviation <= 0.15 and abs(end) <= 0.05, "no_collapse": lowest >= 0.5 * parent_val,

@@ -18,6 +18,7 @@ import torch
 
 from dnas_prune import create_model, save_pruned
 from dnas_prune.cli import main
+from conftest import TINY_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 # What a user would not see from a real process: Python's default filters hide these when raised in a library.
@@ -65,7 +66,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     found["empty"].write_bytes(b"")
     found["garbage"].write_bytes(b"\x00not a checkpoint" * 10)
     torch.save({"weights": [1, 2, 3]}, found["foreign"])
-    save_pruned(create_model("cifar_resnet20"), found["pruned"])
+    save_pruned(create_model("cifar_resnet20", num_classes=len(TINY_CLASSES)), found["pruned"])  # tiny_cifar's
     data = found["pruned"].read_bytes()
     found["truncated"].write_bytes(data[: len(data) // 2])
     with open(found["payload"], "wb") as handle:

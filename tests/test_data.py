@@ -149,3 +149,17 @@ def test_no_flip_and_no_padding_train_stream_is_shuffled_but_unaugmented():
     for x, y in out:  # labels are source indices: every image is its source, unchanged
         assert torch.allclose(x, normalize(split.images[y]), atol=1e-5)
     assert torch.cat([y for _, y in out]).tolist() != list(range(16))
+
+
+def test_a_class_folder_the_jpeg_reader_would_read_in_part_or_not_at_all_is_refused(tmp_path, monkeypatch):
+    """A PNG class (or an empty one) used to train as a class with no images, shifting nothing but the accuracy."""
+    monkeypatch.setenv("DNAS_PRUNE_CACHE", str(tmp_path / "cache"))
+    root = write_tree(tmp_path / "pngs", {"train": 2, "test": 1}, classes=("a", "b"))
+    (root / "train" / "b" / "0001.jpg").rename(root / "train" / "b" / "0001.png")
+    with pytest.raises(DataError, match="b: 1 JPEG images and 1 other images \\(.png\\); .*--data-kind imagefolder"):
+        load_cifar10(root)
+    root = write_tree(tmp_path / "empty_class", {"train": 2, "test": 1}, classes=("a", "b"))
+    for image in (root / "train" / "b").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match="b: 0 JPEG images; "):
+        load_cifar10(root)

@@ -97,7 +97,8 @@ def test_the_check_runs_a_batch_the_export_was_not_traced_with(tmp_path: Path, m
 
 
 @pytest.mark.parametrize("args, words", [
-    ({"input_size": (3, 0, 0)}, "input size must be three positive whole numbers"),
+    ({"input_size": (3, 0, 0)}, "input_size must be \\(C, H, W\\) with C = 3, .*got \\(3, 0, 0\\)"),
+    ({"input_size": (1, 32, 32)}, "with C = 3, the model.s input channels"),
     ({"batch_size": 0}, "batch size must be a positive whole number"),
 ])
 def test_export_refuses_sizes_it_cannot_trace(tmp_path: Path, model: torch.nn.Module, args, words) -> None:

@@ -79,3 +79,22 @@ def test_pretrained_cifar10_names_the_shipped_parent_in_cli_and_toml(tmp_path: P
     config.write_text('[model]\nname = "cifar_resnet110"\n[pretrain]\nweights = "cifar10"\n[search]\ntarget_macs = 0.5\n')
     with pytest.raises(DnasPruneError, match="pretrain.weights"):
         load_config(config)
+
+
+def test_weights_or_a_model_for_other_classes_are_refused_with_the_counts(tmp_path: Path) -> None:
+    """An ImageNet state_dict for a 4-class tree, or a 4-class model on 3 classes: labels would be misread."""
+    from dnas_prune.errors import CheckpointError, DnasPruneError
+    from dnas_prune.train.loop import TrainConfig, Trainer
+
+    path = tmp_path / "sd.pth"
+    torch.save(create_model("resnet18").state_dict(), path)
+    with pytest.raises(CheckpointError, match="has a 1000-class head \\(fc\\) and the data 4 classes"):
+        load_pretrained(path, "resnet18", 4)
+    from conftest import make_synthetic
+
+    data = make_synthetic(n_train=16, classes=3)
+    with pytest.raises(DnasPruneError, match="the model predicts 10 classes and the data has 3"):
+        Trainer(create_model("cifar_resnet20"), data, TrainConfig(epochs=1, batch_size=8), tmp_path)
+    with pytest.raises(DnasPruneError, match="the teacher predicts 10 classes and the data has 3"):
+        Trainer(create_model("cifar_resnet20", num_classes=3), data, TrainConfig(epochs=1, batch_size=8,
+                distill_weight=0.5), tmp_path, teacher=create_model("cifar_resnet20"))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import DnasPruneError
+from ..models.cost import check_input_size
 from .checkpoint import atomic_output
 
 FORMATS = ("torchscript", "onnx", "pt2")
@@ -85,8 +86,10 @@ def check_batch(batch_size: int, dynamic_batch: bool) -> int:
 
 
 def _check_inputs(model: nn.Module, input_size: Sequence[int], batch_size: int) -> None:
-    if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
-        raise ExportError(f"input size must be three positive whole numbers (C, H, W), got {tuple(input_size)}")
+    try:
+        check_input_size(model, input_size)
+    except DnasPruneError as exc:
+        raise ExportError(str(exc)) from None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"the export's batch size must be a positive whole number, got {batch_size!r}")
     other = {p.dtype for p in model.parameters() if p.is_floating_point()} - {torch.float32}

@@ -170,6 +170,10 @@ def load_pretrained(path: str | Path, model_name: str | None, num_classes: int) 
         raise CheckpointError(f"{path} holds weights of another architecture than {model_name or 'its spec'}'s "
                               f"({len(missing)} of the model's tensors missing, e.g. {missing[:1] or '-'}; "
                               f"{len(unexpected)} unexpected, e.g. {unexpected[:1] or '-'}); check --model")
+    head = weights.get("fc.weight")
+    if isinstance(head, torch.Tensor) and head.dim() == 2 and head.shape[0] != num_classes:
+        raise CheckpointError(f"{path} has a {head.shape[0]}-class head (fc) and the data {num_classes} classes; "
+                              "start from a model trained on these classes (replace and train its fc first)")
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:  # same names, other shapes

@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..errors import DnasPruneError
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -29,9 +31,21 @@ def conv_macs(conv: nn.Conv2d, out_hw: int) -> int:
     return kh * kw * (conv.in_channels // conv.groups) * conv.out_channels * out_hw
 
 
+def check_input_size(model: nn.Module, input_size: Sequence[int]) -> None:
+    """A one-line error for an ``input_size`` the model cannot take (else a conv fails deep in a forward)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first.in_channels if first is not None else None
+    size = tuple(input_size)
+    if len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size) or \
+            (channels is not None and size[0] != channels):
+        raise DnasPruneError(f"input_size must be (C, H, W) with C = {channels}, the model's input channels, and "
+                             f"H, W > 0, got {size}")
+
+
 @torch.no_grad()
 def count_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> Cost:
     """MACs of one image of shape ``input_size`` (C, H, W) and the number of parameters."""
+    check_input_size(model, input_size)
     macs = 0
 
     def on_conv(module: nn.Conv2d, inputs, output) -> None:

@@ -13,6 +13,7 @@ live view and the final report read the same way.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -286,6 +287,9 @@ class MonitorHooks(TrainHooks):
         self._log_images(step)
         self.writer.add_text("architecture/search", architecture_table(self.pruner.net), step)
         final, accuracy = summary["final"], summary["accuracy"]
+        for split in ("val", "test"):  # the last epoch's point: the search evaluates it after the projection
+            if math.isfinite(accuracy[split]):
+                self.writer.add_scalar(f"acc/{split}", accuracy[split], step)
         self.log_hparams(
             flatten_config(train=summary["config"]["train"], search=summary["config"]["search"]),
             {"macs_ratio": final["macs_ratio"], "params_ratio": final["params_ratio"], "val_acc": accuracy["val"],

@@ -140,9 +140,6 @@ class Supernet(nn.Module):
         check_batchnorms(model)  # before a search, not at its finalization
         self.model = model
         self.input_size = tuple(int(v) for v in input_size)
-        if len(self.input_size) != 3 or min(self.input_size) < 1 or self.input_size[0] != model.conv1.in_channels:
-            raise DnasPruneError(f"input_size must be (C, H, W) with C = {model.conv1.in_channels}, the model's input "
-                                 f"channels, got {tuple(input_size)}")
         self.gate_kind = gate
         self.exclude = tuple(exclude)
         self.init_logit = float(init_logit)

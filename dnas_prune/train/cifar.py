@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import DataError
 from ..io.checkpoint import atomic_torch_save, cache_dir, user_cache_home
@@ -93,7 +94,13 @@ def _class_files(split_dir: Path) -> tuple[list[str], list[Path], list[int]]:
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+        entries = [p for p in (split_dir / name).iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+        found = sorted(p for p in entries if p.suffix.lower() in (".jpg", ".jpeg"))
+        if len(found) < len(entries) or not found:  # a class read in part, or not at all, would skew the labels
+            other = sorted({p.suffix.lower() for p in entries} - {".jpg", ".jpeg"})
+            raise DataError(f"{split_dir / name}: {len(found)} JPEG images" + (f" and {len(entries) - len(found)} other "
+                            f"images ({', '.join(other[:3])})" if other else "") + "; the CIFAR-style reader takes "
+                            "same-size JPEGs only: use --data-kind imagefolder for other images")
         files.extend(found)
         labels.extend([label] * len(found))
     return classes, files, labels

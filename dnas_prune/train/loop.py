@@ -270,6 +270,13 @@ class Trainer:
         self.is_main = self.rank == 0
         if config.batch_size % self.world_size:
             raise DnasPruneError(f"batch size {config.batch_size} is not divisible by {self.world_size} processes")
+        for role, net in (("model", model), ("teacher", teacher if config.distill_weight > 0 else None)):
+            classes = next((m.out_features for m in reversed(list(net.modules())) if isinstance(m, nn.Linear)),
+                           None) if net is not None else None
+            if classes is not None and classes != data.num_classes:  # else labels would be silently misread
+                raise DnasPruneError(f"the {role} predicts {classes} classes and the data has {data.num_classes} "
+                                     f"({', '.join(data.classes[:3])}{', ...' if data.num_classes > 3 else ''}); "
+                                     "use a model trained on these classes")
         self.model = model.to(self.device)
         if config.distill_weight > 0 and teacher is None:
             raise DnasPruneError("distill_weight > 0 needs a teacher (the dense parent): dense training has none; "
