@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -20,15 +19,9 @@ import torch
 
 from dnas_prune import Supernet, count_cost, create_model, finalize
 from dnas_prune.models import is_cifar_model
+from peers import cpu_line
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -57,7 +50,7 @@ def main() -> None:
         print(f"{name}: finalize median {statistics.median(times):.3f}s (max {max(times):.3f}s), "
               f"{ratio:.1%} of dense MACs")
     meta = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "seed": args.seed,
+            "cpu": cpu_line(), "threads": torch.get_num_threads(), "torch": torch.__version__, "seed": args.seed,
             "load_average_1min": os.getloadavg()[0]}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_finalize.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")

@@ -41,20 +41,13 @@ from dnas_prune.report.monitor import HISTOGRAM_EVERY, SCALAR_EVERY, MonitorHook
 from dnas_prune.search.pruner import Pruner
 from dnas_prune.search.hooks import SearchHooks
 from dnas_prune.train.loop import Callbacks
+from peers import cpu_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL, BATCH, TRAIN_IMAGES = "cifar_resnet56", 256, 45_000
 STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 TOTAL_STEPS = 10 * STEPS_PER_EPOCH  # the search default: 10 epochs
 MID_STEP = TOTAL_STEPS // 2 + 1  # target descending (ramp 0.1 to 0.6); never a logging step (not a multiple of 20, 175)
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def sgd(params) -> torch.optim.SGD:
@@ -187,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": " ".join(["python", "experiments/bench_overhead.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(),
+        "machine": {"cpu": cpu_line(), "logical_cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "python": platform.python_version(), "platform": platform.platform(),
                     "load_average_at_end": list(os.getloadavg())},

@@ -27,7 +27,7 @@ from dnas_prune.models import MODEL_NAMES, CifarResNet, create_model
 from dnas_prune.device.timing import compare_latency
 from dnas_prune.io.pruned import FORMAT, load_pruned_with_metadata
 from dnas_prune.io.checkpoint import safe_load
-from peers import machine, torch_pruning_baseline
+from peers import cpu_line, machine, torch_pruning_baseline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,7 +56,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# Realized speed-up vs dense (CPU)", "",
         f"- command: `{report['command']}`",
         f"- date: {report['date']}, seed {report['seed']}",
-        f"- machine: {report['machine']['cpu']}, {bench['threads']} torch threads "
+        f"- machine: {cpu_line(report['machine'])}, {bench['threads']} torch threads "
         f"({report['machine']['logical_cpus']} logical CPUs), torch {report['machine']['torch']}",
         f"- input {'x'.join(map(str, bench['input_size']))}; models timed interleaved round-robin in one run; "
         "memory format chosen per model and batch (faster of NCHW / channels_last)",

@@ -26,18 +26,9 @@ from torch import nn
 from dnas_prune.train.cifar import CifarData, Split
 from dnas_prune.models import create_model
 from dnas_prune.train.loop import TrainConfig, Trainer
+from peers import cpu_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def synthetic_data(n: int, seed: int) -> CifarData:
@@ -102,7 +93,7 @@ def main() -> int:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "model": args.model, "batch_size": args.batch_size, "steps_per_round": args.steps, "rounds": args.rounds,
         "seed": args.seed,
-        "machine": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "machine": {"cpu": cpu_line(), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__, "python": platform.python_version(),
                     "load_average_1min": os.getloadavg()[0]},
         "trainer_img_per_s": max(w for w, _ in trainer_rounds), "bare_img_per_s": max(w for w, _ in bare_rounds),

@@ -49,7 +49,7 @@ from dnas_prune.search.hooks import load_supernet
 from dnas_prune.io.pruned import load_pretrained
 from dnas_prune.stages import search
 from dnas_prune.train.loop import Trainer, TrainConfig, TrainHooks
-from peers import as_plain, bisect_ratio, machine, make_tp_pruner, tp_prune_to_macs, uniform_l1
+from peers import cpu_line, as_plain, bisect_ratio, machine, make_tp_pruner, tp_prune_to_macs, uniform_l1
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -354,7 +354,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Peers side by side: same dense model, same epochs, same recipe", "",
         f"- command: `{report['command']}`",
-        f"- date: {report['date']}; machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, load average "
+        f"- date: {report['date']}; machine: {cpu_line(m)}, {m['logical_cpus']} logical CPUs, load average "
         f"{m['load_average'][0]:.1f} when the report was written, "
         f"torch {m['torch']}, latency with {report.get('threads', '?')} torch thread(s)",
         f"- model {report['model']} from `{report['dense_path']}` (parent {report.get('parent', '?')}): "

@@ -22,7 +22,7 @@ import torch
 
 from dnas_prune.train.cifar import load_cifar10, resolve_data_root
 from dnas_prune.io.pruned import load_pretrained
-from peers import machine
+from peers import cpu_line, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Plain vs flip-TTA evaluation: {args.name}", "",
              f"Command: `{report['command']}`", "",
-             f"Machine: {report['machine']['cpu']}, torch {report['machine']['torch']}. Validation: the trainer's "
+             f"Machine: {cpu_line(report['machine'])}, torch {report['machine']['torch']}. Validation: the trainer's "
              f"{report['val_size']} held-out training images; test: the {report['test_size']} test images. The "
              "trainer reports bf16; flip TTA is not part of any number we report elsewhere.", "",
              "| model | val fp32 | val bf16 | val flip-TTA | test fp32 | test bf16 | test flip-TTA | TTA gain (test) |",

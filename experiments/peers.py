@@ -153,3 +153,9 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cpu_flags": flags, "logical_cpus": torch.multiprocessing.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "load_average": list(os.getloadavg())}
+
+
+def cpu_line(m: dict[str, Any] | None = None) -> str:
+    """The CPU with the ISA extensions that decide its kernels, as every results page names it."""
+    m = m or machine()
+    return f"{m['cpu']} ({', '.join(m['cpu_flags']) or 'none of ' + ', '.join(ISA_FLAGS)})"

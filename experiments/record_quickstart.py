@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import re
 import sys
 from pathlib import Path
@@ -82,7 +83,7 @@ def main() -> int:
     rows = [run_row(run, timed) for run in [args.run, *args.other_runs]]
     record = {"command": args.command, "machine": machine(), "wall_seconds": seconds, "note": args.note,
               "config": (args.run / "config.toml").read_text(), "dense": dense, "pruned": pruned,
-              "latency": report.get("latency"), "runs": rows, "script": "python experiments/record_quickstart.py " + " ".join(sys.argv[1:])}
+              "latency": report.get("latency"), "runs": rows, "script": shlex.join(["python", "experiments/record_quickstart.py", *sys.argv[1:]])}
     atomic_write_json(record, RESULTS / "quickstart.json")
     m = record["machine"]
     latency = report["latency"]

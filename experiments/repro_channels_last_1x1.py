@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peers import machine
+from peers import cpu_line, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CASE = """
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine(), "threads": args.threads, "rows": rows}
     m = report["machine"]
     lines = ["# channels_last backward of Conv2d(cin, 8, 1, stride=2), fp32, CPU", "", f"`{report['command']}`", "",
-             f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}; {args.threads} thread(s); "
+             f"Machine: {cpu_line(m)}, {m['logical_cpus']} logical CPUs, torch {m['torch']}; {args.threads} thread(s); "
              "input 16x16, batch 16; each case in a fresh process; weight gradient compared with NCHW's.", "",
              "| input channels | exit code | last line of output |", "|---:|---:|---|"]
     lines += [f"| {r['in_channels']} | {r['exit_code']} | {r['output']} |" for r in rows]

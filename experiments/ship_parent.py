@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import io
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -84,14 +85,14 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     stem = f"parent_{name}_{args.tag}"
     atomic_write_json({"name": name, "tag": args.tag, **entry, "history": history,
-                       "script": "python experiments/ship_parent.py " + " ".join(sys.argv[1:])}, RESULTS / f"{stem}.json")
+                       "script": shlex.join(["python", "experiments/ship_parent.py", *sys.argv[1:]])}, RESULTS / f"{stem}.json")
     rows = "\n".join(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h.get('img_per_s', 0):.0f} |"
                      for h in history)
     m = entry["machine"]
     atomic_write_text(
         f"# Shipped parent: {name}, weights={args.tag!r}\n\n"
         f"Trained by `{args.command}` on {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['logical_cpus']} logical CPUs, "
-        f"torch {m['torch']}; shipped by `python experiments/ship_parent.py {' '.join(sys.argv[1:])}`.\n\n"
+        f"torch {m['torch']}; shipped by `{shlex.join(['python', 'experiments/ship_parent.py', *sys.argv[1:]])}`.\n\n"
         f"- test accuracy of the stored float16 weights, reloaded: **{entry['test_acc']:.4f}** (10,000 test images)\n"
         f"- test accuracy at the end of training (float32 weights): {entry['trained_test_acc']:.4f}\n"
         f"- file {file}, {len(blob) / 1e6:.2f} MB, sha256 {entry['sha256']}\n"
