@@ -58,16 +58,17 @@ def path(supernet: Path, steps: int, lowest: float) -> dict:
     net.release_gates()
     searched = shape(net)
     target = float(net.budget["target"])
+    record = supernet.parent / "search.json"  # the search's own record: its rounding, and the landing's tries
+    round_to = json.loads(record.read_text())["config"]["search"].get("round_to") if record.is_file() else None
     points = []
     for k in range(steps + 1):
         aim = target * (1.0 - (1.0 - lowest) * k / steps)
-        with net.pinned(budget_state(net, "latency", aim, strict=False)):
+        with net.pinned(budget_state(net, "latency", aim, round_to, strict=False)):
             point = {"aim": aim, **shape(net)}
         point["moved_from_search"] = moved(point, searched)
         point["moved_from_previous"] = moved(point, points[-1]) if points else 0
         points.append(point)
     landing = []  # the landing's tries, from the search's own record beside the supernet
-    record = supernet.parent / "search.json"
     if record.is_file():
         tries = json.loads(record.read_text()).get("projection", {}).get("measured") or []
         landing = [{"aim": t["projected_to"], "measured_ratio": t["measured_ratio"], "pinned": bool(t.get("pinned"))}

@@ -221,8 +221,8 @@ def test_search_out_dirs_are_never_overwritten_and_resume_needs_a_search(capsys,
 
 def test_train_and_finetune_never_start_over_a_run_and_resume_needs_one(capsys, files: dict[str, Path],
                                                                           tiny_cifar: Path, tmp_path: Path) -> None:
-    data = ("--data", str(tiny_cifar), "--batch-size", "8", "--val-size", "6", "--epochs", "1", "--no-progress",
-            "--no-tensorboard")
+    data = ("--data", str(tiny_cifar), "--batch-size", "8", "--val-size", "6", "--epochs", "1", "--warmup-epochs",
+            "0.5", "--no-progress", "--no-tensorboard")
     dense, tuned = tmp_path / "dense", tmp_path / "tuned"
     train = ("train", "--model", "cifar_resnet20", "--out", str(dense), *data)
     finetune = ("finetune", str(files["pruned"]), "--out", str(tuned), *data)

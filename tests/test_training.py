@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from dnas_prune.cli import build_parser, main
 from dnas_prune.cli.common import train_config_from
 from dnas_prune.errors import CheckpointError, DnasPruneError, TrainingDiverged
-from dnas_prune.models import cifar_resnet
+from dnas_prune.models import cifar_resnet, create_model
 from dnas_prune.io.checkpoint import atomic_torch_save, safe_load
 from dnas_prune.device import policy
 from dnas_prune.train.loop import Trainer, TrainConfig, TrainHooks, lr_factor
@@ -301,3 +302,15 @@ def test_a_run_split_in_two_follows_one_schedule(tmp_path):
     assert lr_factor(0, total=10, warmup=0, schedule="cosine", start=10) == pytest.approx(0.0)
     with pytest.raises(DnasPruneError, match="inside its lr schedule"):
         TrainConfig(epochs=4, schedule_epochs=5, schedule_start=2, **base)
+
+
+def test_a_warm_up_as_long_as_the_run_is_warned(tmp_path) -> None:
+    """--epochs 1 with the recipe's warm-up would end the run at the peak lr, without a word."""
+    from conftest import make_synthetic
+
+    data = make_synthetic(n_train=32, classes=10)
+    with pytest.warns(UserWarning, match="the lr warm-up \\(3 epochs\\) spans the whole schedule"):
+        Trainer(create_model("cifar_resnet20"), data, TrainConfig(epochs=1, batch_size=8, warmup_epochs=3), tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(create_model("cifar_resnet20"), data, TrainConfig(epochs=4, batch_size=8, warmup_epochs=3), tmp_path)

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
@@ -292,6 +293,10 @@ class Trainer:
                                          nesterov=config.nesterov)
         total = round((config.schedule_epochs or config.epochs) * self.steps_per_epoch)
         warmup = min(total, round(config.warmup_epochs * self.steps_per_epoch))
+        if 0 < total <= warmup:
+            warnings.warn(f"the lr warm-up ({config.warmup_epochs:g} epochs) spans the whole schedule "
+                          f"({total} steps): the lr ends at its peak; set warmup_epochs (--warmup-epochs) below the "
+                          "epochs", stacklevel=2)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, total=total, warmup=warmup, schedule=config.schedule,
                                     start=round(config.schedule_start * self.steps_per_epoch)))
