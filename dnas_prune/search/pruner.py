@@ -397,7 +397,7 @@ class Pruner:
         if "no gradient" not in self._warned and all(gate.logits.grad is None for gate in gates):
             self._warn_once("no gradient", "no gate got a gradient this step: call pruner.step() after "
                             "loss.backward() and before zero_grad, on a loss of pruner.net(x) in train mode")
-        if self._logits_after_step is not None and not all(
+        if "moved" not in self._warned and self._logits_after_step is not None and not all(
                 torch.equal(gate.logits, kept) for gate, kept in zip(gates, self._logits_after_step)):
             self._warn_once("moved", "the gate logits changed between Pruner steps: the weights' optimizer holds "
                             "them too; give it pruner.weight_parameters(), not pruner.net.parameters()")
