@@ -277,8 +277,8 @@ def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, o
             monitor.log_training_hparams(config, {"source": str(pruned_path)}, metrics)
     if trainer.is_main:
         keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
-        save_pruned(trainer.final_model.eval(), out / "pruned.pt",
-                    **{**keep, "dataset": data_root, "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
+        save_pruned(trainer.final_model.eval(), out / "pruned.pt",  # counted at the size it was finetuned at
+                    **{**keep, "input_size": list(data.train.input_size), "dataset": data_root, "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
                        "finetune_epochs": config.epochs})
     return trainer, metrics
 

@@ -82,3 +82,14 @@ def test_export_stage_deletes_a_file_that_fails_its_check(searched: Path, tmp_pa
     with pytest.raises(dnas_prune.io.export.ExportError):
         stages.export(tmp_path / "pruned.pt", tmp_path / "bad.torchscript", "torchscript")
     assert not (tmp_path / "bad.torchscript").exists()
+
+
+def test_a_finetuned_file_counts_its_cost_at_the_size_it_was_finetuned_at(tmp_path) -> None:
+    """A model pruned at 32x32 and finetuned on 16x16 images: profile and export read the size from the file."""
+    from conftest import tiny_data, tiny_model, tiny_train_config
+    from dnas_prune import save_pruned
+
+    source = save_pruned(tiny_model(), tmp_path / "pruned.pt", input_size=(3, 32, 32))
+    stages.finetune(source, tiny_data(), tiny_train_config(epochs=1), tmp_path / "tuned", data_root="tiny")
+    _, metadata = load_pruned_with_metadata(tmp_path / "tuned" / "pruned.pt")
+    assert metadata["input_size"] == [3, 16, 16]
