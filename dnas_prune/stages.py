@@ -20,7 +20,7 @@ from .device.timing import latency_progress
 from .errors import DnasPruneError
 from .finalize import final_decisions, finalize as finalize_net
 from .io.checkpoint import atomic_write_json, safe_load
-from .io.export import check_batch, export as export_model, verify_export
+from .io.export import check_written, export as export_model
 from .io.pruned import default_input_size, load_pruned_with_metadata, save_pruned
 from .models import spec_of
 from .models.cost import count_cost
@@ -277,8 +277,9 @@ def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, o
             monitor.log_training_hparams(config, {"source": str(pruned_path)}, metrics)
     if trainer.is_main:
         keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
-        save_pruned(trainer.final_model.eval(), out / "pruned.pt",  # counted at the size it was finetuned at
-                    **{**keep, "input_size": list(data.train.input_size), "dataset": data_root, "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
+        save_pruned(trainer.final_model.eval(), out / "pruned.pt",
+                    **{**keep, "input_size": list(data.train.input_size),  # the size it was finetuned at
+                       "dataset": data_root, "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
                        "finetune_epochs": config.epochs})
     return trainer, metrics
 
@@ -293,13 +294,7 @@ def export(pruned_path: str | Path, output: str | Path, fmt: str, *, input_size:
     model, metadata = load_pruned_with_metadata(pruned_path)
     input_size = tuple(input_size or metadata.get("input_size") or default_input_size(spec_of(model)))
     path = export_model(model, output, fmt, input_size, batch_size, dynamic_batch=dynamic_batch, check=False)
-    if not check:
-        return path, None
-    try:
-        return path, verify_export(path, model, fmt, input_size, check_batch(batch_size, dynamic_batch))
-    except BaseException:
-        path.unlink(missing_ok=True)  # a file that failed (or did not finish) its check must not count as done
-        raise
+    return path, check_written(path, model, fmt, input_size, batch_size, dynamic_batch) if check else None
 
 
 # ---------------------------------------------------------------------------------------------- report

@@ -22,7 +22,7 @@ from conftest import make_synthetic
 PACKAGE = Path(dnas_prune.__file__).parent
 # What a stage body is made of: whoever calls one of these writes a stage of its own.
 STAGE_PARTS = {"Trainer", "MonitorHooks", "SearchHooks", "save_pruned", "write_report", "finalize", "export",
-               "verify_export", "log_text", "finetune_pruned", "load_supernet", "fold"}
+               "verify_export", "check_written", "log_text", "finetune_pruned", "load_supernet", "fold"}
 
 
 def called_names(path: Path) -> set[str]:
@@ -78,7 +78,7 @@ def test_export_stage_deletes_a_file_that_fails_its_check(searched: Path, tmp_pa
     def mismatch(*args, **kwargs):
         raise dnas_prune.io.export.ExportError("differs")
 
-    monkeypatch.setattr(stages, "verify_export", mismatch)
+    monkeypatch.setattr(dnas_prune.io.export, "verify_export", mismatch)  # what check_written runs
     with pytest.raises(dnas_prune.io.export.ExportError):
         stages.export(tmp_path / "pruned.pt", tmp_path / "bad.torchscript", "torchscript")
     assert not (tmp_path / "bad.torchscript").exists()

@@ -79,10 +79,16 @@ _EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, bool], None]] = {
 }
 
 
-def check_batch(batch_size: int, dynamic_batch: bool) -> int:
-    """The batch an export is checked at: with ``dynamic_batch`` one more than the batch it was traced with (at
-    least 2, see :func:`export`), so a batch dimension baked into the graph fails the check."""
-    return max(2, batch_size) + 1 if dynamic_batch else batch_size
+def check_written(path: Path, model: nn.Module, format: str, input_size: Sequence[int], batch_size: int,
+                  dynamic_batch: bool) -> dict[str, Any]:
+    """:func:`verify_export` of the file :func:`export` wrote, with ``dynamic_batch`` at one more than the batch it
+    was traced with (at least 2), so a batch dimension baked into the graph fails; a file that fails (or does not
+    finish) its check is deleted, so it never counts as done."""
+    try:
+        return verify_export(path, model, format, input_size, max(2, batch_size) + 1 if dynamic_batch else batch_size)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _check_inputs(model: nn.Module, input_size: Sequence[int], batch_size: int) -> None:
@@ -127,7 +133,7 @@ def export(
     finally:
         model.train(was_training)
     if check:
-        verify_export(path, model, format, input_size, check_batch(batch_size, dynamic_batch))
+        check_written(path, model, format, input_size, batch_size, dynamic_batch)
     return path
 
 
