@@ -506,6 +506,13 @@ def main() -> int:
             **finished_rows(args.latency_dir, latency_methods, args.latency_targets)}
     if not rows:
         raise SystemExit(f"no finished rows in {args.macs_dir} or {args.latency_dir}: pass --run to train them")
+    lengths = {sum(row["epochs"].values()) for row in rows.values()}
+    if len(lengths) > 1:  # the page states one length for every row
+        raise SystemExit(f"rows trained for different numbers of epochs ({sorted(lengths)}): give out-dirs of one "
+                         "--search-epochs/--finetune-epochs, or pass --run to train them with these flags")
+    seeds = {row["seed"] for row in rows.values()}
+    if seeds != {args.seed}:
+        raise SystemExit(f"rows trained with seed(s) {sorted(seeds)}, not --seed {args.seed}: the page names one seed")
     previous = json.loads(args.carry.read_text()) if args.carry else None
     rename = dict(pair.split("=", 1) for pair in args.carry_as)
     carried = carried_points(previous, rename, set(rows)) if previous else {}
@@ -544,7 +551,7 @@ def main() -> int:
         matched[str(bs)] = matched_accuracies(curves[str(bs)])
     report = {
         "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-        "model": args.model, "seed": args.seed, "epochs": args.search_epochs + args.finetune_epochs,
+        "model": args.model, "seed": args.seed, "epochs": lengths.pop(),  # the rows' own, not today's flags
         "search_epochs_note": "1 search epoch + the rest finetuning, one lr schedule",
         "threads": bench["threads"], "allocator": keep_freed_memory(), "batch_sizes": args.batch_sizes,
         "timing_seconds": time.perf_counter() - started,
@@ -568,7 +575,8 @@ def main() -> int:
     save_figure(figure(report), out.with_suffix(".png"))
     atomic_write_text(markdown(report), out.with_suffix(".md"))
     atomic_write_json(report, out.with_suffix(".json"))
-    atomic_write_text(summary_markdown(), RESULTS / "latency.md")
+    if out.resolve().parent == RESULTS.resolve():  # a page elsewhere (a trial) leaves the summary alone
+        atomic_write_text(summary_markdown(), RESULTS / "latency.md")
     print(markdown(report))
     return 0
 
