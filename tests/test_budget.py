@@ -93,8 +93,8 @@ def test_offset_puts_the_hard_cost_just_under_the_target(target: float) -> None:
     """The hard decisions at the solved offset cost at most the target, and opening the next-ranked gate would
     cost more: the offset is the budget met exactly, not approached."""
     net = searched_like()
-    offset, ratios = solve_offset(net, "macs", target)
-    net.set_schedule(offset=offset)
+    offset, ratios, held = solve_offset(net, "macs", target)
+    net.set_schedule(offset=offset, held=held)
     cost = net.hard_cost()
     hard = cost.macs / net.dense_cost.macs
     assert hard == pytest.approx(ratios["macs"]) and hard <= target
@@ -108,18 +108,48 @@ def test_offset_puts_the_hard_cost_just_under_the_target(target: float) -> None:
     assert net.hard_cost().macs / net.dense_cost.macs > target
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_block_that_would_overshoot_is_held_closed_and_channels_fill_the_budget(seed: int) -> None:
+    """A block gate ranks below its own inner channels (they cost nothing while it is closed), so opening it adds
+    a whole block at once. The one threshold used to stop there, a block's cost under a small target; the block
+    is held closed instead and the units ranked below it fill the budget until the next channel would not fit.
+    The held shifts are the supernet's state: eval, a state_dict reload, and a file from before them agree."""
+    net = searched_like(seed=seed)
+    with torch.no_grad():  # blocks in the middle of the ranking, under their channels
+        for name in net.branch_blocks:
+            net.gate(name).logits.fill_(1.0)
+    held_any = False
+    for target in (0.15, 0.25, 0.35, 0.5):
+        offset, ratios, held = solve_offset(net, "macs", target)
+        net.set_schedule(offset=offset, held=held)
+        hard = net.hard_cost().macs / net.dense_cost.macs
+        assert hard == pytest.approx(ratios["macs"]) and hard <= target
+        held_any |= bool(held)
+        assert all(not net.decisions().blocks[name] for name in held)
+        masks = net.decisions().masks
+        _, name, i = max((float(net.gate(n).logits.detach()[i]) + offset, n, i) for n in net.channel_groups
+                         if n in masks for i in range(net.gate(n).size) if not net.gate(n).hard_open()[i])
+        with net.pinned({**masks, name: masks[name].clone().index_fill_(0, torch.tensor([i]), True)}):
+            assert net.hard_cost().macs / net.dense_cost.macs > target  # the next channel does not fit
+        again = Supernet.from_config(net.config(), net.state_dict()).eval()
+        assert again.hard_cost() == net.hard_cost()
+        old_file = {k: v for k, v in net.state_dict().items() if k != "block_shifts"}
+        assert Supernet.from_config(net.config(), old_file).block_shifts.abs().sum() == 0
+    assert held_any
+
+
 def test_offset_respects_pins_ties_and_the_extremes() -> None:
     net = Supernet(create_model("cifar_resnet20"))  # every logit equal: one run of ties
-    offset, ratios = solve_offset(net, "macs", 0.5)
+    offset, ratios, held = solve_offset(net, "macs", 0.5)
     ratio = ratios["macs"]
-    net.set_schedule(offset=offset)
+    net.set_schedule(offset=offset, held=held)
     assert net.hard_cost().macs / net.dense_cost.macs == pytest.approx(ratio)  # ties open or close together
     assert ratio == pytest.approx(cost_floor(net, "macs"), abs=0.05) or ratio <= 0.5
-    offset, ratios = solve_offset(net, "macs", 1.0)
+    offset, ratios, _ = solve_offset(net, "macs", 1.0)
     assert ratios["macs"] == pytest.approx(1.0)
     net.set_gate_state({"layer1.0.conv1": torch.zeros(16, dtype=torch.bool)})
-    offset, ratios = solve_offset(net, "macs", 1.0)
-    net.set_schedule(offset=offset)
+    offset, ratios, held = solve_offset(net, "macs", 1.0)
+    net.set_schedule(offset=offset, held=held)
     assert ratios["macs"] < 1.0 and not bool(net.decisions().masks["layer1.0.conv1"].any())  # a pinned gate stays as pinned
 
 

@@ -270,3 +270,15 @@ def test_a_wrapped_model_wrong_input_size_dict_batches_and_an_empty_state_are_on
         pruner.finalize([{"image": torch.randn(2, 3, 16, 16)}])
     with pytest.raises(DnasPruneError, match="not a state of Pruner.state_dict"):
         _pruner().load_state_dict({})
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "bernoulli", "hard_concrete"])
+def test_the_hard_cost_the_pruner_reports_is_the_cost_of_its_decisions_for_every_gate_kind(gate: str) -> None:
+    """The offset aims at each kind's own eval threshold: a hard-concrete gate opens below logit 0, and its
+    search used to hold a cost on the target that its decisions did not have."""
+    pruner = _pruner(total_steps=6, gate=gate, prior="gamma", block_gates=True)
+    optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.1)
+    for _ in range(6):
+        _train_step(pruner, optimizer)
+        real = pruner.net.hard_cost().macs / pruner.net.dense_cost.macs
+        assert real == pytest.approx(pruner.hard_ratio) and real <= pruner.target

@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..errors import BudgetError
 from ..models.cost import Cost
+from .gates import gate_threshold
 from .supernet import Supernet
 
 METRICS = ("macs", "params", "latency")  # latency: ms per batch from the supernet's attached latency model
@@ -90,16 +92,30 @@ def check_feasible(net: Supernet, metric: str, target: float, round_to: int | No
         )
 
 
+class Threshold(NamedTuple):
+    """What :func:`solve_offset` decides for one step: ``offset`` shifts every logit; ``held`` shifts the logits of
+    block gates that rank above it but would overshoot the target if opened (so they stay closed this step);
+    ``ratios`` are the hard cost ratios of the result."""
+
+    offset: float
+    ratios: dict[str, float]
+    held: dict[str, float]
+
+
 @torch.no_grad()
-def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0) -> tuple[float, dict[str, float]]:
-    """The one logit offset ``b`` whose hard decisions (``logit + b > 0``) cost as much as ``target`` allows.
+def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0) -> Threshold:
+    """The one logit offset ``b`` whose hard decisions (``logit + b > 0``, or above the gate kind's
+    :attr:`~dnas_prune.search.gates.Gate.threshold`) cost as much as ``target`` allows.
 
     Free gates are ranked by logit; the largest top-k whose hard cost ratio is ``<= target`` stays open, and ``b``
     sits halfway between the k-th and the (k+1)-th logit (k stops short of a run of tied logits, which open or
-    close together). Cost only grows as gates open, so a binary search over k
-    finds it in ``log2(gates)`` cost evaluations. Pinned gates and ungated groups count as they are. With every
-    gate open (or closed), ``b`` lies ``margin`` beyond the last logit. Returns ``b`` and the hard cost ratios it
-    gives, ``{"macs": ..., "params": ...}`` (and ``"latency"`` when the supernet has a latency model).
+    close together). Cost only grows as gates open, so a binary search over k finds it in ``log2(gates)`` cost
+    evaluations. A whole block is a large unit: when the unit that does not fit is a block gate (its inner
+    channels, ranked above it, cost nothing while it is closed), it is held closed and the units below it fill
+    the rest, as a greedy knapsack would; without that, the hard cost sat under a small target by a block's
+    cost. Pinned gates and ungated groups count as they are. With every gate open (or closed), ``b`` lies
+    ``margin`` beyond the last logit. Returns the :class:`Threshold`: ``b``, the hard cost ratios it gives
+    (``"macs"``, ``"params"``, and ``"latency"`` when the supernet has a latency model) and the held blocks.
     """
     names = net.channel_groups
     counts = torch.tensor([0.0 if net.groups[n].gated else float(net.groups[n].size) for n in names],
@@ -127,15 +143,17 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
         logits.append(net.gate(name).logits.detach().double().cpu().reshape(1))
         slots.append(torch.tensor([b])), widths.append(torch.ones(1)), is_block.append(torch.ones(1, dtype=torch.bool))
     if sum(len(x) for x in logits) == 0:  # every gate pinned: nothing to decide
-        return 0.0, cost_ratios(net, counts, blocks)
+        return Threshold(0.0, cost_ratios(net, counts, blocks), {})
     logit = torch.cat(logits)
     order = torch.argsort(logit, descending=True, stable=True)
     logit, slot = logit[order], torch.cat(slots)[order]
     width, block = torch.cat(widths).double()[order], torch.cat(is_block)[order]
+    held: list[int] = []  # positions of block gates above the threshold that stay closed
 
     def ratios(k: int) -> dict[str, float]:
         c, f = counts.clone(), blocks.clone()
         opened = torch.arange(len(logit)) < k
+        opened[held] = False
         c.index_add_(0, slot[opened & ~block], width[opened & ~block])
         f[slot[opened & block]] = 1.0
         return cost_ratios(net, c, f)
@@ -143,23 +161,32 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
     def ratio(k: int) -> float:
         return ratios(k)[metric]
 
-    lo, hi = 0, len(logit)  # invariant: ratio(lo) <= target or lo == 0; ratio(hi + 1) > target
-    if ratio(hi) <= target:
-        lo = hi
-    else:
+    def largest_fit(lo: int) -> int:
+        """The largest k >= lo whose top-k (less the held) fits, given that ``lo``'s does (or ``lo == 0``)."""
+        hi = len(logit)  # invariant: ratio(lo) <= target or lo == 0; ratio(hi + 1) > target
+        if ratio(hi) <= target:
+            return hi
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if ratio(mid) <= target else (lo, mid)
-    k = lo
+        return lo
+
+    k = largest_fit(0)
+    while k < len(logit) and bool(block[k]) and ratio(k) <= target:  # a block that overshoots: hold it, fill below
+        held.append(k)
+        k = largest_fit(k + 1)
     while 0 < k < len(logit) and logit[k - 1] == logit[k]:  # tied gates open or close together
         k -= 1
+    held = [h for h in held if h < k]
     if k == len(logit):
         offset = margin - float(logit[-1])
     elif k == 0:
         offset = -float(logit[0]) - margin
     else:
         offset = -0.5 * float(logit[k - 1] + logit[k])
-    return offset, ratios(k)
+    below = min(float(logit[k]) + offset if k < len(logit) else -margin, -1e-6)  # where the first closed unit sits
+    shifts = {net.branch_blocks[int(slot[h])]: below - float(logit[h]) - offset for h in held}
+    return Threshold(offset + gate_threshold(net.gate_kind), ratios(k), shifts)
 
 
 def cost_ratios(net: Supernet, counts: Tensor, blocks: Tensor) -> dict[str, float]:

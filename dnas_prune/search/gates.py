@@ -26,6 +26,7 @@ class Gate(nn.Module, abc.ABC):
     """Base gate vector. Subclasses define the distribution; this class handles pinning and eval values."""
 
     kind: str = ""
+    threshold: float = 0.0  # the shifted logit above which eval opens a gate: what the budget's offset aims at
 
     def __init__(self, size: int, init_logit: float = 3.0) -> None:
         super().__init__()
@@ -146,6 +147,7 @@ class HardConcreteGate(Gate):
     beta = 2.0 / 3.0
     gamma = -0.1
     zeta = 1.1
+    threshold = math.log(-gamma / zeta)  # open while the stretched sigmoid clears 0, not at logit 0
 
     def probability(self) -> Tensor:
         return torch.sigmoid(self.shifted() - self.beta * math.log(-self.gamma / self.zeta))
@@ -166,6 +168,11 @@ class HardConcreteGate(Gate):
 
 
 _KINDS: dict[str, type[Gate]] = {"sigmoid": SigmoidGate, "bernoulli": BernoulliGate, "hard_concrete": HardConcreteGate}
+
+
+def gate_threshold(kind: str) -> float:
+    """The shifted logit at which a gate of ``kind`` opens in eval (see :attr:`Gate.threshold`)."""
+    return _KINDS[kind].threshold
 
 
 def make_gate(kind: str, size: int, init_logit: float = 3.0) -> Gate:

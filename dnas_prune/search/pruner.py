@@ -12,10 +12,10 @@ How the search steers itself to the budget. Every step, before the forward, :fun
 shifts all gate logits by one offset so that the hard decisions (``logit + offset > 0``) cost exactly what the
 current target allows, and the forward is hard with a straight-through gradient from the first step. So:
 
-- the hard cost follows the target at every step by construction, and the network trained is the one eval,
-  finalization and the user get. It lies under the target by at most the unit at the threshold: one channel
-  step, or, with block gates, a block whose inner channels rank above its gate (they cost nothing while the block
-  is closed), which can be a large part of a small target; :attr:`max_deviation` records how far;
+- the hard cost follows the target at every step by construction, and the network trained is the network you get.
+  It lies under the target by at most the unit at the threshold, one channel step: a block gate that would
+  overshoot (its inner channels rank above it and cost nothing while it is closed) is held closed, and the units
+  ranked below it fill the budget; :attr:`max_deviation` records how far;
 - the target descends from the dense cost to the final budget along a cubic ramp (steep first, flat on
   arrival, as in gradual magnitude pruning), so the weights adapt while units leave a few at a time;
 - the logits only rank units: their gradient, divided by each unit's marginal cost, is the first-order gain of
@@ -430,9 +430,9 @@ class Pruner:
         budgeted = min(1.0, max(0.0, elapsed / max(1e-9, 1.0 - cfg.warmup)))
         self.temperature = cfg.final_temperature ** budgeted
         self._hold_blocks_under_their_channels()  # idempotent: a resumed search replays it
-        offset, self.hard_ratios = solve_offset(self.net, cfg.metric, self.target, margin=self.temperature)
+        offset, self.hard_ratios, held = solve_offset(self.net, cfg.metric, self.target, margin=self.temperature)
         self.hard_ratio = self.hard_ratios[cfg.metric]
-        self.net.set_schedule(temperature=self.temperature, hard=True, offset=offset)
+        self.net.set_schedule(temperature=self.temperature, hard=True, offset=offset, held=held)
         self.offset = offset
         if elapsed >= 0:
             self.max_deviation = max(self.max_deviation, abs(self.hard_ratio / self.target - 1.0))

@@ -169,6 +169,12 @@ class Supernet(nn.Module):
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("offset", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("hard_forward", torch.tensor(False))
+        # per residual branch (``branch_blocks`` order): a block gate's logit shift on top of ``offset``, nonzero
+        # while the budget holds it closed (budget.solve_offset); files from before it was kept load with zeros
+        self.register_buffer("block_shifts", torch.zeros(sum(i.kind != "projection" for i in self.blocks),
+                                                         dtype=torch.float64))
+        self.register_load_state_dict_pre_hook(
+            lambda module, state, prefix, *_: state.setdefault(prefix + "block_shifts", torch.zeros_like(module.block_shifts)))
         # each gate keeps the schedule as plain numbers: a loaded state_dict sets the buffers, so pass them on
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_schedule())
         self.channel_groups = [n for n, g in self.groups.items() if g.kind != "block"]
@@ -299,21 +305,29 @@ class Supernet(nn.Module):
         return self.model.parameters()
 
     def set_schedule(self, temperature: float | None = None, hard: bool | None = None,
-                     offset: float | None = None) -> None:
+                     offset: float | None = None, held: dict[str, float] | None = None) -> None:
         """Anneal the sigmoid temperature / switch to a hard straight-through forward / shift every logit by
-        the budget's ``offset`` (decisions are ``logit + offset > 0``)."""
+        the budget's ``offset`` (decisions are ``logit + offset > 0``) and the logits of the block gates it
+        ``held`` closed by their own shifts (every other block's shift is reset)."""
         if temperature is not None:
             self.temperature.fill_(float(temperature))
         if hard is not None:
             self.hard_forward.fill_(bool(hard))
         if offset is not None:
             self.offset.fill_(float(offset))
+        if held is not None:
+            self.block_shifts.zero_()
+            for name, shift in held.items():
+                self.block_shifts[self.branch_blocks.index(name)] = float(shift)
         self._sync_schedule()
 
     def _sync_schedule(self) -> None:
         temperature, hard, offset = float(self.temperature), bool(self.hard_forward), float(self.offset)
         for gate in self.gates.values():
             gate.temperature, gate.hard, gate.offset = temperature, hard, offset
+        for name, shift in zip(self.branch_blocks, self.block_shifts.tolist()):
+            if shift and name in self._gate_key:
+                self.gates[self._gate_key[name]].offset = offset + shift
 
     def gate_values(self) -> dict[str, Tensor]:
         """The value each gated group multiplies in, in the current mode (sampled in training)."""
