@@ -12,7 +12,7 @@ from .device.allocator import keep_freed_memory
 from .device.timing import compare_latency, measure_latency
 from .errors import BudgetError, CheckpointError, DataError, DnasPruneError, GatingError
 from .finalize import finalize
-from .io.export import export
+from .io.export import export, read_export_info
 from .io.pruned import load_pruned, load_pruned_with_metadata, save_pruned
 from .models import MODEL_NAMES, build_model, create_model, spec_of
 from .models.cost import Cost, count_cost
@@ -33,5 +33,5 @@ __all__ = [
     "GatingError", "SearchConfig", "SharedScaleAdam", "Supernet", "TrainConfig", "Trainer", "build_model", "compare_latency",
     "cost_floor", "count_cost", "create_model", "export", "finalize", "fold_gate_into_bn", "keep_freed_memory",
     "load_pruned", "load_pruned_with_metadata", "load_supernet", "measure_latency", "profile_model", "project_to_budget",
-    "refit_bn", "save_pruned", "search", "solve_offset", "spec_of",
+    "read_export_info", "refit_bn", "save_pruned", "search", "solve_offset", "spec_of",
 ]

@@ -39,7 +39,7 @@ class Pipeline:
         self._data: tuple[TrainingData, str] | None = None
         self.dense_path = self.out / "pretrain" / "model.pt"
         self.search_dir = self.out / "search"
-        self.pruned_path = self.out / "pruned.pt"
+        self.pruned_path = self.search_dir / "finalized.pt"  # before finetuning; the model to ship is finetuned_path
         self.finetuned_path = self.out / "finetune" / "pruned.pt"
         self.report_path = self.out / "report.json"
 

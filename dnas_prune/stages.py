@@ -27,7 +27,7 @@ from .models.cost import count_cost
 from .report.monitor import MonitorHooks, log_text
 from .report.report import write_report
 from .report.summary import layer_widths, width_table
-from .search.hooks import SearchHooks, gate_summary, load_supernet, recalibrate_bn
+from .search.hooks import SearchHooks, gate_summary, load_supernet, load_supernet_with_metadata, recalibrate_bn
 from .search.landing import pinned_try
 from .search.pruner import Pruner, SearchConfig
 from .search.supernet import Supernet
@@ -96,7 +96,7 @@ def adopt(model: nn.Module, data: TrainingData, config: TrainConfig, out_dir: st
 
 def _save_dense(trainer: Trainer, data: TrainingData, config: TrainConfig, metrics: dict, out: Path) -> None:
     save_pruned(trainer.final_model.eval(), out / "model.pt", kind="dense", input_size=list(data.train.input_size),
-                metrics=metrics, config=asdict(config))
+                metrics=metrics, config=asdict(config), **data.inference())
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -137,7 +137,8 @@ def search(
         search_config = _resumed_ms_target(search_config, checkpoint)
     pruner = Pruner(model, input_size, total_steps=steps, config=search_config)
     net, search_config = pruner.net, pruner.config  # a ms latency target is resolved to a fraction of dense
-    metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config)}
+    metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config),
+                "inference": data.inference()}  # finalize passes it on to the pruned file
     with _monitor(out, tensorboard, pruner) as monitors:
         trainer = Trainer(net, data, train_config, out, callbacks=[SearchHooks(pruner), *callbacks, *monitors],
                           checkpoint_name="supernet.pt", metadata=metadata, teacher=teacher)
@@ -243,13 +244,14 @@ def finalize(checkpoint: str | Path, output: str | Path, *, round_to: int | None
     _refuse_to_overwrite(checkpoint, output)
     if round_to is not None and round_to < 1:
         raise DnasPruneError(f"--round-to must be a positive integer, got {round_to}")
-    net = load_supernet(checkpoint)
+    net, metadata = load_supernet_with_metadata(checkpoint)
     with final_decisions(net, round_to):
         model, layers = finalize_net(net), layer_widths(net)
     summary_path = checkpoint.with_name("search.json")
     accuracy = json.loads(summary_path.read_text()).get("accuracy", {}) if summary_path.is_file() else {}
     save_pruned(model, output, input_size=list(net.input_size), dense_macs=net.dense_cost.macs,
-                dense_params=net.dense_cost.params, search_accuracy=accuracy.get("test"), layers=layers)
+                dense_params=net.dense_cost.params, search_accuracy=accuracy.get("test"), layers=layers,
+                **metadata.get("inference", {}))
     table = width_table(spec_of(net.model), spec_of(model), net.dense_cost, count_cost(model, net.input_size))
     if tensorboard:
         log_text(checkpoint.parent / "tb", "architecture/finalized", table)
@@ -278,7 +280,7 @@ def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, o
     if trainer.is_main:
         keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
         save_pruned(trainer.final_model.eval(), out / "pruned.pt",
-                    **{**keep, "input_size": list(data.train.input_size),  # the size it was finetuned at
+                    **{**keep, "input_size": list(data.train.input_size), **data.inference(),  # as finetuned
                        "dataset": data_root, "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
                        "finetune_epochs": config.epochs})
     return trainer, metrics
@@ -287,13 +289,15 @@ def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, o
 # ---------------------------------------------------------------------------------------------- export
 def export(pruned_path: str | Path, output: str | Path, fmt: str, *, input_size: Sequence[int] | None = None,
            batch_size: int = 1, dynamic_batch: bool = True, check: bool = True) -> tuple[Path, dict | None]:
-    """Export the model in ``pruned_path`` (at the input size stored in the file unless given); with ``check``,
-    run the export against the model on a batch it was not traced with, and delete it if they differ. Returns
+    """Export the model in ``pruned_path`` (at the input size stored in the file unless given, with the file's
+    classes and preprocessing in the export's info); with ``check``, run the export against the model on a batch it was not traced with, and delete it if they differ. Returns
     the path and the check's result (None without ``check``)."""
     _refuse_to_overwrite(pruned_path, output)
     model, metadata = load_pruned_with_metadata(pruned_path)
     input_size = tuple(input_size or metadata.get("input_size") or default_input_size(spec_of(model)))
-    path = export_model(model, output, fmt, input_size, batch_size, dynamic_batch=dynamic_batch, check=False)
+    info = {key: metadata[key] for key in ("classes", "preprocess") if key in metadata}
+    path = export_model(model, output, fmt, input_size, batch_size, dynamic_batch=dynamic_batch, check=False,
+                        info=info)
     return path, check_written(path, model, fmt, input_size, batch_size, dynamic_batch) if check else None
 
 

@@ -116,3 +116,43 @@ def test_export_refuses_a_bf16_model_and_a_directory_as_output(tmp_path: Path, m
     (tmp_path / "taken").mkdir()
     assert main(["export", str(pruned), "--format", "pt2", "-o", str(tmp_path / "taken")]) == 2
     assert capsys.readouterr().err.strip().endswith("is a directory; give a file name")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2", pytest.param("onnx", marks=needs_ort)])
+def test_an_export_carries_the_files_classes_and_preprocessing(tmp_path: Path, model: torch.nn.Module,
+                                                               fmt: str) -> None:
+    """A deployment reads the class names and the normalization from the export itself, not from a guess; an
+    archive's inner folder is named after the file, not after the temp file it was written as."""
+    import zipfile
+
+    from dnas_prune.io.export import read_export_info
+
+    preprocess = {"pixels": "RGB", "resize": None, "center_crop": None, "mean": [0.5] * 3, "std": [0.25] * 3}
+    pruned = save_pruned(model, tmp_path / "pruned.pt", classes=list("abcdefghij"), preprocess=preprocess)
+    suffix = {"torchscript": ".torchscript", "pt2": ".pt2", "onnx": ".onnx"}[fmt]
+    assert main(["export", str(pruned), "-o", str(tmp_path / f"deploy{suffix}")]) == 0  # the suffix tells the format
+    info = read_export_info(tmp_path / f"deploy{suffix}")
+    assert info["classes"] == list("abcdefghij") and info["preprocess"] == preprocess
+    assert info["input_size"] == [3, 32, 32] and (info["input"], info["output"]) == ("input", "logits")
+    if fmt != "onnx":
+        assert {name.split("/")[0] for name in zipfile.ZipFile(tmp_path / f"deploy{suffix}").namelist()} == {"deploy"}
+
+
+def test_export_tells_the_format_by_the_suffix_and_refuses_a_mismatch(tmp_path: Path, model: torch.nn.Module,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    pruned = save_pruned(model, tmp_path / "pruned.pt")
+    assert main(["export", str(pruned), "--format", "onnx", "-o", str(tmp_path / "m.pt2")]) == 2
+    assert "names a pt2 file but --format is onnx" in capsys.readouterr().err
+    assert main(["export", str(pruned), "-o", str(tmp_path / "m.bin")]) == 2
+    assert "pass --format" in capsys.readouterr().err
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_python_export_defaults_to_the_models_own_input_size(tmp_path: Path) -> None:
+    from dnas_prune import create_model
+    from dnas_prune.io.export import read_export_info
+
+    path = export(create_model("resnet18", num_classes=10), tmp_path / "r18.torchscript", "torchscript", check=False)
+    assert read_export_info(path)["input_size"] == [3, 224, 224]
+    with pytest.raises(ExportError, match="give export\\(\\) its input_size"):
+        export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)), tmp_path / "x.pt2", "pt2")

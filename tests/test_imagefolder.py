@@ -51,9 +51,12 @@ def test_run_end_to_end(tiny_imagenet: Path, tmp_path: Path, capsys: pytest.Capt
     assert 0 < report["pruned"]["macs"] < report["dense"]["macs"]
     model, metadata = load_pruned_with_metadata(out / "finetune" / "pruned.pt")
     assert metadata["input_size"] == [3, 64, 64] and metadata["macs"] == report["pruned"]["macs"]
+    assert metadata["preprocess"]["resize"] == 73 and metadata["preprocess"]["center_crop"] == 64  # the eval transform
+    assert metadata["classes"] == sorted(d.name for d in (tiny_imagenet / "train").iterdir())
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
     assert main(["profile", str(out / "finetune" / "pruned.pt"), "--batch-sizes", "1", "--repeats", "2"]) == 0
-    assert "input: 3x64x64" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "input: 3x64x64" in printed and "of the dense model's" in printed
 
 
 def test_batches_are_deterministic_and_rank_sliced(tiny_imagenet: Path) -> None:

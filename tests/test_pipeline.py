@@ -12,6 +12,8 @@ from dnas_prune.errors import DnasPruneError
 from dnas_prune.config import load_config, parse_override, train_config_of
 from dnas_prune.pipeline import Pipeline
 from dnas_prune.io.pruned import load_pruned_with_metadata
+from dnas_prune.io.export import read_export_info
+from dnas_prune.train.cifar import CIFAR10_MEAN
 from dnas_prune.train.loop import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -186,11 +188,16 @@ def test_tiny_run_end_to_end_and_resume(tiny_cifar: Path, tmp_path: Path, capsys
     assert main(args) == 0
     first = capsys.readouterr().out
     assert all(f"[{stage}] done" in first for stage in ("pretrain", "search", "finalize", "finetune", "export", "report"))
-    for name in ("pretrain/model.pt", "search/search.json", "pruned.pt", "finetune/pruned.pt", "export/model.onnx",
+    for name in ("pretrain/model.pt", "search/search.json", "search/finalized.pt", "finetune/pruned.pt", "export/model.onnx",
                  "report.md", "report.json", "widths.png", "accuracy_macs.png", "accuracy_latency.png", "config.toml"):
         assert (out / name).is_file(), name
     for stage in ("pretrain", "search", "finetune"):  # TensorBoard logs, as the single-stage commands write
         assert any((out / stage / "tb").iterdir()), stage
+    classes = sorted(d.name for d in (tiny_cifar / "train").iterdir())  # every file says what its labels and inputs are
+    for name in ("pretrain/model.pt", "search/finalized.pt", "finetune/pruned.pt"):
+        metadata = load_pruned_with_metadata(out / name)[1]
+        assert metadata["classes"] == classes and metadata["preprocess"]["mean"] == list(CIFAR10_MEAN), name
+    assert read_export_info(out / "export" / "model.onnx")["classes"] == classes
     report = json.loads((out / "report.json").read_text())
     assert report["figures"] == ["widths.png", "accuracy_macs.png", "accuracy_latency.png"] and report["peers"] == []
     for name in report["figures"]:  # matplotlib PNGs of a readable size, with more than a few flat colours

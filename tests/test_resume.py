@@ -140,4 +140,11 @@ def test_a_kill_at_any_point_of_a_write_leaves_a_loadable_checkpoint(tmp_path: P
     monkeypatch.undo()
     (half, half_files), (before, before_files), (after, after_files) = seen
     assert (half, before, after) == (1, 1, 2)
-    assert len(half_files) == len(before_files) == 2 and after_files == ["ckpt.pt"]  # the temp file was beside it
+    assert len(half_files) == len(before_files) == 2  # the temp file was beside it, in a folder of its own
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+    (tmp_path / ".ckpt.pt.killed.tmp").mkdir()  # what a SIGKILL during a write leaves: the next write clears it
+    (tmp_path / ".ckpt.pt.killed.tmp" / "ckpt.pt").write_bytes(b"PK half")
+    (tmp_path / ".ckpt.pt.older.tmp.pt").write_bytes(b"PK half")  # the temp file of earlier versions
+    (tmp_path / ".other.pt.kept.tmp").mkdir()  # another file's writer is left alone
+    atomic_torch_save({"epoch": 3}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.kept.tmp", "ckpt.pt"]

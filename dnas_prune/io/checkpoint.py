@@ -1,16 +1,18 @@
 """Files that survive crashes and never run code: atomic writes and ``weights_only`` loading.
 
-Every file the package writes goes through :func:`atomic_write` or :func:`atomic_output` (temp file in the
-same directory, fsync, the usual 0666-minus-umask mode, rename), so a kill at any moment leaves either the old file or the new one. Every ``.pt`` file is read by
+Every file the package writes goes through :func:`atomic_write` or :func:`atomic_output` (temp file in a
+folder beside it, fsync, the usual 0666-minus-umask mode, rename), so a kill at any moment leaves either the old file or the new one. Every ``.pt`` file is read by
 :func:`safe_load`, which only accepts tensors and plain data and turns each way a file can be wrong
 into one :class:`~dnas_prune.errors.CheckpointError` line naming the file.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -41,19 +43,21 @@ def _umask_mode() -> int:
 
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """A temp path next to ``path`` for a writer that wants a file name (e.g. an exporter); on leaving the block
-    the file is fsynced, given the usual mode (0666 minus the umask: ``mkstemp`` creates it 0600) and renamed over
+    """A temp path for a writer that wants a file name (e.g. an exporter): ``path``'s own name inside a fresh
+    hidden directory next to it (archives such as TorchScript's and pt2's take their inner folder from the file
+    name). On leaving the block the file is fsynced, given the usual mode (0666 minus the umask) and renamed over
     ``path``. On an exception the temp file is removed and ``path`` is left as it was."""
     path = Path(path)
     if path.is_dir():
         raise DnasPruneError(f"cannot write {path}: it is a directory; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):  # a killed writer's; one writer per file
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     except OSError as exc:
         raise DnasPruneError(f"cannot write {path}: {exc.strerror or exc}") from None
-    os.close(fd)
-    tmp = Path(name)
+    tmp = folder / path.name
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -61,7 +65,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:

@@ -8,6 +8,7 @@ dimension or a numerical divergence is caught at export time rather than in depl
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import warnings
 from pathlib import Path
@@ -18,10 +19,15 @@ from torch import nn
 
 from ..errors import DnasPruneError
 from ..models.cost import check_input_size
+from ..models.spec import SpecError, spec_of
 from .checkpoint import atomic_output
+from .pruned import default_input_size
 
 FORMATS = ("torchscript", "onnx", "pt2")
 SUFFIXES = {"torchscript": ".torchscript", "onnx": ".onnx", "pt2": ".pt2"}
+# Where an export keeps what a deployment needs besides the graph (classes, preprocessing, input size), as JSON:
+# ONNX metadata_props[INFO_KEY]; TorchScript and pt2 archives, extra file INFO_FILE. read_export_info reads it.
+INFO_KEY, INFO_FILE = "dnas_prune", "dnas_prune.json"
 _INSTALL_HINT = 'pip install "dnas_prune[export]"'
 
 
@@ -39,25 +45,26 @@ def _device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool, info: str) -> None:
     with warnings.catch_warnings():  # torch.jit is deprecated upstream; the user asked for this format anyway
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, (example,), check_trace=False)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path), _extra_files={INFO_FILE: info})
 
 
-def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool, info: str) -> None:
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
-    torch.export.save(program, str(path))
+    torch.export.save(program, str(path), extra_files={INFO_FILE: info})
 
 
 def _onnxscript_available() -> bool:
     return importlib.util.find_spec("onnxscript") is not None
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
-    """The torch.export-based exporter when onnxscript is installed, else the legacy TorchScript one."""
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool, info: str) -> None:
+    """The torch.export-based exporter when onnxscript is installed, else the legacy TorchScript one; ``info``
+    goes into the model's ``metadata_props``."""
     names = {"input_names": ["input"], "output_names": ["logits"]}
     if _onnxscript_available():
         dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
@@ -65,14 +72,20 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic_ba
             model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
             dynamic_shapes=dynamic_shapes, **names,
         )
-        return
-    dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():  # the legacy exporter warns that it is deprecated
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (example,), str(path), dynamo=False, dynamic_axes=dynamic_axes, **names)
+    else:
+        dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+        with warnings.catch_warnings():  # the legacy exporter warns that it is deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example,), str(path), dynamo=False, dynamic_axes=dynamic_axes, **names)
+    import onnx  # installed with torch.onnx's exporters (the export extra)
+
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = INFO_KEY, info
+    onnx.save(proto, str(path))
 
 
-_EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, bool], None]] = {
+_EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, bool, str], None]] = {
     "torchscript": _export_torchscript,
     "onnx": _export_onnx,
     "pt2": _export_pt2,
@@ -108,17 +121,25 @@ def export(
     model: nn.Module,
     path: str | os.PathLike[str],
     format: str = "onnx",
-    input_size: Sequence[int] = (3, 32, 32),
+    input_size: Sequence[int] | None = None,
     batch_size: int = 1,
     dynamic_batch: bool = True,
     check: bool = True,
+    info: dict[str, Any] | None = None,
 ) -> Path:
     """Export ``model`` (run in eval mode) to ``path`` in ``format``; with ``check``, verify it reproduces the model.
 
-    ``batch_size`` is the traced batch; with ``dynamic_batch`` the exported graph accepts any batch size
-    (``torch.export`` specializes size-1 dimensions, so tracing then uses a batch of at least 2).
+    ``input_size`` defaults to the family's usual one (CIFAR 32x32, torchvision 224x224). ``batch_size`` is the
+    traced batch; with ``dynamic_batch`` the exported graph accepts any batch size (``torch.export`` specializes
+    size-1 dimensions, so tracing then uses a batch of at least 2). ``info`` (JSON-able: a model file's
+    ``classes`` and ``preprocess``) is stored in the export with its input size; :func:`read_export_info` reads it.
     """
     _check_format(format)
+    if input_size is None:
+        try:
+            input_size = default_input_size(spec_of(model))
+        except SpecError:
+            raise ExportError("not a ResNet dnas_prune can describe: give export() its input_size=(C, H, W)") from None
     input_size = tuple(input_size)
     _check_inputs(model, input_size, batch_size)
     path = Path(path)
@@ -128,13 +149,33 @@ def export(
     was_training = model.training
     model.eval()
     try:
+        text = json.dumps({**(info or {}), "input_size": list(input_size), "input": "input", "output": "logits"})
         with atomic_output(path) as tmp, torch.no_grad():
-            _EXPORTERS[format](model, example, tmp, dynamic_batch)
+            _EXPORTERS[format](model, example, tmp, dynamic_batch, text)
     finally:
         model.train(was_training)
     if check:
         check_written(path, model, format, input_size, batch_size, dynamic_batch)
     return path
+
+
+def read_export_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What :func:`export` stored beside the graph (classes, preprocess, input size, tensor names); the format is
+    told by the file's suffix."""
+    path = Path(path)
+    if path.suffix == SUFFIXES["onnx"]:
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props.get(INFO_KEY, "{}"))
+    files = {INFO_FILE: ""}
+    if path.suffix == SUFFIXES["pt2"]:
+        torch.export.load(str(path), extra_files=files)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.load(str(path), _extra_files=files)
+    return json.loads(files[INFO_FILE] or "{}")
 
 
 def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:

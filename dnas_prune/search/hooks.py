@@ -92,14 +92,22 @@ def gate_summary(net: Supernet) -> dict[str, Any]:
 
 def load_supernet(path: str | Path) -> Supernet:
     """Rebuild the supernet saved by :func:`search` (weights, gates and pinned state)."""
+    return load_supernet_with_metadata(path)[0]
+
+
+def load_supernet_with_metadata(path: str | Path) -> tuple[Supernet, dict]:
+    """:func:`load_supernet` and the checkpoint's metadata (the search's settings, the data's classes...)."""
     state = safe_load(path, "a dnas_prune search checkpoint (RUN_DIR/supernet.pt)")
     meta = state.get("metadata", {}) if isinstance(state, dict) else {}
     if not isinstance(meta, dict) or meta.get("kind") != "dnas_prune.search" or "model" not in state:
         kind = (state.get("kind") or state.get("format")) if isinstance(state, dict) else type(state).__name__
         found = {"dnas_prune.pruned": "a pruned model: it is finalized already"}.get(kind, kind or "an unknown file")
+        if kind == "dnas_prune.pruned" and meta.get("kind") == "dense":
+            raise CheckpointError(f"{path} is a dense model, not a search checkpoint: search it first "
+                                  f"(`dnas-prune search --pretrained {path} ...`), then finalize its supernet.pt")
         raise CheckpointError(f"{path} is not a search checkpoint (found {found}); "
                               "pass the supernet.pt written by `dnas-prune search`")
     try:
-        return Supernet.from_config(meta["supernet"], state["model"]).eval()
+        return Supernet.from_config(meta["supernet"], state["model"]).eval(), meta
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{path}: supernet config and weights do not match ({str(exc).splitlines()[0]})") from None

@@ -17,6 +17,9 @@ from ..errors import DataError
 S = TypeVar("S")
 
 
+PIXELS = "RGB, channels first, divided by 255, then (x - mean) / std per channel"  # what Normalize does
+
+
 @dataclass
 class Splits(Generic[S]):
     """Train/val/test splits of one source and its class names (a :class:`~dnas_prune.train.data.TrainingData`)."""
@@ -29,6 +32,11 @@ class Splits(Generic[S]):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def inference(self) -> dict:
+        """What a deployment needs besides the weights, as model files and exports record it: the class names
+        (label i is ``classes[i]``) and the test split's preprocessing (``preprocess`` of a split)."""
+        return {"classes": list(self.classes), "preprocess": self.test.preprocess}
 
 
 def holdout(labels: Tensor, num_classes: int, val_size: int, limit_train: int | None,

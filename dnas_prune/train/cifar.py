@@ -19,7 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import DataError
 from ..io.checkpoint import atomic_torch_save, cache_dir, user_cache_home
-from .batching import Normalize, Splits, holdout, rank_slices
+from .batching import PIXELS, Normalize, Splits, holdout, rank_slices
 from .progress import Progress
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -76,6 +76,11 @@ class Split:
     def input_size(self) -> tuple[int, int, int]:
         c, h, w = self.images.shape[1:]
         return c, h, w
+
+    @property
+    def preprocess(self) -> dict:
+        """How an image becomes the model's input, in plain data (see ``Splits.inference``)."""
+        return {"pixels": PIXELS, "resize": None, "center_crop": None, "mean": list(self.mean), "std": list(self.std)}
 
     def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                 device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,

@@ -44,6 +44,9 @@ class DataSplit(Protocol):
     @property
     def input_size(self) -> tuple[int, int, int]: ...
 
+    @property
+    def preprocess(self) -> dict: ...
+
     def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                 device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
                 world_size: int = 1, flip: str = "random", crop_padding: int = 4) -> Batches: ...
@@ -66,6 +69,8 @@ class TrainingData(Protocol):
 
     @property
     def num_classes(self) -> int: ...
+
+    def inference(self) -> dict: ...
 
 
 def load_dataset(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .batching import Normalize, Splits, holdout, rank_slices
+from .batching import PIXELS, Normalize, Splits, holdout, rank_slices
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -121,6 +121,12 @@ class ImageFolderSplit:
     @property
     def input_size(self) -> tuple[int, int, int]:
         return 3, self.image_size, self.image_size
+
+    @property
+    def preprocess(self) -> dict:
+        """The eval transform in plain data (see ``Splits.inference``): shorter side resized, centre crop."""
+        return {"pixels": PIXELS, "resize": int(self.image_size * 256 / 224), "center_crop": self.image_size,
+                "mean": list(self.mean), "std": list(self.std)}
 
     def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                 device: str | torch.device = "cpu", channels_last: bool = False, rank: int = 0,
