@@ -129,3 +129,17 @@ def test_compare_latency_picks_each_models_layout_from_the_same_rounds(monkeypat
     timed = {name: result["models"][name]["latency"][1] for name in models}
     assert timed["wide"]["memory_format"] == "channels_last" and timed["narrow"]["memory_format"] == "nchw"
     assert timed["narrow"]["paired_ratio"] == pytest.approx(0.2)
+
+
+def test_profile_says_when_few_repeats_fit_or_others_crowded_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy machine can make every forward slow: the p90/median check then sees nothing, three repeats fit in the
+    time allowed, and a latency many times too high was printed without a word."""
+    from dnas_prune.report import profile as profile_module
+
+    steady = {"median_ms": 900.0, "p10_ms": 890.0, "p90_ms": 910.0, "repeats": 3, "threads": 2, "warning": None}
+    monkeypatch.setattr(profile_module, "measure_latency", lambda *args, **kw: dict(steady))
+    monkeypatch.setattr(profile_module, "crowded", lambda cores, threads: True)
+    warning = profile_model(build_model(SPEC), (3, 32, 32), (1,), repeats=50)["latency"][1]["warning"]
+    assert "only 3 repeats fit" in warning and "cores busy while timing" in warning and "re-run" in warning
+    monkeypatch.setattr(profile_module, "crowded", lambda cores, threads: False)
+    assert profile_model(build_model(SPEC), (3, 32, 32), (1,), repeats=3)["latency"][1]["warning"] is None

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise DnasPruneError(f"--batch-sizes must be positive integers, got {' '.join(map(str, args.batch_sizes))}")
     if args.repeats < 1 or (args.threads is not None and args.threads < 1):
         raise DnasPruneError(f"--repeats and --threads must be positive, got {args.repeats} and {args.threads}")
-    path = Path(args.model)
+    path, metadata = Path(args.model), {}
     if path.is_file():
         model, metadata = load_pruned_with_metadata(path)
         default_size = metadata.get("input_size") or default_input_size(spec_of(model))
@@ -46,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
         memory_format=args.memory_format,
     )
     print(f"model: {args.model}  input: {'x'.join(map(str, input_size))}")
-    print(f"MACs: {result['macs'] / 1e6:.2f} M  params: {result['params'] / 1e6:.3f} M")
+    dense = metadata.get("dense_macs"), metadata.get("dense_params")
+    of_dense = (f"  ({result['macs'] / dense[0]:.1%} and {result['params'] / dense[1]:.1%} of the dense model's)"
+                if all(dense) and tuple(input_size) == tuple(metadata.get("input_size") or ()) else "")
+    print(f"MACs: {result['macs'] / 1e6:.2f} M  params: {result['params'] / 1e6:.3f} M{of_dense}")
     print(f"{'batch':>6} {'median ms':>10} {'p10 ms':>9} {'p90 ms':>9} {'img/s':>9} {'repeats':>8}  threads  memory format")
     for bs, lat in result["latency"].items():
         print(

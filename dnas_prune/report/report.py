@@ -251,7 +251,8 @@ def _markdown(r: dict[str, Any], table: str, config_toml: str) -> str:
         "| | dense | pruned (finetuned) |",
         "|---|---|---|",
         f"| test accuracy | {_pct(d['test_acc'])} | {_pct(p['test_acc'])} |",
-        f"| val accuracy | {_pct(d.get('val_acc'))} | {_pct(p.get('val_acc'))} |",
+        f"| val accuracy (held out of this run's training images) | {_pct(d.get('val_acc'))} | "
+        f"{_pct(p.get('val_acc'))} |",
         f"| MACs | {d['macs'] / 1e6:.2f}M | {p['macs'] / 1e6:.2f}M ({p['macs_ratio']:.1%}) |",
         f"| params | {d['params'] / 1e6:.3f}M | {p['params'] / 1e6:.3f}M ({p['params_ratio']:.1%}) |",
     ]
@@ -266,7 +267,9 @@ def _markdown(r: dict[str, Any], table: str, config_toml: str) -> str:
         lines += [""] + [f"**Warning**, latency {line}." for line in unreliable]
     lines += [
         "",
-        f"Test accuracy right after the search (hard supernet, before finetuning): {_pct(p['search_test_acc'])}.",
+        f"Test accuracy right after the search (hard supernet, before finetuning): {_pct(p['search_test_acc'])}. "
+        "Val images are training images this run held out; a parent trained elsewhere (a shipped one) may have "
+        "trained on them, so its val accuracy can read high: compare on test.",
         f"Latency: CPU, {lat['threads']} threads, fp32, both models timed in the same run with interleaved repeats; "
         "each model runs in its faster memory format.",
         "",
