@@ -195,3 +195,15 @@ def test_ramped_budget_descends_from_dense_to_the_target_then_holds() -> None:
     for _ in range(10):
         instant.step()
     assert instant.target == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_at_a_small_target_the_projection_fills_to_within_one_percent_of_it(seed: int) -> None:
+    """±0.01 of dense is a fifth of a 0.05 budget: a state that far under it is filled up, not kept as it is."""
+    target = 0.05
+    net = searched_like(seed=seed)
+    offset, _, held = solve_offset(net, "macs", target - 0.008)
+    net.set_schedule(offset=offset, held=held)
+    assert net.hard_cost().macs / net.dense_cost.macs >= target - 0.01  # inside the absolute window already
+    project_to_budget(net, "macs", target)
+    assert 0.99 * target <= net.hard_cost().macs / net.dense_cost.macs <= target

@@ -282,3 +282,13 @@ def test_the_hard_cost_the_pruner_reports_is_the_cost_of_its_decisions_for_every
         _train_step(pruner, optimizer)
         real = pruner.net.hard_cost().macs / pruner.net.dense_cost.macs
         assert real == pytest.approx(pruner.hard_ratio) and real <= pruner.target
+
+
+def test_an_early_finalize_says_whether_the_target_had_arrived() -> None:
+    for steps, words in ((2, "the target had only descended to"), (11, "the target had arrived, but the search stopped short")):
+        pruner = _pruner(total_steps=13)
+        optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.1)
+        for _ in range(steps):
+            _train_step(pruner, optimizer)
+        with pytest.warns(UserWarning, match=f"finalize after {steps} of total_steps=13 steps: {words}"):
+            pruner.finalize()

@@ -183,3 +183,18 @@ def test_finalizing_a_pruned_file_says_it_is_finalized_already(tmp_path) -> None
     path = save_pruned(create_model("cifar_resnet20"), tmp_path / "pruned.pt")
     with pytest.raises(CheckpointError, match="found a pruned model: it is finalized already"):
         load_supernet(path)
+    dense = save_pruned(create_model("cifar_resnet20"), tmp_path / "model.pt", kind="dense")  # what train writes
+    with pytest.raises(CheckpointError, match="is a dense model, not a search checkpoint: search it first"):
+        load_supernet(dense)
+
+
+def test_a_round_to_that_lands_far_from_the_budget_is_warned() -> None:
+    from dnas_prune.finalize import final_decisions
+    from dnas_prune.search.budget import project_to_budget
+
+    net = Supernet(create_model("cifar_resnet20"))
+    net.budget = {"metric": "macs", "target": 0.05}
+    project_to_budget(net, "macs", 0.05)
+    with pytest.warns(UserWarning, match="round_to=16 pinned .* from the search's 0.05: at this size one step"):
+        with final_decisions(net, round_to=16):
+            pass

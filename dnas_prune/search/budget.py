@@ -22,6 +22,7 @@ from .gates import gate_threshold
 from .supernet import Supernet
 
 METRICS = ("macs", "params", "latency")  # latency: ms per batch from the supernet's attached latency model
+PROJECTION_WARN = 0.05  # a projection pinned further than this from its target (relative) is warned of
 
 
 def check_target(metric: str, target: float) -> None:
@@ -348,10 +349,11 @@ def budget_state(
                     widths, blocks, current, progress = w, f, r, True
                     break
 
+    slack = min(tolerance, 0.01 * target)  # a polish within 1 % of a small target, where ±tolerance is a large part
     while True:
         if respends_thin:  # channels of the living blocks first; a block reopens (two steps wide) only if they fall short
             grow_to(target, reopen=False)
-        if current < target - tolerance:
+        if current < target - slack:
             grow_to(target)
         if current < target - tolerance:
             grow_to(target + tolerance)

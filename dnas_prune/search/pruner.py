@@ -67,7 +67,7 @@ from torch import nn
 
 from ..device.policy import process_rank
 from ..errors import DnasPruneError
-from .budget import (can_be_thin, channel_step, check_feasible, check_target, cost_ratios, min_width,
+from .budget import (PROJECTION_WARN, can_be_thin, channel_step, check_feasible, check_target, cost_ratios, min_width,
                      project_to_budget, solve_offset)
 from .fold import fold
 from .landing import Landing
@@ -84,7 +84,6 @@ THIN_BLOCK_CLOSERS = ("search", "projection")
 THIN_BRANCHES = ("gate", "step")  # a block's branch is thin one gate, or one round_to step, wide (can_be_thin)
 RANK_COSTS = ("auto", "budget", "macs")
 # SearchConfig fields that one of the target_* keys sets (budget_fields), not knobs of their own
-PROJECTION_WARN = 0.05  # a projection pinned further than this from its target (relative) is warned of
 BUDGET_FIELDS = ("metric", "target", "target_ms", "target_ms_dense")
 
 
@@ -611,9 +610,11 @@ class Pruner:
         ``(x, y)`` pairs; recommended), and return the plain pruned model. The supernet is left pinned. ``log``:
         see :meth:`project`."""
         if self.steps_done < self.total_steps:
-            warnings.warn(f"finalize after {self.steps_done} of total_steps={self.total_steps} steps: the target had "
-                          f"only descended to {self.target:.3f}, and the projection makes the rest of the jump to "
-                          f"{self.config.target:g} untrained; pass the real number of steps", stacklevel=2)
+            said = (f"the target had only descended to {self.target:.3f}, and the projection makes the rest of the "
+                    f"jump to {self.config.target:g} untrained" if self.target > self.config.target + 1e-9 else
+                    "the target had arrived, but the search stopped short of the schedule it planned")
+            warnings.warn(f"finalize after {self.steps_done} of total_steps={self.total_steps} steps: {said}; pass "
+                          "the real number of steps", stacklevel=2)
         self.projection = self.project(log)
         if calibration_batches is not None:
             refit_bn(self.net, calibration_batches, autocast)
