@@ -401,3 +401,23 @@ def test_run_eta_adds_the_remaining_epochs_at_the_measured_speed(tmp_path: Path)
     clock.start("search", "2/6")  # search's own speed replaces the estimate for its epochs
     # 0.3 s per image now: search 1 x 30 s, finetune 2 x 30 s (the latest speed), then the same 41 s: 131 s.
     assert clock.note(_FakeTrainer(100, epoch=1), {"epoch_time": 28.0}) == " | run 2/6 search, ~2 min 11 s left"
+
+
+def test_a_sigterm_stops_like_ctrl_c_and_run_refuses_torchrun(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """torchrun and batch schedulers stop a job with SIGTERM: it says how to continue, as Ctrl-C does. ``run`` under
+    torchrun ran the whole pipeline once per process, each writing the same files."""
+    import signal
+
+    from dnas_prune.cli import profile as profile_command
+
+    from conftest import REPO
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(profile_command, "run", lambda args: os.kill(os.getpid(), signal.SIGTERM))
+    assert main(["profile", "cifar_resnet20"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the CLI's only while it runs
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["run", str(REPO / "experiments" / "configs" / "quickstart.toml")]) == 2
+    assert "dnas-prune run is one process" in capsys.readouterr().err

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import signal
 import sys
+import threading
 import warnings
 from typing import Any, NoReturn, Sequence
 
@@ -81,12 +83,19 @@ def one_line_warning(message: Warning | str, category: type[Warning], filename: 
     return f"warning: {message}\n"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the run stops between writes and says how to continue."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     formatwarning, warnings.formatwarning = warnings.formatwarning, one_line_warning
+    main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # torchrun, schedulers stop so
     try:
         result = args._run(args)
     except DnasPruneError as exc:
@@ -100,5 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning = formatwarning
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         close_distributed()
     return int(result or 0)
