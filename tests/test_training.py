@@ -80,6 +80,22 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path, precision):
         [{k: v for k, v in m.items() if k not in timing} for m in full.history]
 
 
+def test_a_resume_with_other_settings_is_refused_and_more_epochs_are_not(tmp_path):
+    """A resume under another seed, batch size or lr ran on silently as another run (a new seed even moves the val
+    split); only the length, the device and the output may change."""
+    data = tiny_data()
+    interrupted = Trainer(tiny_model(), data, tiny_train_config(), tmp_path / "cut", callbacks=[Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    for change in ({"seed": 5}, {"batch_size": 8, "lr": 1.0}):
+        other = Trainer(tiny_model(), data, tiny_train_config(**change), tmp_path / "cut")
+        with pytest.raises(CheckpointError, match=f"was trained with {next(iter(change))} .*resume with its settings"):
+            other.fit(resume=True)
+    longer = Trainer(tiny_model(), data, tiny_train_config(epochs=3), tmp_path / "cut")
+    longer.fit(resume=True)
+    assert longer.epoch == 3
+
+
 def test_checkpoint_is_atomic_and_loads_with_weights_only(tmp_path):
     trainer = Trainer(tiny_model(), tiny_data(), tiny_train_config(epochs=1), tmp_path, metadata={"note": "x"})
     metrics = trainer.fit()
@@ -114,7 +130,8 @@ def test_hooks_are_called_and_excluded_parameters_stay_out_of_sgd(tmp_path):
     other = tiny_model(seed=1)
     other.gate = nn.Parameter(torch.zeros(3))
     fresh = Recorder(other.gate)
-    Trainer(other, tiny_data(), tiny_train_config(), tmp_path, callbacks=[fresh]).load_checkpoint(tmp_path / "train.pt")
+    Trainer(other, tiny_data(), tiny_train_config(weight_decay=0.0), tmp_path, callbacks=[fresh]).load_checkpoint(
+        tmp_path / "train.pt")
     assert fresh.restored == {"calls": hooks.calls}
 
 
