@@ -292,3 +292,23 @@ def test_an_early_finalize_says_whether_the_target_had_arrived() -> None:
             _train_step(pruner, optimizer)
         with pytest.warns(UserWarning, match=f"finalize after {steps} of total_steps=13 steps: {words}"):
             pruner.finalize()
+
+
+def test_a_pruner_resumes_the_same_whichever_state_is_loaded_first() -> None:
+    """Loading the Pruner's state before the net's ran its first _prepare on fresh logits, whose deviation stayed in
+    max_deviation (search.json's steering record)."""
+    pruner = _pruner(total_steps=8, target_macs=0.3)
+    optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.1)
+    for _ in range(5):
+        _train_step(pruner, optimizer)
+    states = copy.deepcopy((pruner.state_dict(), pruner.net.state_dict()))
+    for pruner_first in (True, False):
+        again = _pruner(total_steps=8, target_macs=0.3)
+        if pruner_first:
+            again.load_state_dict(states[0])
+        again.net.load_state_dict(states[1])
+        if not pruner_first:
+            again.load_state_dict(states[0])
+        assert again.max_deviation == pruner.max_deviation
+        assert all(torch.equal(a, b) for a, b in zip(again.net.decisions().masks.values(),
+                                                    pruner.net.decisions().masks.values()))

@@ -26,8 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="auto: the faster layout for the dense model, chosen once when the table is built "
                         "(default: %(default)s)")
     p.add_argument("--channel-step", type=int, default=DEFAULT_CHANNEL_STEP,
-                   help="grid spacing of the widths; use the search's --channels-per-gate when it is above 1 "
-                        "(default: %(default)s)")
+                   help="grid spacing of the widths, interpolated between (default: %(default)s, the spacing the "
+                        "search's tables have; a table of another spacing is cached apart and only read here)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda timing (synchronize around each forward) is untested (default: %(default)s)")
     p.add_argument("--rebuild", action="store_true", help="measure again even if the table is cached")

@@ -654,13 +654,15 @@ class Pruner:
         self.gate_optimizer.load_state_dict(state["gate_optimizer"])
         self.steps_done = int(state["steps_done"])
         self.trace = [tuple(t) for t in state["trace"]]
-        self.max_deviation = float(state["max_deviation"])
         self.saliency = {name: value.to(self.net.gate(name).logits.device)
                          for name, value in state.get("saliency", {}).items()}
         self.prior_set = bool(state.get("prior_set", self.config.prior != "taylor"))
         if "channel_order" in state:  # fixed when the prior was set, from the filters of that moment
             self.channel_order = {k: v.clone().cpu() for k, v in state["channel_order"].items()}
         self._prepare()
+        # the saved value already holds this step's deviation; a _prepare on logits not loaded yet (the net's state
+        # loaded after this one) must not add its own
+        self.max_deviation = float(state["max_deviation"])
 
     def summary(self) -> dict[str, Any]:
         """What search.json records of the steering."""
