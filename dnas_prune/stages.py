@@ -62,6 +62,13 @@ def check_out(stage: str, out: str | Path, resume: bool, strict: bool = False) -
                              f"or drop --resume to start a {stage} run")
 
 
+def inference_of(data: TrainingData) -> dict[str, Any]:
+    """``data.inference()`` (classes and preprocessing, what model files record), or nothing for a user's own data
+    object that does not have it: the file then says nothing rather than something wrong."""
+    inference = getattr(data, "inference", None)
+    return inference() if callable(inference) else {}
+
+
 # ---------------------------------------------------------------------------------------------- dense
 def train(model: nn.Module, data: TrainingData, config: TrainConfig, out_dir: str | Path, *,
           metadata: dict[str, Any] | None = None, resume: bool = False, tensorboard: bool = False,
@@ -96,7 +103,7 @@ def adopt(model: nn.Module, data: TrainingData, config: TrainConfig, out_dir: st
 
 def _save_dense(trainer: Trainer, data: TrainingData, config: TrainConfig, metrics: dict, out: Path) -> None:
     save_pruned(trainer.final_model.eval(), out / "model.pt", kind="dense", input_size=list(data.train.input_size),
-                metrics=metrics, config=asdict(config), **data.inference())
+                metrics=metrics, config=asdict(config), **inference_of(data))
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -138,7 +145,7 @@ def search(
     pruner = Pruner(model, input_size, total_steps=steps, config=search_config)
     net, search_config = pruner.net, pruner.config  # a ms latency target is resolved to a fraction of dense
     metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config),
-                "inference": data.inference()}  # finalize passes it on to the pruned file
+                "inference": inference_of(data)}  # finalize passes it on to the pruned file
     with _monitor(out, tensorboard, pruner) as monitors:
         trainer = Trainer(net, data, train_config, out, callbacks=[SearchHooks(pruner), *callbacks, *monitors],
                           checkpoint_name="supernet.pt", metadata=metadata, teacher=teacher)
@@ -280,7 +287,7 @@ def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, o
     if trainer.is_main:
         keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
         save_pruned(trainer.final_model.eval(), out / "pruned.pt",
-                    **{**keep, "input_size": list(data.train.input_size), **data.inference(),  # as finetuned
+                    **{**keep, "input_size": list(data.train.input_size), **inference_of(data),  # as finetuned
                        "dataset": data_root, "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),
                        "finetune_epochs": config.epochs})
     return trainer, metrics
