@@ -93,3 +93,11 @@ def test_a_finetuned_file_counts_its_cost_at_the_size_it_was_finetuned_at(tmp_pa
     stages.finetune(source, tiny_data(), tiny_train_config(epochs=1), tmp_path / "tuned", data_root="tiny")
     _, metadata = load_pruned_with_metadata(tmp_path / "tuned" / "pruned.pt")
     assert metadata["input_size"] == [3, 16, 16]
+
+
+def test_a_data_object_without_inference_records_nothing_rather_than_failing() -> None:
+    from conftest import make_synthetic
+
+    assert stages.inference_of(object()) == {}
+    recorded = stages.inference_of(make_synthetic())
+    assert recorded["classes"] == list(make_synthetic().classes) and "mean" in recorded["preprocess"]
