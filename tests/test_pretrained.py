@@ -98,3 +98,30 @@ def test_weights_or_a_model_for_other_classes_are_refused_with_the_counts(tmp_pa
     with pytest.raises(DnasPruneError, match="the teacher predicts 10 classes and the data has 3"):
         Trainer(create_model("cifar_resnet20", num_classes=3), data, TrainConfig(epochs=1, batch_size=8,
                 distill_weight=0.5), tmp_path, teacher=create_model("cifar_resnet20"))
+
+
+def test_train_pretrained_replaces_a_head_for_other_classes_and_keeps_the_rest(tmp_path: Path, tiny_imagenet: Path,
+                                                                                capsys: pytest.CaptureFixture) -> None:
+    """Transfer learning: ImageNet weights (here a 1000-class resnet18 state_dict) train on a 3-class tree; every
+    weight but the head is the file's, and a search refuses the 1000-class head by pointing here."""
+    from dnas_prune.cli import main
+    from dnas_prune.errors import CheckpointError
+    from dnas_prune.io.pruned import load_pruned_with_metadata
+
+    torch.manual_seed(0)
+    source = create_model("resnet18").state_dict()
+    torch.save(source, tmp_path / "imagenet.pth")
+    with pytest.raises(CheckpointError, match="`dnas-prune train --pretrained .*imagenet.pth` replaces the head"):
+        load_pretrained(tmp_path / "imagenet.pth", "resnet18", 3)
+    with pytest.warns(UserWarning, match="1000-class head \\(fc\\) is replaced by a new 3-class one"):
+        model = load_pretrained(tmp_path / "imagenet.pth", "resnet18", 3, new_head=True)
+    assert model.fc.out_features == 3 and torch.equal(model.conv1.weight, source["conv1.weight"])
+    args = ["train", "--model", "resnet18", "--pretrained", str(tmp_path / "imagenet.pth"), "--data-kind",
+            "imagefolder", "--data", str(tiny_imagenet), "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+            "--val-size", "3", "--lr", "0.01", "--no-progress", "--no-tensorboard", "--out", str(tmp_path / "t")]
+    assert main([*args, "--zero-init-residual"]) == 2
+    assert "does nothing to --pretrained weights" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="replaced by a new 3-class one"):
+        assert main(args) == 0
+    trained, metadata = load_pruned_with_metadata(tmp_path / "t" / "model.pt")
+    assert trained.fc.out_features == 3 and metadata["config"]["epochs"] == 1

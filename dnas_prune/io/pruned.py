@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +143,13 @@ def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device =
     return load_pruned_with_metadata(path, map_location)[0]
 
 
-def load_pretrained(path: str | Path, model_name: str | None, num_classes: int) -> nn.Module:
+def load_pretrained(path: str | Path, model_name: str | None, num_classes: int, new_head: bool = False) -> nn.Module:
     """A dense model from a ``dnas-prune train`` output (``model.pt`` or ``train.pt``), a plain torchvision-style
-    state_dict (then ``model_name`` says which architecture), or the tag of shipped weights such as ``cifar10``."""
+    state_dict (then ``model_name`` says which architecture), or the tag of shipped weights such as ``cifar10``.
+
+    A head (``fc``) for another number of classes is refused, since pruning needs a model trained on the data;
+    with ``new_head`` (transfer learning: ``dnas-prune train --pretrained``) it is replaced by a freshly initialized
+    one for ``num_classes``, and every other weight is loaded."""
     if not Path(path).exists() and model_name is not None and str(path) in available_weights(model_name):
         return create_model(model_name, num_classes=num_classes, weights=str(path))
     if not Path(path).exists() and Path(path).name == str(path) and not Path(path).suffix:  # a tag, not a file
@@ -153,29 +158,37 @@ def load_pretrained(path: str | Path, model_name: str | None, num_classes: int) 
                               "pass a model file or one of those")
     state = safe_load(path, "a dnas_prune model or a state_dict")
     if isinstance(state, dict) and "spec" in state and "state_dict" in state:
-        model, weights = build_model(state["spec"]), state["state_dict"]
+        spec, weights = state["spec"], state["state_dict"]
     elif isinstance(state, dict) and state.get("kind") == "dnas_prune.trainer":
         spec = state.get("metadata", {}).get("spec")
         if spec is None:
             raise CheckpointError(f"{path} is a trainer checkpoint without a model spec; pass its model.pt instead")
-        model, weights = build_model(spec), state["model"]
+        weights = state["model"]
     elif isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
         if model_name is None:
             raise CheckpointError(f"{path} is a plain state_dict; also pass --model to say which architecture it is")
-        model, weights = create_model(model_name, num_classes=num_classes), state
+        spec, weights = None, state
     else:
         raise CheckpointError(f"{path} is neither a dnas_prune model file nor a state_dict")
+    head = weights.get("fc.weight")
+    replace_head = isinstance(head, torch.Tensor) and head.dim() == 2 and head.shape[0] != num_classes
+    model = (create_model(model_name, num_classes=num_classes) if spec is None
+             else build_model({**spec, "num_classes": num_classes} if replace_head else spec))
     missing, unexpected = _misfit(model, weights)
     if missing or unexpected:
         raise CheckpointError(f"{path} holds weights of another architecture than {model_name or 'its spec'}'s "
                               f"({len(missing)} of the model's tensors missing, e.g. {missing[:1] or '-'}; "
                               f"{len(unexpected)} unexpected, e.g. {unexpected[:1] or '-'}); check --model")
-    head = weights.get("fc.weight")
-    if isinstance(head, torch.Tensor) and head.dim() == 2 and head.shape[0] != num_classes:
+    if replace_head and not new_head:
         raise CheckpointError(f"{path} has a {head.shape[0]}-class head (fc) and the data {num_classes} classes; "
-                              "start from a model trained on these classes (replace and train its fc first)")
+                              f"start from a model trained on these classes: `dnas-prune train --pretrained {path}` "
+                              "replaces the head and trains it")
+    if replace_head:
+        warnings.warn(f"{path}: its {head.shape[0]}-class head (fc) is replaced by a new {num_classes}-class one; every "
+                      "other weight is loaded", stacklevel=2)
+        weights = {k: v for k, v in weights.items() if not k.startswith("fc.")}
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(weights, strict=not replace_head)
     except RuntimeError as exc:  # same names, other shapes
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise CheckpointError(f"{path} does not fit {model_name or 'the model'}: "
