@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import DnasPruneError
-from .search.budget import PROJECTION_WARN, budget_state, cost_ratios
+from .search.budget import budget_state, cost_ratios, far_from_target
 from .search.fold import fold
 from .search.latency import table_for_settings
 from .search.supernet import Supernet
@@ -52,9 +52,8 @@ def final_decisions(net: Supernet, round_to: int | None = None) -> Iterator[Supe
     elif net.budget:
         metric, target = net.budget["metric"], net.budget["target"]
     with net.pinned(budget_state(net, metric, target, round_to=round_to, strict=metric != "latency")):
-        reached = cost_ratios(net, *net.counts_and_blocks(hard=True))[metric]
-        if abs(reached / target - 1.0) > PROJECTION_WARN:
-            warnings.warn(f"round_to={round_to} pinned {reached:.4g} of dense {metric}, {100 * (reached / target - 1):+.0f} "
-                          f"% from the search's {target:.4g}: at this size one step of {round_to} channels is a large "
-                          "part of the budget; a smaller round_to lands closer", stacklevel=3)
+        far = far_from_target(metric, cost_ratios(net, *net.counts_and_blocks(hard=True))[metric], target,
+                              f"one step of round_to={round_to} channels (a smaller one lands closer)")
+        if far:
+            warnings.warn(far, stacklevel=3)
         yield net

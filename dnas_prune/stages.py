@@ -285,7 +285,9 @@ def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, o
         for monitor in monitors:
             monitor.log_training_hparams(config, {"source": str(pruned_path)}, metrics)
     if trainer.is_main:
-        keep = {k: v for k, v in metadata.items() if k not in ("macs", "params")}
+        resized = list(data.train.input_size) != list(metadata.get("input_size") or data.train.input_size)
+        drop = ("macs", "params") + (("dense_macs", "dense_params") if resized else ())  # counted at the old size
+        keep = {k: v for k, v in metadata.items() if k not in drop}
         save_pruned(trainer.final_model.eval(), out / "pruned.pt",
                     **{**keep, "input_size": list(data.train.input_size), **inference_of(data),  # as finetuned
                        "dataset": data_root, "test_acc": metrics["test_acc"], "val_acc": metrics.get("val_acc"),

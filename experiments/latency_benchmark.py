@@ -506,10 +506,11 @@ def main() -> int:
             **finished_rows(args.latency_dir, latency_methods, args.latency_targets)}
     if not rows:
         raise SystemExit(f"no finished rows in {args.macs_dir} or {args.latency_dir}: pass --run to train them")
-    lengths = {sum(row["epochs"].values()) for row in rows.values()}
-    if len(lengths) > 1:  # the page states one length for every row
-        raise SystemExit(f"rows trained for different numbers of epochs ({sorted(lengths)}): give out-dirs of one "
-                         "--search-epochs/--finetune-epochs, or pass --run to train them with these flags")
+    lengths = {sum(row["epochs"].values()) for row in rows.values()}  # the page states one length for every row
+    searched = {row["epochs"]["before_finetune"] for row in rows.values() if row["method"] not in PEERS}
+    if len(lengths) > 1 or len(searched) > 1:  # and one search length for ours
+        raise SystemExit(f"rows trained for different numbers of epochs ({sorted(lengths)} in all, {sorted(searched)} "
+                         "searched): give out-dirs of one --search-epochs/--finetune-epochs, or pass --run")
     seeds = {row["seed"] for row in rows.values()}
     if seeds != {args.seed}:
         raise SystemExit(f"rows trained with seed(s) {sorted(seeds)}, not --seed {args.seed}: the page names one seed")
@@ -552,7 +553,7 @@ def main() -> int:
     report = {
         "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
         "model": args.model, "seed": args.seed, "epochs": lengths.pop(),  # the rows' own, not today's flags
-        "search_epochs_note": "1 search epoch + the rest finetuning, one lr schedule",
+        "search_epochs_note": f"{searched.pop()} search epoch(s) + the rest finetuning, one lr schedule",
         "threads": bench["threads"], "allocator": keep_freed_memory(), "batch_sizes": args.batch_sizes,
         "timing_seconds": time.perf_counter() - started,
         "dense": {"test_acc": dense_acc}, "labels": LABELS,

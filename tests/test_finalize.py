@@ -195,6 +195,6 @@ def test_a_round_to_that_lands_far_from_the_budget_is_warned() -> None:
     net = Supernet(create_model("cifar_resnet20"))
     net.budget = {"metric": "macs", "target": 0.05}
     project_to_budget(net, "macs", 0.05)
-    with pytest.warns(UserWarning, match="round_to=16 pinned .* from the search's 0.05: at this size one step"):
+    with pytest.warns(UserWarning, match="pinned .* from the target 0.05: at this size one step of round_to=16 channels"):
         with final_decisions(net, round_to=16):
             pass

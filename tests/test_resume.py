@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from dnas_prune.io import checkpoint as checkpoint_module
 from dnas_prune.io.checkpoint import atomic_torch_save, safe_load
 from dnas_prune.cli import main
 from dnas_prune import stages
@@ -142,9 +144,14 @@ def test_a_kill_at_any_point_of_a_write_leaves_a_loadable_checkpoint(tmp_path: P
     assert (half, before, after) == (1, 1, 2)
     assert len(half_files) == len(before_files) == 2  # the temp file was beside it, in a folder of its own
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
-    (tmp_path / ".ckpt.pt.killed.tmp").mkdir()  # what a SIGKILL during a write leaves: the next write clears it
-    (tmp_path / ".ckpt.pt.killed.tmp" / "ckpt.pt").write_bytes(b"PK half")
-    (tmp_path / ".ckpt.pt.older.tmp.pt").write_bytes(b"PK half")  # the temp file of earlier versions
-    (tmp_path / ".other.pt.kept.tmp").mkdir()  # another file's writer is left alone
+    (tmp_path / ".ckpt.pt.killed00.tmp").mkdir()  # what a SIGKILL during a write leaves: the next write clears it
+    (tmp_path / ".ckpt.pt.killed00.tmp" / "ckpt.pt").write_bytes(b"PK half")
+    (tmp_path / ".ckpt.pt.older000.tmp.pt").write_bytes(b"PK half")  # the temp file of earlier versions
+    kept = [".ckpt.pt.bak.writing0.tmp", ".ckpt.pt.writing0.tmp", ".other.pt.kept0000.tmp"]
+    for name in kept:  # a writer of this file still at work (recent), another file's
+        (tmp_path / name).mkdir()
+    hour_ago = time.time() - 2 * checkpoint_module.STALE_SECONDS
+    for name in (".ckpt.pt.killed00.tmp", ".ckpt.pt.older000.tmp.pt", kept[0], kept[2]):
+        os.utime(tmp_path / name, (hour_ago, hour_ago))
     atomic_torch_save({"epoch": 3}, path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.kept.tmp", "ckpt.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "ckpt.pt"])

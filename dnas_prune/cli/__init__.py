@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning = formatwarning
-        if main_thread:
+        if main_thread and previous is not None:  # None: a handler set outside Python, which cannot be put back
             signal.signal(signal.SIGTERM, previous)
         close_distributed()
     return int(result or 0)

@@ -6,9 +6,9 @@ Every stage is skipped when its output exists, so re-running the same command re
 from __future__ import annotations
 
 import argparse
-import os
 
 from ..config import load_config
+from ..device.policy import launched_world_size
 from ..errors import DnasPruneError
 from ..pipeline import Pipeline
 
@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would run (and write) the whole pipeline alone
+    if launched_world_size() > 1:  # each process would run (and write) the whole pipeline alone
         raise DnasPruneError("dnas-prune run is one process; under torchrun run its stages' commands (train, search, "
                              "finetune), or run it without torchrun")
     config = load_config(args.config, args.overrides, out=args.out)

@@ -39,11 +39,16 @@ def process_rank() -> tuple[int, int]:
     return 0, 1
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun launched for this command (1 without torchrun), before any group is joined."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed() -> tuple[int, int]:
     """Join the process group torchrun describes in the environment; ``(rank, world_size)``, else ``(0, 1)``."""
     if dist.is_available() and dist.is_initialized():
         return process_rank()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if launched_world_size() <= 1:
         return 0, 1
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

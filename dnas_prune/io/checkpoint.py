@@ -8,12 +8,12 @@ into one :class:`~dnas_prune.errors.CheckpointError` line naming the file.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +41,21 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+STALE_SECONDS = 3600  # a temp entry this old is a killed writer's, not one still writing (several ranks may write)
+
+
+def _clear_stale_temps(path: Path) -> None:
+    """Remove what a writer killed while writing ``path`` left beside it: a temp folder (or, from older versions, a
+    temp file) of exactly the shape :func:`atomic_output` makes, untouched for :data:`STALE_SECONDS`."""
+    shape = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp(\.\w+)?")
+    for stale in path.parent.iterdir():
+        try:
+            if shape.fullmatch(stale.name) and time.time() - stale.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """A temp path for a writer that wants a file name (e.g. an exporter): ``path``'s own name inside a fresh
@@ -52,8 +67,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise DnasPruneError(f"cannot write {path}: it is a directory; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):  # a killed writer's; one writer per file
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        _clear_stale_temps(path)
         folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     except OSError as exc:
         raise DnasPruneError(f"cannot write {path}: {exc.strerror or exc}") from None

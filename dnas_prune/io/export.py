@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -77,8 +78,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic_ba
         with warnings.catch_warnings():  # the legacy exporter warns that it is deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(model, (example,), str(path), dynamo=False, dynamic_axes=dynamic_axes, **names)
-    import onnx  # installed with torch.onnx's exporters (the export extra)
-
+    onnx = _onnx_module()
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = INFO_KEY, info
@@ -160,22 +160,25 @@ def export(
 
 
 def read_export_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What :func:`export` stored beside the graph (classes, preprocess, input size, tensor names); the format is
-    told by the file's suffix."""
+    """What :func:`export` stored beside the graph (classes, preprocess, input size, tensor names), whatever the
+    file is named: TorchScript and pt2 files are zip archives holding it as ``<name>/extra/dnas_prune.json``,
+    ONNX keeps it in ``metadata_props``. ``{}`` for an export that has none."""
     path = Path(path)
-    if path.suffix == SUFFIXES["onnx"]:
-        import onnx
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            entry = next((n for n in archive.namelist() if n.endswith(f"/extra/{INFO_FILE}")), None)
+            return json.loads(archive.read(entry)) if entry else {}
+    onnx = _onnx_module()
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return json.loads(props.get(INFO_KEY, "{}"))
 
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return json.loads(props.get(INFO_KEY, "{}"))
-    files = {INFO_FILE: ""}
-    if path.suffix == SUFFIXES["pt2"]:
-        torch.export.load(str(path), extra_files=files)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.load(str(path), _extra_files=files)
-    return json.loads(files[INFO_FILE] or "{}")
+
+def _onnx_module() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError(f"ONNX files need the onnx package; {_INSTALL_HINT}") from None
+    return onnx
 
 
 def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:

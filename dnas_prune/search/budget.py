@@ -25,6 +25,15 @@ METRICS = ("macs", "params", "latency")  # latency: ms per batch from the supern
 PROJECTION_WARN = 0.05  # a projection pinned further than this from its target (relative) is warned of
 
 
+def far_from_target(metric: str, reached: float, target: float, why: str) -> str | None:
+    """The warning for a projection that pinned ``reached`` more than :data:`PROJECTION_WARN` from ``target``
+    (``why``: what made the step so coarse), else None."""
+    if abs(reached / target - 1.0) <= PROJECTION_WARN:
+        return None
+    return (f"the projection pinned {reached:.4g} of dense {metric}, {100 * (reached / target - 1):+.0f} % from the "
+            f"target {target:.4g}: at this size {why} is a large part of the budget")
+
+
 def check_target(metric: str, target: float) -> None:
     if metric not in METRICS:
         raise BudgetError(f"unknown budget metric {metric!r}; use one of {', '.join(METRICS)}")

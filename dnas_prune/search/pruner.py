@@ -9,11 +9,14 @@
     small = pruner.finalize(calibration_batches)
 
 How the search steers itself to the budget. Every step, before the forward, :func:`~dnas_prune.search.budget.solve_offset`
-shifts all gate logits by one offset so that the hard decisions (``logit + offset > 0``) cost exactly what the
-current target allows, and the forward is hard with a straight-through gradient from the first step. So:
+shifts all gate logits by one offset so that the hard decisions (``logit + offset`` above the gate kind's threshold,
+0 for the default sigmoid gates) cost exactly what the current target allows, and the forward is hard with a
+straight-through gradient from the first step. So:
 
-- the hard cost follows the target at every step by construction, and the network trained is the network you get.
-  It lies under the target by at most the unit at the threshold, one channel step: a block gate that would
+- the hard cost follows the target at every step by construction, and the network trained is the network you get
+  (with sigmoid gates; Bernoulli and hard-concrete gates train on samples around it).
+  It lies under the target by at most the unit at the threshold, one channel step (or a run of tied logits,
+  which open or close together): a block gate that would
   overshoot (its inner channels rank above it and cost nothing while it is closed) is held closed, and the units
   ranked below it fill the budget; :attr:`max_deviation` records how far;
 - the target descends from the dense cost to the final budget along a cubic ramp (steep first, flat on
@@ -67,7 +70,7 @@ from torch import nn
 
 from ..device.policy import process_rank
 from ..errors import DnasPruneError
-from .budget import (PROJECTION_WARN, can_be_thin, channel_step, check_feasible, check_target, cost_ratios, min_width,
+from .budget import (can_be_thin, channel_step, check_feasible, check_target, cost_ratios, far_from_target, min_width,
                      project_to_budget, solve_offset)
 from .fold import fold
 from .landing import Landing
@@ -593,10 +596,9 @@ class Pruner:
             project_to_budget(self.net, cfg.metric, cfg.target, cfg.round_to)
         self.hard_ratios = self.hard_ratios_now()
         self.hard_ratio = after = self.hard_ratios[cfg.metric]
-        if measured is None and abs(after / cfg.target - 1.0) > PROJECTION_WARN:
-            warnings.warn(f"the projection pinned {after:.4g} of dense {cfg.metric}, {100 * (after / cfg.target - 1):+.0f} "
-                          f"% from the target {cfg.target:g}: at this size one channel step (round_to="
-                          f"{cfg.round_to}) or one block is a large part of the budget", stacklevel=2)
+        far = far_from_target(cfg.metric, after, cfg.target, f"one channel step (round_to={cfg.round_to}) or one block")
+        if measured is None and far:
+            warnings.warn(far, stacklevel=2)
         result: dict[str, Any] = {"before": before, "after": after, "moved": after - before}
         if measured is not None:
             result["measured"] = measured  # the try finalized has "pinned"

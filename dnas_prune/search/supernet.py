@@ -307,8 +307,8 @@ class Supernet(nn.Module):
     def set_schedule(self, temperature: float | None = None, hard: bool | None = None,
                      offset: float | None = None, held: dict[str, float] | None = None) -> None:
         """Anneal the sigmoid temperature / switch to a hard straight-through forward / shift every logit by
-        the budget's ``offset`` (decisions are ``logit + offset > 0``) and the logits of the block gates it
-        ``held`` closed by their own shifts (every other block's shift is reset)."""
+        the budget's ``offset`` (decisions: ``logit + offset`` above the gate kind's threshold) and the logits of the
+        block gates it ``held`` closed by their own shifts (every other block's shift is reset)."""
         if temperature is not None:
             self.temperature.fill_(float(temperature))
         if hard is not None:

@@ -112,7 +112,8 @@ class ImageFolderSplit:
         # On the PIL image (cropped before it becomes a tensor), ending in a plain uint8 tensor.
         self.train_transform = v2.Compose([v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(),
                                            v2.PILToTensor()])
-        self.eval_transform = v2.Compose([v2.Resize(int(image_size * 256 / 224)), v2.CenterCrop(image_size),
+        self.resize = int(image_size * 256 / 224)  # the eval resize: ImageNet's 256 for a 224 crop, scaled
+        self.eval_transform = v2.Compose([v2.Resize(self.resize), v2.CenterCrop(image_size),
                                           v2.PILToTensor()])
 
     def __len__(self) -> int:
@@ -125,7 +126,7 @@ class ImageFolderSplit:
     @property
     def preprocess(self) -> dict:
         """The eval transform in plain data (see ``Splits.inference``): shorter side resized, centre crop."""
-        return {"pixels": PIXELS, "resize": int(self.image_size * 256 / 224), "center_crop": self.image_size,
+        return {"pixels": PIXELS, "resize": self.resize, "center_crop": self.image_size,
                 "mean": list(self.mean), "std": list(self.std)}
 
     def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,

@@ -41,7 +41,8 @@ CHECKPOINT_FORMAT = 1
 
 # What a resume must keep (the rest, e.g. epochs, device, progress, may change): these make the run another one.
 RESUME_FIXED = ("batch_size", "lr", "momentum", "nesterov", "weight_decay", "label_smoothing", "distill_weight",
-                "distill_temperature", "flip", "crop_padding", "schedule", "warmup_epochs", "schedule_start", "seed")
+                "distill_temperature", "flip", "crop_padding", "ema_decay", "schedule", "warmup_epochs",
+                "schedule_start", "seed")
 
 
 @dataclass
@@ -528,15 +529,15 @@ class Trainer:
             raise CheckpointError(f"{path} is not a dnas_prune trainer checkpoint")
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path} has checkpoint format {state.get('format')!r}; this version reads {CHECKPOINT_FORMAT}")
+        if (self.ema is not None) != (state.get("ema") is not None):
+            said = "with" if state.get("ema") is not None else "without"
+            raise CheckpointError(f"{path} was trained {said} a weight average (--ema-decay); resume it {said} one")
         saved = state.get("config") or {}
         changed = [f"{name} {saved[name]!r} (now {getattr(self.config, name)!r})" for name in RESUME_FIXED
                    if name in saved and saved[name] != getattr(self.config, name)]
         if changed:
             raise CheckpointError(f"{path} was trained with {', '.join(changed)}: resume with its settings (more "
                                   "epochs may be given), or start afresh in another --out")
-        if (self.ema is not None) != (state.get("ema") is not None):
-            said = "with" if state.get("ema") is not None else "without"
-            raise CheckpointError(f"{path} was trained {said} a weight average (--ema-decay); resume it {said} one")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
