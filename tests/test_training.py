@@ -91,6 +91,9 @@ def test_a_resume_with_other_settings_is_refused_and_more_epochs_are_not(tmp_pat
         other = Trainer(tiny_model(), data, tiny_train_config(**change), tmp_path / "cut")
         with pytest.raises(CheckpointError, match=f"was trained with {next(iter(change))} .*resume with its settings"):
             other.fit(resume=True)
+    fewer = tiny_data(n=28)  # as another --limit-train would give
+    with pytest.raises(CheckpointError, match="was trained with data of \[.*--limit-train"):
+        Trainer(tiny_model(), fewer, tiny_train_config(), tmp_path / "cut").fit(resume=True)
     longer = Trainer(tiny_model(), data, tiny_train_config(epochs=3), tmp_path / "cut")
     longer.fit(resume=True)
     assert longer.epoch == 3

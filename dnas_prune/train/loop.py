@@ -520,8 +520,14 @@ class Trainer:
             "history": self.history,
             "channels_last": bool(self.channels_last),
             "precision": self.precision,
+            "data": self._data_shape(),
         }
         return atomic_torch_save(state, self.checkpoint_path)
+
+    def _data_shape(self) -> dict[str, list[int]]:
+        """What a resume must find again of the data: split sizes (--val-size, --limit-train) and input size."""
+        return {"sizes": [len(self.data.train), len(self.data.val), len(self.data.test)],
+                "input_size": list(self.data.train.input_size)}
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         state = safe_load(path, "a dnas_prune trainer checkpoint")
@@ -535,6 +541,11 @@ class Trainer:
         saved = state.get("config") or {}
         changed = [f"{name} {saved[name]!r} (now {getattr(self.config, name)!r})" for name in RESUME_FIXED
                    if name in saved and saved[name] != getattr(self.config, name)]
+        data = state.get("data")  # absent from checkpoints of older versions
+        if data is not None and data != self._data_shape():
+            changed.append(f"data of {data['sizes']} train/val/test images at {data['input_size']} (now "
+                           f"{self._data_shape()['sizes']} at {self._data_shape()['input_size']}: --val-size, "
+                           "--limit-train or --image-size)")
         if changed:
             raise CheckpointError(f"{path} was trained with {', '.join(changed)}: resume with its settings (more "
                                   "epochs may be given), or start afresh in another --out")
