@@ -299,8 +299,9 @@ def finetune(pruned_path: str | Path, data: TrainingData, config: TrainConfig, o
 def export(pruned_path: str | Path, output: str | Path, fmt: str, *, input_size: Sequence[int] | None = None,
            batch_size: int = 1, dynamic_batch: bool = True, check: bool = True) -> tuple[Path, dict | None]:
     """Export the model in ``pruned_path`` (at the input size stored in the file unless given, with the file's
-    classes and preprocessing in the export's info); with ``check``, run the export against the model on a batch it was not traced with, and delete it if they differ. Returns
-    the path and the check's result (None without ``check``)."""
+    classes and preprocessing in the export's info); with ``check``, run the export against the model on a batch it
+    was not traced with, and delete it if they differ. Returns the path and the check's result (None without
+    ``check``)."""
     _refuse_to_overwrite(pruned_path, output)
     model, metadata = load_pruned_with_metadata(pruned_path)
     input_size = tuple(input_size or metadata.get("input_size") or default_input_size(spec_of(model)))

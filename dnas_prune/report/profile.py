@@ -28,13 +28,13 @@ def profile_model(
     for bs in batch_sizes:
         with OthersCpu() as others:
             lat = measure_latency(model, input_size, bs, **kw)
-        said = [lat["warning"]] if lat["warning"] else []
+        more = []  # noise_warning's own text (lat["warning"]) already ends by telling to re-run
         if crowded(others.cores, lat["threads"]):
-            said.append(f"other processes kept {others.cores:.1f} cores busy while timing")
+            more.append(f"other processes kept {others.cores:.1f} cores busy while timing")
         if lat["repeats"] < min(STEADY_REPEATS, kw.get("repeats", STEADY_REPEATS)):
-            said.append(f"only {lat['repeats']} repeats fit in the time allowed (a slow forward each): too few to "
+            more.append(f"only {lat['repeats']} repeats fit in the time allowed (a slow forward each): too few to "
                         "tell a busy machine from a steady one")
-        text = "; ".join(said)
-        latency[bs] = {**lat, "warning": (text if "re-run" in text else f"{text}; re-run on an idle machine")
-                       if said else None}
+        if more and not lat["warning"]:
+            more.append("re-run on an idle machine")
+        latency[bs] = {**lat, "warning": "; ".join(([lat["warning"]] if lat["warning"] else []) + more) or None}
     return {"macs": cost.macs, "params": cost.params, "input_size": list(input_size), "latency": latency}

@@ -541,11 +541,10 @@ class Trainer:
         saved = state.get("config") or {}
         changed = [f"{name} {saved[name]!r} (now {getattr(self.config, name)!r})" for name in RESUME_FIXED
                    if name in saved and saved[name] != getattr(self.config, name)]
-        data = state.get("data")  # absent from checkpoints of older versions
-        if data is not None and data != self._data_shape():
+        data, now = state.get("data"), self._data_shape()  # data: absent from checkpoints of older versions
+        if data is not None and data != now:
             changed.append(f"data of {data['sizes']} train/val/test images at {data['input_size']} (now "
-                           f"{self._data_shape()['sizes']} at {self._data_shape()['input_size']}: --val-size, "
-                           "--limit-train or --image-size)")
+                           f"{now['sizes']} at {now['input_size']}: --val-size, --limit-train or --image-size)")
         if changed:
             raise CheckpointError(f"{path} was trained with {', '.join(changed)}: resume with its settings (more "
                                   "epochs may be given), or start afresh in another --out")
