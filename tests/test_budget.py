@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dnas_prune import Pruner, Supernet, count_cost, create_model, finalize, project_to_budget, solve_offset
-from dnas_prune.search.budget import check_feasible, cost_floor
+from dnas_prune.search.budget import HOLD_SLACK, check_feasible, cost_floor
 from dnas_prune.errors import BudgetError
 
 
@@ -125,7 +125,7 @@ def test_a_block_that_would_overshoot_is_held_closed_and_channels_fill_the_budge
         hard = net.hard_cost().macs / net.dense_cost.macs
         assert hard == pytest.approx(ratios["macs"]) and hard <= target
         held_any |= bool(held)
-        assert all(not net.decisions().blocks[name] for name in held)
+        assert all(not net.decisions().blocks[name] for name in held if name in net.branch_blocks)
         masks = net.decisions().masks
         _, name, i = max((float(net.gate(n).logits.detach()[i]) + offset, n, i) for n in net.channel_groups
                          if n in masks for i in range(net.gate(n).size) if not net.gate(n).hard_open()[i])
@@ -133,9 +133,48 @@ def test_a_block_that_would_overshoot_is_held_closed_and_channels_fill_the_budge
             assert net.hard_cost().macs / net.dense_cost.macs > target  # the next channel does not fit
         again = Supernet.from_config(net.config(), net.state_dict()).eval()
         assert again.hard_cost() == net.hard_cost()
-        old_file = {k: v for k, v in net.state_dict().items() if k != "block_shifts"}
-        assert Supernet.from_config(net.config(), old_file).block_shifts.abs().sum() == 0
+        older = {k: v for k, v in net.state_dict().items() if k != "gate_shifts"}
+        assert Supernet.from_config(net.config(), older).gate_shifts.abs().sum() == 0  # before any holds
+        by_branch = torch.tensor([net.gate_shifts[net.gated_groups.index(b)] if b in net.groups else 0.0
+                                  for b in net.branch_blocks], dtype=torch.float64)
+        blocks_only = Supernet.from_config(net.config(), {**older, "block_shifts": by_branch})  # the first holds
+        of_blocks = torch.tensor([name in net.branch_blocks for name in net.gated_groups])
+        assert torch.equal(blocks_only.gate_shifts, torch.where(of_blocks, net.gate_shifts, 0.0))
     assert held_any
+
+
+@pytest.mark.parametrize("model,block_gates", [("cifar_resnet20", False), ("cifar_resnet20", True),
+                                               ("cifar_resnet56", True)])
+def test_at_small_targets_held_units_let_the_rest_fill_the_budget(model: str, block_gates: bool) -> None:
+    """A channel of a wide early layer is a fifth of a 0.05 budget: the one threshold stopped at the first unit
+    that did not fit and left that much unspent for the step. Its group is held from that unit down and the units
+    below fill, so every step ends within HOLD_SLACK of the target, or with no single unit left that fits."""
+    net = searched_like(model, seed=7)
+    if not block_gates:
+        for name in net.branch_blocks:
+            net.set_gate_state({name: torch.ones(1, dtype=torch.bool)}) if name in net.groups else None
+    g = torch.Generator().manual_seed(1)
+    for trial in range(6):
+        with torch.no_grad():
+            for gate in net.gates.values():
+                gate.logits.copy_(torch.randn(gate.logits.shape, generator=g) * 2)
+        for target in (0.03, 0.05, 0.1):
+            offset, ratios, held = solve_offset(net, "macs", target)
+            net.set_schedule(offset=offset, held=held)
+            hard = net.hard_cost().macs / net.dense_cost.macs
+            assert hard == pytest.approx(ratios["macs"]) and hard <= target
+            if hard >= (1 - HOLD_SLACK) * target:
+                continue
+            decided = net.decisions()
+            for name in net.channel_groups:  # nothing left over fits: one more channel step of any group
+                mask = decided.masks.get(name)
+                if mask is None or bool(mask.all()):
+                    continue
+                grown = mask.clone()
+                grown[int((~mask).nonzero()[0])] = True
+                with net.pinned({**decided.masks, name: grown}):
+                    more = net.hard_cost().macs / net.dense_cost.macs
+                assert more > target or more == pytest.approx(hard), (trial, target, name)  # or in a closed block
 
 
 def test_offset_respects_pins_ties_and_the_extremes() -> None:

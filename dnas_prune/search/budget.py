@@ -104,12 +104,16 @@ def check_feasible(net: Supernet, metric: str, target: float, round_to: int | No
 
 class Threshold(NamedTuple):
     """What :func:`solve_offset` decides for one step: ``offset`` shifts every logit; ``held`` shifts the logits of
-    block gates that rank above it but would overshoot the target if opened (so they stay closed this step);
-    ``ratios`` are the hard cost ratios of the result."""
+    whole gate modules (a block, or a channel group's units from the first one that did not fit) that rank above it
+    but would overshoot the target if opened, so they stay closed this step; ``ratios`` are the hard cost ratios of
+    the result."""
 
     offset: float
     ratios: dict[str, float]
     held: dict[str, float]
+
+
+HOLD_SLACK = 0.01  # solve_offset fills by holding units while more than this fraction of the target is unspent
 
 
 @torch.no_grad()
@@ -120,18 +124,20 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
     Free gates are ranked by logit; the largest top-k whose hard cost ratio is ``<= target`` stays open, and ``b``
     sits halfway between the k-th and the (k+1)-th logit (k stops short of a run of tied logits, which open or
     close together). Cost only grows as gates open, so a binary search over k finds it in ``log2(gates)`` cost
-    evaluations. A whole block is a large unit: when the unit that does not fit is a block gate (its inner
-    channels, ranked above it, cost nothing while it is closed), it is held closed and the units below it fill
-    the rest, as a greedy knapsack would; without that, the hard cost sat under a small target by a block's
-    cost. Pinned gates and ungated groups count as they are. With every gate open (or closed), ``b`` lies
-    ``margin`` beyond the last logit. Returns the :class:`Threshold`: ``b``, the hard cost ratios it gives
-    (``"macs"``, ``"params"``, and ``"latency"`` when the supernet has a latency model) and the held blocks.
+    evaluations. The unit that does not fit can be large: a whole block (its inner channels, ranked above it, cost
+    nothing while it is closed), or a channel of a wide early layer, a fifth of a small budget. While the budget
+    left unspent is more than :data:`HOLD_SLACK` of the target, that unit's gate module (the block, or the group
+    from that unit down) is held closed by a shift of its own and the units ranked below it fill the rest, as a
+    greedy knapsack would; a module is held once, so this ends within one pass over the modules. Pinned gates and
+    ungated groups count as they are. With every gate open (or closed), ``b`` lies ``margin`` beyond the last
+    logit. Returns the :class:`Threshold`: ``b``, the hard cost ratios it gives (``"macs"``, ``"params"``, and
+    ``"latency"`` when the supernet has a latency model) and the held modules' shifts, by group or block name.
     """
     names = net.channel_groups
     counts = torch.tensor([0.0 if net.groups[n].gated else float(net.groups[n].size) for n in names],
                           dtype=torch.float64)
     blocks = torch.tensor([0.0 if b in net.groups else 1.0 for b in net.branch_blocks], dtype=torch.float64)
-    logits, slots, widths, is_block = [], [], [], []
+    logits, slots, widths, is_block, modules = [], [], [], [], []  # per free unit; modules: its gate's name
     for i, name in enumerate(names):
         if not net.groups[name].gated:
             continue
@@ -142,7 +148,8 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
         free = forced < 0
         logits.append(gate.logits.detach().double().cpu()[free])
         n = int(free.sum())
-        slots.append(torch.full((n,), i)), widths.append(torch.full((n,), per_gate)), is_block.append(torch.zeros(n, dtype=torch.bool))
+        slots.append(torch.full((n,), i)), widths.append(torch.full((n,), per_gate))
+        is_block.append(torch.zeros(n, dtype=torch.bool)), modules.extend([name] * n)
     for b, name in enumerate(net.branch_blocks):
         if name not in net.groups:
             continue
@@ -152,18 +159,21 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
             continue
         logits.append(net.gate(name).logits.detach().double().cpu().reshape(1))
         slots.append(torch.tensor([b])), widths.append(torch.ones(1)), is_block.append(torch.ones(1, dtype=torch.bool))
+        modules.append(name)
     if sum(len(x) for x in logits) == 0:  # every gate pinned: nothing to decide
         return Threshold(0.0, cost_ratios(net, counts, blocks), {})
     logit = torch.cat(logits)
     order = torch.argsort(logit, descending=True, stable=True)
     logit, slot = logit[order], torch.cat(slots)[order]
     width, block = torch.cat(widths).double()[order], torch.cat(is_block)[order]
-    held: list[int] = []  # positions of block gates above the threshold that stay closed
+    module_names = sorted(set(modules))
+    module = torch.tensor([module_names.index(m) for m in modules])[order]
+    position = torch.arange(len(logit))
+    held = torch.zeros(len(logit), dtype=torch.bool)  # units above the threshold that stay closed
 
     def ratios(k: int) -> dict[str, float]:
         c, f = counts.clone(), blocks.clone()
-        opened = torch.arange(len(logit)) < k
-        opened[held] = False
+        opened = (position < k) & ~held
         c.index_add_(0, slot[opened & ~block], width[opened & ~block])
         f[slot[opened & block]] = 1.0
         return cost_ratios(net, c, f)
@@ -182,12 +192,14 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
         return lo
 
     k = largest_fit(0)
-    while k < len(logit) and bool(block[k]) and ratio(k) <= target:  # a block that overshoots: hold it, fill below
-        held.append(k)
+    while k < len(logit) and target - ratio(k) > HOLD_SLACK * target and ratio(k) <= target:
+        # unit k does not fit and too much is left: hold its module from its logit down (its ties included, so
+        # one shift separates the module's open units from its held ones), then fill with the units below it
+        held |= (module == module[k]) & (logit <= logit[k])
         k = largest_fit(k + 1)
     while 0 < k < len(logit) and logit[k - 1] == logit[k]:  # tied gates open or close together
         k -= 1
-    held = [h for h in held if h < k]
+    held &= position < k
     if k == len(logit):
         offset = margin - float(logit[-1])
     elif k == 0:
@@ -195,7 +207,14 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
     else:
         offset = -0.5 * float(logit[k - 1] + logit[k])
     below = min(float(logit[k]) + offset if k < len(logit) else -margin, -1e-6)  # where the first closed unit sits
-    shifts = {net.branch_blocks[int(slot[h])]: below - float(logit[h]) - offset for h in held}
+    shifts = {}
+    for m in module[held].unique().tolist():
+        top_held = float(logit[held & (module == m)].max())
+        still_open = (position < k) & ~held & (module == m)
+        if bool(still_open.any()):  # halfway between the module's last open unit and its first held one
+            shifts[module_names[m]] = -offset - 0.5 * (float(logit[still_open].min()) + top_held)
+        else:
+            shifts[module_names[m]] = below - top_held - offset
     return Threshold(offset + gate_threshold(net.gate_kind), ratios(k), shifts)
 
 

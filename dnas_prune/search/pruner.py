@@ -15,10 +15,11 @@ straight-through gradient from the first step. So:
 
 - the hard cost follows the target at every step by construction, and the network trained is the network you get
   (with sigmoid gates; Bernoulli and hard-concrete gates train on samples around it).
-  It lies under the target by at most the unit at the threshold, one channel step (or a run of tied logits,
-  which open or close together): a block gate that would
-  overshoot (its inner channels rank above it and cost nothing while it is closed) is held closed, and the units
-  ranked below it fill the budget; :attr:`max_deviation` records how far;
+  It lies under the target by less than the unit at the threshold (or a run of tied logits, which open or close
+  together): while a unit that would overshoot leaves more than ``HOLD_SLACK`` of the target unspent (a whole
+  block, whose inner channels rank above it and cost nothing while it is closed, or one channel of a wide layer
+  under a small target), its gate module is held closed from that unit down and the units ranked below it fill
+  the budget; :attr:`max_deviation` records how far;
 - the target descends from the dense cost to the final budget along a cubic ramp (steep first, flat on
   arrival, as in gradual magnitude pruning), so the weights adapt while units leave a few at a time;
 - the logits only rank units: their gradient, divided by each unit's marginal cost, is the first-order gain of

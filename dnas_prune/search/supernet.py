@@ -169,12 +169,10 @@ class Supernet(nn.Module):
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("offset", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("hard_forward", torch.tensor(False))
-        # per residual branch (``branch_blocks`` order): a block gate's logit shift on top of ``offset``, nonzero
-        # while the budget holds it closed (budget.solve_offset); files from before it was kept load with zeros
-        self.register_buffer("block_shifts", torch.zeros(sum(i.kind != "projection" for i in self.blocks),
-                                                         dtype=torch.float64))
-        self.register_load_state_dict_pre_hook(
-            lambda module, state, prefix, *_: state.setdefault(prefix + "block_shifts", torch.zeros_like(module.block_shifts)))
+        # per gate module (``gated_groups`` order): its logit shift on top of ``offset``, nonzero while the budget
+        # holds its units closed (budget.solve_offset); files from before it load with zeros, or their block shifts
+        self.register_buffer("gate_shifts", torch.zeros(len(self._gate_key), dtype=torch.float64))
+        self.register_load_state_dict_pre_hook(Supernet._shifts_of_older_files)
         # each gate keeps the schedule as plain numbers: a loaded state_dict sets the buffers, so pass them on
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_schedule())
         self.channel_groups = [n for n, g in self.groups.items() if g.kind != "block"]
@@ -308,7 +306,7 @@ class Supernet(nn.Module):
                      offset: float | None = None, held: dict[str, float] | None = None) -> None:
         """Anneal the sigmoid temperature / switch to a hard straight-through forward / shift every logit by
         the budget's ``offset`` (decisions: ``logit + offset`` above the gate kind's threshold) and the logits of the
-        block gates it ``held`` closed by their own shifts (every other block's shift is reset)."""
+        gate modules it ``held`` closed by their own shifts, by group or block name (every other shift is reset)."""
         if temperature is not None:
             self.temperature.fill_(float(temperature))
         if hard is not None:
@@ -316,18 +314,27 @@ class Supernet(nn.Module):
         if offset is not None:
             self.offset.fill_(float(offset))
         if held is not None:
-            self.block_shifts.zero_()
+            self.gate_shifts.zero_()
             for name, shift in held.items():
-                self.block_shifts[self.branch_blocks.index(name)] = float(shift)
+                self.gate_shifts[self.gated_groups.index(name)] = float(shift)
         self._sync_schedule()
 
     def _sync_schedule(self) -> None:
         temperature, hard, offset = float(self.temperature), bool(self.hard_forward), float(self.offset)
-        for gate in self.gates.values():
-            gate.temperature, gate.hard, gate.offset = temperature, hard, offset
-        for name, shift in zip(self.branch_blocks, self.block_shifts.tolist()):
-            if shift and name in self._gate_key:
-                self.gates[self._gate_key[name]].offset = offset + shift
+        for gate, shift in zip(self.gates.values(), self.gate_shifts.tolist()):
+            gate.temperature, gate.hard, gate.offset = temperature, hard, offset + shift
+
+    def _shifts_of_older_files(self, state: dict, prefix: str, *_: object) -> None:
+        """A file without ``gate_shifts`` holds nothing, or (the first files that held) only blocks, by branch."""
+        if prefix + "gate_shifts" in state:
+            return
+        shifts = torch.zeros_like(self.gate_shifts)
+        by_branch = state.pop(prefix + "block_shifts", None)
+        if by_branch is not None:
+            for name, shift in zip(self.branch_blocks, by_branch.tolist()):
+                if name in self._gate_key:
+                    shifts[self.gated_groups.index(name)] = shift
+        state[prefix + "gate_shifts"] = shifts
 
     def gate_values(self) -> dict[str, Tensor]:
         """The value each gated group multiplies in, in the current mode (sampled in training)."""
