@@ -312,3 +312,92 @@ def test_a_pruner_resumes_the_same_whichever_state_is_loaded_first() -> None:
         assert again.max_deviation == pruner.max_deviation
         assert all(torch.equal(a, b) for a, b in zip(again.net.decisions().masks.values(),
                                                     pruner.net.decisions().masks.values()))
+
+
+def test_an_overflowing_step_skips_the_gate_update_instead_of_turning_the_search_into_nan() -> None:
+    """GradScaler skips the weights' step on an fp16 overflow; the gates got the same inf gradients, and one Adam
+    update with them made every logit NaN for the rest of the search while the hard ratio still read on target."""
+    pruner = _pruner(total_steps=6)
+    optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.1)
+    _train_step(pruner, optimizer)
+    before = [gate.logits.detach().clone() for gate in pruner.net.gates.values()]
+    x = torch.randn(4, 3, 16, 16)
+    (pruner.net(x).sum() * float("inf")).backward()  # an overflow
+    with pytest.warns(UserWarning, match="gate gradient was inf or NaN.*skipped this step's gate update"):
+        pruner.step()
+    optimizer.zero_grad()
+    assert all(torch.equal(a, gate.logits) for a, gate in zip(before, pruner.net.gates.values()))
+    for _ in range(4):
+        _train_step(pruner, optimizer)
+    assert all(bool(torch.isfinite(gate.logits).all()) for gate in pruner.net.gates.values())
+    assert math.isfinite(pruner.offset)
+
+
+def test_empty_calibration_keeps_the_statistics_and_autocast_may_be_a_context_manager() -> None:
+    """An iterator already used up reset every BN to mean 0, var 1 (chance accuracy) without a word."""
+    pruner = _pruner()
+    optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.1)
+    for _ in range(4):
+        _train_step(pruner, optimizer)
+    stats = {k: v.clone() for k, v in pruner.net.state_dict().items() if "running" in k}
+    with pytest.raises(DnasPruneError, match="autocast must be a context manager"):
+        pruner.finalize([torch.randn(4, 3, 16, 16)], autocast=3)
+    assert not any(bool((gate.forced >= 0).all()) for gate in pruner.net.gates.values())  # refused before pinning
+    used_up = iter([])
+    with pytest.warns(UserWarning, match="calibration batches were empty.*kept as they were"):
+        model = pruner.finalize(used_up, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert all(torch.equal(v, pruner.net.state_dict()[k]) for k, v in stats.items())
+    pruner.release()
+    _train_step(pruner, optimizer)  # searching on
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pruner.finalize([torch.randn(4, 3, 16, 16)] * 2, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert not all(torch.equal(v, pruner.net.state_dict()[k]) for k, v in stats.items())
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+
+
+def test_the_model_and_the_pruner_state_resume_the_search() -> None:
+    """The user's model variable is what a loop saves; the gates now travel in the Pruner's state."""
+    torch.manual_seed(0)
+    pruner = _pruner(total_steps=8, target_macs=0.3)
+    optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.1)
+    for _ in range(5):
+        _train_step(pruner, optimizer)
+    saved = copy.deepcopy((pruner.net.model.state_dict(), pruner.state_dict()))
+    again = _pruner(total_steps=8, target_macs=0.3)
+    again.net.model.load_state_dict(saved[0])
+    again.load_state_dict(saved[1])
+    assert all(torch.equal(a, b) for a, b in zip(again.net.decisions().masks.values(),
+                                                pruner.net.decisions().masks.values()))
+    assert again.offset == pruner.offset
+    with pytest.raises(DnasPruneError, match="the state's gates are not this supernet's"):
+        Pruner(create_model("cifar_resnet32"), (3, 16, 16), total_steps=8, target_macs=0.3).load_state_dict(saved[1])
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: setattr(m, "conv1", nn.Conv2d(3, 64, 7, 1, 3, bias=False)), "model.conv1: Conv2d.*stride=\\(1, 1\\).*would be rebuilt as"),
+    (lambda m: setattr(m, "maxpool", nn.Identity()), "model.maxpool: Identity where a pruned model is rebuilt with MaxPool2d"),
+    (lambda m: setattr(m, "fc", nn.Linear(512, 10, bias=False)), "model.fc: Linear.*bias=False.*would be rebuilt"),
+    (lambda m: setattr(m, "fc", nn.Sequential(nn.Dropout(), nn.Linear(512, 10))), "fc: Sequential where a pruned"),
+])
+def test_a_model_finalization_would_rebuild_otherwise_is_refused_before_the_search(change, words) -> None:
+    """A spec holds widths, strides and block counts: another stem or head came back as the standard one after
+    the whole search (outputs off by up to 0.45) or failed to load there."""
+    model = create_model("resnet18", num_classes=10)
+    change(model)
+    with pytest.raises(DnasPruneError, match=words) as info:
+        Pruner(model, (3, 64, 64), total_steps=4, target_macs=0.5)
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_cast_to_bf16_searches_and_finalizes_in_bf16() -> None:
+    pruner = Pruner(create_model("cifar_resnet20").to(torch.bfloat16), (3, 16, 16), total_steps=3, target_macs=0.5)
+    optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.01)
+    for _ in range(3):
+        x, y = torch.randn(4, 3, 16, 16, dtype=torch.bfloat16), torch.randint(0, 10, (4,))
+        nn.functional.cross_entropy(pruner.net(x).float(), y).backward()
+        optimizer.step(), pruner.step(), optimizer.zero_grad()
+    model = pruner.finalize([torch.randn(4, 3, 16, 16, dtype=torch.bfloat16)])
+    x = torch.randn(2, 3, 16, 16, dtype=torch.bfloat16)
+    assert model(x).dtype == torch.bfloat16
+    assert torch.allclose(model(x).float(), pruner.net.eval()(x).float(), atol=0.1)

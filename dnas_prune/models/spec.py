@@ -130,7 +130,10 @@ def spec_of(model: nn.Module) -> Spec:
         stages.append({"width": width, "stride": stride, "blocks": blocks})
     if block_type is None:  # only projections are left: the block type no longer matters
         block_type = "basic"
-    return {
+    if not isinstance(model.fc, nn.Linear):
+        raise SpecError(f"fc: {type(model.fc).__name__} where a pruned model is rebuilt with nn.Linear; prune the model "
+                        "with a plain nn.Linear head and put dropout or other layers around the finalized model")
+    spec = {
         "format": SPEC_FORMAT,
         "family": family,
         "block": block_type,
@@ -138,6 +141,35 @@ def spec_of(model: nn.Module) -> Spec:
         "stem": model.conv1.out_channels,
         "stages": stages,
     }
+    check_rebuilt_alike(model, spec)
+    return spec
+
+
+def check_rebuilt_alike(model: nn.Module, spec: Spec) -> None:
+    """Refuse a model that :func:`build_model` would not rebuild module for module: a spec holds widths, strides
+    and block counts only, so another stem (a 3x3 ``conv1``, no max-pool), a dilated or grouped conv or an ``fc``
+    without bias would come back as the standard ResNet's, computing something else, or fail to load, after the
+    search. Every module is compared by name, type and settings (an activation's ``inplace`` aside)."""
+    built = dict(build_model(spec, device="meta").named_modules())
+    for name, m in model.named_modules():
+        b = built.pop(name, None)
+        where = f"model.{name}" if name else "model"
+        if b is None:
+            raise SpecError(f"{where}: {type(m).__name__} is not part of the ResNet a pruned model is rebuilt as; "
+                            "prune the standard model and add this around the finalized one")
+        if type(m) is not type(b) and name:  # the root may be a subclass (its forward is checked elsewhere)
+            raise SpecError(f"{where}: {type(m).__name__} where a pruned model is rebuilt with {type(b).__name__}; "
+                            "prune the standard model and change this in the finalized one")
+        if next(m.children(), None) is None and not isinstance(m, (nn.ReLU, nn.modules.batchnorm._BatchNorm)):
+            if m.extra_repr() != b.extra_repr():
+                raise SpecError(f"{where}: {type(m).__name__}({m.extra_repr()}) would be rebuilt as "
+                                f"{type(b).__name__}({b.extra_repr()}) in the pruned model: dnas_prune rebuilds the "
+                                f"standard {spec['family']} ResNet; prune that one and change this in the finalized "
+                                "model")
+    if built:
+        missing = next(iter(built))
+        raise SpecError(f"model.{missing}: missing where a pruned model is rebuilt with {type(built[missing]).__name__}; "
+                        "prune the standard ResNet of this family")
 
 
 def validate_spec(spec: Any) -> Spec:

@@ -22,7 +22,8 @@ def fold_gate_into_bn(bn: nn.BatchNorm2d, keep: Tensor, gate: Tensor | None) -> 
     """The kept channels of ``bn`` with ``bn(x) * gate`` folded into its affine parameters."""
     weight, bias = bn.weight[keep], bn.bias[keep]
     if gate is not None:
-        gate = gate.expand_as(bn.weight)  # a block gate alone (its stream ungated) is one value for every channel
+        gate = gate.to(bn.weight.dtype).expand_as(bn.weight)  # a block gate alone (its stream ungated) is one
+        # value for every channel; in the weights' dtype, as the supernet's forward multiplies it
         weight, bias = weight * gate[keep], bias * gate[keep]
     return {  # indexing with a tensor copies, so nothing here aliases the supernet
         "weight": weight,

@@ -62,7 +62,7 @@ import difflib
 import math
 import numbers
 import warnings
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
@@ -257,35 +257,55 @@ def ramped_target(target: float, elapsed: float, ramp: float) -> float:
     return target + (1.0 - target) * (1.0 - elapsed / ramp) ** 3
 
 
+def as_context_factory(autocast: Callable[[], ContextManager] | ContextManager) -> Callable[[], ContextManager]:
+    """What to enter around each forward: a context manager factory, or one context manager (as
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``, entered anew each time)."""
+    if isinstance(autocast, AbstractContextManager):
+        return lambda: autocast
+    if not callable(autocast):
+        raise DnasPruneError(f"autocast must be a context manager or a function returning one, got {autocast!r}")
+    return autocast
+
+
 @torch.no_grad()
-def refit_bn(net: nn.Module, batches: Iterable[Any], autocast: Callable[[], ContextManager] = nullcontext) -> int:
+def refit_bn(net: nn.Module, batches: Iterable[Any],
+             autocast: Callable[[], ContextManager] | ContextManager = nullcontext) -> int:
     """Re-estimate every BN's running statistics for the network ``net`` computes in eval mode (a supernet's
     pinned hard state or a plain model) from ``batches`` (tensors or ``(x, y)`` pairs); returns how many were used.
-    The statistics the search kept followed a network that changed under them."""
+    The statistics the search kept followed a network that changed under them. With no batch at all (an exhausted
+    iterator), or on an error, the statistics are left as they were, with a warning for the former."""
+    enter = as_context_factory(autocast)
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in bns]
     was_training = net.training
-    net.train()
-    gates = net.gates.values() if isinstance(net, Supernet) else ()
-    for gate in gates:
-        gate.train(False)  # hard decisions, no sampling
-    device = next(net.parameters()).device
-    used = 0
-    for batch in batches:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if not isinstance(x, torch.Tensor):
-            raise DnasPruneError(f"calibration batches must be image tensors or (images, labels) pairs, got a "
-                                 f"{type(batch).__name__}; e.g. ((b['image'], b['label']) for b in loader)")
-        x = x.to(device)
-        with autocast():
-            net(x)
-        used += 1
-    for m, momentum in zip(bns, saved):
-        m.momentum = momentum
-    net.train(was_training)
+    used, refitted = 0, False
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        net.train()
+        gates = net.gates.values() if isinstance(net, Supernet) else ()
+        for gate in gates:
+            gate.train(False)  # hard decisions, no sampling
+        device = next(net.parameters()).device
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if not isinstance(x, torch.Tensor):
+                raise DnasPruneError(f"calibration batches must be image tensors or (images, labels) pairs, got a "
+                                     f"{type(batch).__name__}; e.g. ((b['image'], b['label']) for b in loader)")
+            with enter():
+                net(x.to(device))
+            used += 1
+        refitted = used > 0
+    finally:
+        for m, (momentum, state) in zip(bns, saved):
+            m.momentum = momentum
+            if not refitted:
+                m.load_state_dict(state)
+        net.train(was_training)
+    if not used:
+        warnings.warn("refit_bn: the calibration batches were empty (an iterator already used up?); the BN "
+                      "statistics were kept as they were", stacklevel=2)
     return used
 
 
@@ -378,11 +398,12 @@ class Pruner:
     def step(self) -> None:
         """After ``loss.backward()``: update the gates and set up the next step."""
         self._check_the_loop()
-        if self.config.prior == "taylor" and not self.prior_set:
-            add_saliency(self.net, self.saliency)
-        if self.config.cost_normalized:
-            self.normalize_gate_gradients()
-        self.gate_optimizer.step()
+        if self._finite_gradients():
+            if self.config.prior == "taylor" and not self.prior_set:
+                add_saliency(self.net, self.saliency)
+            if self.config.cost_normalized:
+                self.normalize_gate_gradients()
+            self.gate_optimizer.step()
         self.gate_optimizer.zero_grad(set_to_none=True)
         hold_channel_order(self.net, self.channel_order)
         self.steps_done += 1
@@ -396,7 +417,7 @@ class Pruner:
         gates = list(self.net.gates.values())
         if all(bool((gate.forced >= 0).all()) for gate in gates):
             raise DnasPruneError("Pruner.step after project() or finalize(): every gate is pinned and the search is "
-                                 "over; train the model finalize() returned (or net.release_gates() to search on)")
+                                 "over; train the model finalize() returned (or pruner.release() to search on)")
         if "no gradient" not in self._warned and all(gate.logits.grad is None for gate in gates):
             self._warn_once("no gradient", "no gate got a gradient this step: call pruner.step() after "
                             "loss.backward() and before zero_grad, on a loss of pruner.net(x) in train mode")
@@ -407,6 +428,16 @@ class Pruner:
         if self.steps_done == self.total_steps:
             self._warn_once("overrun", f"more Pruner steps than total_steps={self.total_steps}: the budget's ramp "
                             "was planned for that many; call pruner.step() once per optimizer step and count those")
+
+    def _finite_gradients(self) -> bool:
+        """False (and a warning, once) when a gate gradient is inf or NaN: a step an fp16 GradScaler skips for
+        overflow, or a bad batch. One such update would turn every logit, and so the whole search, into NaN."""
+        grads = [gate.logits.grad for gate in self.net.gates.values() if gate.logits.grad is not None]
+        if all(bool(torch.isfinite(g).all()) for g in grads):
+            return True
+        self._warn_once("not finite", "a gate gradient was inf or NaN (an fp16 overflow that GradScaler skips, or "
+                        "a bad batch): the Pruner skipped this step's gate update, as the scaler skips the weights'")
+        return False
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -606,12 +637,22 @@ class Pruner:
             result["landing_window"] = [-self.config.latency_tolerance, 0.0]  # relative to the target
         return result
 
+    def release(self) -> None:
+        """Search on after :meth:`project` or :meth:`finalize`: every pin is undone (the streams' narrowest widths
+        are pinned open again), the net is back in training mode and the next step's schedule is set."""
+        self.net.release_gates()
+        if self.prior_set:
+            self._keep_streams_open()
+        self.net.train()
+        self._prepare()
+
     def finalize(self, calibration_batches: Iterable[Any] | None = None,
-                 autocast: Callable[[], ContextManager] = nullcontext,
+                 autocast: Callable[[], ContextManager] | ContextManager = nullcontext,
                  log: Callable[[str], None] | None = None) -> nn.Module:
         """Project onto the budget, refit BN statistics on ``calibration_batches`` (training images, as tensors or
         ``(x, y)`` pairs; recommended), and return the plain pruned model. The supernet is left pinned. ``log``:
         see :meth:`project`."""
+        as_context_factory(autocast)  # a wrong argument fails here, before the gates are pinned
         if self.steps_done < self.total_steps:
             said = (f"the target had only descended to {self.target:.3f}, and the projection makes the rest of the "
                     f"jump to {self.config.target:g} untrained" if self.target > self.config.target + 1e-9 else
@@ -626,8 +667,10 @@ class Pruner:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """The gate optimizer and the step count; the gates, offset and temperature are in ``net.state_dict()``."""
-        return {"budget": self._budget(), "total_steps": self.total_steps,
+        """The search's own state: the gates and their schedule (also in ``net.state_dict()``), the gate optimizer
+        and the step count, so this with the wrapped model's ``state_dict()`` resumes a search."""
+        gates = {k: v.clone() for k, v in self.net.state_dict().items() if not k.startswith("model.")}
+        return {"budget": self._budget(), "total_steps": self.total_steps, "gates": gates,
                 "gate_optimizer": self.gate_optimizer.state_dict(), "steps_done": self.steps_done,
                 "trace": list(self.trace), "max_deviation": self.max_deviation,
                 "saliency": {k: v.clone() for k, v in self.saliency.items()}, "prior_set": self.prior_set,
@@ -654,6 +697,14 @@ class Pruner:
             warnings.warn(f"Pruner.load_state_dict: the state was saved with total_steps={state['total_steps']}, this "
                           f"Pruner has {self.total_steps}: the rest of the budget's ramp follows the new length",
                           stacklevel=2)
+        if "gates" in state:  # states before it left them to net.state_dict()
+            try:
+                unexpected = self.net.load_state_dict(state["gates"], strict=False).unexpected_keys
+            except RuntimeError:  # another size of the same gate
+                unexpected = ["gates of other sizes"]
+            if unexpected or any(k.startswith("model.") for k in state["gates"]):
+                raise DnasPruneError("Pruner.load_state_dict: the state's gates are not this supernet's "
+                                     f"({', '.join(unexpected[:3]) or 'model weights among them'}); resume the same model")
         self.gate_optimizer.load_state_dict(state["gate_optimizer"])
         self.steps_done = int(state["steps_done"])
         self.trace = [tuple(t) for t in state["trace"]]

@@ -27,7 +27,7 @@ from torchvision.models import resnet as tv
 from ..errors import DnasPruneError, GatingError
 from ..models import CifarResNet, build_model, spec_of
 from ..models.cost import Cost, count_cost
-from ..models.spec import SpecError, block_kind, check_batchnorms
+from ..models.spec import SpecError, block_kind
 from .cost import CostTable
 from .gates import Gate, make_gate
 
@@ -80,6 +80,7 @@ def gated_bn(bn: nn.Module, x: Tensor, gate: Tensor | None) -> Tensor:
         return bn(x)
     if type(bn) is not nn.BatchNorm2d or bn.weight is None:
         return bn(x) * gate.view(1, -1, 1, 1).to(x.dtype)
+    gate = gate.to(bn.weight.dtype)  # a model cast to bf16 keeps fp32 gates
     factor = 0.0
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked.add_(1)
@@ -137,7 +138,7 @@ class Supernet(nn.Module):
         if isinstance(channels_per_gate, bool) or not isinstance(channels_per_gate, int) or channels_per_gate < 1:
             raise DnasPruneError(f"channels_per_gate must be a positive integer, got {channels_per_gate!r}")
         self.family = _family(model)
-        check_batchnorms(model)  # before a search, not at its finalization
+        spec_of(model)  # refuses what finalization could not rebuild: before a search, not at its end
         self.model = model
         self.input_size = tuple(int(v) for v in input_size)
         self.gate_kind = gate
