@@ -375,8 +375,9 @@ def test_the_model_and_the_pruner_state_resume_the_search() -> None:
 
 
 @pytest.mark.parametrize("change, words", [
-    (lambda m: setattr(m, "conv1", nn.Conv2d(3, 64, 7, 1, 3, bias=False)), "model.conv1: Conv2d.*stride=\\(1, 1\\).*would be rebuilt as"),
-    (lambda m: setattr(m, "maxpool", nn.Identity()), "model.maxpool: Identity where a pruned model is rebuilt with MaxPool2d"),
+    (lambda m: setattr(m, "conv1", nn.Conv2d(3, 64, 7, 2, 3, dilation=2, bias=False)), "model.conv1: Conv2d.*dilation=\\(2, 2\\).*would be rebuilt as"),
+    (lambda m: setattr(m, "maxpool", nn.MaxPool2d(2, 2)), "model.maxpool: MaxPool2d\\(kernel_size=2.*would be rebuilt as MaxPool2d\\(kernel_size=3"),
+    (lambda m: setattr(m, "maxpool", nn.AvgPool2d(2)), "model.maxpool: AvgPool2d where a pruned model is rebuilt with MaxPool2d"),
     (lambda m: setattr(m, "fc", nn.Linear(512, 10, bias=False)), "model.fc: Linear.*bias=False.*would be rebuilt"),
     (lambda m: setattr(m, "fc", nn.Sequential(nn.Dropout(), nn.Linear(512, 10))), "fc: Sequential where a pruned"),
 ])
@@ -401,3 +402,30 @@ def test_a_model_cast_to_bf16_searches_and_finalizes_in_bf16() -> None:
     x = torch.randn(2, 3, 16, 16, dtype=torch.bfloat16)
     assert model(x).dtype == torch.bfloat16
     assert torch.allclose(model(x).float(), pruner.net.eval()(x).float(), atol=0.1)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, pool", [(3, 1, 1, False), (7, 2, 3, False), (5, 1, 2, True)])
+def test_a_torchvision_resnet_with_another_stem_searches_finalizes_and_reloads(kernel, stride, padding, pool, tmp_path) -> None:
+    """The CIFAR variant of a torchvision ResNet (3x3/1 conv1, no max-pool) is the usual way to train one on small
+    images; its spec records the stem so finalize and load_pruned rebuild it, not ImageNet's."""
+    from dnas_prune import load_pruned, save_pruned
+    from dnas_prune.io.pruned import default_input_size
+    from dnas_prune.models.spec import spec_of
+
+    model = create_model("resnet18", num_classes=10)
+    model.conv1 = nn.Conv2d(3, 64, kernel, stride, padding, bias=False)
+    if not pool:
+        model.maxpool = nn.Identity()
+    spec = spec_of(model)
+    assert spec.get("stem_conv", [7, 2, 3]) == [kernel, stride, padding] and spec.get("stem_pool", True) == pool
+    assert default_input_size(spec) == ((3, 32, 32) if (stride, pool) == (1, False) else (3, 224, 224))
+    pruner = Pruner(model, (3, 32, 32), total_steps=3, target_macs=0.4)
+    optimizer = torch.optim.SGD(pruner.weight_parameters(), lr=0.01)
+    for _ in range(3):
+        nn.functional.cross_entropy(pruner.net(torch.randn(4, 3, 32, 32)), torch.randint(0, 10, (4,))).backward()
+        optimizer.step(), pruner.step(), optimizer.zero_grad()
+    small = pruner.finalize([torch.randn(4, 3, 32, 32)])
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(small(x), pruner.net.eval()(x), atol=1e-4)
+    save_pruned(small, tmp_path / "p.pt", input_size=(3, 32, 32))
+    assert torch.equal(load_pruned(tmp_path / "p.pt")(x), small(x))

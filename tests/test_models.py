@@ -80,3 +80,16 @@ def test_bad_specs_and_names_give_one_line_errors() -> None:
     with pytest.raises(DnasPruneError, match="known models: cifar_resnet20") as info:
         create_model("resnet9000")
     assert "\n" not in str(info.value)
+
+
+def test_a_spec_stem_is_checked_and_only_for_torchvision() -> None:
+    from dnas_prune.models.spec import SpecError, validate_spec
+
+    spec = spec_of(create_model("resnet18"))
+    assert "stem_conv" not in spec and "stem_pool" not in spec  # the standard stem's spec is what it always was
+    for bad, words in (({"stem_conv": [3, 0, 1]}, "stem_conv must be"), ({"stem_conv": 3}, "stem_conv must be"),
+                       ({"stem_pool": "no"}, "stem_pool must be true or false")):
+        with pytest.raises(SpecError, match=words):
+            validate_spec({**spec, **bad})
+    with pytest.raises(SpecError, match="torchvision ResNet's stem only"):
+        validate_spec({**spec_of(create_model("cifar_resnet20")), "stem_pool": False})

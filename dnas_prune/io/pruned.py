@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..models import available_weights, build_model, create_model, shipped_weights, spec_of
 from ..models.cost import count_cost
-from ..models.spec import SpecError
+from ..models.spec import STANDARD_STEM_CONV, SpecError
 from .checkpoint import atomic_torch_save, safe_load
 
 FORMAT = "dnas_prune.pruned"
@@ -28,7 +28,10 @@ _DEFAULT_INPUT_SIZE = {"cifar": (3, 32, 32), "torchvision": (3, 224, 224)}
 
 
 def default_input_size(spec: dict[str, Any]) -> tuple[int, int, int]:
-    """The input size a spec's family is usually run at (CIFAR 32x32, ImageNet 224x224)."""
+    """The input size a spec's family is usually run at (CIFAR 32x32, ImageNet 224x224; a torchvision ResNet with
+    the CIFAR stem, stride 1 and no max-pool, 32x32)."""
+    if spec.get("stem_pool", True) is False and spec.get("stem_conv", STANDARD_STEM_CONV)[1] == 1:
+        return _DEFAULT_INPUT_SIZE["cifar"]
     return _DEFAULT_INPUT_SIZE[spec["family"]]
 
 

@@ -27,6 +27,7 @@ from .cifar_resnet import BasicBlock, CifarResNet, ProjectionBlock, init_resnet_
 
 Spec = dict[str, Any]
 SPEC_FORMAT = 1
+STANDARD_STEM_CONV = (7, 2, 3)  # a torchvision ResNet's conv1: kernel, stride, padding
 
 
 class SpecError(DnasPruneError):
@@ -141,13 +142,29 @@ def spec_of(model: nn.Module) -> Spec:
         "stem": model.conv1.out_channels,
         "stages": stages,
     }
+    if family == "torchvision":
+        spec.update(_stem_of(model))
     check_rebuilt_alike(model, spec)
     return spec
 
 
+def _stem_of(model: nn.Module) -> dict[str, Any]:
+    """A torchvision ResNet's stem where it is not ImageNet's 7x7/2 conv and 3x3/2 max-pool, e.g. the CIFAR
+    variant (3x3/1 conv, no max-pool): ``stem_conv`` (kernel, stride, padding) and ``stem_pool`` (False), only
+    when they differ, so a standard ResNet's spec stays what it always was."""
+    conv, extra = model.conv1, {}
+    settings = [conv.kernel_size[0], conv.stride[0], conv.padding[0]] if isinstance(conv, nn.Conv2d) else None
+    square = isinstance(conv, nn.Conv2d) and all(len(set(v)) == 1 for v in (conv.kernel_size, conv.stride, conv.padding))
+    if square and tuple(settings) != STANDARD_STEM_CONV:
+        extra["stem_conv"] = settings
+    if isinstance(model.maxpool, nn.Identity):
+        extra["stem_pool"] = False
+    return extra
+
+
 def check_rebuilt_alike(model: nn.Module, spec: Spec) -> None:
-    """Refuse a model that :func:`build_model` would not rebuild module for module: a spec holds widths, strides
-    and block counts only, so another stem (a 3x3 ``conv1``, no max-pool), a dilated or grouped conv or an ``fc``
+    """Refuse a model that :func:`build_model` would not rebuild module for module: a spec holds widths, strides,
+    block counts and a torchvision stem's conv and pool, so a dilated or grouped conv, another pool or an ``fc``
     without bias would come back as the standard ResNet's, computing something else, or fail to load, after the
     search. Every module is compared by name, type and settings (an activation's ``inplace`` aside)."""
     built = dict(build_model(spec, device="meta").named_modules())
@@ -185,6 +202,16 @@ def validate_spec(spec: Any) -> Spec:
     n_inner = 1 if spec["block"] == "basic" else 2
     if spec["family"] == "torchvision" and len(spec.get("stages", [])) != 4:
         raise SpecError("a torchvision ResNet spec has exactly 4 stages")
+
+    if spec["family"] != "torchvision" and ("stem_conv" in spec or "stem_pool" in spec):
+        raise SpecError("stem_conv and stem_pool describe a torchvision ResNet's stem only")
+    stem_conv = spec.get("stem_conv", STANDARD_STEM_CONV)
+    if (not isinstance(stem_conv, (list, tuple)) or len(stem_conv) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in stem_conv)
+            or stem_conv[0] < 1 or stem_conv[1] < 1 or stem_conv[2] < 0):
+        raise SpecError(f"stem_conv must be [kernel, stride, padding], got {stem_conv!r}")
+    if not isinstance(spec.get("stem_pool", True), bool):
+        raise SpecError(f"stem_pool must be true or false, got {spec['stem_pool']!r}")
 
     def positive(value: Any, what: str) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -245,8 +272,11 @@ def _build_torchvision(spec: Spec) -> tv.ResNet:
     block_cls = tv.BasicBlock if spec["block"] == "basic" else tv.Bottleneck
     with torch.device("meta"):
         model = tv.ResNet(block_cls, [1, 1, 1, 1], num_classes=1)
-    model.conv1 = nn.Conv2d(3, spec["stem"], kernel_size=7, stride=2, padding=3, bias=False)
+    kernel, stride, padding = spec.get("stem_conv", STANDARD_STEM_CONV)
+    model.conv1 = nn.Conv2d(3, spec["stem"], kernel_size=kernel, stride=stride, padding=padding, bias=False)
     model.bn1 = nn.BatchNorm2d(spec["stem"])
+    if not spec.get("stem_pool", True):
+        model.maxpool = nn.Identity()
     in_w = spec["stem"]
     for s, stage in enumerate(spec["stages"], start=1):
         layers = []

@@ -232,8 +232,6 @@ class Supernet(nn.Module):
                 stream = out_group
             self.stage_streams.append(stream)
         self.final_group = stream
-        if self.family == "torchvision" and not isinstance(model.maxpool, nn.MaxPool2d):
-            raise GatingError("model.maxpool: expected nn.MaxPool2d")
 
     def _producers(self) -> dict[str, list[tuple[nn.Conv2d, nn.Module]]]:
         """{channel group: the (conv, BN) pairs whose output channels it is}."""

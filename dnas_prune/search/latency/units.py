@@ -113,7 +113,7 @@ def layer_uses(model: nn.Module, input_size: Sequence[int]) -> list[LayerUse]:
         return out
 
     hw = (int(input_size[1]), int(input_size[2]))
-    maxpool = model.maxpool if family == "torchvision" else None
+    maxpool = model.maxpool if family == "torchvision" and isinstance(model.maxpool, nn.MaxPool2d) else None
     hw = conv("conv1", model.conv1, hw, True, "input", "stem", None, maxpool)
     if maxpool is not None:
         hw = _out_hw(hw, maxpool.kernel_size, maxpool.stride, maxpool.padding)
