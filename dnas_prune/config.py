@@ -23,7 +23,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .errors import DnasPruneError
 from .io.export import FORMATS
-from .models import available_weights
+from .models import available_weights, check_model_name
 from .search.pruner import BUDGET_FIELDS, SearchConfig, budget_fields
 from .train.data import DATA_KINDS
 from .train.imagefolder import IMAGE_SIZE
@@ -179,6 +179,7 @@ def _validate(config: Config) -> None:
     """Cross-key checks that the types alone do not catch, so a bad recipe fails before any training."""
     if config["model"]["name"] is None:
         raise DnasPruneError("[model] name is required (e.g. name = \"cifar_resnet56\")")
+    check_model_name(config["model"]["name"])
     if config["data"]["kind"] not in DATA_KINDS:
         raise DnasPruneError(f"data.kind must be one of {', '.join(DATA_KINDS)}, got {config['data']['kind']!r}")
     if config[""]["device"] not in ("cpu", "cuda"):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from . import stages
 from .config import Config, applicable, changed_settings, search_config_of, to_toml, tomllib, train_config_of
 from .errors import DnasPruneError
-from .io.checkpoint import atomic_write_text
+from .io.checkpoint import atomic_write_text, check_writable_dir
 from .io.export import SUFFIXES
 from .io.pruned import load_pretrained, load_pruned_with_metadata
 from .models import create_model
@@ -90,7 +90,7 @@ class Pipeline:
                 raise DnasPruneError(f"{self.out} was started with different settings ({', '.join(differ)}); "
                                      "use another --out or restore them")
             redo = changed_settings(saved, self.config, rerunnable=True)
-        self.out.mkdir(parents=True, exist_ok=True)
+        check_writable_dir(self.out)
         atomic_write_text(text, saved_path)
         return redo
 

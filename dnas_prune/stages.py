@@ -19,7 +19,7 @@ from torch import nn
 from .device.timing import latency_progress
 from .errors import DnasPruneError
 from .finalize import final_decisions, finalize as finalize_net
-from .io.checkpoint import atomic_write_json, safe_load
+from .io.checkpoint import atomic_write_json, check_writable_dir, safe_load
 from .io.export import check_written, export as export_model
 from .io.pruned import default_input_size, load_pruned_with_metadata, save_pruned
 from .models import spec_of
@@ -51,15 +51,16 @@ CHECKPOINTS = {"train": "train.pt", "search": "supernet.pt", "finetune": "finetu
 
 def check_out(stage: str, out: str | Path, resume: bool, strict: bool = False) -> None:
     """Refuse to start ``stage`` (train, search or finetune) over a run of it already in ``out``: its files would be
-    overwritten. With ``strict`` (the CLI) also refuse to resume one that is not there: a mistyped --out would
-    silently start afresh (the pipeline resumes whatever is there)."""
+    overwritten; or in an ``out`` that cannot be written. With ``strict`` (the CLI) also refuse to resume one that
+    is not there: a mistyped --out would silently start afresh (the pipeline resumes whatever is there)."""
     checkpoint = Path(out) / CHECKPOINTS[stage]
-    if checkpoint.is_file() and not resume:
-        raise DnasPruneError(f"{out} already holds a {stage} run ({checkpoint.name}); resume it (--resume) or choose "
-                             "another --out")
     if strict and resume and not checkpoint.is_file():
         raise DnasPruneError(f"{checkpoint}: no such file (expected a dnas_prune {stage} checkpoint); check --out, "
                              f"or drop --resume to start a {stage} run")
+    check_writable_dir(out)
+    if checkpoint.is_file() and not resume:
+        raise DnasPruneError(f"{out} already holds a {stage} run ({checkpoint.name}); resume it (--resume) or choose "
+                             "another --out")
 
 
 def inference_of(data: TrainingData) -> dict[str, Any]:
@@ -139,6 +140,8 @@ def search(
     input_size = input_size or data.train.input_size
     teacher = copy.deepcopy(model) if train_config.distill_weight > 0 else None
     steps = train_config.epochs * (len(data.train) // train_config.batch_size)
+    if steps < 1:  # as the Trainer says it, before the Pruner asks for a positive step count
+        raise DnasPruneError(f"{len(data.train)} training images do not fill one batch of {train_config.batch_size}")
     resume = resume and checkpoint.is_file()
     if resume:
         search_config = _resumed_ms_target(search_config, checkpoint)

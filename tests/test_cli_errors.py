@@ -262,5 +262,41 @@ def test_an_interrupt_says_how_to_continue(capsys, monkeypatch: pytest.MonkeyPat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(search_command, "run", interrupted)
-    assert main(["search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--out", str(tmp_path / "r")]) == 130
+    command = ["search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--out", str(tmp_path / "r")]
+    assert main(command) == 130  # before the first checkpoint: --resume would find nothing
+    assert capsys.readouterr().err == "dnas-prune: interrupted; nothing was saved yet; re-run the same command to start again\n"
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "supernet.pt").write_bytes(b"")
+    assert main(command) == 130
     assert capsys.readouterr().err == "dnas-prune: interrupted; pass --resume with the same --out to continue\n"
+
+
+@pytest.mark.parametrize("command", ["search", "train", "run", "finetune", "export"])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(capsys, files: dict[str, Path], tiny_cifar: Path,
+                                                                  tmp_path: Path, command: str) -> None:
+    """An --out under a file (or where the user may not write) failed with a traceback, some after an epoch."""
+    blocker = tmp_path / "metrics.json"
+    blocker.write_text("{}")
+    out = str(blocker / "sub")
+    data = ("--data", str(tiny_cifar), "--epochs", "1", "--no-progress")
+    args = {"search": ("search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--out", out, *data),
+            "train": ("train", "--model", "cifar_resnet20", "--out", out, *data),
+            "run": ("run", str(REPO / "experiments" / "configs" / "quickstart.toml"), "--out", out),
+            "finetune": ("finetune", str(files["pruned"]), "--out", out, *data),
+            "export": ("export", str(files["pruned"]), "-o", str(blocker / "x.onnx"))}[command]
+    assert_one_line_error(cli(capsys, *args), "cannot write", "metrics.json")
+    assert blocker.read_text() == "{}"
+
+
+def test_a_search_on_fewer_images_than_a_batch_says_so_and_a_random_parent_is_noted(capsys, tiny_cifar: Path,
+                                                                                   tmp_path: Path) -> None:
+    common = ("search", "--model", "cifar_resnet20", "--target-macs", "0.5", "--data", str(tiny_cifar), "--val-size",
+              "6", "--epochs", "1", "--no-progress", "--no-tensorboard")
+    assert_one_line_error(cli(capsys, *common, "--out", str(tmp_path / "a"), "--batch-size", "100000"),
+                          "training images do not fill one batch of 100000")
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*common, "--out", str(tmp_path / "b"), "--batch-size", "8"]) == 0
+    assert ("note: no --pretrained, so the parent is a randomly initialized cifar_resnet20: a search prunes a trained "
+            "network (pass --pretrained 'cifar10', a model.pt") in capsys.readouterr().out

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import warnings
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from ..device.policy import close_distributed
@@ -102,8 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dnas-prune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        saved = args.command in CHECKPOINTS and (Path(args.out) / CHECKPOINTS[args.command]).is_file()
         resume = ("re-run the same command to continue" if args.command == "run" else
-                  "pass --resume with the same --out to continue" if args.command in CHECKPOINTS
+                  "pass --resume with the same --out to continue" if saved else
+                  "nothing was saved yet; re-run the same command to start again" if args.command in CHECKPOINTS
                   else "no output was left half-written")
         print(f"dnas-prune: interrupted; {resume}", file=sys.stderr)
         return 130

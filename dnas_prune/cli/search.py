@@ -13,7 +13,7 @@ from .. import stages
 from ..device.policy import init_distributed
 from ..errors import DnasPruneError
 from ..io.pruned import load_pretrained
-from ..models import MODEL_NAMES, check_model_name, create_model
+from ..models import MODEL_NAMES, available_weights, check_model_name, create_model
 from ..search.gate_optimizer import GATE_OPTIMIZERS
 from ..search.gates import GATE_KINDS
 from ..search.pruner import (CHANNEL_ORDERS, PRIORS, RANK_COSTS, THIN_BLOCK_CLOSERS, THIN_BRANCHES, SearchConfig,
@@ -130,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(args.pretrained, args.model, data.num_classes)
     else:
         model = create_model(args.model, num_classes=data.num_classes)
+        if rank == 0 and not args.resume:
+            shipped = "".join(f"'{w}', " for w in available_weights(args.model))
+            print(f"note: no --pretrained, so the parent is a randomly initialized {args.model}: a search prunes a "
+                  f"trained network (pass --pretrained {shipped}a model.pt or a state_dict)")
     _, summary = stages.search(model, data, train_config, search_config, out, resume=args.resume,
                                tensorboard=not args.no_tensorboard)
     if rank == 0:  # under torchrun, once

@@ -82,6 +82,24 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def check_writable_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse a directory ``path`` that cannot be made or written in, before any work that will write there: a run
+    refused at its first write after an epoch of training has lost the epoch. Leaves no directory it made."""
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise DnasPruneError(f"cannot write in {path}: {exc.strerror or exc}; choose another {flag}") from None
+    finally:
+        for p in made:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(file)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
     with atomic_output(path) as tmp:

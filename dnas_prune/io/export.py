@@ -143,7 +143,6 @@ def export(
     input_size = tuple(input_size)
     _check_inputs(model, input_size, batch_size)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     trace_batch = max(2, batch_size) if dynamic_batch else batch_size
     example = torch.randn(trace_batch, *input_size, device=_device(model))
     was_training = model.training
