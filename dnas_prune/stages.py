@@ -323,9 +323,10 @@ def run_summary(result: dict[str, Any], pruned_path: str | Path, exports: dict[s
     """The lines a run ends with: dense vs pruned accuracy, cost, measured speed-up and where the files are. When a
     MACs or params budget left the model barely faster at some batch size, one more line says what to do."""
     d, p = result["dense"], result["pruned"]
-    timed = result["latency"]["models"]
-    speedups = {bs: timed["dense"]["latency"][bs]["median_ms"] / lat["median_ms"]
-                for bs, lat in timed["pruned"]["latency"].items()}
+    speedups = {bs: ratio["speedup"] for bs, ratio in result["latency"]["ratios"]["pruned"].items()}
+    disturbed = result["latency"].get("warning") or next(
+        (lat["warning"] for entry in result["latency"]["models"].values() for lat in entry["latency"].values()
+         if lat.get("warning")), None)
     lines = [
         "summary:",
         f"  test accuracy  dense {d['test_acc']:.2%} -> pruned {p['test_acc']:.2%} "
@@ -333,12 +334,14 @@ def run_summary(result: dict[str, Any], pruned_path: str | Path, exports: dict[s
         f"  MACs           {d['macs'] / 1e6:.2f} M -> {p['macs'] / 1e6:.2f} M ({p['macs_ratio']:.1%} of dense)",
         f"  params         {d['params'] / 1e3:.1f} k -> {p['params'] / 1e3:.1f} k ({p['params_ratio']:.1%})",
         "  speed-up       " + ", ".join(f"{x:.2f}x at batch {bs}" for bs, x in speedups.items())
-        + " (median latency, measured side by side here)",
+        + " (measured side by side here)",
         f"  files          {pruned_path} (pruned model), {', '.join(exports.values()) or 'no exports'}, "
         f"{Path(out_dir) / 'report.md'} (report, figures beside it)",
     ]
     slow = [bs for bs, x in speedups.items() if x < SLOW_SPEEDUP]
-    if slow and result["target"]["metric"] != "latency":
+    if disturbed:  # then a small speed-up says nothing of the budget
+        lines.append(f"  warning        latency timings not to be trusted: {disturbed}")
+    elif slow and result["target"]["metric"] != "latency":
         metric, batches = result["target"]["metric"], ", ".join(map(str, slow))
         lines.append(f"  note           little speed-up at batch {batches}: a {metric} budget does not price how this "
                      "device runs the narrower layers; to prune to a measured speed, search with --target-latency R "

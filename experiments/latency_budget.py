@@ -141,7 +141,8 @@ def main() -> int:
             "landing_tries": tries, "landing_window": summary["projection"]["landing_window"],
             "landing_measured_ratio": pinned_try(tries)["measured_ratio"],
             "side_by_side_ratio": side_by_side, "side_by_side_ratios": ratios,
-            "ratio_of_medians": 1.0 / timed["ratios"]["pruned"][bs]["speedup"],
+            "ratio_of_medians": timed["models"]["pruned"]["latency"][bs]["median_ms"]
+            / timed["models"]["dense"]["latency"][bs]["median_ms"],
             "lands": count_within([side_by_side], target)[0] == 1,
             "macs_ratio": summary["final"]["macs_ratio"], "acc_before_finetune": summary["accuracy"]["test"],
             "closes_thin_blocks": config.closes_thin_blocks, "thin_branch": config.thin_branch,

@@ -89,7 +89,7 @@ def main() -> int:
     latency = report["latency"]
     speed = "".join(f"- batch {b}: {latency['models']['dense']['latency'][b]['median_ms']:.2f} ms dense, "
                     f"{latency['models']['pruned']['latency'][b]['median_ms']:.2f} ms pruned: speed-up "
-                    f"**{latency['ratios']['pruned'][b]['speedup']:.2f}x** ({latency['threads']} threads, median)\n"
+                    f"**{latency['ratios']['pruned'][b]['speedup']:.2f}x** ({latency['threads']} threads, per interleaved round)\n"
                     for b in map(str, latency["batch_sizes"]))
     atomic_write_text(
         "# Quickstart run\n\n"

@@ -123,13 +123,16 @@ def test_a_latency_budget_is_timed_at_its_batch_size_and_reported_three_ways(pru
     assert "latency at batch 3: 0.430 predicted by the latency table, 0.510 measured when the search landed" in markdown
 
 
-def summary_result(metric: str, dense_ms: dict[int, float], pruned_ms: dict[int, float]) -> dict:
+def summary_result(metric: str, dense_ms: dict[int, float], pruned_ms: dict[int, float],
+                   warning: str | None = None) -> dict:
     timed = {name: {"latency": {bs: {"median_ms": ms} for bs, ms in each.items()}}
              for name, each in (("dense", dense_ms), ("pruned", pruned_ms))}
+    ratios = {"pruned": {bs: {"speedup": dense_ms[bs] / ms} for bs, ms in pruned_ms.items()}}
     return {"dense": {"test_acc": 0.873, "macs": 40.8e6, "params": 272.5e3},
             "pruned": {"test_acc": 0.852, "macs": 20.3e6, "params": 202.7e3, "macs_ratio": 0.497,
                        "params_ratio": 0.744},
-            "latency": {"models": timed}, "target": {"metric": metric, "ratio": 0.5}}
+            "latency": {"models": timed, "ratios": ratios, **({"warning": warning} if warning else {})},
+            "target": {"metric": metric, "ratio": 0.5}}
 
 
 def test_run_summary_says_what_to_do_when_a_cost_budget_buys_little_speed() -> None:
@@ -145,6 +148,11 @@ def test_run_summary_says_what_to_do_when_a_cost_budget_buys_little_speed() -> N
     # a latency budget was already priced on the device; a model faster everywhere needs no note
     assert "note" not in run_summary(summary_result("latency", {1: 2.9, 64: 34.0}, {1: 3.1, 64: 24.0}), "p", {}, "o")
     assert "note" not in run_summary(summary_result("macs", {1: 2.9, 64: 34.0}, {1: 2.0, 64: 17.0}), "p", {}, "o")
+    # timings a load disturbed say nothing of the budget: the summary says so instead of blaming it
+    busy = run_summary(summary_result("macs", {1: 2.91, 64: 34.17}, {1: 3.15, 64: 24.32}, "others kept 1.8 cores busy"),
+                       "p", {}, "o")
+    assert "note" not in busy and busy.splitlines()[-1].split() == ["warning", "latency", "timings", "not", "to", "be",
+                                                                     "trusted:", "others", "kept", "1.8", "cores", "busy"]
 
 
 def test_report_md_warns_beside_a_latency_it_knows_is_unreliable(pruned_run, tmp_path: Path,
@@ -152,7 +160,10 @@ def test_report_md_warns_beside_a_latency_it_knows_is_unreliable(pruned_run, tmp
     """The timing's noise warning (a busy machine) reaches report.md next to the figures, not only report.json."""
     import dnas_prune.device.timing as timing_module
 
+    import dnas_prune.report.report as report_module
+
     monkeypatch.setattr(timing_module, "noise_warning", lambda median, p90: "p90 is 9x the median: busy")
+    monkeypatch.setattr(report_module, "crowded", lambda cores, threads: True)  # as under another process's load
     dense, pruned, layers = pruned_run
     write_report(tmp_path, dense=dense, dense_metrics={"test_acc": 0.9}, pruned=pruned,
                  pruned_metadata={"input_size": [3, 32, 32], "test_acc": 0.85, "layers": layers},
@@ -163,3 +174,4 @@ def test_report_md_warns_beside_a_latency_it_knows_is_unreliable(pruned_run, tmp
     markdown = (tmp_path / "report.md").read_text()
     assert "**Warning**, latency dense at batch 1: p90 is 9x the median: busy." in markdown
     assert "**Warning**, latency pruned at batch 1: p90 is 9x the median: busy." in markdown
+    assert "**Warning**, latency timings: other processes kept" in markdown and "re-run the report on an idle" in markdown

@@ -180,9 +180,10 @@ def compare_latency(
 
     Returns ``{"threads", "input_size", "batch_sizes", "models": {name: {"macs", "params", "latency": {bs:
     {...}}}}, "ratios": {name: {bs: {"speedup", "macs_reduction", "efficiency"}}}}`` where ``speedup`` is the
-    first model's median over this one's, ``macs_reduction`` the first's MACs over this one's, and
+    first model's time over this one's, taken per interleaved round (``1 / paired_ratio``: the ratio of medians
+    moves with a load that came and went between the two models' rounds), ``macs_reduction`` the first's MACs over this one's, and
     ``efficiency = speedup / macs_reduction`` (1.0: latency falls exactly as MACs do). ``max_seconds`` caps
-    the timed loop per model, layout and batch size. ``paired_ratio``: the drift-free ratio to the first model.
+    the timed loop per model, layout and batch size. ``paired_ratio``: this model's time over the first's.
     """
     if not models:
         raise ValueError("compare_latency needs at least one model")
@@ -234,6 +235,6 @@ def _ratios(result: dict[str, Any], names: list[str], batch_sizes: Sequence[int]
         macs_reduction = dense["macs"] / entry["macs"]
         ratios[name] = {}
         for bs in batch_sizes:
-            speedup = dense["latency"][bs]["median_ms"] / entry["latency"][bs]["median_ms"]
+            speedup = 1.0 / entry["latency"][bs]["paired_ratio"]  # per round: a load that comes and goes cancels
             ratios[name][bs] = {"speedup": speedup, "macs_reduction": macs_reduction, "efficiency": speedup / macs_reduction}
     return ratios

@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from torch import nn
 
+from ..device.load import OthersCpu, crowded
 from ..device.timing import compare_latency
 from ..io.checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from ..models import Spec, spec_of
@@ -263,6 +264,7 @@ def _markdown(r: dict[str, Any], table: str, config_toml: str) -> str:
                      f"(speedup {lat['ratios']['pruned'][bs]['speedup']:.2f}x) |")
     unreliable = [f"{name} at batch {bs}: {entry['latency'][bs]['warning']}" for name, entry in lat["models"].items()
                   for bs in lat["batch_sizes"] if entry["latency"][bs].get("warning")]
+    unreliable += [f"timings: {lat['warning']}"] if lat.get("warning") else []
     if unreliable:  # the figures above are not to be trusted
         lines += [""] + [f"**Warning**, latency {line}." for line in unreliable]
     lines += [
@@ -319,8 +321,12 @@ def write_report(
     budget_bs = search_summary["final"].get("latency_batch_size")
     if budget_bs is not None and budget_bs not in batch_sizes:  # a latency budget is also timed at its batch size
         batch_sizes = sorted([*batch_sizes, budget_bs])
-    latency = compare_latency({"dense": dense, "pruned": pruned}, input_size, batch_sizes, threads=threads,
-                              max_seconds=max_seconds)
+    with OthersCpu() as others:
+        latency = compare_latency({"dense": dense, "pruned": pruned}, input_size, batch_sizes, threads=threads,
+                                  max_seconds=max_seconds)
+    if crowded(others.cores, latency["threads"]):  # every figure below moved with that load
+        latency["warning"] = (f"other processes kept {others.cores:.1f} cores busy while timing; re-run the report "
+                              "on an idle machine")
     dense_entry, pruned_entry = latency["models"]["dense"], latency["models"]["pruned"]
     dense_cost = Cost(dense_entry["macs"], dense_entry["params"])
     pruned_cost = Cost(pruned_entry["macs"], pruned_entry["params"])
