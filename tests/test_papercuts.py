@@ -224,7 +224,9 @@ def test_report_records_the_resolved_data_root_and_no_cifar_image_size(
     def fake_report(out, **kwargs):
         captured.update(kwargs)
         return {"latency": {"models": {"dense": {"latency": {1: {"warning": None, "median_ms": 3.0}}},
-                                       "pruned": {"latency": {1: {"warning": noisy, "median_ms": 2.0}}}}},
+                                       "pruned": {"latency": {1: {"warning": noisy, "median_ms": 2.0}}}},
+                            "ratios": {"pruned": {1: {"speedup": 1.5}}}},
+                "target": {"metric": "macs", "ratio": 0.5},
                 "dense": {"test_acc": 0.9, "macs": 4e7, "params": 2e5},
                 "pruned": {"test_acc": 0.88, "macs": 2e7, "macs_ratio": 0.5, "params": 1e5, "params_ratio": 0.5}}
 

@@ -57,6 +57,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.parsed = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
+    def format_help(self) -> str:
+        """Every flag's help ends with its default unless its text already gives it (``--help`` is where the README
+        sends users for defaults)."""
+        for action in self._actions:
+            text, default = action.help or "", action.default
+            if ("default" in text.lower() or not action.option_strings or default is None or default is False
+                    or default == argparse.SUPPRESS or isinstance(action, argparse._StoreConstAction)):
+                continue
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+            action.help = f"{text} (default: {shown})" if text else f"default: {shown}"
+        return super().format_help()
+
     def error(self, message: str) -> NoReturn:
         known = set(re.findall(r"--[\w-]+", self.format_help()))  # every flag of this command is in its help
         unknown = [a.split("=", 1)[0] for a in self.parsed if a.startswith("--") and a.split("=", 1)[0] not in known]
