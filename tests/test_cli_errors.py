@@ -300,3 +300,19 @@ def test_a_search_on_fewer_images_than_a_batch_says_so_and_a_random_parent_is_no
         assert main([*common, "--out", str(tmp_path / "b"), "--batch-size", "8"]) == 0
     assert ("note: no --pretrained, so the parent is a randomly initialized cifar_resnet20: a search prunes a trained "
             "network (pass --pretrained 'cifar10', a model.pt") in capsys.readouterr().out
+
+
+def test_finetune_teacher_may_be_the_shipped_weights_the_search_started_from() -> None:
+    """The README's path searches from --pretrained cifar10, so there is no parent model.pt to pass."""
+    from dnas_prune.cli.finetune import shipped_parent
+    from dnas_prune.models.cost import count_cost
+    from dnas_prune.errors import CheckpointError
+
+    for name in ("cifar_resnet20", "cifar_resnet56"):
+        dense = count_cost(create_model(name), (3, 32, 32))
+        metadata = {"input_size": [3, 32, 32], "dense_macs": dense.macs, "dense_params": dense.params}
+        teacher = shipped_parent("cifar10", metadata, 10)
+        shipped = create_model(name, weights="cifar10")
+        assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), shipped.state_dict().values()))
+    with pytest.raises(CheckpointError, match="no 'imagenet' weights are shipped"):
+        shipped_parent("imagenet", metadata, 10)
