@@ -181,9 +181,10 @@ def compare_latency(
     Returns ``{"threads", "input_size", "batch_sizes", "models": {name: {"macs", "params", "latency": {bs:
     {...}}}}, "ratios": {name: {bs: {"speedup", "macs_reduction", "efficiency"}}}}`` where ``speedup`` is the
     first model's time over this one's, taken per interleaved round (``1 / paired_ratio``: the ratio of medians
-    moves with a load that came and went between the two models' rounds), ``macs_reduction`` the first's MACs over this one's, and
-    ``efficiency = speedup / macs_reduction`` (1.0: latency falls exactly as MACs do). ``max_seconds`` caps
-    the timed loop per model, layout and batch size. ``paired_ratio``: this model's time over the first's.
+    moves with a load that came and went between the two models' rounds), ``macs_reduction`` the first's MACs
+    over this one's, and ``efficiency = speedup / macs_reduction`` (1.0: latency falls exactly as MACs do).
+    ``max_seconds`` caps the timed loop per model, layout and batch size. ``paired_ratio``: this model's time
+    over the first's, per round.
     """
     if not models:
         raise ValueError("compare_latency needs at least one model")
