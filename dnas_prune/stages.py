@@ -29,6 +29,7 @@ from .report.report import write_report
 from .report.summary import layer_widths, width_table
 from .search.hooks import SearchHooks, gate_summary, load_supernet, load_supernet_with_metadata, recalibrate_bn
 from .search.landing import pinned_try
+from .search.latency import LatencyTable, table_for_settings
 from .search.pruner import Pruner, SearchConfig
 from .search.supernet import Supernet
 from .train.data import TrainingData
@@ -143,9 +144,11 @@ def search(
     if steps < 1:  # as the Trainer says it, before the Pruner asks for a positive step count
         raise DnasPruneError(f"{len(data.train)} training images do not fill one batch of {train_config.batch_size}")
     resume = resume and checkpoint.is_file()
+    table = None
     if resume:
         search_config = _resumed_ms_target(search_config, checkpoint)
-    pruner = Pruner(model, input_size, total_steps=steps, config=search_config)
+        table = _resumed_latency_table(search_config, checkpoint)
+    pruner = Pruner(model, input_size, total_steps=steps, config=search_config, latency=table)
     net, search_config = pruner.net, pruner.config  # a ms latency target is resolved to a fraction of dense
     metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config),
                 "inference": inference_of(data)}  # finalize passes it on to the pruned file
@@ -206,6 +209,16 @@ def _resumed_ms_target(config: SearchConfig, checkpoint: Path) -> SearchConfig:
     if saved.get("target_ms") != config.target_ms or not saved.get("target_ms_dense"):
         return config
     return replace(config, target_ms_dense=float(saved["target_ms_dense"]))
+
+
+def _resumed_latency_table(config: SearchConfig, checkpoint: Path) -> LatencyTable | None:
+    """A latency search resumes on the table it began with (from the cache, or rebuilt with the same settings),
+    not on whatever the staleness check of a new search would pick today: the budget's numbers must not move."""
+    if config.metric != "latency":
+        return None
+    saved = (safe_load(checkpoint, "a dnas_prune search checkpoint").get("metadata") or {}).get("supernet") or {}
+    settings = (saved.get("budget") or {}).get("latency_table")
+    return table_for_settings(settings) if settings else None
 
 
 def _land(trainer: Trainer, pruner: Pruner, data: TrainingData, train_config: TrainConfig,
@@ -324,9 +337,9 @@ def run_summary(result: dict[str, Any], pruned_path: str | Path, exports: dict[s
     MACs or params budget left the model barely faster at some batch size, one more line says what to do."""
     d, p = result["dense"], result["pruned"]
     speedups = {bs: ratio["speedup"] for bs, ratio in result["latency"]["ratios"]["pruned"].items()}
-    disturbed = result["latency"].get("warning") or next(
-        (lat["warning"] for entry in result["latency"]["models"].values() for lat in entry["latency"].values()
-         if lat.get("warning")), None)
+    crowded = result["latency"].get("warning")  # other processes used the cores: said here
+    noisy = any(lat.get("warning") for entry in result["latency"]["models"].values()  # said above, per timing
+                for lat in entry["latency"].values())
     lines = [
         "summary:",
         f"  test accuracy  dense {d['test_acc']:.2%} -> pruned {p['test_acc']:.2%} "
@@ -339,9 +352,9 @@ def run_summary(result: dict[str, Any], pruned_path: str | Path, exports: dict[s
         f"{Path(out_dir) / 'report.md'} (report, figures beside it)",
     ]
     slow = [bs for bs, x in speedups.items() if x < SLOW_SPEEDUP]
-    if disturbed:  # then a small speed-up says nothing of the budget
-        lines.append(f"  warning        latency timings not to be trusted: {disturbed}")
-    elif slow and result["target"]["metric"] != "latency":
+    if crowded:  # then a small speed-up says nothing of the budget
+        lines.append(f"  warning        latency timings not to be trusted: {crowded}")
+    elif slow and not noisy and result["target"]["metric"] != "latency":
         metric, batches = result["target"]["metric"], ", ".join(map(str, slow))
         lines.append(f"  note           little speed-up at batch {batches}: a {metric} budget does not price how this "
                      "device runs the narrower layers; to prune to a measured speed, search with --target-latency R "

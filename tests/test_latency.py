@@ -242,15 +242,30 @@ def test_random_specs_are_valid_and_on_the_step() -> None:
 
 
 def test_fit_recovers_constant_and_scale() -> None:
+    fit = latency_table_module.fit_constant_and_scale
     points = [{"table_sum_ms": s, "measured_ms": 0.3 + 1.5 * s} for s in (1.0, 2.0, 4.0)]
-    assert latency_build._fit(points) == pytest.approx((0.3, 1.5))
+    assert fit(points) == pytest.approx((0.3, 1.5))
     falling = [{"table_sum_ms": s, "measured_ms": 5.0 - s} for s in (1.0, 2.0)]
-    assert latency_build._fit(falling) == pytest.approx((3.0, 1.0))  # no negative scale: a constant offset instead
+    assert fit(falling) == pytest.approx((3.0, 1.0))  # no negative scale: a constant offset instead
     # through the dense point exactly, whatever the others say
     noisy = [{"table_sum_ms": 4.0, "measured_ms": 7.0, "dense": True}] + [
         {"table_sum_ms": s, "measured_ms": (0.3 + 1.5 * s) * f} for s, f in ((1.0, 1.2), (2.0, 0.9), (3.0, 1.1))]
-    constant, scale = latency_build._fit(noisy)
+    constant, scale = fit(noisy)
     assert constant + scale * 4.0 == pytest.approx(7.0) and scale > 0
+    # the line through the points crosses zero above a sum of 0: a small model was predicted below zero (a floor
+    # under 0, targets no device reaches), so a scale alone
+    steep = [{"table_sum_ms": 4.0, "measured_ms": 8.0, "dense": True}] + [
+        {"table_sum_ms": s, "measured_ms": 4.0 * s - 8.0} for s in (2.5, 3.0, 3.5)]
+    assert fit(steep) == pytest.approx((0.0, 2.0))
+
+
+def test_a_cached_table_with_a_negative_constant_is_refitted_on_load() -> None:
+    steep = [{"table_sum_ms": 4.0, "measured_ms": 8.0, "dense": True}] + [
+        {"table_sum_ms": s, "measured_ms": 4.0 * s - 8.0} for s in (2.5, 3.0, 3.5)]
+    data = {"format": latency_table_module.TABLE_FORMAT, "settings": {}, "constant_ms": -8.0, "scale": 4.0,
+            "info": {"fit": steep}, "layers": {}}
+    table = LatencyTable.from_dict(data)
+    assert (table.constant_ms, table.scale) == pytest.approx((0.0, 2.0))
 
 
 def test_cache_round_trip_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -696,7 +711,8 @@ def test_a_landing_that_never_fits_its_window_stops_after_four_tries() -> None:
     pruner, table, _ = latency_search({"target_latency": 0.5}, steps=10, latency_tolerance=1e-6)
     device = SpellDevice(table, busy=1.5)
     table.measure_pair, table.time_pairs = device.pair, device.pairs  # type: ignore[method-assign]
-    pruner.finalize()
+    with pytest.warns(UserWarning, match="landing pinned a model the device reads .* from the target, outside ±0.0001 %"):
+        pruner.finalize()  # a miss is said, not only recorded
     tries = pruner.projection["measured"]
     assert 2 <= len(tries) <= 4 and all(off_window(t["error"], 1e-6) > 0 for t in tries)
     nearest = min(tries, key=lambda t: off_window(t["error"], 1e-6))
@@ -741,6 +757,23 @@ def test_resumed_ms_target_keeps_the_dense_timing_it_was_resolved_with(tmp_path:
     table.measure = no_timing  # type: ignore[method-assign]
     pruner = Pruner(model, (3, 16, 16), total_steps=10, latency=table, config=resumed)
     assert pruner.config.target == pytest.approx(0.5) and pruner.config.target_ms_dense == 3.0
+
+
+def test_a_resumed_latency_search_keeps_the_table_it_began_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume ran the staleness check of a new search, which could rebuild the table mid-search and move the
+    budget's numbers; it now asks for the table of the settings the checkpoint recorded."""
+    from dnas_prune import stages
+    from dnas_prune.io.checkpoint import atomic_torch_save
+    from dnas_prune.search.pruner import SearchConfig
+
+    asked = []
+    monkeypatch.setattr(stages, "table_for_settings", lambda settings: asked.append(settings) or "the table")
+    checkpoint = tmp_path / "supernet.pt"
+    settings = {"model": "cifar_resnet20", "batch_size": 64, "threads": 2}
+    atomic_torch_save({"metadata": {"supernet": {"budget": {"latency_table": settings}}}}, checkpoint)
+    assert stages._resumed_latency_table(SearchConfig(metric="latency", target=0.5), checkpoint) == "the table"
+    assert asked == [settings]
+    assert stages._resumed_latency_table(SearchConfig(target=0.5), checkpoint) is None  # a MACs search has none
 
 
 @pytest.mark.parametrize("targets, needle", [
@@ -1094,3 +1127,11 @@ def test_a_ms_target_below_the_floor_is_refused_in_ms() -> None:
     with pytest.raises(BudgetError, match=r"^--target-latency-ms 0\.5 is below what this model can reach: .* ms per "
                                           r"batch, its floor, with the dense model measured at 10 ms here"):
         Pruner(model, (3, 16, 16), total_steps=10, latency=table, target_latency_ms=0.5, target_ms_dense=10.0)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.0, 3.0, float("nan")])
+def test_a_latency_tolerance_outside_zero_one_is_refused(bad: float) -> None:
+    from dnas_prune.search.pruner import SearchConfig
+
+    with pytest.raises(DnasPruneError, match="latency_tolerance must be a fraction of the target in \\(0, 1\\)"):
+        SearchConfig(metric="latency", target=0.5, latency_tolerance=bad)

@@ -57,17 +57,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.parsed = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
-    def format_help(self) -> str:
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         """Every flag's help ends with its default unless its text already gives it (``--help`` is where the README
         sends users for defaults)."""
-        for action in self._actions:
-            text, default = action.help or "", action.default
-            if ("default" in text.lower() or not action.option_strings or default is None or default is False
-                    or default == argparse.SUPPRESS or isinstance(action, argparse._StoreConstAction)):
-                continue
+        action = super().add_argument(*args, **kwargs)
+        text, default = action.help or "", action.default
+        if not ("default" in text.lower() or not action.option_strings or action.nargs == 0 or default is None
+                or default is False or default == argparse.SUPPRESS):
             shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
             action.help = f"{text} (default: {shown})" if text else f"default: {shown}"
-        return super().format_help()
+        return action
 
     def error(self, message: str) -> NoReturn:
         known = set(re.findall(r"--[\w-]+", self.format_help()))  # every flag of this command is in its help

@@ -162,6 +162,12 @@ class Landing:
                               "tries' others_cores in search.json)", stacklevel=3)
             pinned = try_to_pin(tries, self.tolerance)
             pinned["pinned"] = True
+            if abs(pinned["error"]) > self.tolerance:  # what the user asked for was not reached: say so
+                warnings.warn(f"the latency landing pinned a model the device reads {100 * pinned['error']:+.0f} % "
+                              f"from the target, outside ±{100 * self.tolerance:g} %: no shape it timed came closer "
+                              "(each try in search.json); the table may be stale for this machine now (delete it "
+                              "from the cache to rebuild) or the target near what this model can reach",
+                              stacklevel=3)
             trial = pinned["projected_to"]
         if distributed:
             chosen = torch.tensor([trial], dtype=torch.float64)

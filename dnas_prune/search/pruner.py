@@ -205,6 +205,9 @@ class SearchConfig:
                                  f"got {self.latency_batch_size!r}")
         if self.target_ms is not None and not (self.target_ms > 0 and math.isfinite(self.target_ms)):
             raise DnasPruneError(f"--target-latency-ms must be a positive number of milliseconds, got {self.target_ms}")
+        if not 0.0 < self.latency_tolerance < 1.0:  # NaN fails too
+            raise DnasPruneError(f"latency_tolerance must be a fraction of the target in (0, 1), got "
+                                 f"{self.latency_tolerance}")
         if not (self.latency_landing_seconds >= 0 and math.isfinite(self.latency_landing_seconds)):
             raise DnasPruneError(f"latency_landing_seconds must be a number of seconds >= 0, "
                                  f"got {self.latency_landing_seconds}")

@@ -18,7 +18,9 @@ through the dense model's point exactly (a budget is a fraction of the dense mod
 right: a fit free to miss it skewed every predicted fraction by as much) and by least squares on the
 others' relative error (the error the budget feels). Two numbers, fitted on models spanning the latency range the
 search moves through, keep the per-layer structure while anchoring the total to what the device measures; a scale
-that is not positive is refused and the fit falls back to a constant offset alone. ``experiments/latency_model.py``
+that is not positive is refused and the fit falls back to a constant offset alone, and a negative constant (which
+predicted negative latencies for small models, so a floor below zero and targets no device reaches) to a scale
+alone. ``experiments/latency_model.py``
 checks the result on random architectures the fit did not see.
 
 Cache. A table is built once per (parent spec, input size, batch size, threads, dtype, memory format, device,
@@ -39,7 +41,6 @@ import copy
 import functools
 import hashlib
 import json
-import math
 import os
 import platform
 import random
@@ -62,7 +63,7 @@ from ...models import MODEL_NAMES, build_model, create_model, spec_of, validate_
 from ...models.spec import Spec
 from ...train.progress import Progress
 from .cells import DTYPES, CellTimer, Timing, cell_module
-from .table import LatencyTable, LayerTable
+from .table import LatencyTable, LayerTable, fit_constant_and_scale
 from .units import plan_layers, spec_uses
 
 DEFAULT_CHANNEL_STEP = 8
@@ -210,26 +211,6 @@ def table_settings(model: str | Spec | nn.Module, batch_size: int = 1, *, input_
 def cache_path(settings: dict[str, Any], directory: str | os.PathLike | None = None) -> Path:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return Path(directory or cache_dir() / "latency") / f"{settings['model']}-bs{settings['batch_size']}-{digest}.json"
-
-
-def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
-    """(constant, scale) of ``measured = constant + scale * table_sum``, through the dense model's point exactly
-    (the one marked ``dense``, else the first: every budget and every side-by-side ratio is a fraction of the dense
-    model, so it must read right), the scale by least squares on the others' relative error; a constant offset
-    alone if that scale is not > 0."""
-    dense = next((p for p in points if p.get("dense")), points[0])
-    dense_sum, dense_ms = float(dense["table_sum_ms"]), float(dense["measured_ms"])
-    others = [p for p in points if p is not dense]
-    if others:
-        sums = torch.tensor([p["table_sum_ms"] for p in others], dtype=torch.float64)
-        measured = torch.tensor([p["measured_ms"] for p in others], dtype=torch.float64).clamp_min(1e-12)
-        # relative error of constant + scale * sum with constant = dense_ms - scale * dense_sum: scale * a - b
-        a, b = (sums - dense_sum) / measured, 1.0 - dense_ms / measured
-        if float((a * a).sum()) > 0:
-            scale = float((a * b).sum() / (a * a).sum())
-            if scale > 0 and math.isfinite(scale):
-                return dense_ms - scale * dense_sum, scale
-    return dense_ms - dense_sum, 1.0
 
 
 def _layout_trial(dense: nn.Module, settings: dict[str, Any], timing: Timing) -> dict[str, float]:
@@ -387,7 +368,7 @@ def build_table(settings: dict[str, Any], timing: Timing = Timing(), progress: b
         fit.append({"dense": False, "keep": keep, "spec": fit_spec, "measured_ms": timed["ms"],
                     "ratio": timed["ratio"], "warning": timed["warning"],
                     "table_sum_ms": sum(table.layers_ms(fit_spec).values())})
-    table.constant_ms, table.scale = _fit(fit)
+    table.constant_ms, table.scale = fit_constant_and_scale(fit)
     table.info["fit"] = fit
     table.info["cells"] = {"count": cells, "noisy": noisy, "retimed": retimed}
     table.info["built"] = {"seconds": time.perf_counter() - started, "load_average": list(load_start),

@@ -26,6 +26,7 @@ is not affected by it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from dataclasses import dataclass
@@ -50,6 +51,30 @@ if TYPE_CHECKING:
 
 TABLE_FORMAT = 5  # 2: constant and scale fitted on 16 shrunk models; 3: cells and models timed beside a reference;
 # 4: outlier cells timed again; 5: padded axes measured
+
+
+def fit_constant_and_scale(points: list[dict[str, Any]]) -> tuple[float, float]:
+    """(constant, scale) of ``measured = constant + scale * table_sum``, through the dense model's point exactly
+    (the one marked ``dense``, else the first: every budget and every side-by-side ratio is a fraction of the dense
+    model, so it must read right), the scale by least squares on the others' relative error; a constant offset
+    alone if that scale is not > 0, and a scale alone if the constant would be negative (a small model would then
+    be predicted below zero)."""
+    dense = next((p for p in points if p.get("dense")), points[0])
+    dense_sum, dense_ms = float(dense["table_sum_ms"]), float(dense["measured_ms"])
+    others = [p for p in points if p is not dense]
+    constant, scale = dense_ms - dense_sum, 1.0
+    if others:
+        sums = torch.tensor([p["table_sum_ms"] for p in others], dtype=torch.float64)
+        measured = torch.tensor([p["measured_ms"] for p in others], dtype=torch.float64).clamp_min(1e-12)
+        # relative error of constant + scale * sum with constant = dense_ms - scale * dense_sum: scale * a - b
+        a, b = (sums - dense_sum) / measured, 1.0 - dense_ms / measured
+        if float((a * a).sum()) > 0:
+            fitted = float((a * b).sum() / (a * a).sum())
+            if fitted > 0 and math.isfinite(fitted):
+                constant, scale = dense_ms - fitted * dense_sum, fitted
+    if constant < 0 and dense_sum > 0:
+        constant, scale = 0.0, dense_ms / dense_sum
+    return constant, scale
 
 
 # --------------------------------------------------------------------------------------------- interpolation
@@ -372,7 +397,10 @@ class LatencyTable:
         if data.get("format") != TABLE_FORMAT:
             raise DnasPruneError(f"latency table format {data.get('format')!r} is not {TABLE_FORMAT}")
         layers = {k: LayerTable.from_dict(v) for k, v in data["layers"].items()}
-        return cls(data["settings"], layers, data["constant_ms"], data["scale"], data.get("info"), path)
+        constant, scale = data["constant_ms"], data["scale"]
+        if data.get("info", {}).get("fit"):  # refitted under today's rule: older tables kept negative constants
+            constant, scale = fit_constant_and_scale(data["info"]["fit"])
+        return cls(data["settings"], layers, constant, scale, data.get("info"), path)
 
     def save(self, path: str | os.PathLike) -> Path:
         self.path = atomic_write_json(self.to_dict(), path)
@@ -412,9 +440,13 @@ class LatencyTable:
                      f"{len(self.info.get('fit', []))} whole models)")
         dense = next((f for f in self.info.get("fit", []) if f.get("dense")), None)
         if dense:
-            predicted = self.constant_ms + self.scale * dense["table_sum_ms"]
-            lines.append(f"dense model: measured {dense['measured_ms']:.4f} ms, predicted {predicted:.4f} ms")
+            lines.append(f"dense model: measured {dense['measured_ms']:.4f} ms (the fit passes through it)")
         fit = self.info.get("fit", [])
+        errors = sorted(abs((self.constant_ms + self.scale * f["table_sum_ms"]) / f["measured_ms"] - 1.0)
+                        for f in fit if not f.get("dense") and f.get("measured_ms"))
+        if errors:  # how well the table reads the models it was fitted on; experiments/latency_model.py: unseen ones
+            lines.append(f"shrunk models: predicted vs measured, median error {100 * statistics.median(errors):.1f} %, "
+                         f"largest {100 * errors[-1]:.1f} % over {len(errors)}")
         cells = self.info.get("cells", {})
         noisy_models = sum(f.get("warning") is not None for f in fit)
         if cells.get("noisy") or noisy_models:
