@@ -145,9 +145,10 @@ def search(
         raise DnasPruneError(f"{len(data.train)} training images do not fill one batch of {train_config.batch_size}")
     resume = resume and checkpoint.is_file()
     table = None
-    if resume:
-        search_config = _resumed_ms_target(search_config, checkpoint)
-        table = _resumed_latency_table(search_config, checkpoint)
+    if resume and search_config.metric == "latency":  # the latency model it began with, as it began
+        saved = safe_load(checkpoint, "a dnas_prune search checkpoint").get("metadata") or {}
+        search_config = _resumed_ms_target(search_config, saved)
+        table = _resumed_latency_table(saved)
     pruner = Pruner(model, input_size, total_steps=steps, config=search_config, latency=table)
     net, search_config = pruner.net, pruner.config  # a ms latency target is resolved to a fraction of dense
     metadata = {"kind": "dnas_prune.search", "supernet": net.config(), "search": asdict(search_config),
@@ -200,24 +201,19 @@ def _finished_search(checkpoint: Path, train_config: TrainConfig, search_config:
     return load_supernet(checkpoint), json.loads((checkpoint.parent / "search.json").read_text())
 
 
-def _resumed_ms_target(config: SearchConfig, checkpoint: Path) -> SearchConfig:
-    """A ms latency target resumes against the dense timing it was resolved with: timing the dense model again
-    would move the fraction and break an exact resume."""
-    if config.target_ms is None:
+def _resumed_ms_target(config: SearchConfig, saved: dict[str, Any]) -> SearchConfig:
+    """A ms latency target resumes against the dense timing it was resolved with (``saved``: the checkpoint's
+    metadata): timing the dense model again would move the fraction and break an exact resume."""
+    search = saved.get("search") or {}
+    if config.target_ms is None or search.get("target_ms") != config.target_ms or not search.get("target_ms_dense"):
         return config
-    saved = (safe_load(checkpoint, "a dnas_prune search checkpoint").get("metadata") or {}).get("search") or {}
-    if saved.get("target_ms") != config.target_ms or not saved.get("target_ms_dense"):
-        return config
-    return replace(config, target_ms_dense=float(saved["target_ms_dense"]))
+    return replace(config, target_ms_dense=float(search["target_ms_dense"]))
 
 
-def _resumed_latency_table(config: SearchConfig, checkpoint: Path) -> LatencyTable | None:
-    """A latency search resumes on the table it began with (from the cache, or rebuilt with the same settings),
-    not on whatever the staleness check of a new search would pick today: the budget's numbers must not move."""
-    if config.metric != "latency":
-        return None
-    saved = (safe_load(checkpoint, "a dnas_prune search checkpoint").get("metadata") or {}).get("supernet") or {}
-    settings = (saved.get("budget") or {}).get("latency_table")
+def _resumed_latency_table(saved: dict[str, Any]) -> LatencyTable | None:
+    """The table of the settings the checkpoint's metadata (``saved``) recorded, from the cache or rebuilt with
+    them, not whatever the staleness check of a new search would pick today: the budget's numbers must not move."""
+    settings = ((saved.get("supernet") or {}).get("budget") or {}).get("latency_table")
     return table_for_settings(settings) if settings else None
 
 

@@ -733,20 +733,17 @@ def test_latency_ms_target_is_the_measured_dense_fraction() -> None:
         latency_search({"target_latency_ms": 2 * dense_ms}, steps=2)
 
 
-def test_resumed_ms_target_keeps_the_dense_timing_it_was_resolved_with(tmp_path: Path) -> None:
+def test_resumed_ms_target_keeps_the_dense_timing_it_was_resolved_with() -> None:
     """Resuming a --target-latency-ms search must not time the dense model again: a new timing would move the
     target fraction and the resumed run would no longer continue the saved one exactly."""
     from dnas_prune import Pruner, stages
-    from dnas_prune.io.checkpoint import atomic_torch_save
     from dnas_prune.search.pruner import SearchConfig
 
     config = SearchConfig(metric="latency", target=1.0, target_ms=1.5)
-    checkpoint = tmp_path / "supernet.pt"
-    atomic_torch_save({"metadata": {"search": {"target_ms": 1.5, "target_ms_dense": 3.0, "target": 0.5}}}, checkpoint)
-    resumed = stages._resumed_ms_target(config, checkpoint)
+    resumed = stages._resumed_ms_target(config, {"search": {"target_ms": 1.5, "target_ms_dense": 3.0, "target": 0.5}})
     assert resumed.target_ms_dense == 3.0
-    atomic_torch_save({"metadata": {"search": {"target_ms": 2.0, "target_ms_dense": 3.0}}}, checkpoint)
-    assert stages._resumed_ms_target(config, checkpoint).target_ms_dense is None  # another target: time anew
+    other = {"search": {"target_ms": 2.0, "target_ms_dense": 3.0}}
+    assert stages._resumed_ms_target(config, other).target_ms_dense is None  # another target: time anew
 
     model = create_model("cifar_resnet20")
     table = synthetic_table(spec_of(model), (3, 16, 16))
@@ -759,21 +756,17 @@ def test_resumed_ms_target_keeps_the_dense_timing_it_was_resolved_with(tmp_path:
     assert pruner.config.target == pytest.approx(0.5) and pruner.config.target_ms_dense == 3.0
 
 
-def test_a_resumed_latency_search_keeps_the_table_it_began_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_resumed_latency_search_keeps_the_table_it_began_with(monkeypatch: pytest.MonkeyPatch) -> None:
     """A resume ran the staleness check of a new search, which could rebuild the table mid-search and move the
     budget's numbers; it now asks for the table of the settings the checkpoint recorded."""
     from dnas_prune import stages
-    from dnas_prune.io.checkpoint import atomic_torch_save
-    from dnas_prune.search.pruner import SearchConfig
 
     asked = []
     monkeypatch.setattr(stages, "table_for_settings", lambda settings: asked.append(settings) or "the table")
-    checkpoint = tmp_path / "supernet.pt"
     settings = {"model": "cifar_resnet20", "batch_size": 64, "threads": 2}
-    atomic_torch_save({"metadata": {"supernet": {"budget": {"latency_table": settings}}}}, checkpoint)
-    assert stages._resumed_latency_table(SearchConfig(metric="latency", target=0.5), checkpoint) == "the table"
+    assert stages._resumed_latency_table({"supernet": {"budget": {"latency_table": settings}}}) == "the table"
     assert asked == [settings]
-    assert stages._resumed_latency_table(SearchConfig(target=0.5), checkpoint) is None  # a MACs search has none
+    assert stages._resumed_latency_table({"supernet": {"budget": {"metric": "macs"}}}) is None  # none recorded
 
 
 @pytest.mark.parametrize("targets, needle", [
