@@ -1128,3 +1128,18 @@ def test_a_latency_tolerance_outside_zero_one_is_refused(bad: float) -> None:
 
     with pytest.raises(DnasPruneError, match="latency_tolerance must be a fraction of the target in \\(0, 1\\)"):
         SearchConfig(metric="latency", target=0.5, latency_tolerance=bad)
+
+
+def test_cli_prints_the_table_a_search_of_another_class_count_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A search on 10 classes keys its table by its own head; latency-table could only build the 1000-class one."""
+    monkeypatch.setenv("DNAS_PRUNE_CACHE", str(tmp_path))
+    searched = create_model("resnet18", num_classes=10)  # as the search's parent has it
+    settings = table_settings(searched, 1, input_size=(3, 64, 64), threads=1, memory_format="nchw")
+    table = synthetic_table(settings["spec"], (3, 64, 64))
+    table.settings = settings
+    table.save(latency.cache_path(settings))
+    args = ["latency-table", "--model", "resnet18", "--batch-size", "1", "--image-size", "64", "--threads", "1",
+            "--memory-format", "nchw", "--no-progress", "--no-check"]
+    assert main([*args, "--num-classes", "10"]) == 0
+    assert str(latency.cache_path(settings)) in capsys.readouterr().out  # read, not built

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..device.policy import MEMORY_FORMAT_CHOICES, PRECISIONS, memory_format_name
-from ..models import MODEL_NAMES
+from ..errors import DnasPruneError
+from ..models import MODEL_NAMES, check_model_name, create_model
 from ..search.latency import DEFAULT_CHANNEL_STEP, latency_table
 
 
@@ -15,6 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               description=__doc__)
     p.add_argument("--model", required=True, help=f"registry model ({', '.join(MODEL_NAMES)})")
     p.add_argument("--batch-size", type=int, required=True, help="batch size the latency is for")
+    p.add_argument("--num-classes", type=int, help="classes of the model's head, as the search's model has them (the "
+                                                   "table is the parent's; default: the registry model's own)")
     p.add_argument("--image-size", type=int,
                    help="side of the square input (default: 32 for CIFAR models, 224 for ImageNet models)")
     p.add_argument("--threads", type=int, help="torch intra-op threads, fixed while measuring (default: torch's "
@@ -40,7 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     input_size = None if args.image_size is None else (3, args.image_size, args.image_size)
-    table = latency_table(args.model, args.batch_size, input_size=input_size, threads=args.threads,
+    check_model_name(args.model)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise DnasPruneError(f"--num-classes must be a positive integer, got {args.num_classes}")
+    model = args.model if args.num_classes is None else create_model(args.model, num_classes=args.num_classes)
+    table = latency_table(model, args.batch_size, input_size=input_size, threads=args.threads,
                           precision=args.precision, memory_format=args.memory_format, device=args.device,
                           channel_step=args.channel_step, rebuild=args.rebuild, progress=not args.no_progress,
                           check=not args.no_check)
