@@ -316,3 +316,11 @@ def test_finetune_teacher_may_be_the_shipped_weights_the_search_started_from() -
         assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), shipped.state_dict().values()))
     with pytest.raises(CheckpointError, match="no 'imagenet' weights are shipped"):
         shipped_parent("imagenet", metadata, 10)
+
+
+def test_profiling_an_onnx_export_says_what_it_is(capsys, files: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    exported = tmp_path / "model.onnx"
+    assert cli(capsys, "export", str(files["pruned"]), "-o", str(exported))[0] == 0
+    assert_one_line_error(cli(capsys, "profile", str(exported)), "an ONNX export, not a PyTorch file",
+                          "pass the .pt it was exported from")

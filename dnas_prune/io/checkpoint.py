@@ -133,6 +133,10 @@ def _unreadable(path: Path, exc: Exception, what: str) -> CheckpointError:
         return CheckpointError(f"{path}: truncated or corrupted file (expected {what}); copy or re-create it")
     if head.startswith(b"\x80"):
         return CheckpointError(f"{path}: a raw pickle, refused because pickles can carry code (expected {what})")
+    exported = {b"\x08": "an ONNX export"}.get(head[:1])  # ONNX's protobuf starts with its ir_version field
+    if exported:
+        return CheckpointError(f"{path}: {exported}, not a PyTorch file; expected {what} (exports are for deploying: "
+                               "pass the .pt it was exported from)")
     return CheckpointError(f"{path}: not a PyTorch file (unrecognized bytes); expected {what}")
 
 

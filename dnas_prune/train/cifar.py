@@ -54,10 +54,11 @@ def resolve_data_root(data: str | os.PathLike | None, download: bool = True) -> 
         except Exception as exc:  # network errors come in many types; the user needs one line either way
             raise DataError(
                 f"could not download CIFAR-10 into {root} ({type(exc).__name__}: {exc}); "
-                f"pass --data DIR holding {LAYOUT}"
+                f"pass --data DIR (data.root in a config) holding {LAYOUT}"
             ) from None
         return root
-    raise DataError(f"no CIFAR-10 found; pass --data DIR or set DNAS_PRUNE_DATA to a directory holding {LAYOUT}")
+    raise DataError(f"no CIFAR-10 found; pass --data DIR (data.root in a config) or set DNAS_PRUNE_DATA to a "
+                    f"directory holding {LAYOUT}")
 
 
 @dataclass

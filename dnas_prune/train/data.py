@@ -92,7 +92,7 @@ def load_dataset(
         raise DataError(f"data kind must be one of {', '.join(DATA_KINDS)}, got {kind!r}")
     chosen = data if data is not None else os.environ.get("DNAS_PRUNE_DATA")
     if chosen is None:
-        raise DataError(f"no ImageFolder tree given; pass --data DIR or set DNAS_PRUNE_DATA to a directory holding "
-                        f"{IMAGEFOLDER_LAYOUT}")
+        raise DataError(f"no ImageFolder tree given; pass --data DIR (data.root in a config) or set DNAS_PRUNE_DATA "
+                        f"to a directory holding {IMAGEFOLDER_LAYOUT}")
     root = Path(chosen).expanduser()
     return load_imagefolder(root, val_size, limit_train, seed, image_size, workers), root
