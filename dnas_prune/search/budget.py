@@ -167,7 +167,8 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
     logit, slot = logit[order], torch.cat(slots)[order]
     width, block = torch.cat(widths).double()[order], torch.cat(is_block)[order]
     module_names = sorted(set(modules))
-    module = torch.tensor([module_names.index(m) for m in modules])[order]
+    index_of = {name: i for i, name in enumerate(module_names)}
+    module = torch.tensor([index_of[m] for m in modules])[order]
     position = torch.arange(len(logit))
     held = torch.zeros(len(logit), dtype=torch.bool)  # units above the threshold that stay closed
 
@@ -192,9 +193,12 @@ def solve_offset(net: Supernet, metric: str, target: float, margin: float = 1.0)
         return lo
 
     k = largest_fit(0)
-    while k < len(logit) and target - ratio(k) > HOLD_SLACK * target and ratio(k) <= target:
-        # unit k does not fit and too much is left: hold its module from its logit down (its ties included, so
-        # one shift separates the module's open units from its held ones), then fill with the units below it
+    while k < len(logit):
+        unspent = target - ratio(k)  # unit k does not fit (or the pinned alone overshoot: unspent < 0)
+        if not HOLD_SLACK * target < unspent:
+            break
+        # too much is left: hold k's module from its logit down (its ties included, so one shift separates the
+        # module's open units from its held ones), then fill with the units below it
         held |= (module == module[k]) & (logit <= logit[k])
         k = largest_fit(k + 1)
     while 0 < k < len(logit) and logit[k - 1] == logit[k]:  # tied gates open or close together
