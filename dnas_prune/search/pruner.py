@@ -330,6 +330,11 @@ class Pruner:
     target), :attr:`offset` and :attr:`temperature` (the schedule it set), :attr:`hard_ratio` (the cost ratio of
     the current hard decisions; :attr:`hard_ratios` for MACs and params alike), :attr:`trace` (``(step, target,
     hard ratio)`` every few steps) and :attr:`max_deviation` (the largest ``|hard / target - 1|`` since warm-up).
+
+    An average of the weights (``torch.optim.swa_utils.AveragedModel``) is of ``model``, not of :attr:`net`:
+    averaging the supernet averages its gate logits and offset too, whose decisions then follow no budget. Load the
+    averaged weights into ``model`` and call :meth:`finalize`. Compile the model :meth:`finalize` returns, not
+    :attr:`net`: the schedule changes every step and ``torch.compile`` would recompile for it.
     """
 
     def __init__(self, model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32), *, total_steps: int,
