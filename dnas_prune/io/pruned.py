@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..models import available_weights, build_model, create_model, shipped_weights, spec_of
 from ..models.cost import count_cost
-from ..models.spec import STANDARD_STEM_CONV, SpecError
+from ..models.spec import STANDARD_STEM_CONV, SpecError, check_rebuilt_alike
 from .checkpoint import atomic_torch_save, safe_load
 
 FORMAT = "dnas_prune.pruned"
@@ -43,6 +43,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], **metadata: Any)
     """
     path = Path(path)
     spec = spec_of(model)
+    check_rebuilt_alike(model, spec)  # a file whose spec rebuilds another model would load as that one
     input_size = tuple(int(v) for v in metadata.pop("input_size", default_input_size(spec)))
     try:
         json.dumps(metadata)

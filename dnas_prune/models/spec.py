@@ -143,12 +143,11 @@ def spec_of(model: nn.Module) -> Spec:
         "stages": stages,
     }
     if family == "torchvision":
-        spec.update(_stem_of(model))
-    check_rebuilt_alike(model, spec)
+        spec.update(stem_of(model))
     return spec
 
 
-def _stem_of(model: nn.Module) -> dict[str, Any]:
+def stem_of(model: nn.Module) -> dict[str, Any]:
     """A torchvision ResNet's stem where it is not ImageNet's 7x7/2 conv and 3x3/2 max-pool, e.g. the CIFAR
     variant (3x3/1 conv, no max-pool): ``stem_conv`` (kernel, stride, padding) and ``stem_pool`` (False), only
     when they differ, so a standard ResNet's spec stays what it always was."""
@@ -166,7 +165,8 @@ def check_rebuilt_alike(model: nn.Module, spec: Spec) -> None:
     """Refuse a model that :func:`build_model` would not rebuild module for module: a spec holds widths, strides,
     block counts and a torchvision stem's conv and pool, so a dilated or grouped conv, another pool or an ``fc``
     without bias would come back as the standard ResNet's, computing something else, or fail to load, after the
-    search. Every module is compared by name, type and settings (an activation's ``inplace`` aside)."""
+    search. Every module is compared by name, type and settings (an activation's ``inplace`` aside). Called
+    where a user's model enters (wrapping, saving), not on every spec read: models built from a spec are alike."""
     built = dict(build_model(spec, device="meta").named_modules())
     for name, m in model.named_modules():
         b = built.pop(name, None)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..models import build_model, spec_of
+from ..models import build_model
+from ..models.spec import stem_of
 from .supernet import Supernet
 
 
@@ -97,8 +98,8 @@ def fold(net: Supernet) -> nn.Module:
         "stem": len(stem),
         "stages": stages,
     }
-    dense = spec_of(m)
-    spec.update({k: dense[k] for k in ("stem_conv", "stem_pool") if k in dense})  # the stem's settings, as they were
+    if net.family == "torchvision":
+        spec.update(stem_of(m))  # the stem's conv and pool, as they were
     model = build_model(spec, device="meta")
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()

@@ -441,7 +441,7 @@ class Pruner:
         """False (and a warning, once) when a gate gradient is inf or NaN: a step an fp16 GradScaler skips for
         overflow, or a bad batch. One such update would turn every logit, and so the whole search, into NaN."""
         grads = [gate.logits.grad for gate in self.net.gates.values() if gate.logits.grad is not None]
-        if all(bool(torch.isfinite(g).all()) for g in grads):
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):  # one sync per step
             return True
         self._warn_once("not finite", "a gate gradient was inf or NaN (an fp16 overflow that GradScaler skips, or "
                         "a bad batch): the Pruner skipped this step's gate update, as the scaler skips the weights'")

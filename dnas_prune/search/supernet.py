@@ -27,7 +27,7 @@ from torchvision.models import resnet as tv
 from ..errors import DnasPruneError, GatingError
 from ..models import CifarResNet, build_model, spec_of
 from ..models.cost import Cost, count_cost
-from ..models.spec import SpecError, block_kind
+from ..models.spec import SpecError, block_kind, check_rebuilt_alike
 from .cost import CostTable
 from .gates import Gate, make_gate
 
@@ -138,7 +138,7 @@ class Supernet(nn.Module):
         if isinstance(channels_per_gate, bool) or not isinstance(channels_per_gate, int) or channels_per_gate < 1:
             raise DnasPruneError(f"channels_per_gate must be a positive integer, got {channels_per_gate!r}")
         self.family = _family(model)
-        spec_of(model)  # refuses what finalization could not rebuild: before a search, not at its end
+        check_rebuilt_alike(model, spec_of(model))  # what finalization could not rebuild: before a search
         self.model = model
         self.input_size = tuple(int(v) for v in input_size)
         self.gate_kind = gate
