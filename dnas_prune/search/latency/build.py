@@ -30,8 +30,9 @@ timing the dense model in both layouts; the table records the layout it measured
 (:meth:`LatencyTable.measure`) uses it. Every timing runs with glibc keeping freed memory
 (:mod:`dnas_prune.device.allocator`): without it, whether a batch-64 forward page-faults its activations afresh
 depends on what the process ran before, and a table measured in one state did not describe the other. The key
-names the device, not its state, so before a new search trusts a cached table, two shrunk models are timed beside
-the dense one (:func:`stale_error`); a table more than ``STALE_ERROR`` off their ratios is measured again. A
+names the device, not its state, so before a new search trusts a cached table, two of its fit models are timed
+beside the dense one again (:func:`stale_error`); when their ratios moved more than ``STALE_ERROR`` since the
+build, the table is measured again. A
 resumed search keeps the table it started with.
 """
 
@@ -75,8 +76,8 @@ FIT_SEED = 0
 OUTLIER_FACTOR, OUTLIER_RETIMES = 1.4, 2
 # cells timed per axis of each layer shape, off the grid, to tell whether the device pads that width
 PAD_PROBES = 2
-# a cached table is checked before it is trusted: shrunk models at these keep levels, timed beside the dense one now,
-# must read their ratios within STALE_ERROR of the table's, or the table is measured again
+# a cached table is checked before it is trusted: its fit models at these keep levels, timed beside the dense one
+# now, must read their ratios within STALE_ERROR of what they read at the build, or the table is measured again
 STALE_PROBE_LEVELS, STALE_ERROR = (0.3, 0.6), 0.15
 
 
@@ -401,23 +402,32 @@ def latency_table(model: str | Spec | nn.Module, batch_size: int = 1, *, input_s
             error = stale_error(table, timing)
             if error <= STALE_ERROR:
                 return table
-            print(f"the cached latency table {table.path} reads {error:.0%} off this device now (shrunk models timed "
-                  "beside the dense one); measuring it again", flush=True)
+            print(f"the device has moved since the cached latency table {table.path} was measured (shrunk models "
+                  f"timed beside the dense one read up to {error:.0%} other ratios now); measuring it again",
+                  flush=True)
             rebuild = True
     return table_for_settings(settings, rebuild=rebuild, progress=progress, directory=directory, timing=timing)
 
 
 def stale_error(table: LatencyTable, timing: Timing = Timing()) -> float:
-    """How far the device has moved from ``table`` since it was measured, in the terms a latency target reads: the
-    largest relative error of the table's ratio to dense for shrunk models (seeded, STALE_PROBE_LEVELS) timed beside
-    the dense model now. A cache key names the device, not its state: a shared machine's neighbours, clocks or
-    memory bandwidth can change after a table is measured, and the ratios a budget reads move with them."""
-    rng = random.Random(f"stale/{FIT_SEED}")
-    probes = [random_spec(table.dense_spec, rng, table.settings["channel_step"], keep=k, remove=0.0)
-              for k in STALE_PROBE_LEVELS]
-    dense = table.predict_ms(table.dense_spec)
+    """How far the device has moved since ``table`` was measured: the largest relative change of the pruned/dense
+    ratio of shrunk models (the table's fit models at STALE_PROBE_LEVELS, with blocks removed as a search removes
+    them) timed beside the dense model now, against what they read when the table was built. A cache key names the
+    device, not its state: a shared machine's neighbours, clocks or memory bandwidth can change after a table is
+    measured. What the table's fit misses is not drift and a rebuild would not mend it, so it is not counted; a
+    table that did not record its fit (older files) is read against its predictions instead."""
+    fitted = {f["keep"]: f for f in table.info.get("fit", []) if not f["dense"]}
+    if all(k in fitted for k in STALE_PROBE_LEVELS):
+        probes = [fitted[k]["spec"] for k in STALE_PROBE_LEVELS]
+        then = [fitted[k]["ratio"] for k in STALE_PROBE_LEVELS]
+    else:
+        rng = random.Random(f"stale/{FIT_SEED}")
+        probes = [random_spec(table.dense_spec, rng, table.settings["channel_step"], keep=k, remove=0.0)
+                  for k in STALE_PROBE_LEVELS]
+        dense = table.predict_ms(table.dense_spec)
+        then = [table.predict_ms(spec) / dense for spec in probes]
     timed = table.measure_beside_dense(probes, timing)["models"]
-    return max(abs(table.predict_ms(spec) / dense - t["ratio"]) / t["ratio"] for spec, t in zip(probes, timed))
+    return max(abs(ratio - t["ratio"]) / t["ratio"] for ratio, t in zip(then, timed))
 
 
 def cached_table(settings: dict[str, Any], directory: str | os.PathLike | None = None) -> LatencyTable | None:
