@@ -93,7 +93,8 @@ class Landing:
         the pair's ratio holds steady. So each try also times the pair at one thread (its *anchor*), and a try
         reads as its anchor times one factor, the table's threads over one, taken at the quietest timing of all
         tries: a try that fell wholly in a busy spell is read through the others' quiet timings, and what is
-        pinned is the shape's own measurement, not the table's guess for it. The next try aims through the table
+        pinned is the shape's own measurement, not the table's guess for it; a ms target reads that ratio times
+        the dense model's quickest timing of all tries. The next try aims through the table
         as the nearest try reads it. With several processes, rank 0 measures, the others follow. ``log`` gets a
         line per try and per timing, so a landing of tens of seconds does not go quiet."""
         net = self.net
@@ -134,6 +135,7 @@ class Landing:
                     on_pair=lambda pair: show(pair, " (1 thread)"))
                 tries.append({"projected_to": trial, "predicted_ratio": predicted, "own_ratio": landing_ratio(pairs),
                               "dense_ms": statistics.median(pair[0] for pair in pairs),
+                              "dense_quickest_ms": min(pair[0] for pair in pairs),
                               "measured_ratios": sorted(pair[2] for pair in pairs),
                               "anchor_ratios": sorted(pair[2] for pair in anchor_pairs),
                               "anchor_ratio": landing_ratio(anchor_pairs),
@@ -141,9 +143,11 @@ class Landing:
                 shapes.append(json.dumps(spec, sort_keys=True))
                 # the table's threads over one thread, at the quietest try (one spell can fill a try)
                 over_anchor = min(t["own_ratio"] / t["anchor_ratio"] for t in tries)
+                # and the dense model's ms at its quickest timing of all tries: a ms target is read quiet too
+                dense_ms = min(t["dense_quickest_ms"] for t in tries)
                 for t in tries:
                     t["measured_ratio"] = over_anchor * t["anchor_ratio"]
-                    t["measured_ms"] = t["measured_ratio"] * t["dense_ms"]
+                    t["measured_ms"] = t["measured_ratio"] * dense_ms
                     t["error"] = (t["measured_ms"] / self.target_ms if self.target_ms is not None
                                   else t["measured_ratio"] / self.target) - 1.0
                 say(f"  the device reads {tries[-1]['measured_ratio']:.3f} of dense here "
@@ -151,7 +155,7 @@ class Landing:
                     f"{-50 * self.tolerance:g} %, within -{100 * self.tolerance:g} % to 0)")
                 if settled(tries[-1]["error"], self.tolerance):
                     break
-                aim = middle * (self.target_ms / tries[-1]["dense_ms"] if self.target_ms is not None else self.target)
+                aim = middle * (self.target_ms / dense_ms if self.target_ms is not None else self.target)
                 nearest = min(tries, key=lambda t: abs(t["measured_ratio"] - aim))
                 # where the table must read for the device to read the aim, as the nearest try's shape reads it
                 trial = aim * nearest["predicted_ratio"] / nearest["measured_ratio"]
