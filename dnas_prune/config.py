@@ -66,7 +66,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
 # The types of keys whose default is None.
 _OPTIONAL_TYPES = {"out": str, "root": str, "limit_train": int, "name": str, "checkpoint": str, "weights": str,
                    "target_macs": float, "target_params": float, "target_latency": float, "target_latency_ms": float,
-                   "round_to": int, "threads": int, "gate_lr": float,
+                   "round_to": int, "threads": int, "latency_threads": int, "gate_lr": float,
                    "workers": int, "clean_epochs": int, "block_gates": bool,
                    "close_thin_blocks": bool}
 _FILE_PATHS = (("data", "root"), ("pretrain", "checkpoint"))

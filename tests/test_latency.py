@@ -344,9 +344,12 @@ def test_a_cached_table_the_device_no_longer_matches_is_measured_again(tmp_path:
               directory=tmp_path, timing=FAST)
     built = latency_table(TINY, 1, **kw)
     dense = built.predict_ms(built.dense_spec)
+    at_build = {f["keep"]: f["ratio"] for f in built.info["fit"] if not f["dense"]}
 
-    def device_now(self, models, timing=None, on_each=None):  # the device reads each ratio device_reads x the table's
-        return {"dense_ms": dense, "models": [{"ratio": device_reads * self.predict_ms(m) / dense} for m in models]}
+    def device_now(self, models, timing=None, on_each=None):  # each ratio device_reads x what it read at the build
+        assert models == [f["spec"] for f in self.info["fit"] if f["keep"] in latency_build.STALE_PROBE_LEVELS]
+        return {"dense_ms": dense, "models": [{"ratio": device_reads * at_build[k]}
+                                              for k in latency_build.STALE_PROBE_LEVELS]}
 
     rebuilt = []
 
@@ -357,6 +360,15 @@ def test_a_cached_table_the_device_no_longer_matches_is_measured_again(tmp_path:
     monkeypatch.setattr(LatencyTable, "measure_beside_dense", device_now)
     monkeypatch.setattr(latency_build, "build_table", build)
     assert latency.stale_error(built, FAST) == pytest.approx(abs(1 / device_reads - 1))
+    misfit = LatencyTable.from_dict(built.to_dict())  # what the fit misses is not drift: a rebuild would not mend it
+    misfit.constant_ms += 5 * dense
+    assert latency.stale_error(misfit, FAST) == pytest.approx(abs(1 / device_reads - 1))
+    unrecorded = LatencyTable.from_dict({**built.to_dict(), "info": {}})  # older files: against the predictions
+    with monkeypatch.context() as m:
+        m.setattr(LatencyTable, "measure_beside_dense", lambda self, models, timing=None, on_each=None: {
+            "models": [{"ratio": device_reads * self.predict_ms(s) / self.predict_ms(self.dense_spec)}
+                       for s in models]})
+        assert latency.stale_error(unrecorded, FAST) == pytest.approx(abs(1 / device_reads - 1))
     latency_table(TINY, 1, **kw)
     stale = abs(1 / device_reads - 1) > latency.STALE_ERROR
     assert len(rebuilt) == int(stale)
@@ -731,6 +743,44 @@ def test_latency_ms_target_is_the_measured_dense_fraction() -> None:
     assert 0.6 * dense_ms * (1 - pruner.config.latency_tolerance) <= device(model)["median_ms"] <= 0.6 * dense_ms
     with pytest.raises(DnasPruneError, match="already runs in"):
         latency_search({"target_latency_ms": 2 * dense_ms}, steps=2)
+
+
+class Contended(FakeDevice):
+    """A machine another process shares: most timings at several threads run ``slow`` times slower, the dense and
+    the pruned model alike (their ratio holds), and so does the first whole-model timing."""
+
+    def __init__(self, table: LatencyTable, slow: float) -> None:
+        super().__init__(table)
+        self.slow, self.timed = slow, 0
+
+    def __call__(self, model, timing=None) -> dict:
+        timed = super().__call__(model, timing)
+        return {**timed, "median_ms": timed["median_ms"] * (self.slow if self.calls == 1 else 1.0)}
+
+    def pair(self, dense, pruned, timing=None, threads=None) -> tuple[float, float, float]:
+        dense_ms, pruned_ms, ratio = super().pair(dense, pruned)
+        self.timed += 1
+        slow = self.slow if (threads or self.table.settings["threads"]) != 1 and self.timed % 3 else 1.0
+        return dense_ms * slow, pruned_ms * slow, ratio
+
+
+def test_a_ms_target_lands_on_the_quiet_machines_ms_when_timings_are_contended() -> None:
+    """Seen in a review: a ms target landed ~40 % under it on a quiet machine, read through a contended dense
+    timing (the conversion's one, the landing's median). Both now read the dense model at its quickest."""
+    from dnas_prune import Pruner
+
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20")
+    table = synthetic_table(spec_of(model), (3, 16, 16), threads=2)
+    device = Contended(table, slow=1.6)
+    table.measure, table.measure_pair, table.time_pairs = device, device.pair, device.pairs  # type: ignore[method-assign]
+    quiet_dense = FakeDevice(table)(table.dense_spec)["median_ms"]
+    pruner = Pruner(model, (3, 16, 16), total_steps=2, latency=table, target_latency_ms=0.6 * quiet_dense,
+                    latency_landing_seconds=0.0)
+    assert pruner.config.target_ms_dense == pytest.approx(quiet_dense)
+    pruned = pruner.finalize()
+    tolerance = pruner.config.latency_tolerance
+    assert 0.6 * quiet_dense * (1 - tolerance) <= FakeDevice(table)(pruned)["median_ms"] <= 0.6 * quiet_dense
 
 
 def test_resumed_ms_target_keeps_the_dense_timing_it_was_resolved_with() -> None:
@@ -1143,3 +1193,32 @@ def test_cli_prints_the_table_a_search_of_another_class_count_uses(tmp_path: Pat
             "--memory-format", "nchw", "--no-progress", "--no-check"]
     assert main([*args, "--num-classes", "10"]) == 0
     assert str(latency.cache_path(settings)) in capsys.readouterr().out  # read, not built
+
+
+def test_latency_threads_set_the_threads_the_budget_is_measured_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model deployed at one thread is budgeted at one thread while the search trains on every core: the
+    table is asked for those threads, the config records them (the report times at them), and a given table of
+    other threads is refused rather than silently used."""
+    from dnas_prune import Pruner
+    from dnas_prune.search import pruner as pruner_module
+    from dnas_prune.search.pruner import SearchConfig
+
+    model = create_model("cifar_resnet20")
+    asked = []
+
+    def fake_latency_table(model, batch_size, *, input_size=None, threads=None, check=True):
+        asked.append(threads)
+        return synthetic_table(spec_of(model), input_size, threads=threads or 7, batch_size=batch_size)
+
+    monkeypatch.setattr(pruner_module, "latency_table", fake_latency_table)
+    pruner = Pruner(model, (3, 16, 16), total_steps=4, target_latency=0.5, latency_threads=1)
+    assert asked == [1] and pruner.config.latency_threads == 1
+    unset = Pruner(create_model("cifar_resnet20"), (3, 16, 16), total_steps=4, target_latency=0.5)
+    assert asked == [1, None] and unset.config.latency_threads == 7  # torch's setting, as the table measured it
+    table = synthetic_table(spec_of(model), (3, 16, 16), threads=2)
+    with pytest.raises(DnasPruneError, match="latency_threads 1 but the latency table given was measured at 2"):
+        Pruner(create_model("cifar_resnet20"), (3, 16, 16), total_steps=4, target_latency=0.5, latency=table,
+               latency_threads=1)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(DnasPruneError, match="latency_threads .* must be a positive integer"):
+            SearchConfig(metric="latency", latency_threads=bad)

@@ -110,12 +110,12 @@ def test_a_latency_budget_is_timed_at_its_batch_size_and_reported_three_ways(pru
         tmp_path, dense=dense, dense_metrics={"test_acc": 0.9}, pruned=pruned,
         pruned_metadata={"input_size": [3, 32, 32], "test_acc": 0.85, "layers": layers},
         search_summary={"target": {"metric": "latency", "ratio": 0.5}, "accuracy": {"test": 0.6},
-                        "projection": {"measured": tries},
+                        "projection": {"measured": tries}, "config": {"search": {"latency_threads": 1}},
                         "final": {"macs": 20e6, "latency_ratio": 0.43, "latency_batch_size": 3}},
         config={"": {"out": str(tmp_path)}, "model": {"name": "cifar_resnet20"}}, config_toml="", exports={},
-        batch_sizes=(1,), max_seconds=0.05, threads=1,
+        batch_sizes=(1,), max_seconds=0.05,  # no threads: the budget's
     )
-    assert report["latency"]["batch_sizes"] == [1, 3]
+    assert report["latency"]["batch_sizes"] == [1, 3] and report["latency"]["threads"] == 1
     budget = report["latency_budget"]
     assert (budget["batch_size"], budget["predicted_ratio"], budget["landing_measured_ratio"]) == (3, 0.43, 0.51)
     assert budget["report_measured_ratio"] == report["latency"]["models"]["pruned"]["latency"][3]["paired_ratio"] > 0

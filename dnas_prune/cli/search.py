@@ -43,6 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     target.add_argument("--target-latency-ms", type=float, help="latency budget in ms per batch on this machine")
     p.add_argument("--latency-batch-size", type=int, default=SEARCH_DEFAULTS.latency_batch_size,
                    help="batch size the latency budget is measured at (default: %(default)s)")
+    p.add_argument("--latency-threads", type=int,
+                   help="torch threads the latency budget is measured at, as the model will be deployed (default: "
+                        "torch's setting, e.g. OMP_NUM_THREADS; training uses that either way)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--pretrained", help="dense parent: 'cifar10' (the shipped pretrained weights of --model), a `dnas-prune train` model.pt "
                         "or a torchvision state_dict")
@@ -104,7 +107,8 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
     target = budget_fields(args.target_macs, args.target_params, args.target_latency, args.target_latency_ms)
     if args.round_to is not None and args.round_to < 1:
         raise DnasPruneError(f"--round-to must be a positive integer, got {args.round_to}")
-    return SearchConfig(**target, latency_batch_size=args.latency_batch_size, gate=args.gate, gate_optimizer=args.gate_optimizer,
+    return SearchConfig(**target, latency_batch_size=args.latency_batch_size,
+                        latency_threads=args.latency_threads, gate=args.gate, gate_optimizer=args.gate_optimizer,
                         cost_normalized=args.cost_normalized, gate_lr=args.gate_lr, warmup=args.warmup,
                         target_ramp=args.target_ramp, prior_spread=args.prior_spread, prior=args.prior,
                         channel_order=args.channel_order, rank_cost=args.rank_cost,

@@ -316,9 +316,11 @@ def write_report(
 ) -> dict[str, Any]:
     """Measure latency, draw the figures and write ``report.md``, then ``report.json`` (last: it marks the
     report as complete). ``peers`` are other results shown on the accuracy plots and listed in the JSON.
-    Returns the report dict."""
+    ``threads`` None: a latency budget's threads, else torch's setting. Returns the report dict."""
     input_size = tuple(pruned_metadata["input_size"])
     budget_bs = search_summary["final"].get("latency_batch_size")
+    if threads is None and budget_bs is not None:  # a latency budget is timed at the threads it was measured at
+        threads = search_summary.get("config", {}).get("search", {}).get("latency_threads")
     if budget_bs is not None and budget_bs not in batch_sizes:  # a latency budget is also timed at its batch size
         batch_sizes = sorted([*batch_sizes, budget_bs])
     with OthersCpu() as others:
