@@ -163,3 +163,22 @@ def test_a_class_folder_the_jpeg_reader_would_read_in_part_or_not_at_all_is_refu
         image.unlink()
     with pytest.raises(DataError, match="b: 0 JPEG images; "):
         load_cifar10(root)
+
+
+def test_an_edited_tree_replaces_its_decode_cache_and_leaves_other_trees(tmp_path, monkeypatch):
+    """Each edit of a tree decoded it into a new cache file beside the old ones (one full copy of the images each)."""
+    monkeypatch.setenv("DNAS_PRUNE_CACHE", str(tmp_path / "cache"))
+    first = write_tree(tmp_path / "first", {"train": 4, "test": 2}, classes=("a", "b"))
+    other = write_tree(tmp_path / "other", {"train": 4, "test": 2}, classes=("a", "b"))
+    load_cifar10(first, val_size=2)
+    load_cifar10(other, val_size=2)
+    before = set((tmp_path / "cache").glob("cifar10-*.pt"))
+    assert len(before) == 2
+    (first / "train" / "a" / "0000.jpg").rename(first / "train" / "a" / "extra.jpg")  # an edit: a new mtime order
+    write_tree(tmp_path / "more", {"train": 1}, classes=("a",))
+    (tmp_path / "more" / "train" / "a" / "0000.jpg").rename(first / "train" / "a" / "added.jpg")
+    edited = load_cifar10(first, val_size=2)
+    after = set((tmp_path / "cache").glob("cifar10-*.pt"))
+    assert len(after) == 2 and len(after & before) == 1  # the other tree's stays; the first's was replaced
+    assert len(edited.train) + len(edited.val) == 9
+    assert len(load_cifar10(first, val_size=2).train) == 7  # read from the new cache

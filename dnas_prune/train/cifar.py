@@ -170,7 +170,8 @@ def _read_official(root: Path) -> dict:
 
 
 def _cache_path(root: Path) -> Path:
-    """A cache file named by the tree's path, file count and newest mtime, so edits invalidate it."""
+    """A cache file named by the tree's path (its first part, shared by every version of the tree), file count and
+    newest mtime, so edits invalidate it."""
     stamp = [str(root.resolve())]
     for split in ("train", "test", _OFFICIAL):
         directory = root / split
@@ -180,8 +181,8 @@ def _cache_path(root: Path) -> Path:
                 count += len(names)
                 newest = max([newest] + [os.stat(os.path.join(dirpath, n)).st_mtime_ns for n in names])
             stamp.append(f"{split}:{count}:{newest}")
-    key = hashlib.sha256("|".join(stamp).encode()).hexdigest()[:16]
-    return cache_dir() / f"cifar10-{key}.pt"
+    place, key = (hashlib.sha256(text.encode()).hexdigest()[:16] for text in (stamp[0], "|".join(stamp)))
+    return cache_dir() / f"cifar10-{place}-{key}.pt"
 
 
 def _read_cached(root: Path) -> dict:
@@ -205,6 +206,9 @@ def _read_cached(root: Path) -> dict:
     cached["format"] = _CACHE_FORMAT
     try:
         atomic_torch_save(cached, path)
+        for older in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.pt"):  # this tree before it was edited
+            if older != path:
+                older.unlink(missing_ok=True)
     except OSError:  # a read-only cache only costs a re-decode next time
         pass
     return cached
