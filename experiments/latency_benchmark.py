@@ -242,8 +242,13 @@ def _cpu(m: dict[str, Any]) -> str:
 
 
 def _cpu_isa(m: dict[str, Any]) -> str:
-    """AVX-512 or AVX2, from peers.machine()'s record: the ISA a CPU timing depends on most."""
-    return "AVX-512" if "avx512f" in m.get("cpu_flags", []) else "AVX2"
+    """The vendor and vector ISA (AVX-512 or AVX2; + AMX on Intel's newer Xeons), from peers.machine()'s record:
+    what a CPU timing depends on most. AMD's and Intel's AVX-512 hosts read one pair apart from itself
+    differently, so they are told apart."""
+    flags, cpu = m.get("cpu_flags", []), str(m.get("cpu", ""))
+    isa = ("AVX-512" if "avx512f" in flags else "AVX2") + (" + AMX" if "amx_bf16" in flags else "")
+    vendor = next((v for v in ("AMD", "Intel") if v in cpu), None)
+    return f"{vendor} {isa}" if vendor else isa
 
 
 def benchmark_results(results: Path = RESULTS) -> list[Path]:
