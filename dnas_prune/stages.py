@@ -173,10 +173,11 @@ def search_line(summary: dict) -> str:
     final, measured = summary["final"], summary["projection"].get("measured")
     latency = ""
     if measured:
-        timed = pinned_try(measured)
-        latency = (f"latency {timed['measured_ratio']:.3f} of dense as timed here at batch "
-                   f"{final['latency_batch_size']} (target {summary['target']['ratio']:g}; the table says "
-                   f"{final['latency_ratio']:.3f}), ")
+        timed, target_ms = pinned_try(measured), summary.get("config", {}).get("search", {}).get("target_ms")
+        target = f"{target_ms:g} ms" if target_ms is not None else f"{summary['target']['ratio']:g}"
+        in_ms = f"{timed['measured_ms']:.3g} ms, " if target_ms is not None and "measured_ms" in timed else ""
+        latency = (f"latency {in_ms}{timed['measured_ratio']:.3f} of dense as timed here at batch "
+                   f"{final['latency_batch_size']} (target {target}; the table says {final['latency_ratio']:.3f}), ")
     return (f"{latency}{final['macs_ratio']:.4f} of dense MACs, {final['params_ratio']:.4f} of params, "
             f"{summary['gates']['blocks_open']}/{summary['gates']['blocks_total']} blocks; "
             f"hard-supernet test acc {summary['accuracy']['test']:.4f}")

@@ -425,5 +425,8 @@ def test_the_search_line_of_a_latency_budget_says_what_the_landing_timed() -> No
     line = search_line(summary)
     assert line.startswith("latency 0.497 of dense as timed here at batch 8 (target 0.5; the table says 0.883), "
                            "0.5500 of dense MACs"), line
+    ms = {**summary, "config": {"search": {"target_ms": 2.5}}}  # a ms target is read in ms
+    ms["projection"] = {"measured": [{"measured_ratio": 0.497, "measured_ms": 2.38, "pinned": True}]}
+    assert search_line(ms).startswith("latency 2.38 ms, 0.497 of dense as timed here at batch 8 (target 2.5 ms; ")
     summary["projection"] = {"metric": "macs"}
     assert search_line(summary).startswith("0.5500 of dense MACs")
