@@ -156,3 +156,24 @@ def test_marginal_cost_is_exactly_what_one_more_open_unit_costs(name: str, size:
         net.release_gates()
         assert dense.macs - cost.macs == pytest.approx(marginal["macs"][group], rel=1e-9), group
         assert dense.params - cost.params == pytest.approx(marginal["params"][group], rel=1e-9), group
+
+
+def test_a_compiled_supernet_is_not_compiled_again_when_the_schedule_moves() -> None:
+    """The budget's offset and the temperature change every step; as Python floats torch.compile took them for
+    constants and compiled the gates again for each new value (until it marked them dynamic)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    net = Supernet(create_model("cifar_resnet20")).train()
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 16, 16)
+    net.set_schedule(temperature=0.5, hard=True, offset=-0.25)
+    compiled(x).sum().backward()
+    graphs = counters["stats"]["unique_graphs"]
+    for step in range(3):
+        net.set_schedule(temperature=0.4 - 0.1 * step, offset=-0.5 - 0.3 * step)
+        compiled(x).sum().backward()
+    assert counters["stats"]["unique_graphs"] == graphs
+    torch._dynamo.reset()

@@ -32,8 +32,11 @@ class Gate(nn.Module, abc.ABC):
         super().__init__()
         self.logits = nn.Parameter(torch.full((size,), float(init_logit)))
         self.register_buffer("forced", torch.full((size,), -1, dtype=torch.int8))
-        self.temperature = 1.0
-        self.offset = 0.0  # one shift of every logit, solved by the budget each step (see budget.solve_offset)
+        # the schedule, as tensors (set by Supernet.set_schedule): a Python float read in forward is a constant to
+        # torch.compile, which compiles the gates again when it changes
+        self.register_buffer("temperature", torch.ones(()), persistent=False)
+        # one shift of every logit, solved by the budget each step (see budget.solve_offset)
+        self.register_buffer("offset", torch.zeros(()), persistent=False)
         self.hard = False
 
     @property

@@ -319,9 +319,13 @@ class Supernet(nn.Module):
         self._sync_schedule()
 
     def _sync_schedule(self) -> None:
-        temperature, hard, offset = float(self.temperature), bool(self.hard_forward), float(self.offset)
-        for gate, shift in zip(self.gates.values(), self.gate_shifts.tolist()):
-            gate.temperature, gate.hard, gate.offset = temperature, hard, offset + shift
+        # tensor operations only, so that a compiled forward does not read (and guard on) the values; new tensors,
+        # not filled in place, since a forward's graph may still hold the old ones for its backward
+        hard = bool(self.hard_forward)
+        for index, gate in enumerate(self.gates.values()):
+            gate.temperature = self.temperature.detach().clone()
+            gate.offset = self.offset + self.gate_shifts[index]
+            gate.hard = hard
 
     def _shifts_of_older_files(self, state: dict, prefix: str, *_: object) -> None:
         """A file without ``gate_shifts`` holds nothing, or (the first files that held) only blocks, by branch."""
