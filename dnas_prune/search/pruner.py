@@ -341,8 +341,8 @@ class Pruner:
 
     An average of the weights (``torch.optim.swa_utils.AveragedModel``) is of ``model``, not of :attr:`net`:
     averaging the supernet averages its gate logits and offset too, whose decisions then follow no budget. Load the
-    averaged weights into ``model`` and call :meth:`finalize`. Compile the model :meth:`finalize` returns, not
-    :attr:`net`: the schedule changes every step and ``torch.compile`` would recompile for it.
+    averaged weights into ``model`` and call :meth:`finalize`. :attr:`net` may be given to ``torch.compile``: the
+    schedule it moves every step is held in tensors, so the net is not compiled again for each step.
     """
 
     def __init__(self, model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32), *, total_steps: int,
