@@ -182,3 +182,21 @@ def test_an_edited_tree_replaces_its_decode_cache_and_leaves_other_trees(tmp_pat
     assert len(after) == 2 and len(after & before) == 1  # the other tree's stays; the first's was replaced
     assert len(edited.train) + len(edited.val) == 9
     assert len(load_cifar10(first, val_size=2).train) == 7  # read from the new cache
+
+
+def test_a_decode_cache_of_an_older_name_is_taken_and_an_unwritable_cache_only_costs_a_decode(tmp_path, monkeypatch):
+    from dnas_prune.train import cifar
+
+    monkeypatch.setenv("DNAS_PRUNE_CACHE", str(tmp_path / "cache"))
+    root = write_tree(tmp_path / "tree", {"train": 4, "test": 2}, classes=("a", "b"))
+    load_cifar10(root, val_size=2)
+    (path,) = (tmp_path / "cache").glob("cifar10-*.pt")
+    older = path.with_name(f"cifar10-{path.stem.rsplit('-', 1)[1]}.pt")  # the same state under the older name
+    path.rename(older)
+    monkeypatch.setattr(cifar, "_read_imagefolder", lambda root: pytest.fail("decoded again"))
+    assert len(load_cifar10(root, val_size=2).train) == 6
+    assert [p.name for p in (tmp_path / "cache").glob("cifar10-*.pt")] == [path.name]  # renamed, not copied
+    monkeypatch.undo()
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("DNAS_PRUNE_CACHE", str(tmp_path / "a_file" / "cache"))  # a cache that cannot be written
+    assert len(load_cifar10(root, val_size=2).train) == 6

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..errors import DataError
+from ..errors import DataError, DnasPruneError
 from ..io.checkpoint import atomic_torch_save, cache_dir, user_cache_home
 from .batching import PIXELS, Normalize, Splits, holdout, rank_slices
 from .progress import Progress
@@ -187,6 +187,12 @@ def _cache_path(root: Path) -> Path:
 
 def _read_cached(root: Path) -> dict:
     path = _cache_path(root)
+    unplaced = path.with_name(f"cifar10-{path.stem.rsplit('-', 1)[1]}.pt")  # this state, as older versions named it
+    if unplaced.is_file() and not path.is_file():
+        try:
+            unplaced.rename(path)
+        except OSError:
+            path = unplaced
     if path.is_file():
         try:
             cached = torch.load(path, weights_only=True)
@@ -206,11 +212,14 @@ def _read_cached(root: Path) -> dict:
     cached["format"] = _CACHE_FORMAT
     try:
         atomic_torch_save(cached, path)
-        for older in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.pt"):  # this tree before it was edited
-            if older != path:
-                older.unlink(missing_ok=True)
-    except OSError:  # a read-only cache only costs a re-decode next time
-        pass
+    except (OSError, DnasPruneError):  # a cache that cannot be written only costs a re-decode next time
+        return cached
+    for older in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.pt"):  # this tree before it was edited
+        if older != path:
+            try:
+                older.unlink()
+            except OSError:  # gone meanwhile, or not ours to remove
+                pass
     return cached
 
 

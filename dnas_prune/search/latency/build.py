@@ -415,8 +415,9 @@ def stale_error(table: LatencyTable, timing: Timing = Timing()) -> float:
     them) timed beside the dense model now, against what they read when the table was built. A cache key names the
     device, not its state: a shared machine's neighbours, clocks or memory bandwidth can change after a table is
     measured. What the table's fit misses is not drift and a rebuild would not mend it, so it is not counted; a
-    table that did not record its fit (older files) is read against its predictions instead."""
-    fitted = {f["keep"]: f for f in table.info.get("fit", []) if not f["dense"]}
+    table that did not record its fit (older files), or whose reading of those models was noisy, is read against
+    its predictions instead."""
+    fitted = {f["keep"]: f for f in table.info.get("fit", []) if not f["dense"] and not f.get("warning")}
     if all(k in fitted for k in STALE_PROBE_LEVELS):
         probes = [fitted[k]["spec"] for k in STALE_PROBE_LEVELS]
         then = [fitted[k]["ratio"] for k in STALE_PROBE_LEVELS]
@@ -453,6 +454,6 @@ def table_for_settings(settings: dict[str, Any], *, rebuild: bool = False, progr
     table = build_table(settings, timing, progress)
     try:
         table.save(path)
-    except OSError as exc:  # a read-only cache only costs a rebuild next time
+    except (OSError, DnasPruneError) as exc:  # a cache that cannot be written only costs a rebuild next time
         print(f"warning: could not cache the latency table in {path} ({exc})", flush=True)
     return table
