@@ -343,6 +343,9 @@ def test_a_cached_table_the_device_no_longer_matches_is_measured_again(tmp_path:
     kw = dict(input_size=(3, 8, 8), threads=1, memory_format="nchw", channel_step=4, points=2, progress=False,
               directory=tmp_path, timing=FAST)
     built = latency_table(TINY, 1, **kw)
+    for f in built.info["fit"]:  # as if its fit models were read quietly (a noisy reading is not compared)
+        f["warning"] = None
+    built.save(built.path)
     dense = built.predict_ms(built.dense_spec)
     at_build = {f["keep"]: f["ratio"] for f in built.info["fit"] if not f["dense"]}
 
@@ -369,6 +372,9 @@ def test_a_cached_table_the_device_no_longer_matches_is_measured_again(tmp_path:
             "models": [{"ratio": device_reads * self.predict_ms(s) / self.predict_ms(self.dense_spec)}
                        for s in models]})
         assert latency.stale_error(unrecorded, FAST) == pytest.approx(abs(1 / device_reads - 1))
+        noisy = LatencyTable.from_dict({**built.to_dict(), "info": {**built.info, "fit": [  # a noisy build reading
+            {**f, "warning": "noisy"} if f["keep"] == 0.3 else f for f in built.info["fit"]]}})
+        assert latency.stale_error(noisy, FAST) == pytest.approx(abs(1 / device_reads - 1))
     latency_table(TINY, 1, **kw)
     stale = abs(1 / device_reads - 1) > latency.STALE_ERROR
     assert len(rebuilt) == int(stale)
@@ -782,6 +788,27 @@ def test_a_ms_target_lands_on_the_quiet_machines_ms_when_timings_are_contended()
         pruned = pruner.finalize()
     tolerance = pruner.config.latency_tolerance
     assert 0.6 * quiet_dense * (1 - tolerance) <= FakeDevice(table)(pruned)["median_ms"] <= 0.6 * quiet_dense
+
+
+def test_with_several_processes_rank_0_times_the_dense_model_of_a_ms_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank timed the dense model at once, beside the others, and each resolved its own fraction: the ranks
+    searched different budgets (and one could refuse a target the others took, leaving them waiting)."""
+    from dnas_prune import Pruner
+    from dnas_prune.search import pruner as pruner_module
+
+    model = create_model("cifar_resnet20")
+    table = synthetic_table(spec_of(model), (3, 16, 16))
+    timed = []
+    table.measure = lambda spec, timing=None: timed.append(spec) or {"median_ms": 4.0}  # type: ignore[method-assign]
+    sent = []
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda tensor, src: sent.append(float(tensor)) or
+                        tensor.fill_(3.0))
+    monkeypatch.setattr(pruner_module, "process_rank", lambda: (1, 2))
+    follower = Pruner(model, (3, 16, 16), total_steps=4, latency=table, target_latency_ms=1.5)
+    assert not timed and follower.config.target_ms_dense == 3.0 and follower.config.target == pytest.approx(0.5)
+    monkeypatch.setattr(pruner_module, "process_rank", lambda: (0, 2))
+    leader = Pruner(create_model("cifar_resnet20"), (3, 16, 16), total_steps=4, latency=table, target_latency_ms=1.5)
+    assert len(timed) == 3 and sent[-1] == 4.0 and leader.config.target_ms_dense == 3.0  # what rank 0 sent
 
 
 def test_resumed_ms_target_keeps_the_dense_timing_it_was_resolved_with() -> None:

@@ -121,6 +121,18 @@ def test_a_latency_budget_is_timed_at_its_batch_size_and_reported_three_ways(pru
     assert budget["report_measured_ratio"] == report["latency"]["models"]["pruned"]["latency"][3]["paired_ratio"] > 0
     markdown = (tmp_path / "report.md").read_text()
     assert "latency at batch 3: 0.430 predicted by the latency table, 0.510 measured when the search landed" in markdown
+    assert "timed below." in markdown and "the budget was measured at" not in markdown
+    other = write_report(  # report.threads set otherwise than the budget's: said
+        tmp_path, dense=dense, dense_metrics={"test_acc": 0.9}, pruned=pruned,
+        pruned_metadata={"input_size": [3, 32, 32], "test_acc": 0.85, "layers": layers},
+        search_summary={"target": {"metric": "latency", "ratio": 0.5}, "accuracy": {"test": 0.6},
+                        "projection": {"measured": tries}, "config": {"search": {"latency_threads": 1}},
+                        "final": {"macs": 20e6, "latency_ratio": 0.43, "latency_batch_size": 3}},
+        config={"": {"out": str(tmp_path)}, "model": {"name": "cifar_resnet20"}}, config_toml="", exports={},
+        batch_sizes=(1,), max_seconds=0.05, threads=2,
+    )
+    assert (other["latency_budget"]["threads"], other["latency_budget"]["report_threads"]) == (1, 2)
+    assert "timed below at 2 threads (the budget was measured at 1)." in (tmp_path / "report.md").read_text()
 
 
 def summary_result(metric: str, dense_ms: dict[int, float], pruned_ms: dict[int, float],

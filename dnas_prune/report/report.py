@@ -232,7 +232,9 @@ def _latency_budget(search_summary: dict[str, Any], latency: dict[str, Any]) -> 
     tries = search_summary["projection"].get("measured") or []
     landed = pinned_try(tries)["measured_ratio"] if tries else None
     return {"batch_size": bs, "predicted_ratio": final["latency_ratio"], "landing_measured_ratio": landed,
-            "report_measured_ratio": latency["models"]["pruned"]["latency"][bs]["paired_ratio"]}
+            "report_measured_ratio": latency["models"]["pruned"]["latency"][bs]["paired_ratio"],
+            "threads": search_summary.get("config", {}).get("search", {}).get("latency_threads"),
+            "report_threads": latency["threads"]}
 
 
 def _markdown(r: dict[str, Any], table: str, config_toml: str) -> str:
@@ -241,9 +243,11 @@ def _markdown(r: dict[str, Any], table: str, config_toml: str) -> str:
     if r.get("latency_budget"):
         b = r["latency_budget"]
         landed = "-" if b["landing_measured_ratio"] is None else f"{b['landing_measured_ratio']:.3f}"
+        other = b.get("threads") not in (None, b.get("report_threads"))  # report.threads set otherwise
         budget += (f" Pruned/dense latency at batch {b['batch_size']}: {b['predicted_ratio']:.3f} predicted by the "
                    f"latency table, {landed} measured when the search landed, {b['report_measured_ratio']:.3f} "
-                   "timed below.")
+                   + (f"timed below at {b['report_threads']} threads (the budget was measured at {b['threads']})."
+                      if other else "timed below."))
     lines = [
         f"# dnas_prune run: {r['model']}",
         "",

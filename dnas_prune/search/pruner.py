@@ -624,15 +624,25 @@ class Pruner:
             # at one thread too, the channels a part-filled block pads are better spent elsewhere (latency_*.md).
             self.config = cfg = replace(cfg, round_to=math.lcm(block, cfg.channels_per_gate))
         if cfg.target_ms is not None:
-            # its quickest of a few timings: a ms target is what the model runs in on a quiet machine, and the
-            # landing reads the dense model at its quickest too
-            dense_ms = cfg.target_ms_dense or min(table.measure(table.dense_spec)["median_ms"] for _ in range(3))
+            dense_ms = cfg.target_ms_dense or self._quiet_dense_ms(table)
             if cfg.target_ms >= dense_ms:
                 raise DnasPruneError(f"the dense model already runs in {dense_ms:.3g} ms per batch of "
                                      f"{table.batch_size} here, within --target-latency-ms {cfg.target_ms:g}; "
                                      "choose a smaller target")
             self.config = cfg = replace(cfg, target=cfg.target_ms / dense_ms, target_ms_dense=dense_ms)
         check_target("latency", cfg.target)
+
+    @staticmethod
+    def _quiet_dense_ms(table: LatencyTable) -> float:
+        """The dense model's ms per batch at its quickest of a few timings: a ms target is what the model runs in
+        on a quiet machine, and the landing reads the dense model at its quickest too. With several processes
+        rank 0 times it (the others would time theirs beside it, at once) and every rank takes its reading."""
+        rank, world_size = process_rank()
+        timed = torch.tensor([min(table.measure(table.dense_spec)["median_ms"] for _ in range(3)) if rank == 0
+                              else 0.0], dtype=torch.float64)
+        if world_size > 1:
+            torch.distributed.broadcast(timed, src=0)
+        return float(timed)
 
     def hard_ratios_now(self) -> dict[str, float]:
         """The cost ratios of the decisions the supernet holds now (pins included), every metric it counts."""
