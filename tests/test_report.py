@@ -106,15 +106,19 @@ def test_write_report_draws_readable_pngs(pruned_run, tmp_path: Path, peers: lis
 def test_a_latency_budget_is_timed_at_its_batch_size_and_reported_three_ways(pruned_run, tmp_path: Path) -> None:
     dense, pruned, layers = pruned_run
     tries = [{"measured_ratio": 0.62, "error": 0.24}, {"measured_ratio": 0.51, "error": 0.02}]
-    report = write_report(
-        tmp_path, dense=dense, dense_metrics={"test_acc": 0.9}, pruned=pruned,
-        pruned_metadata={"input_size": [3, 32, 32], "test_acc": 0.85, "layers": layers},
-        search_summary={"target": {"metric": "latency", "ratio": 0.5}, "accuracy": {"test": 0.6},
-                        "projection": {"measured": tries}, "config": {"search": {"latency_threads": 1}},
-                        "final": {"macs": 20e6, "latency_ratio": 0.43, "latency_batch_size": 3}},
-        config={"": {"out": str(tmp_path)}, "model": {"name": "cifar_resnet20"}}, config_toml="", exports={},
-        batch_sizes=(1,), max_seconds=0.05,  # no threads: the budget's
-    )
+
+    def report_at(threads: int | None) -> dict:
+        return write_report(
+            tmp_path, dense=dense, dense_metrics={"test_acc": 0.9}, pruned=pruned,
+            pruned_metadata={"input_size": [3, 32, 32], "test_acc": 0.85, "layers": layers},
+            search_summary={"target": {"metric": "latency", "ratio": 0.5}, "accuracy": {"test": 0.6},
+                            "projection": {"measured": tries}, "config": {"search": {"latency_threads": 1}},
+                            "final": {"macs": 20e6, "latency_ratio": 0.43, "latency_batch_size": 3}},
+            config={"": {"out": str(tmp_path)}, "model": {"name": "cifar_resnet20"}}, config_toml="", exports={},
+            batch_sizes=(1,), max_seconds=0.05, threads=threads,
+        )
+
+    report = report_at(None)  # no threads: the budget's
     assert report["latency"]["batch_sizes"] == [1, 3] and report["latency"]["threads"] == 1
     budget = report["latency_budget"]
     assert (budget["batch_size"], budget["predicted_ratio"], budget["landing_measured_ratio"]) == (3, 0.43, 0.51)
@@ -122,15 +126,7 @@ def test_a_latency_budget_is_timed_at_its_batch_size_and_reported_three_ways(pru
     markdown = (tmp_path / "report.md").read_text()
     assert "latency at batch 3: 0.430 predicted by the latency table, 0.510 measured when the search landed" in markdown
     assert "timed below." in markdown and "the budget was measured at" not in markdown
-    other = write_report(  # report.threads set otherwise than the budget's: said
-        tmp_path, dense=dense, dense_metrics={"test_acc": 0.9}, pruned=pruned,
-        pruned_metadata={"input_size": [3, 32, 32], "test_acc": 0.85, "layers": layers},
-        search_summary={"target": {"metric": "latency", "ratio": 0.5}, "accuracy": {"test": 0.6},
-                        "projection": {"measured": tries}, "config": {"search": {"latency_threads": 1}},
-                        "final": {"macs": 20e6, "latency_ratio": 0.43, "latency_batch_size": 3}},
-        config={"": {"out": str(tmp_path)}, "model": {"name": "cifar_resnet20"}}, config_toml="", exports={},
-        batch_sizes=(1,), max_seconds=0.05, threads=2,
-    )
+    other = report_at(2)  # report.threads set otherwise than the budget's: said
     assert (other["latency_budget"]["threads"], other["latency_budget"]["report_threads"]) == (1, 2)
     assert "timed below at 2 threads (the budget was measured at 1)." in (tmp_path / "report.md").read_text()
 
