@@ -47,6 +47,12 @@ class Gate(nn.Module, abc.ABC):
         """The logits plus the budget's offset: what every decision and probability is made of."""
         return self.logits + self.offset
 
+    def _shifted_exactly(self) -> Tensor:
+        """:meth:`shifted` in float64, for decisions: the budget puts the offset halfway between two logits, which
+        float32 cannot hold when they are one ulp apart (logits tie that closely): rounded, both units fell on one
+        side and the hard state lost a unit the budget had counted."""
+        return self.logits.detach().double() + self.offset.double()
+
     @abc.abstractmethod
     def probability(self) -> Tensor: ...
 
@@ -121,7 +127,7 @@ class SigmoidGate(Gate):
         return self._free_open().to(soft.dtype) + soft - soft.detach()
 
     def _free_open(self) -> Tensor:
-        return self.shifted().detach() > 0
+        return self._shifted_exactly() > 0
 
 
 class BernoulliGate(Gate):
@@ -137,7 +143,7 @@ class BernoulliGate(Gate):
         return torch.bernoulli(p.detach()) + p - p.detach()
 
     def _free_open(self) -> Tensor:
-        return self.shifted().detach() > 0
+        return self._shifted_exactly() > 0
 
 
 class HardConcreteGate(Gate):
